@@ -1,0 +1,3 @@
+"""microagent: AI-agent workspaces in Linux microVMs."""
+
+__version__ = "0.1.0"
