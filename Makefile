@@ -1,0 +1,43 @@
+# microagent: the two quickstart commands are `make demo` and `make test`.
+# Both are idempotent: every step checks before it acts.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GUEST := src/microagent/guest/x86_64/microagent-init
+
+.PHONY: demo test install host-deps venv guest firecracker kernel clean bench
+
+demo: install
+	$(BIN)/microagent run builtin:busybox -- uname -a
+
+test: install
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+install: host-deps venv guest firecracker kernel
+
+host-deps:
+	@scripts/host-deps.sh
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+guest:
+	$(MAKE) -s -C guest install DESTDIR=$(CURDIR)/src/microagent/guest
+
+firecracker: venv
+	$(BIN)/python -m microagent.supervisors.firecracker.binary install
+
+kernel: venv guest
+	$(BIN)/microagent kernel install --backend qemu --if-missing
+	$(BIN)/microagent kernel install --backend firecracker --if-missing
+
+bench: install
+	$(BIN)/python bench/run_vs_qemu.py
+
+clean:
+	rm -rf $(VENV) guest/build src/microagent/guest

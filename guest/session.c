@@ -1,0 +1,299 @@
+/* What every session kind shares: lifetime, stream-0 intake with flow
+ * control, and reading process/file/socket output into DATA frames under
+ * the host's credit and the output-queue bound. */
+#define _GNU_SOURCE
+#include "session.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "frame.h"
+
+struct session *session_new(struct agent *a, uint32_t id, enum session_kind kind)
+{
+    struct session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->agent = a;
+    s->id = id;
+    s->kind = kind;
+    s->in_fd = -1;
+    s->file_fd = -1;
+    for (int i = 0; i < 3; i++) {
+        s->out_fd[i] = -1;
+        s->credit[i] = INITIAL_WINDOW;
+        s->pidx_out[i] = -1;
+    }
+    s->pidx_in = -1;
+    s->uid = -1;
+    s->gid = -1;
+    s->next = a->sessions;
+    a->sessions = s;
+    return s;
+}
+
+struct session *session_find(struct agent *a, uint32_t id)
+{
+    for (struct session *s = a->sessions; s; s = s->next)
+        if (s->id == id)
+            return s;
+    return NULL;
+}
+
+static bool fd_in_use(const struct session *s, int fd)
+{
+    return fd >= 0 && (s->in_fd == fd || s->out_fd[1] == fd || s->out_fd[2] == fd ||
+                       s->file_fd == fd);
+}
+
+/* Clear one fd slot; close the fd unless another slot still holds it. */
+static void drop_fd(struct session *s, int *slot)
+{
+    int fd = *slot;
+    *slot = -1;
+    if (fd >= 0 && !fd_in_use(s, fd))
+        close(fd);
+}
+
+void session_close_out(struct session *s, int st) { drop_fd(s, &s->out_fd[st]); }
+
+void session_close_in(struct session *s)
+{
+    s->in_closed = true;
+    drop_fd(s, &s->in_fd);
+}
+
+void session_destroy(struct session *s)
+{
+    struct agent *a = s->agent;
+    if (s->kind == K_EXEC && s->pid > 0) {
+        bool pipes_open = s->out_fd[1] >= 0 || s->out_fd[2] >= 0;
+        if (!s->reaped || pipes_open)
+            kill(-s->pid, SIGKILL);
+    }
+    if (s->kind == K_PUT)
+        put_abort(s);
+    drop_fd(s, &s->in_fd);
+    drop_fd(s, &s->out_fd[1]);
+    drop_fd(s, &s->out_fd[2]);
+    drop_fd(s, &s->file_fd);
+    buf_free(&s->inbuf);
+    free(s->path);
+    free(s->tmp_path);
+    for (struct session **pp = &a->sessions; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    free(s);
+}
+
+void session_fail(struct session *s, const char *code, const char *message)
+{
+    agent_queue_error(s->agent, s->id, code, message);
+    session_destroy(s);
+}
+
+void session_send_json(struct session *s, uint8_t type, struct buf *b)
+{
+    frame_put(&s->agent->outq, s->id, type, b->data + b->off, buf_used(b));
+}
+
+void session_send_eof(struct session *s, int st)
+{
+    if (s->out_eof_sent[st])
+        return;
+    s->out_eof_sent[st] = true;
+    frame_put_eof(&s->agent->outq, s->id, (uint8_t)st);
+}
+
+void session_consumed(struct session *s, size_t n)
+{
+    s->in_consumed += (uint32_t)n;
+    if (s->in_consumed >= INITIAL_WINDOW / 2) {
+        frame_put_window(&s->agent->outq, s->id, STREAM_STDIN, s->in_consumed);
+        s->in_unacked -= s->in_consumed;
+        s->in_consumed = 0;
+    }
+}
+
+/* Hand stream-0 EOF to the sink. */
+static void deliver_input_eof(struct session *s)
+{
+    if (s->in_closed)
+        return;
+    if (s->kind == K_EXEC) {
+        exec_on_input_eof(s);
+    } else if (s->kind == K_FORWARD) {
+        if (s->in_fd >= 0)
+            shutdown(s->in_fd, SHUT_WR);
+        session_close_in(s);
+    } else {
+        session_close_in(s);
+    }
+}
+
+/* The sink broke (EPIPE, EIO...): drop what is buffered and what comes. */
+static void input_broken(struct session *s)
+{
+    size_t n = buf_used(&s->inbuf);
+    buf_clear(&s->inbuf);
+    s->in_discard = true;
+    session_consumed(s, n);
+    session_close_in(s);
+}
+
+void session_flush_input(struct session *s)
+{
+    while (buf_used(&s->inbuf) > 0 && s->in_fd >= 0 && !s->connecting) {
+        ssize_t w = write(s->in_fd, s->inbuf.data + s->inbuf.off, buf_used(&s->inbuf));
+        if (w > 0) {
+            buf_consume(&s->inbuf, (size_t)w);
+            session_consumed(s, (size_t)w);
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return;
+        input_broken(s);
+        return;
+    }
+    if (buf_used(&s->inbuf) > 0 && s->in_fd < 0 && !s->connecting) {
+        input_broken(s);
+        return;
+    }
+    if (buf_used(&s->inbuf) == 0 && s->in_eof && !s->in_closed && !s->connecting)
+        deliver_input_eof(s);
+}
+
+void session_on_data(struct session *s, const uint8_t *p, size_t n)
+{
+    if (n == 0) {
+        if (s->in_eof)
+            return;
+        s->in_eof = true;
+        if (s->kind == K_PUT) {
+            put_on_data(s, NULL, 0);
+            return;
+        }
+        if (s->kind == K_GET) {
+            s->in_closed = true;
+            return;
+        }
+        session_flush_input(s);
+        return;
+    }
+    if (s->in_eof) {
+        session_fail(s, "bad_request", "DATA on stream 0 after its EOF");
+        return;
+    }
+    if ((uint64_t)s->in_unacked + n > INITIAL_WINDOW) {
+        session_fail(s, "flow_control", "stream 0 exceeded its credit");
+        return;
+    }
+    s->in_unacked += (uint32_t)n;
+    if (s->kind == K_PUT) {
+        put_on_data(s, p, n);
+        return;
+    }
+    if (s->in_discard || s->in_closed || s->kind == K_GET) {
+        session_consumed(s, n);
+        return;
+    }
+    if (buf_append(&s->inbuf, p, n) < 0) {
+        session_fail(s, "io_error", "out of memory");
+        return;
+    }
+    session_flush_input(s);
+}
+
+bool session_can_read(const struct session *s, int st)
+{
+    if (s->out_fd[st] < 0 || s->out_eof_sent[st] || s->connecting)
+        return false;
+    if (buf_used(&s->agent->outq) >= OUTQ_SOFT)
+        return false;
+    if (s->limit[st] && s->sent[st] >= s->limit[st])
+        return true; /* discarding: read regardless of credit */
+    return s->credit[st] > 0;
+}
+
+static void output_eof(struct session *s, int st)
+{
+    session_send_eof(s, st);
+    session_close_out(s, st);
+}
+
+int session_pump_output(struct session *s, int st)
+{
+    static uint8_t scratch[DATA_CHUNK];
+    struct buf *q = &s->agent->outq;
+    int progress = 0;
+    for (int round = 0; round < 8; round++) {
+        if (!session_can_read(s, st))
+            return progress;
+        int fd = s->out_fd[st];
+        bool discarding = s->limit[st] && s->sent[st] >= s->limit[st];
+        ssize_t r;
+        if (discarding) {
+            r = read(fd, scratch, sizeof scratch);
+            if (r > 0) {
+                s->truncated[st] = true;
+                progress = 1;
+                continue;
+            }
+        } else {
+            size_t chunk = DATA_CHUNK;
+            if ((int64_t)chunk > s->credit[st])
+                chunk = (size_t)s->credit[st];
+            uint8_t *d = buf_reserve(q, FRAME_HEADER + 1 + chunk);
+            if (!d)
+                return progress;
+            r = read(fd, d + FRAME_HEADER + 1, chunk);
+            if (r > 0) {
+                size_t keep = (size_t)r;
+                if (s->limit[st] && s->sent[st] + keep > s->limit[st]) {
+                    keep = (size_t)(s->limit[st] - s->sent[st]);
+                    s->truncated[st] = true;
+                }
+                if (keep > 0) {
+                    frame_header_put(d, (uint32_t)(keep + 1), s->id, F_DATA);
+                    d[FRAME_HEADER] = (uint8_t)st;
+                    q->len += FRAME_HEADER + 1 + keep;
+                    s->sent[st] += keep;
+                    s->credit[st] -= (int64_t)keep;
+                    s->bytes += keep;
+                }
+                progress = 1;
+                continue;
+            }
+        }
+        if (r == 0) {
+            output_eof(s, st);
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN) {
+            /* A pty whose process has been reaped: the kernel flushed the
+             * tty buffer before answering EAGAIN, so the output is over
+             * (background jobs still holding the tty are cut off). */
+            if (s->pty && s->reaped) {
+                output_eof(s, st);
+                return -1;
+            }
+            return progress;
+        }
+        /* EIO on a pty master (slave closed), ECONNRESET on a socket... */
+        output_eof(s, st);
+        return -1;
+    }
+    return progress;
+}

@@ -1,0 +1,721 @@
+"""Session multiplexing over one channel stream (docs/protocol.md).
+
+This module owns the connection state: the ``HELLO`` handshake, session-id
+allocation, routing of guest frames to sessions, and flow control in both
+directions. Session kinds (exec, files, forward, shell) are built on the
+:class:`Session` primitives in their own modules; this one knows nothing of
+their payloads beyond the frame types.
+
+Threading model: one background reader thread per connection decodes frames
+and appends events to per-session queues (bounded by the flow-control window,
+so the reader never blocks on a slow consumer). Any thread may open sessions,
+send on them and consume their events. When the stream ends or fails, every
+waiter (handshake, :meth:`Session.recv`, credit waits) is woken with
+:class:`ChannelClosed`; nothing hangs.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from microagent.channel.errors import (
+    ChannelTimeout,
+    ProtocolError,
+    SessionEnded,
+    VersionMismatch,
+    guest_error,
+)
+from microagent.channel.frames import (
+    INITIAL_WINDOW,
+    MAX_DATA_CHUNK,
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    OversizedFrame,
+    decode_data,
+    decode_json,
+    decode_window,
+    encode_data,
+    encode_frame,
+    encode_window,
+    json_frame,
+)
+from microagent.channel.stream import ByteStream
+from microagent.errors import ChannelClosed
+
+if TYPE_CHECKING:
+    from microagent.channel.exec import ExecRequest, ExecResult, ExecSession, OutputSink
+    from microagent.channel.files import FileStat
+    from microagent.channel.forward import ForwardStream
+
+__all__ = [
+    "ChannelConnection",
+    "ControlEvent",
+    "DataEvent",
+    "ErrorEvent",
+    "ExitEvent",
+    "Session",
+    "SessionEvent",
+]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 256 << 10
+_GRANT_THRESHOLD = INITIAL_WINDOW // 2
+_STREAMS = (0, 1, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class DataEvent:
+    """DATA on ``stream``; ``data == b""`` is the end of that stream."""
+
+    stream: int
+    data: bytes
+
+    @property
+    def eof(self) -> bool:
+        """True for the empty DATA that ends a stream."""
+        return not self.data
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    """A CONTROL frame's JSON object."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent:
+    """The EXIT frame that ended the session."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """The ERROR that ended the session.
+
+    :param local: True when the host ended the session itself because the
+        guest broke the protocol on it (the guest was sent the same ERROR).
+    """
+
+    code: str
+    message: str
+    body: dict[str, Any] = field(default_factory=dict)
+    local: bool = False
+
+    def to_exception(self) -> Exception:
+        """The exception this event stands for."""
+        if self.local:
+            return ProtocolError(f"guest broke the protocol ({self.code}): {self.message}")
+        return guest_error(self.code, self.message)
+
+
+SessionEvent: TypeAlias = DataEvent | ControlEvent | ExitEvent | ErrorEvent
+
+
+class Session:
+    """One session on a :class:`ChannelConnection`.
+
+    Created by :meth:`ChannelConnection.open_session`. Events come out of
+    :meth:`recv` in arrival order; consuming a :class:`DataEvent` grants the
+    guest credit back. Sends wait for credit. Use as a context manager to
+    ``CLOSE`` an unfinished session on exit.
+    """
+
+    def __init__(self, conn: ChannelConnection, session_id: int, kind: str) -> None:
+        self.conn = conn
+        self.id = session_id
+        self.kind = kind
+        self._cond = threading.Condition(threading.Lock())
+        self._events: collections.deque[SessionEvent] = collections.deque()
+        self._send_credit = dict.fromkeys(_STREAMS, INITIAL_WINDOW)
+        self._recv_used = dict.fromkeys(_STREAMS, 0)  # received minus granted back
+        self._consumed = dict.fromkeys(_STREAMS, 0)  # consumed, not yet granted
+        self._guest_done = False  # EXIT/ERROR arrived (or local protocol error)
+        self._host_closed = False  # CLOSE sent
+        self._final_delivered = False
+        self._failure: ChannelClosed | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.kind}>"
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def ended(self) -> bool:
+        """True once the guest ended the session or the host closed it."""
+        with self._cond:
+            return self._guest_done or self._host_closed
+
+    # ----------------------------------------------------------- receiving
+
+    def recv(self, timeout: float | None = None) -> SessionEvent:
+        """Return the next event, waiting up to ``timeout`` seconds.
+
+        :raises ChannelTimeout: if nothing arrived in time.
+        :raises SessionEnded: after the final EXIT/ERROR was returned or the
+            host closed the session.
+        :raises ChannelClosed: if the channel went away first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        grant: tuple[int, int] | None = None
+        with self._cond:
+            while not self._events:
+                if self._final_delivered or self._host_closed:
+                    raise SessionEnded(f"session {self.id} ({self.kind}) has ended")
+                if self._failure is not None:
+                    raise ChannelClosed(self._failure.message, self._failure.remediation)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ChannelTimeout(f"no event on session {self.id} ({self.kind}) within {timeout} s")
+                self._cond.wait(remaining)
+            event = self._events.popleft()
+            if isinstance(event, (ExitEvent, ErrorEvent)):
+                self._final_delivered = True
+            elif isinstance(event, DataEvent) and event.data and event.stream in self._consumed:
+                self._consumed[event.stream] += len(event.data)
+                if self._consumed[event.stream] >= _GRANT_THRESHOLD and not self._guest_done:
+                    n = self._consumed[event.stream]
+                    self._consumed[event.stream] = 0
+                    self._recv_used[event.stream] -= n
+                    grant = (event.stream, n)
+        if grant is not None:
+            try:
+                self.conn._send(encode_frame(self.id, FrameType.WINDOW, encode_window(*grant)))
+            except ChannelClosed:
+                pass  # the next recv reports it
+        return event
+
+    def wait_final(self, timeout: float | None = None) -> ExitEvent:
+        """Consume events until the session ends; return its EXIT.
+
+        Data and control events are discarded.
+
+        :raises GuestError: if the session ended with an ERROR.
+        :raises ChannelTimeout: if it did not end within ``timeout`` seconds.
+        :raises ChannelClosed: if the channel went away first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            event = self.recv(remaining)
+            if isinstance(event, ExitEvent):
+                return event
+            if isinstance(event, ErrorEvent):
+                raise event.to_exception()
+
+    # ------------------------------------------------------------- sending
+
+    def send_data(self, stream: int, data: bytes, timeout: float | None = None) -> None:
+        """Send ``data`` on ``stream``, in chunks, waiting for credit.
+
+        Empty ``data`` sends nothing (use :meth:`send_eof`).
+
+        :raises SessionEnded: if the session ends before all data is sent.
+        :raises ChannelTimeout: if credit did not arrive within ``timeout``.
+        :raises ChannelClosed: if the channel went away.
+        """
+        view = memoryview(data).cast("B")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while view:
+            with self._cond:
+                while True:
+                    self._check_sendable()
+                    if self._send_credit[stream] > 0:
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ChannelTimeout(f"no flow-control credit on session {self.id} within {timeout} s")
+                    self._cond.wait(remaining)
+                n = min(self._send_credit[stream], MAX_DATA_CHUNK, len(view))
+                self._send_credit[stream] -= n
+            self.conn._send(encode_frame(self.id, FrameType.DATA, encode_data(stream, bytes(view[:n]))))
+            view = view[n:]
+
+    def send_eof(self, stream: int = 0) -> None:
+        """Send the empty DATA that ends ``stream`` (costs no credit).
+
+        :raises SessionEnded: if the session already ended.
+        :raises ChannelClosed: if the channel went away.
+        """
+        with self._cond:
+            self._check_sendable()
+        self.conn._send(encode_frame(self.id, FrameType.DATA, encode_data(stream)))
+
+    def send_control(self, body: dict[str, Any]) -> None:
+        """Send a CONTROL frame with ``body`` as JSON.
+
+        :raises SessionEnded: if the session already ended.
+        :raises ChannelClosed: if the channel went away.
+        """
+        with self._cond:
+            self._check_sendable()
+        self.conn._send(json_frame(self.id, FrameType.CONTROL, body))
+
+    def send_credit(self, stream: int) -> int:
+        """Bytes that may be sent on ``stream`` right now without waiting."""
+        with self._cond:
+            return self._send_credit[stream]
+
+    def close(self) -> None:
+        """Abandon the session: send CLOSE unless it already ended. Idempotent."""
+        with self._cond:
+            if self._guest_done or self._host_closed:
+                self._host_closed = True
+                self._cond.notify_all()
+                return
+            self._host_closed = True
+            self._cond.notify_all()
+        self.conn._forget(self.id)
+        try:
+            self.conn._send(encode_frame(self.id, FrameType.CLOSE))
+        except ChannelClosed:
+            pass
+
+    def _check_sendable(self) -> None:
+        if self._guest_done or self._host_closed:
+            raise SessionEnded(f"session {self.id} ({self.kind}) has ended")
+        if self._failure is not None:
+            raise ChannelClosed(self._failure.message, self._failure.remediation)
+
+    # ---------------------------------------------- called by the reader
+
+    def _deliver(self, event: SessionEvent) -> None:
+        with self._cond:
+            if self._guest_done:
+                return
+            if isinstance(event, (ExitEvent, ErrorEvent)):
+                self._guest_done = True
+            if not self._host_closed:
+                self._events.append(event)
+            self._cond.notify_all()
+
+    def _on_data(self, stream: int, data: bytes) -> bool:
+        """Queue received DATA; False if it overran the credit we granted."""
+        with self._cond:
+            if self._guest_done:
+                return True
+            if data and stream in self._recv_used:
+                self._recv_used[stream] += len(data)
+                if self._recv_used[stream] > INITIAL_WINDOW:
+                    return False
+            if not self._host_closed:
+                self._events.append(DataEvent(stream, data))
+            self._cond.notify_all()
+            return True
+
+    def _on_window(self, stream: int, increment: int) -> None:
+        with self._cond:
+            if stream in self._send_credit:
+                self._send_credit[stream] += increment
+            self._cond.notify_all()
+
+    def _fail(self, exc: ChannelClosed) -> None:
+        with self._cond:
+            if self._failure is None:
+                self._failure = exc
+            self._cond.notify_all()
+
+
+class ChannelConnection:
+    """The host end of one guest channel.
+
+    :param stream: the transport; the connection owns and closes it.
+    :param name: label for log lines and errors (e.g. the workspace name).
+
+    Typical use::
+
+        conn = ChannelConnection.open(connect_unix(path))
+        result = conn.exec(ExecRequest(["uname", "-a"]))
+        conn.close()
+    """
+
+    def __init__(self, stream: ByteStream, *, name: str = "guest") -> None:
+        self.name = name
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._closed_exc: ChannelClosed | None = None
+        self._hello_cond = threading.Condition(self._lock)
+        self._hello_reply: dict[str, Any] | None = None
+        self._hello_error: Exception | None = None
+        self._hello_pending = False
+        self.guest_hello: dict[str, Any] | None = None
+        """The guest's ``HELLO`` object once the handshake succeeded."""
+        self._reader = threading.Thread(target=self._read_loop, name=f"microagent-channel-{name}", daemon=True)
+        self._started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, stream: ByteStream, *, name: str = "guest", hello_timeout: float = 10.0) -> ChannelConnection:
+        """Start a connection on ``stream`` and perform the handshake.
+
+        :raises VersionMismatch: if the guest speaks another version.
+        :raises ChannelTimeout: if the guest did not answer ``HELLO`` in time.
+        :raises ChannelClosed: if the stream ended first.
+        """
+        conn = cls(stream, name=name)
+        try:
+            conn.start()
+            conn.handshake(hello_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def __enter__(self) -> ChannelConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the background reader thread (once)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self._reader.start()
+
+    def handshake(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Send ``HELLO`` and wait for the guest's; return its object.
+
+        A handshake on a live connection resets it (the guest kills every
+        session), so every open local session is failed with
+        :class:`ChannelClosed`.
+
+        :raises VersionMismatch: if the guest answers ``version_mismatch`` or
+            a ``HELLO`` for another protocol or version.
+        :raises ProtocolError: if the guest answers with another ERROR.
+        :raises ChannelTimeout: if there is no answer within ``timeout`` seconds.
+        :raises ChannelClosed: if the stream ends first.
+        """
+        self.start()
+        with self._lock:
+            stale = list(self._sessions.values())
+            self._sessions.clear()
+            self._hello_pending = True
+            self._hello_reply = None
+            self._hello_error = None
+        for s in stale:
+            s._fail(ChannelClosed(f"session {s.id} was reset by a new HELLO"))
+        self._send(
+            json_frame(0, FrameType.HELLO, {"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION, "role": "host"})
+        )
+        deadline = time.monotonic() + timeout
+        with self._hello_cond:
+            while self._hello_reply is None and self._hello_error is None:
+                if self._closed_exc is not None:
+                    self._hello_pending = False
+                    raise ChannelClosed(
+                        f"channel to {self.name} closed before the guest answered HELLO",
+                        "check the guest console log for 'microagent-init: channel ready'",
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._hello_pending = False
+                    raise ChannelTimeout(
+                        f"{self.name} did not answer HELLO within {timeout} s",
+                        "check that microagent-init is running in the guest (serial log)",
+                    )
+                self._hello_cond.wait(remaining)
+            self._hello_pending = False
+            if self._hello_error is not None:
+                raise self._hello_error
+            reply = self._hello_reply
+            assert reply is not None
+            self.guest_hello = reply
+            return reply
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The ``features`` the guest announced in ``HELLO``."""
+        hello = self.guest_hello or {}
+        feats = hello.get("features") or []
+        return frozenset(str(f) for f in feats) if isinstance(feats, list) else frozenset()
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream ended, failed or was closed."""
+        with self._lock:
+            return self._closed_exc is not None
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait for the stream to end; True if it did within ``timeout``."""
+        if not self._started:
+            return self.closed
+        self._reader.join(timeout)
+        return not self._reader.is_alive()
+
+    def close(self) -> None:
+        """Close the stream and fail every pending waiter. Idempotent."""
+        self._fail_all(ChannelClosed(f"channel to {self.name} was closed by the host"))
+        self._stream.close()
+        if self._started and threading.current_thread() is not self._reader:
+            self._reader.join(5)
+
+    # ------------------------------------------------------------- sessions
+
+    def open_session(self, kind: str, **fields: Any) -> Session:
+        """Allocate a session id, send ``OPEN {kind, **fields}``, return the session.
+
+        :raises ChannelClosed: if the channel is closed.
+        :raises ProtocolError: if ``fields`` do not encode.
+        """
+        body = {"kind": kind, **fields}
+        with self._lock:
+            if self._closed_exc is not None:
+                raise ChannelClosed(self._closed_exc.message, self._closed_exc.remediation)
+            sid = next(self._ids)
+            session = Session(self, sid, kind)
+            self._sessions[sid] = session
+        try:
+            self._send(json_frame(sid, FrameType.OPEN, body))
+        except BaseException:
+            self._forget(sid)
+            raise
+        return session
+
+    def session_count(self) -> int:
+        """Number of sessions not yet ended."""
+        with self._lock:
+            return len(self._sessions)
+
+    # --------------------------------------------------- session kinds
+
+    def exec(self, request: ExecRequest, *, timeout: float | None = None) -> ExecResult:
+        """Run a command and collect its output; see :func:`microagent.channel.exec.run`."""
+        from microagent.channel.exec import run
+
+        return run(self, request, timeout=timeout)
+
+    def start_exec(
+        self,
+        request: ExecRequest,
+        *,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+    ) -> ExecSession:
+        """Start a command with streaming output; see :func:`microagent.channel.exec.start`."""
+        from microagent.channel.exec import start
+
+        return start(self, request, stdout=stdout, stderr=stderr)
+
+    def shell(self, **kwargs: Any) -> ExecSession:
+        """Open a pty shell; see :func:`microagent.channel.shell.open_shell`."""
+        from microagent.channel.shell import open_shell
+
+        return open_shell(self, **kwargs)
+
+    def put(
+        self,
+        guest_path: str,
+        source: bytes | bytearray | memoryview | str | Any,
+        *,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        mkdirs: bool = False,
+    ) -> int:
+        """Write a guest file; see :func:`microagent.channel.files.put`."""
+        from microagent.channel.files import put
+
+        return put(self, guest_path, source, mode=mode, uid=uid, gid=gid, mkdirs=mkdirs)
+
+    def get(self, guest_path: str, dest: str | Any) -> FileStat:
+        """Copy a guest file to ``dest``; see :func:`microagent.channel.files.get`."""
+        from microagent.channel.files import get
+
+        return get(self, guest_path, dest)
+
+    def get_bytes(self, guest_path: str) -> bytes:
+        """Read a guest file into memory; see :func:`microagent.channel.files.get_bytes`."""
+        from microagent.channel.files import get_bytes
+
+        return get_bytes(self, guest_path)
+
+    def forward(self, port: int, host: str = "127.0.0.1", *, timeout: float | None = 10.0) -> ForwardStream:
+        """Connect to a guest TCP port; see :func:`microagent.channel.forward.open_forward`."""
+        from microagent.channel.forward import open_forward
+
+        return open_forward(self, port, host, timeout=timeout)
+
+    def shutdown(self, action: str = "poweroff", grace_s: float = 5, *, timeout: float | None = 10.0) -> None:
+        """Ask the guest to power off (or reboot); returns once it acknowledged.
+
+        The guest answers ``EXIT {"status":"ok"}`` at once and then goes
+        down; the channel ends shortly after.
+
+        :param action: ``"poweroff"`` or ``"reboot"``.
+        :param grace_s: seconds between SIGTERM and SIGKILL in the guest.
+        :raises InvalidRequest: for another ``action``.
+        :raises GuestError: if the guest refused.
+        :raises ChannelTimeout: if there was no answer in ``timeout`` seconds.
+        :raises ChannelClosed: if the channel went away first.
+        """
+        from microagent.errors import InvalidRequest
+
+        if action not in ("poweroff", "reboot"):
+            raise InvalidRequest(f"unknown shutdown action {action!r}", "use 'poweroff' or 'reboot'")
+        with self.open_session("shutdown", action=action, grace_ms=int(grace_s * 1000)) as session:
+            session.wait_final(timeout)
+
+    # ------------------------------------------------------------ internals
+
+    def _send(self, frame: bytes) -> None:
+        with self._lock:
+            if self._closed_exc is not None:
+                raise ChannelClosed(self._closed_exc.message, self._closed_exc.remediation)
+        try:
+            with self._write_lock:
+                self._stream.write(frame)
+        except ChannelClosed as exc:
+            self._fail_all(exc)
+            self._stream.close()
+            raise
+
+    def _forget(self, sid: int) -> None:
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+    def _fail_all(self, exc: ChannelClosed) -> None:
+        with self._lock:
+            if self._closed_exc is not None:
+                return
+            self._closed_exc = exc
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+            self._hello_cond.notify_all()
+        for s in sessions:
+            s._fail(exc)
+
+    def _read_loop(self) -> None:
+        decoder = FrameDecoder()
+        reason = f"channel to {self.name} ended (guest went away)"
+        try:
+            while True:
+                chunk = self._stream.read(_READ_SIZE)
+                if not chunk:
+                    break
+                for event in decoder.feed(chunk):
+                    if isinstance(event, OversizedFrame):
+                        self._on_oversized(event)
+                    else:
+                        self._dispatch(event)
+        except ChannelClosed as exc:
+            reason = exc.message
+        except Exception as exc:  # a bug here must not leave waiters hanging
+            log.exception("channel reader for %s failed", self.name)
+            reason = f"channel reader for {self.name} failed: {exc!r}"
+        finally:
+            self._fail_all(ChannelClosed(reason, "check that the guest is running; reconnect to continue"))
+            self._stream.close()
+
+    def _answer_error(self, sid: int, code: str, message: str) -> None:
+        try:
+            self._send(json_frame(sid, FrameType.ERROR, {"code": code, "message": message}))
+        except ChannelClosed:
+            pass
+
+    def _end_locally(self, sid: int, code: str, message: str) -> None:
+        """The guest broke the protocol on ``sid``: answer ERROR, end it."""
+        log.warning("%s session %d: %s (%s)", self.name, sid, message, code)
+        with self._lock:
+            session = self._sessions.pop(sid, None)
+        if sid != 0:
+            self._answer_error(sid, code, message)
+        if session is not None:
+            session._deliver(ErrorEvent(code, message, {"code": code, "message": message}, local=True))
+
+    def _on_oversized(self, event: OversizedFrame) -> None:
+        self._end_locally(event.session, "frame_too_large", f"frame of {event.length} bytes exceeds 1 MiB")
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.session == 0:
+            self._dispatch_connection(frame)
+            return
+        with self._lock:
+            session = self._sessions.get(frame.session)
+        if session is None:
+            # Late frames for a session we closed or never opened; the
+            # guest sends nothing after CLOSE but some may be in flight.
+            return
+        ftype = frame.known_type
+        try:
+            if ftype is FrameType.DATA:
+                stream, data = decode_data(frame.payload)
+                if not session._on_data(stream, data):
+                    self._end_locally(frame.session, "flow_control", f"guest overran the credit on stream {stream}")
+            elif ftype is FrameType.WINDOW:
+                stream, inc = decode_window(frame.payload)
+                session._on_window(stream, inc)
+            elif ftype is FrameType.CONTROL:
+                session._deliver(ControlEvent(decode_json(frame.payload)))
+            elif ftype is FrameType.EXIT:
+                body = decode_json(frame.payload)
+                self._forget(frame.session)
+                session._deliver(ExitEvent(body))
+            elif ftype is FrameType.ERROR:
+                body = decode_json(frame.payload)
+                self._forget(frame.session)
+                session._deliver(ErrorEvent(str(body.get("code", "")), str(body.get("message", "")), body))
+            else:
+                self._end_locally(frame.session, "unknown_frame", f"unexpected frame type {frame.type} from guest")
+        except ProtocolError as exc:
+            self._end_locally(frame.session, "bad_request", exc.message)
+
+    def _dispatch_connection(self, frame: Frame) -> None:
+        ftype = frame.known_type
+        if ftype not in (FrameType.HELLO, FrameType.ERROR):
+            log.warning("%s: ignoring frame type %d on session 0", self.name, frame.type)
+            return
+        try:
+            body = decode_json(frame.payload)
+        except ProtocolError as exc:
+            body = {}
+            err: Exception | None = ProtocolError(f"guest sent a malformed {ftype.name} on session 0: {exc.message}")
+        else:
+            err = None
+        with self._hello_cond:
+            if not self._hello_pending:
+                log.warning("%s: unexpected %s on session 0: %r", self.name, ftype.name, body)
+                return
+            if err is None and ftype is FrameType.ERROR:
+                code = str(body.get("code", ""))
+                msg = str(body.get("message", ""))
+                if code == "version_mismatch":
+                    err = VersionMismatch(
+                        f"{self.name} rejected protocol version {PROTOCOL_VERSION}: {msg}",
+                        "install matching versions of microagent and its guest image",
+                    )
+                else:
+                    err = ProtocolError(f"{self.name} answered HELLO with ERROR {code}: {msg}")
+            elif err is None:
+                if body.get("protocol") != PROTOCOL_NAME or body.get("version") != PROTOCOL_VERSION:
+                    err = VersionMismatch(
+                        f"{self.name} speaks {body.get('protocol')!r} version {body.get('version')!r}, "
+                        f"expected {PROTOCOL_NAME!r} version {PROTOCOL_VERSION}",
+                        "install matching versions of microagent and its guest image",
+                    )
+            if err is not None:
+                self._hello_error = err
+            else:
+                self._hello_reply = body
+            self._hello_cond.notify_all()

@@ -1,0 +1,230 @@
+"""Byte streams the channel runs over (docs/protocol.md, transport table).
+
+This module owns the narrow transport seam: :class:`ByteStream` (read, write,
+close) and adapters for a connected socket (Unix socket, socketpair, a
+Firecracker vsock UDS after its ``CONNECT`` handshake) and for a pair of file
+descriptors (``--stdio`` agent mode). Framing, sessions and flow control stay
+out of it; they live in :mod:`~microagent.channel.frames` and
+:mod:`~microagent.channel.mux`.
+
+``OSError`` is translated here: a failed connect raises :class:`ChannelClosed`
+(the guest is not there yet, worth retrying), and read or write failures on an
+established stream raise :class:`ChannelClosed` too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Protocol, runtime_checkable
+
+from microagent.errors import ChannelClosed, Permanent
+
+__all__ = [
+    "ByteStream",
+    "FdStream",
+    "SocketStream",
+    "connect_firecracker_vsock",
+    "connect_unix",
+]
+
+
+@runtime_checkable
+class ByteStream(Protocol):
+    """A reliable, ordered, bidirectional byte stream.
+
+    One thread reads while others write; ``close`` may be called from any
+    thread and must make a blocked ``read`` return.
+    """
+
+    def read(self, n: int) -> bytes:
+        """Read up to ``n`` bytes; ``b""`` means end of stream.
+
+        :raises ChannelClosed: when the transport fails.
+        """
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data``.
+
+        :raises ChannelClosed: when the transport fails or is closed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the stream; idempotent."""
+        ...
+
+
+class SocketStream:
+    """:class:`ByteStream` over a connected stream socket.
+
+    :param sock: a connected ``SOCK_STREAM`` socket in blocking mode; the
+        stream owns it from now on.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(None)
+        self._sock = sock
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket."""
+        return self._sock
+
+    def read(self, n: int) -> bytes:
+        """Read up to ``n`` bytes; ``b""`` at end of stream or after close.
+
+        :raises ChannelClosed: on a socket error other than a local close.
+        """
+        try:
+            return self._sock.recv(n)
+        except OSError as exc:
+            if self._closed:
+                return b""
+            raise ChannelClosed(f"channel read failed: {exc}", "check that the guest is running") from exc
+
+    def write(self, data: bytes) -> None:
+        """Send all of ``data``.
+
+        :raises ChannelClosed: when the socket is closed or the peer went away.
+        """
+        if self._closed:
+            raise ChannelClosed("channel is closed")
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise ChannelClosed(f"channel write failed: {exc}", "check that the guest is running") from exc
+
+    def close(self) -> None:
+        """Shut the socket down (waking a blocked reader) and close it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+class FdStream:
+    """:class:`ByteStream` over a read fd and a write fd (pipes, stdio).
+
+    :param read_fd: fd to read from; owned (closed by :meth:`close`).
+    :param write_fd: fd to write to; owned. May equal ``read_fd``.
+    """
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._rfd = read_fd
+        self._wfd = write_fd
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def read(self, n: int) -> bytes:
+        """Read up to ``n`` bytes; ``b""`` at end of stream or after close.
+
+        :raises ChannelClosed: on a read error.
+        """
+        try:
+            return os.read(self._rfd, n)
+        except OSError as exc:
+            if self._closed:
+                return b""
+            raise ChannelClosed(f"channel read failed: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data``.
+
+        :raises ChannelClosed: on a write error or after close.
+        """
+        if self._closed:
+            raise ChannelClosed("channel is closed")
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._wfd, view)
+                view = view[n:]
+        except OSError as exc:
+            raise ChannelClosed(f"channel write failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Close both fds (once)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for fd in {self._rfd, self._wfd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def connect_unix(path: str | os.PathLike[str], timeout: float | None = 10.0) -> SocketStream:
+    """Connect a Unix stream socket (QEMU chardev, agent ``--listen``).
+
+    :param path: the socket path.
+    :param timeout: connect timeout in seconds.
+    :raises ChannelClosed: if nothing accepts on ``path``.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        raise ChannelClosed(
+            f"cannot connect to channel socket {os.fspath(path)}: {exc}",
+            "check that the VM is running and the socket path is right",
+        ) from exc
+    return SocketStream(sock)
+
+
+def connect_firecracker_vsock(
+    uds_path: str | os.PathLike[str], port: int = 1024, timeout: float | None = 10.0
+) -> SocketStream:
+    """Connect to a guest vsock port through Firecracker's host-side UDS.
+
+    Sends ``CONNECT <port>\\n`` and expects ``OK <n>\\n``; the bytes after
+    that line belong to the channel (the line is read byte by byte so no
+    channel byte is consumed).
+
+    :param uds_path: the ``uds_path`` of the Firecracker vsock device.
+    :param port: the guest's vsock port (1024 for the channel).
+    :param timeout: timeout in seconds for connect and handshake.
+    :raises ChannelClosed: if the UDS is absent or the guest is not listening
+        yet (Firecracker closes the connection); worth retrying.
+    :raises Permanent: if Firecracker answers something other than ``OK``.
+    """
+    stream = connect_unix(uds_path, timeout)
+    sock = stream.socket
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(f"CONNECT {int(port)}\n".encode("ascii"))
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            b = sock.recv(1)
+            if not b:
+                raise ChannelClosed(
+                    f"firecracker closed the vsock connection to port {port}",
+                    "the guest is not listening yet; retry after it logs 'channel ready'",
+                )
+            line += b
+            if len(line) > 128:
+                raise Permanent(f"unexpected vsock handshake reply {bytes(line)!r}")
+    except OSError as exc:
+        stream.close()
+        raise ChannelClosed(f"vsock handshake on {os.fspath(uds_path)} failed: {exc}") from exc
+    except BaseException:
+        stream.close()
+        raise
+    if not line.startswith(b"OK "):
+        stream.close()
+        raise Permanent(f"unexpected vsock handshake reply {bytes(line)!r}")
+    sock.settimeout(None)
+    return stream

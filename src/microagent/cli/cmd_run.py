@@ -1,0 +1,63 @@
+"""``microagent run IMAGE [--] CMD...``: a one-shot workspace."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from microagent.cli.main import backend_option, json_option, state_dir_option
+from microagent.cli.output import emit_json
+
+
+def _writer(stream: Any) -> Any:
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+    return write
+
+
+@click.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@backend_option
+@click.option("--supervisor", default=None, help="path of the supervisor executable to use")
+@state_dir_option
+@json_option
+@click.option("--timeout", type=float, default=None, help="kill the command after S seconds")
+@click.option("--boot-timeout", type=float, default=60.0, show_default=True,
+              help="give up if the guest is not up after S seconds")
+@click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment variable")
+@click.option("--workdir", "-w", default=None, help="working directory in the guest")
+@click.option("--user", "-u", default=None, help="user in the guest (name, UID or UID:GID)")
+@click.option("--memory", type=click.IntRange(64, 1 << 20), default=512, show_default=True, help="MiB")
+@click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--keep", is_flag=True, help="keep the workspace's disk and state afterwards")
+def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: str | None,
+        state_dir: str | None, as_json: bool, timeout: float | None, boot_timeout: float,
+        env: tuple[str, ...], workdir: str | None, user: str | None, memory: int, cpus: int,
+        keep: bool) -> int:
+    """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
+
+    Put options before IMAGE; everything after IMAGE (or after --) is the command.
+    """
+    from microagent.workspace.oneshot import run as run_oneshot
+
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    outcome = run_oneshot(
+        image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
+        memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
+        supervisor=supervisor, keep=keep,
+        stdout=None if as_json else _writer(sys.stdout.buffer),
+        stderr=None if as_json else _writer(sys.stderr.buffer),
+    )
+    if as_json:
+        emit_json({"ok": True, **outcome.to_json()})
+    elif outcome.result.status in ("timed_out", "failed_to_start"):
+        detail = outcome.result.error.get("message", "") if outcome.result.error else ""
+        sys.stderr.write(f"microagent: command {outcome.result.status.replace('_', ' ')}"
+                         f"{': ' + detail if detail else ''}\n")
+    return outcome.exit_code

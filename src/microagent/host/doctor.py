@@ -1,0 +1,115 @@
+"""``microagent host`` and ``microagent doctor``: the host, explained.
+
+Builds a report from :func:`microagent.host.detect.detect`: each check has a
+name, whether it passed, whether the active backend needs it, what was seen,
+and a remediation line when it failed.  The verdict is ``failed`` when a
+required check fails, ``degraded`` when only optional ones do, else ``ok``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from microagent.host.detect import HostFacts, detect
+from microagent.host.selection import Selection, select_backend
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+    remediation: str = ""
+
+
+def _guest_init_check(arch: str) -> Check:
+    from microagent.errors import MicroagentError
+    from microagent.guestinit import find_guest_init
+
+    try:
+        path = find_guest_init(arch)
+    except MicroagentError as exc:
+        return Check("guest-init", False, True, exc.message, exc.remediation)
+    return Check("guest-init", True, True, str(path))
+
+
+def kernel_report(state_root: Path, backend: str, arch: str) -> dict[str, Any]:
+    from microagent.kernels import kernel_status
+
+    return kernel_status(state_root, backend, arch)
+
+
+def checks_for(backend: str, facts: HostFacts, kernel: dict[str, Any]) -> list[Check]:
+    """The checks that matter for ``backend`` on this host."""
+    out: list[Check] = []
+    tools = facts.tools
+    if backend == "qemu":
+        qemu = tools["qemu"]
+        out.append(Check("qemu", qemu.available, True,
+                         f"{qemu.path} ({qemu.version})" if qemu.available else qemu.error,
+                         "apt-get install qemu-system-x86 (or run 'make install')"))
+        accel = "kvm" if facts.kvm.kind == "hardware" else "tcg"
+        out.append(Check("acceleration", True, False, f"{accel}: {facts.kvm.detail}"))
+    if backend == "firecracker":
+        fc = tools["firecracker"]
+        out.append(Check("firecracker", fc.available, True,
+                         f"{fc.path} ({fc.version})" if fc.available else fc.error,
+                         "run 'make install' to place the pinned firecracker, or set MICROAGENT_FIRECRACKER"))
+        out.append(Check("kvm", facts.kvm.kind == "hardware", True, facts.kvm.detail,
+                         "firecracker needs hardware KVM; use --backend qemu on this host"))
+        out.append(Check("vhost-vsock", facts.vhost_vsock, True,
+                         "/dev/vhost-vsock present" if facts.vhost_vsock else "/dev/vhost-vsock missing",
+                         "modprobe vhost_vsock"))
+    if facts.os == "linux":
+        for tool, pkg in (("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")):
+            t = tools[tool]
+            out.append(Check(tool, t.available, True, t.path or t.error, f"apt-get install {pkg}"))
+        out.append(Check("tun", facts.tun, False,
+                         "/dev/net/tun present" if facts.tun else "/dev/net/tun missing",
+                         "modprobe tun (needed for --network nat)"))
+        if backend == "qemu":
+            out.append(Check("user-network", tools["qemu"].available, False,
+                             "qemu built-in user networking (slirp)"))
+        else:
+            pasta = tools["pasta"]
+            out.append(Check("user-network", pasta.available, False, pasta.path or pasta.error,
+                             "apt-get install passt (pasta wraps firecracker for --network user)"))
+    out.append(_guest_init_check(facts.architecture))
+    status = kernel.get("status")
+    out.append(Check("kernel", status == "installed", True,
+                     f"{status}: {kernel.get('path', '')}",
+                     f"run 'microagent kernel install --backend {backend}'"))
+    return out
+
+
+def verdict(checks: list[Check]) -> str:
+    if any(not c.ok and c.required for c in checks):
+        return "failed"
+    if any(not c.ok for c in checks):
+        return "degraded"
+    return "ok"
+
+
+def report(state_root: Path, requested_backend: str | None = None,
+           facts: HostFacts | None = None) -> dict[str, Any]:
+    """The ``doctor`` document: ``{ok, verdict, backend, reason, host, kernel, checks}``.
+
+    :raises Unsupported: when ``requested_backend`` cannot run on this host OS.
+    """
+    facts = facts or detect()
+    selection: Selection = select_backend(requested_backend, facts)
+    kernel = kernel_report(state_root, selection.backend, facts.architecture)
+    checks = checks_for(selection.backend, facts, kernel)
+    v = verdict(checks)
+    return {
+        "ok": v != "failed",
+        "verdict": v,
+        "backend": selection.backend,
+        "reason": selection.reason,
+        "host": facts.to_json(),
+        "kernel": kernel,
+        "checks": [asdict(c) for c in checks],
+    }

@@ -1,0 +1,89 @@
+"""Which backend runs workspaces on this host, and why.
+
+A backend that cannot run on this host OS is refused here, before anything
+is built or spawned; there is never a silent fallback to another backend.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from microagent.errors import InvalidRequest, Unsupported
+from microagent.host.detect import HostFacts, host_os
+
+#: backend -> host OS it runs on
+BACKEND_OS = {
+    "firecracker": "linux",
+    "qemu": "linux",
+    "apple-vf": "darwin",
+    "windows-hyperv": "windows",
+}
+
+OS_NAMES = {"linux": "Linux", "darwin": "macOS", "windows": "Windows"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    backend: str
+    reason: str
+    explicit: bool
+
+
+def backends_for(os_name: str) -> list[str]:
+    return [b for b, o in BACKEND_OS.items() if o == os_name]
+
+
+def check_backend_runs_here(backend: str, os_name: str | None = None) -> None:
+    """Fail closed when ``backend`` cannot run on this host OS.
+
+    :raises InvalidRequest: for a name that is not a backend.
+    :raises Unsupported: for a backend of another host OS.
+    """
+    os_name = os_name or host_os()
+    if backend not in BACKEND_OS:
+        raise InvalidRequest(
+            f"unknown backend {backend!r}",
+            f"choose one of: {', '.join(BACKEND_OS)}",
+        )
+    if BACKEND_OS[backend] != os_name:
+        valid = backends_for(os_name)
+        raise Unsupported(
+            f"backend {backend} needs a {OS_NAMES[BACKEND_OS[backend]]} host; this host runs "
+            f"{OS_NAMES.get(os_name, os_name)}",
+            f"use one of the backends this host supports: {', '.join(valid) or 'none'}",
+        )
+
+
+def default_backend(facts: HostFacts) -> Selection:
+    """The backend this host uses when none is asked for, with the reason."""
+    if facts.os == "darwin":
+        return Selection("apple-vf", "macOS host: Virtualization.framework", False)
+    if facts.os == "windows":
+        return Selection("windows-hyperv", "Windows host: Hyper-V compute service (experimental)", False)
+    if facts.os != "linux":
+        raise Unsupported(f"no microagent backend runs on {facts.os}", "use Linux, macOS or Windows")
+    firecracker = facts.tools.get("firecracker")
+    if facts.kvm.kind != "hardware":
+        return Selection("qemu", f"{facts.kvm.detail}; firecracker needs hardware KVM, "
+                                 "so qemu runs guests here", False)
+    if firecracker is None or not firecracker.available:
+        return Selection("qemu", "hardware KVM is present but no firecracker binary was found "
+                                 "(run 'make install' or set MICROAGENT_FIRECRACKER)", False)
+    return Selection("firecracker", "hardware KVM and a firecracker binary are present", False)
+
+
+def select_backend(requested: str | None, facts: HostFacts) -> Selection:
+    """``--backend`` → ``MICROAGENT_BACKEND`` → the host default.
+
+    :raises InvalidRequest: for an unknown backend name.
+    :raises Unsupported: for a backend of another host OS.
+    """
+    if requested:
+        check_backend_runs_here(requested, facts.os)
+        return Selection(requested, "chosen with --backend", True)
+    env = os.environ.get("MICROAGENT_BACKEND")
+    if env:
+        check_backend_runs_here(env, facts.os)
+        return Selection(env, "chosen with MICROAGENT_BACKEND", True)
+    return default_backend(facts)

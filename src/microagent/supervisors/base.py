@@ -1,0 +1,143 @@
+"""What every supervisor executable shares: request intake, dispatch, answer.
+
+A supervisor reads one JSON request (stdin, ``--request FILE`` or
+``--request-json STR``), validates it (:func:`microagent.vmkit.types.parse_request`),
+calls the backend method named by ``command`` and prints one JSON response.
+Exit status is 0 iff the response says ``ok``.  Errors never escape as
+tracebacks: user errors carry their kind, anything unexpected becomes a
+``permanent`` internal error with the traceback on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any, Callable
+
+from microagent.errors import InvalidRequest, MicroagentError, Unsupported
+from microagent.vmkit.types import Event, Identity, Request, Response, parse_request
+
+
+class Backend:
+    """One backend's implementation of the supervisor commands.
+
+    Subclasses override the commands they support; the rest answer a
+    structured ``unsupported`` error naming the command and backend.
+    """
+
+    name = "unknown"
+
+    def host(self, request: Request) -> Response:
+        raise self._unsupported("host")
+
+    def check(self, request: Request) -> Response:
+        raise self._unsupported("check")
+
+    def prepare(self, request: Request) -> Response:
+        raise self._unsupported("prepare")
+
+    def start(self, request: Request) -> Response:
+        raise self._unsupported("start")
+
+    def run(self, request: Request) -> Response:
+        raise self._unsupported("run")
+
+    def inspect(self, request: Request) -> Response:
+        raise self._unsupported("inspect")
+
+    def halt(self, request: Request) -> Response:
+        raise self._unsupported("halt")
+
+    def quarantine(self, request: Request) -> Response:
+        raise self._unsupported("quarantine")
+
+    def stop(self, request: Request) -> Response:
+        raise self._unsupported("stop")
+
+    def kill(self, request: Request) -> Response:
+        raise self._unsupported("kill")
+
+    def delete(self, request: Request) -> Response:
+        raise self._unsupported("delete")
+
+    def pause(self, request: Request) -> Response:
+        raise self._unsupported("pause")
+
+    def resume(self, request: Request) -> Response:
+        raise self._unsupported("resume")
+
+    def _unsupported(self, command: str) -> Unsupported:
+        return Unsupported(f"the {self.name} supervisor does not implement {command!r} yet",
+                           "see the backends table in README.md for what each backend supports")
+
+    def event(self, request: Request, state: str, detail: str = "", **extra: Any) -> Response:
+        """A successful response carrying an event for ``request``'s identity."""
+        assert request.identity is not None
+        return Response(ok=True, backend=self.name,
+                        event=Event(identity=request.identity, state=state, detail=detail), **extra)
+
+
+def read_request(argv: list[str]) -> Any:
+    parser = argparse.ArgumentParser(add_help=True)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--request", metavar="FILE", help="read the JSON request from FILE")
+    group.add_argument("--request-json", metavar="JSON", help="the JSON request itself")
+    args = parser.parse_args(argv)
+    try:
+        if args.request_json is not None:
+            text = args.request_json
+        elif args.request is not None:
+            with open(args.request, encoding="utf-8") as fh:
+                text = fh.read()
+        else:
+            text = sys.stdin.read()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read request: {exc}") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"request is not valid JSON: {exc}") from exc
+
+
+def _error_response(backend: str, err: MicroagentError, raw: Any) -> Response:
+    response = Response(ok=False, backend=backend, error=err.to_dict())
+    if isinstance(raw, dict) and isinstance(raw.get("identity"), dict):
+        ident = raw["identity"]
+        try:
+            response.event = Event(
+                identity=Identity(**{k: str(ident.get(k, "")) for k in ("requestID", "runtimeID", "role", "backend")}),
+                state="failed" if raw.get("command") in ("start", "run") else "unknown",
+                detail=err.message,
+            )
+        except TypeError:
+            pass
+    return response
+
+
+def serve(backend_factory: Callable[[], Backend], backend_name: str, argv: list[str] | None = None) -> int:
+    """Run one supervisor invocation; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    raw: Any = None
+    try:
+        raw = read_request(argv)
+        request = parse_request(raw)
+        if request.identity is not None and request.identity.backend != backend_name:
+            raise InvalidRequest(
+                f"identity.backend is {request.identity.backend!r} but this is the {backend_name} supervisor",
+                f"send the request to microagent-{request.identity.backend.replace('-', '').replace('windowshyperv', 'hyperv')}-supervisor",
+            )
+        backend = backend_factory()
+        response = getattr(backend, request.command)(request)
+    except MicroagentError as err:
+        response = _error_response(backend_name, err, raw)
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes an answer
+        traceback.print_exc(file=sys.stderr)
+        response = _error_response(backend_name, MicroagentError(
+            f"internal error in the {backend_name} supervisor: {exc.__class__.__name__}: {exc}",
+            "this is a bug in microagent; the traceback is on stderr"), raw)
+    json.dump(response.to_json(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0 if response.ok else 1

@@ -1,0 +1,99 @@
+"""VMM processes: spawn detached, identify without PID-reuse mistakes, signal.
+
+A recorded process is ``(pid, starttime)``; ``starttime`` is field 22 of
+``/proc/<pid>/stat`` (clock ticks since boot), so a recycled PID never passes
+for our VMM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from microagent.errors import Permanent
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    pid: int
+    starttime: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"pid": self.pid, "starttime": self.starttime}
+
+
+def _starttime(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces/parens: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        if fields[0] == "Z":
+            return None  # a zombie has exited; only its parent's wait is missing
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def ref_for(pid: int) -> ProcessRef:
+    st = _starttime(pid)
+    if st is None:
+        raise Permanent(f"process {pid} exited before it could be recorded")
+    return ProcessRef(pid, st)
+
+
+def is_alive(ref: ProcessRef) -> bool:
+    """Whether the recorded process still runs (and is the same process)."""
+    return _starttime(ref.pid) == ref.starttime
+
+
+def spawn_detached(argv: list[str], *, cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session so it outlives the supervisor.
+
+    :raises Permanent: when the executable cannot be started.
+    """
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise Permanent(f"cannot start {argv[0]}: {exc.strerror}") from exc
+    finally:
+        log.close()
+
+
+def reap_if_child(pid: int) -> None:
+    """Collect the exit status if ``pid`` is our child (avoids zombies)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_gone(ref: ProcessRef, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the process to exit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reap_if_child(ref.pid)
+        if not is_alive(ref):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def send_signal(ref: ProcessRef, sig: signal.Signals) -> bool:
+    """Signal the process if it is still ours; False when it is already gone."""
+    if not is_alive(ref):
+        return False
+    try:
+        os.kill(ref.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,109 @@
+"""Everything a boot needs, checked before anything is built.
+
+:func:`plan_boot` resolves backend → image reference → kernel → guest init →
+initramfs in that order and fails at the first missing piece, so a request
+for a backend of another host OS, an unknown image or a missing kernel costs
+nothing but the error.  The plan then builds the base disk (cached) and
+copies it for the workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from microagent.errors import NotFound
+from microagent.images.resolve import BaseImage, check_reference, resolve_image
+from microagent.paths import host_arch, kernel_dir, runtime_dir, state_root, workspace_dir
+from microagent.vmkit.types import Config
+
+
+@dataclass
+class BootPlan:
+    backend: str
+    name: str
+    state_root: Path
+    image_ref: str
+    kernel_path: Path
+    initrd_path: Path
+    guest_init: Path
+    memory_mib: int
+    cpus: int
+    boot_timeout: float
+    image: BaseImage = field(init=False)
+
+    @property
+    def disk_path(self) -> Path:
+        return workspace_dir(self.state_root, self.name) / "rootfs.ext4"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return runtime_dir(self.state_root, self.name)
+
+    def materialize_disk(self) -> Path:
+        """Build (or reuse) the base disk and copy it for this workspace."""
+        from microagent.images.ext4 import copy_disk
+
+        self.image = resolve_image(self.image_ref, self.state_root, self.guest_init)
+        return copy_disk(self.image.disk, self.disk_path)
+
+    @property
+    def config(self) -> Config:
+        return Config(
+            stateDir=str(self.state_root),
+            kernelPath=str(self.kernel_path),
+            rootfsPath=str(self.disk_path),
+            initrdPath=str(self.initrd_path),
+            memoryMiB=self.memory_mib,
+            cpuCount=self.cpus,
+            hostname=self.name,
+            timeoutSeconds=self.boot_timeout,
+        )
+
+
+def resolve_backend(requested: str | None) -> str:
+    """The backend to use; an explicit one is checked against the host OS only.
+
+    :raises Unsupported: for a backend of another host OS.
+    :raises InvalidRequest: for an unknown backend name.
+    """
+    import os
+
+    from microagent.host.selection import check_backend_runs_here, default_backend
+
+    explicit = requested or os.environ.get("MICROAGENT_BACKEND")
+    if explicit:
+        check_backend_runs_here(explicit)
+        return explicit
+    from microagent.host.detect import detect
+
+    return default_backend(detect()).backend
+
+
+def find_kernel(root: Path, backend: str) -> Path:
+    """:raises NotFound: when no kernel is installed for ``backend``."""
+    image = kernel_dir(root, backend) / "Image"
+    if not image.is_file():
+        raise NotFound(f"no kernel installed for backend {backend} at {image}",
+                       f"run 'microagent kernel install --backend {backend}'")
+    return image
+
+
+def plan_boot(image: str, name: str, *, backend: str | None, state_dir: str | Path | None,
+              memory_mib: int, cpus: int, boot_timeout: float) -> BootPlan:
+    """Check every input of a boot; build nothing.
+
+    :raises MicroagentError: the first missing or invalid input.
+    """
+    chosen = resolve_backend(backend)
+    check_reference(image)
+    root = state_root(state_dir)
+    kernel = find_kernel(root, chosen)
+    from microagent.guestinit import find_guest_init
+    from microagent.kernels import ensure_initramfs
+
+    guest_init = find_guest_init(host_arch())
+    initrd = ensure_initramfs(kernel.parent, guest_init)
+    return BootPlan(backend=chosen, name=name, state_root=root, image_ref=image, kernel_path=kernel,
+                    initrd_path=initrd, guest_init=guest_init, memory_mib=memory_mib, cpus=cpus,
+                    boot_timeout=boot_timeout)

@@ -1,0 +1,121 @@
+"""One-shot runs: boot a throwaway workspace, run one command, tear it down.
+
+Order matters for "fail closed before side effects": the backend, image
+reference, kernel and guest init are all checked before any disk is copied
+or any VMM is spawned.  Whatever happens after the VM starts, the VM is
+stopped and its state removed (unless ``keep``), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from microagent.errors import MicroagentError
+from microagent.workspace.boot_plan import BootPlan, plan_boot
+from microagent.workspace.supervisor_client import SupervisorClient
+
+OutputSink = Callable[[bytes], None] | BinaryIO | None
+
+
+@dataclass
+class RunOutcome:
+    """What a one-shot run produced: the guest result plus host-side timings."""
+
+    workspace: str
+    backend: str
+    result: Any  # microagent.channel.ExecResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.result.exit_code)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "backend": self.backend,
+            "result": self.result.to_json(),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.last = self.t0
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.marks[name] = now - self.last
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.marks, "total": time.monotonic() - self.t0}
+
+
+def run(image: str, argv: list[str], *, backend: str | None = None, env: list[str] | None = None,
+        workdir: str | None = None, user: str | None = None, timeout: float | None = None,
+        memory_mib: int = 512, cpus: int = 1, boot_timeout: float = 60.0,
+        state_dir: str | Path | None = None, supervisor: str | None = None,
+        stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False) -> RunOutcome:
+    """Run ``argv`` in a fresh workspace booted from ``image``.
+
+    :param stdout: where guest stdout goes as it arrives (a callable or a binary
+        file); ``None`` collects it into the result only.
+    :raises Unsupported: backend not runnable here, or image not servable.
+    :raises NotFound: kernel, guest init, image or host tool missing.
+    :raises MicroagentError: any boot or channel failure (the VM is torn down).
+    """
+    from microagent.channel import ExecRequest, open_channel
+
+    watch = _Stopwatch()
+    name = f"run-{secrets.token_hex(4)}"
+    plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
+                               memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout)
+    watch.mark("prepare")
+    client = SupervisorClient(plan.backend, plan.state_root, supervisor)
+    started = False
+    try:
+        plan.materialize_disk()
+        watch.mark("disk")
+        client.send("start", name, plan.config, timeout=boot_timeout + 30)
+        started = True
+        watch.mark("boot")
+        request = ExecRequest(argv=list(argv), env=[*plan.image.config.env, *(env or [])],
+                              cwd=workdir or plan.image.config.working_dir or None,
+                              user=user or plan.image.config.user or None,
+                              timeout_s=timeout)
+        with open_channel(plan.runtime_dir / "channel.sock", hello_timeout=10.0) as conn:
+            result = conn.exec_stream(request, stdout=stdout, stderr=stderr)
+        watch.mark("exec")
+        client.send("halt", name)
+        watch.mark("shutdown")
+    except BaseException:
+        if started:
+            _force_stop(client, name)
+        if not keep:
+            _delete_quietly(client, name)
+        raise
+    if not keep:
+        client.send("delete", name)
+        watch.mark("cleanup")
+    return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total())
+
+
+def _force_stop(client: SupervisorClient, name: str) -> None:
+    try:
+        client.send("kill", name, timeout=30)
+    except MicroagentError:
+        pass
+
+
+def _delete_quietly(client: SupervisorClient, name: str) -> None:
+    try:
+        client.send("delete", name, timeout=30)
+    except MicroagentError:
+        pass

@@ -1,0 +1,38 @@
+"""Building supervisor requests for a workspace and sending them.
+
+The workspace layer's only way to reach a backend: it fills in the identity
+and config, finds the supervisor executable and decodes the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from microagent.vmkit.dispatch import call_supervisor, find_supervisor
+from microagent.vmkit.types import (
+    Config,
+    ExecSpec,
+    Identity,
+    Request,
+    Response,
+    new_request_id,
+)
+
+
+@dataclass
+class SupervisorClient:
+    backend: str
+    state_root: Path
+    override: str | None = None
+
+    def _identity(self, name: str) -> Identity:
+        return Identity(requestID=new_request_id(), runtimeID=name, role="workload", backend=self.backend)
+
+    def send(self, command: str, name: str, config: Config | None = None,
+             exec_spec: ExecSpec | None = None, timeout: float = 600.0) -> Response:
+        """Send one command; raises the supervisor's error as a MicroagentError."""
+        cfg = config or Config(stateDir=str(self.state_root))
+        request = Request(command=command, identity=self._identity(name), config=cfg, exec=exec_spec)
+        exe = find_supervisor(self.backend, self.override)
+        return call_supervisor(exe, request, timeout=timeout)
