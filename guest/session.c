@@ -140,7 +140,7 @@ static void deliver_input_eof(struct session *s)
 }
 
 /* The sink broke (EPIPE, EIO...): drop what is buffered and what comes. */
-static void input_broken(struct session *s)
+void session_drop_input(struct session *s)
 {
     size_t n = buf_used(&s->inbuf);
     buf_clear(&s->inbuf);
@@ -162,11 +162,11 @@ void session_flush_input(struct session *s)
             continue;
         if (w < 0 && errno == EAGAIN)
             return;
-        input_broken(s);
+        session_drop_input(s);
         return;
     }
     if (buf_used(&s->inbuf) > 0 && s->in_fd < 0 && !s->connecting) {
-        input_broken(s);
+        session_drop_input(s);
         return;
     }
     if (buf_used(&s->inbuf) == 0 && s->in_eof && !s->in_closed && !s->connecting)
@@ -199,6 +199,7 @@ void session_on_data(struct session *s, const uint8_t *p, size_t n)
         return;
     }
     s->in_unacked += (uint32_t)n;
+    s->last_in = p[n - 1];
     if (s->kind == K_PUT) {
         put_on_data(s, p, n);
         return;
@@ -292,6 +293,8 @@ int session_pump_output(struct session *s, int st)
             return progress;
         }
         /* EIO on a pty master (slave closed), ECONNRESET on a socket... */
+        if (!(s->pty && errno == EIO))
+            s->out_error = true;
         output_eof(s, st);
         return -1;
     }

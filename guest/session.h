@@ -30,6 +30,7 @@ struct session {
     bool in_closed;      /* sink closed (EOF delivered, or sink is gone) */
     bool in_discard;     /* drop stream 0 data (no stdin, or sink broke) */
     int in_fd;           /* sink fd, -1 if none */
+    uint8_t last_in;     /* last stream-0 byte received (pty EOF) */
 
     /* Streams 1 and 2 (guest -> host). */
     int out_fd[3];       /* [1], [2]; may equal in_fd (pty master, socket) */
@@ -39,6 +40,7 @@ struct session {
     bool truncated[3];
     bool out_eof_sent[3];
     bool out_used[3];    /* this stream exists for the session */
+    bool out_error;      /* a read failed (not EOF) */
 
     /* poll() bookkeeping: indices into the agent's pollfd array. */
     int pidx_in, pidx_out[3];
@@ -90,6 +92,8 @@ bool session_can_read(const struct session *s, int st);
 /* Closes the fd(s) of an output stream, keeping a shared in_fd open. */
 void session_close_out(struct session *s, int st);
 void session_close_in(struct session *s);
+/* Drop buffered stream-0 data and discard all that follows. */
+void session_drop_input(struct session *s);
 
 /* Kinds. open_* parse the OPEN payload; on error they call session_fail. */
 void exec_open(struct session *s, const struct jv *req, bool shell);

@@ -44,6 +44,7 @@ from microagent.channel.mux import (
     Session,
     SessionEvent,
 )
+from microagent.channel.connect import open_channel
 from microagent.channel.exec import ExecRequest, ExecResult, ExecSession, OutputSink
 from microagent.channel.files import FileStat
 from microagent.channel.forward import ForwardStream, PortPublisher, open_forward, splice
@@ -89,6 +90,7 @@ __all__ = [
     "connect_unix",
     "encode_frame",
     "guest_error",
+    "open_channel",
     "open_forward",
     "open_shell",
     "splice",

@@ -403,7 +403,7 @@ class ChannelConnection:
 
         :raises VersionMismatch: if the guest answers ``version_mismatch`` or
             a ``HELLO`` for another protocol or version.
-        :raises ProtocolError: if the guest answers with another ERROR.
+        :raises ProtocolError: if the guest's HELLO is not a JSON object.
         :raises ChannelTimeout: if there is no answer within ``timeout`` seconds.
         :raises ChannelClosed: if the stream ends first.
         """
@@ -465,11 +465,15 @@ class ChannelConnection:
         return not self._reader.is_alive()
 
     def close(self) -> None:
-        """Close the stream and fail every pending waiter. Idempotent."""
+        """Close the stream and fail every pending waiter. Idempotent.
+
+        Waits briefly for the reader thread (a socket stream wakes it at once;
+        a pipe read may stay blocked, the thread is a daemon).
+        """
         self._fail_all(ChannelClosed(f"channel to {self.name} was closed by the host"))
         self._stream.close()
         if self._started and threading.current_thread() is not self._reader:
-            self._reader.join(5)
+            self._reader.join(2)
 
     # ------------------------------------------------------------- sessions
 
@@ -629,10 +633,19 @@ class ChannelConnection:
             self._stream.close()
 
     def _answer_error(self, sid: int, code: str, message: str) -> None:
-        try:
-            self._send(json_frame(sid, FrameType.ERROR, {"code": code, "message": message}))
-        except ChannelClosed:
-            pass
+        """Send ERROR from a helper thread: the reader must never block on a write.
+
+        (A guest whose output queue is full stops reading the channel until
+        the host reads; a reader blocked in a write would deadlock with it.)
+        """
+
+        def send() -> None:
+            try:
+                self._send(json_frame(sid, FrameType.ERROR, {"code": code, "message": message}))
+            except ChannelClosed:
+                pass
+
+        threading.Thread(target=send, name=f"microagent-channel-error-{sid}", daemon=True).start()
 
     def _end_locally(self, sid: int, code: str, message: str) -> None:
         """The guest broke the protocol on ``sid``: answer ERROR, end it."""
@@ -700,13 +713,16 @@ class ChannelConnection:
             if err is None and ftype is FrameType.ERROR:
                 code = str(body.get("code", ""))
                 msg = str(body.get("message", ""))
-                if code == "version_mismatch":
-                    err = VersionMismatch(
-                        f"{self.name} rejected protocol version {PROTOCOL_VERSION}: {msg}",
-                        "install matching versions of microagent and its guest image",
-                    )
-                else:
-                    err = ProtocolError(f"{self.name} answered HELLO with ERROR {code}: {msg}")
+                if code != "version_mismatch":
+                    # Not an answer to HELLO (the guest answers HELLO with
+                    # HELLO or version_mismatch): a late reply to something
+                    # earlier on session 0. Keep waiting.
+                    log.warning("%s: ERROR %s on session 0 during HELLO: %s", self.name, code, msg)
+                    return
+                err = VersionMismatch(
+                    f"{self.name} rejected protocol version {PROTOCOL_VERSION}: {msg}",
+                    "install matching versions of microagent and its guest image",
+                )
             elif err is None:
                 if body.get("protocol") != PROTOCOL_NAME or body.get("version") != PROTOCOL_VERSION:
                     err = VersionMismatch(

@@ -38,7 +38,7 @@ class RunOutcome:
         return {
             "workspace": self.workspace,
             "backend": self.backend,
-            "result": self.result.to_json(),
+            "result": self.result.to_dict(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -91,7 +91,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                               user=user or plan.image.config.user or None,
                               timeout_s=timeout)
         with open_channel(plan.runtime_dir / "channel.sock", hello_timeout=10.0) as conn:
-            result = conn.exec_stream(request, stdout=stdout, stderr=stderr)
+            result = conn.start_exec(request, stdout=stdout, stderr=stderr).wait()
         watch.mark("exec")
         client.send("halt", name)
         watch.mark("shutdown")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fake_guest import FakeGuest, fake_pair
+from unit.channel.fake_guest import FakeGuest, fake_pair
 
 from microagent.channel import (
     ChannelConnection,
@@ -255,7 +255,7 @@ def test_guest_overrunning_credit_is_flow_control_error() -> None:
     conn, guest = _connect(ignore_credit=True)
     try:
         s = conn.open_session("exec", argv=["zeros", str(2 * INITIAL_WINDOW)])
-        _wait_until(lambda: not guest.sessions, 5)  # the host ended it (or it finished)
+        _wait_until(lambda: conn.session_count() == 0, 5)  # the host ended it
         events = []
         while True:
             ev = s.recv(5)
@@ -327,7 +327,8 @@ def test_guest_vanishing_fails_every_waiter_promptly() -> None:
     assert time.monotonic() - t0 < 2
     assert len(failures) == 1 and isinstance(failures[0], ChannelClosed)
     with pytest.raises(ChannelClosed):
-        s.recv(5)
+        while True:  # queued events first, then the failure
+            s.recv(5)
     with pytest.raises(ChannelClosed):
         conn.open_session("exec", argv=["echo"])
     with pytest.raises(ChannelClosed):

@@ -181,8 +181,7 @@ class QemuBackend(Backend):
                 raise Transient("qemu did not create its channel socket in time")
             time.sleep(0.01)
         try:
-            conn = open_channel(rt.channel_socket, hello_timeout=max(0.1, deadline - time.monotonic()),
-                                alive=lambda: proc.poll() is None)
+            conn = open_channel(rt.channel_socket, hello_timeout=max(0.1, deadline - time.monotonic()))
         except MicroagentError as exc:
             status = proc.poll()
             tail = rt.serial_tail()
@@ -221,7 +220,7 @@ class QemuBackend(Backend):
             process.wait_gone(ref, 10)
             self._record(rt, request, "failed", exc.message)
             raise
-        result_doc = result.to_json()
+        result_doc = result.to_dict()
         from microagent.supervisors.runtime_state import write_json_atomic
 
         write_json_atomic(rt.result_json, result_doc)

@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from microagent.errors import Permanent, Transient
-from microagent.supervisors.unix import connect_unix
+from microagent.channel.stream import _connect_any_length
 
 
 class QMPClient:
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
         try:
-            self.sock = connect_unix(path, timeout=timeout)
+            _connect_any_length(self.sock, str(path))
         except OSError as exc:
+            self.sock.close()
             raise Transient(f"cannot connect to QMP at {path}: {exc}") from exc
         self.file = self.sock.makefile("rwb")
         greeting = self._read()

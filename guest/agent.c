@@ -1,0 +1,652 @@
+/* The protocol engine: a single-threaded poll() loop over the channel, the
+ * signal self-pipe and every session's fds. Frames are dispatched to the
+ * sessions; output goes through one bounded queue to the channel. */
+#define _GNU_SOURCE
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "json.h"
+
+static int g_sig_w = -1;
+static volatile sig_atomic_t g_term;
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP)
+        g_term = 1;
+    if (g_sig_w >= 0) {
+        ssize_t w = write(g_sig_w, "x", 1);
+        (void)w;
+    }
+    errno = saved;
+}
+
+int agent_init(struct agent *a, bool pid1)
+{
+    a->pid1 = pid1;
+    a->ch.rfd = a->ch.wfd = a->ch.listen_fd = -1;
+    a->poweroff_means = SD_POWEROFF;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -1;
+    a->sig_r = p[0];
+    a->sig_w = p[1];
+    g_sig_w = p[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGCHLD, &sa, NULL);
+    if (!pid1) {
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+void agent_queue_error(struct agent *a, uint32_t session, const char *code, const char *message)
+{
+    frame_put_error(&a->outq, session, code, message);
+}
+
+void agent_reset_sessions(struct agent *a)
+{
+    while (a->sessions)
+        session_destroy(a->sessions);
+}
+
+/* ---- children ---------------------------------------------------------- */
+
+static struct session *find_pid(struct agent *a, pid_t pid)
+{
+    for (struct session *s = a->sessions; s; s = s->next)
+        if (s->kind == K_EXEC && s->pid == pid && !s->reaped)
+            return s;
+    return NULL;
+}
+
+/* Reap every child that has exited (as PID 1: every orphan too).
+ * Returns false once there are no children left at all. */
+static bool reap_children(struct agent *a)
+{
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG);
+        if (p > 0) {
+            struct session *s = find_pid(a, p);
+            if (s)
+                exec_reaped(s, st);
+            continue;
+        }
+        if (p < 0 && errno == EINTR)
+            continue;
+        return !(p < 0 && errno == ECHILD);
+    }
+}
+
+static bool session_groups_gone(struct agent *a)
+{
+    for (struct session *s = a->sessions; s; s = s->next)
+        if (s->kind == K_EXEC && s->pid > 0 && (kill(-s->pid, 0) == 0 || errno != ESRCH))
+            return false;
+    return true;
+}
+
+static void signal_all(struct agent *a, int sig)
+{
+    if (a->pid1) {
+        kill(-1, sig);
+        return;
+    }
+    for (struct session *s = a->sessions; s; s = s->next)
+        if (s->kind == K_EXEC)
+            exec_kill(s, sig);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* Wait until every process is gone or the deadline passes. */
+static bool wait_all_gone(struct agent *a, int64_t deadline)
+{
+    for (;;) {
+        bool any_children = reap_children(a);
+        bool gone = a->pid1 ? !any_children : session_groups_gone(a);
+        if (gone)
+            return true;
+        if (now_mono_ms() >= deadline)
+            return false;
+        sleep_ms(10);
+    }
+}
+
+void agent_terminate_all(struct agent *a, int64_t grace_ms)
+{
+    signal_all(a, SIGTERM);
+    if (!wait_all_gone(a, now_mono_ms() + grace_ms)) {
+        ma_log("processes still running after %lld ms; sending SIGKILL", (long long)grace_ms);
+        signal_all(a, SIGKILL);
+        wait_all_gone(a, now_mono_ms() + 2000);
+    }
+}
+
+/* ---- the channel ------------------------------------------------------- */
+
+static void channel_lost(struct agent *a, const char *why)
+{
+    struct channel *ch = &a->ch;
+    if (a->hello_done || a->sessions)
+        ma_log("host disconnected (%s); resetting sessions", why);
+    agent_reset_sessions(a);
+    a->hello_done = false;
+    frame_decoder_reset(&a->dec);
+    buf_clear(&a->outq);
+    switch (ch->kind) {
+    case CH_FD:
+        ch->connected = false;
+        break;
+    case CH_LISTEN:
+        if (ch->rfd >= 0)
+            close(ch->rfd);
+        ch->rfd = ch->wfd = -1;
+        ch->connected = false;
+        break;
+    case CH_VPORT: {
+        /* Drop whatever the old host left in the port. */
+        uint8_t junk[4096];
+        for (int i = 0; i < 1024; i++) {
+            ssize_t r = read(ch->rfd, junk, sizeof junk);
+            if (r <= 0)
+                break;
+        }
+        ch->connected = false;
+        break;
+    }
+    }
+}
+
+/* virtio-serial: the host is there when the port does not report POLLHUP. */
+static void vport_check(struct agent *a)
+{
+    struct pollfd p = { .fd = a->ch.rfd, .events = POLLIN };
+    if (poll(&p, 1, 0) >= 0 && !(p.revents & (POLLHUP | POLLERR | POLLNVAL))) {
+        a->ch.connected = true;
+        a->hello_done = false;
+        frame_decoder_reset(&a->dec);
+        buf_clear(&a->outq);
+        ma_log("host connected");
+    }
+}
+
+static void channel_accept(struct agent *a)
+{
+    int fd = accept4(a->ch.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    a->ch.rfd = a->ch.wfd = fd;
+    a->ch.connected = true;
+    a->hello_done = false;
+    frame_decoder_reset(&a->dec);
+    buf_clear(&a->outq);
+}
+
+static void channel_flush(struct agent *a)
+{
+    struct channel *ch = &a->ch;
+    while (ch->connected && buf_used(&a->outq) > 0) {
+        ssize_t w = write(ch->wfd, a->outq.data + a->outq.off, buf_used(&a->outq));
+        if (w > 0) {
+            buf_consume(&a->outq, (size_t)w);
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return;
+        channel_lost(a, w < 0 ? strerror(errno) : "write returned 0");
+        return;
+    }
+}
+
+/* ---- frames ------------------------------------------------------------ */
+
+static void send_hello(struct agent *a)
+{
+    struct buf b = { 0 };
+    sb_printf(&b,
+              "{\"protocol\":\"microagent-channel\",\"version\":1,\"role\":\"guest\","
+              "\"agent\":\"%s\",\"pid\":%d,"
+              "\"features\":[\"exec\",\"shell\",\"put\",\"get\",\"forward\",\"shutdown\"]}",
+              MA_AGENT_NAME, (int)getpid());
+    frame_put(&a->outq, 0, F_HELLO, b.data + b.off, buf_used(&b));
+    buf_free(&b);
+}
+
+static void on_hello(struct agent *a, const struct frame *f)
+{
+    struct jdoc doc;
+    if (a->hello_done || a->sessions)
+        agent_reset_sessions(a);
+    a->hello_done = false;
+    if (json_parse((const char *)f->payload, f->len, &doc) < 0) {
+        agent_queue_error(a, 0, "bad_request", "HELLO payload is not a JSON object");
+        return;
+    }
+    int64_t version = 0;
+    const char *proto = NULL;
+    int vr = jfield_int(doc.root, "version", INT64_MIN, INT64_MAX, &version);
+    int pr = jfield_str(doc.root, "protocol", &proto);
+    if (vr != 1 || pr < 0) {
+        agent_queue_error(a, 0, "bad_request", "HELLO needs an integer version");
+    } else if (pr == 1 && strcmp(proto, "microagent-channel") != 0) {
+        agent_queue_error(a, 0, "bad_request", "unknown protocol");
+    } else if (version != 1) {
+        agent_queue_error(a, 0, "version_mismatch", "this guest speaks version 1");
+    } else {
+        a->hello_done = true;
+        send_hello(a);
+    }
+    json_free(&doc);
+}
+
+static void on_shutdown(struct agent *a, uint32_t id, const struct jv *req)
+{
+    const char *action = "poweroff";
+    int64_t grace = 5000;
+    if (jfield_str(req, "action", &action) < 0 ||
+        jfield_int(req, "grace_ms", 0, 24 * 3600 * 1000, &grace) < 0 ||
+        (strcmp(action, "poweroff") != 0 && strcmp(action, "reboot") != 0)) {
+        agent_queue_error(a, id, "bad_request", "action must be poweroff or reboot, grace_ms an integer");
+        return;
+    }
+    frame_put(&a->outq, id, F_EXIT, "{\"status\":\"ok\"}", 15);
+    a->shutdown = strcmp(action, "reboot") == 0 ? SD_REBOOT : a->poweroff_means;
+    a->grace_ms = grace;
+}
+
+static void on_open(struct agent *a, const struct frame *f)
+{
+    struct session *old = session_find(a, f->session);
+    if (old) {
+        /* The ERROR ends the id for the host, so it ends it here too. */
+        session_destroy(old);
+        agent_queue_error(a, f->session, "session_exists", "session id already open");
+        return;
+    }
+    struct jdoc doc;
+    if (json_parse((const char *)f->payload, f->len, &doc) < 0) {
+        agent_queue_error(a, f->session, "bad_request", "OPEN payload is not a JSON object");
+        return;
+    }
+    const char *kind = NULL;
+    if (jfield_str(doc.root, "kind", &kind) != 1) {
+        agent_queue_error(a, f->session, "bad_request", "OPEN needs a string kind");
+        json_free(&doc);
+        return;
+    }
+    if (strcmp(kind, "shutdown") == 0) {
+        on_shutdown(a, f->session, doc.root);
+        json_free(&doc);
+        return;
+    }
+    enum session_kind k;
+    if (strcmp(kind, "exec") == 0 || strcmp(kind, "shell") == 0)
+        k = K_EXEC;
+    else if (strcmp(kind, "put") == 0)
+        k = K_PUT;
+    else if (strcmp(kind, "get") == 0)
+        k = K_GET;
+    else if (strcmp(kind, "forward") == 0)
+        k = K_FORWARD;
+    else {
+        char msg[128];
+        snprintf(msg, sizeof msg, "unknown kind '%.64s'", kind);
+        agent_queue_error(a, f->session, "bad_request", msg);
+        json_free(&doc);
+        return;
+    }
+    struct session *s = session_new(a, f->session, k);
+    if (!s) {
+        agent_queue_error(a, f->session, "io_error", "out of memory");
+        json_free(&doc);
+        return;
+    }
+    switch (k) {
+    case K_EXEC: exec_open(s, doc.root, strcmp(kind, "shell") == 0); break;
+    case K_PUT: put_open(s, doc.root); break;
+    case K_GET: get_open(s, doc.root); break;
+    case K_FORWARD: forward_open(s, doc.root); break;
+    }
+    json_free(&doc);
+}
+
+static void on_frame(void *ctx, const struct frame *f)
+{
+    struct agent *a = ctx;
+    if (a->shutdown)
+        return;
+    if (f->type == F_HELLO) {
+        if (f->session != 0) {
+            agent_queue_error(a, f->session, "bad_request", "HELLO belongs on session 0");
+            return;
+        }
+        on_hello(a, f);
+        return;
+    }
+    if (f->session == 0) {
+        if (!a->hello_done)
+            return;
+        if (f->type < F_HELLO || f->type > F_CLOSE)
+            agent_queue_error(a, 0, "unknown_frame", "unknown frame type");
+        else if (f->type == F_OPEN)
+            agent_queue_error(a, 0, "bad_request", "session 0 is the connection itself");
+        return; /* other frames on session 0 carry nothing for us */
+    }
+    if (!a->hello_done) {
+        agent_queue_error(a, f->session, "no_hello", "HELLO first");
+        return;
+    }
+    struct session *s = session_find(a, f->session);
+    if (f->type < F_HELLO || f->type > F_CLOSE) {
+        if (s)
+            session_destroy(s);
+        agent_queue_error(a, f->session, "unknown_frame", "unknown frame type");
+        return;
+    }
+    if (f->type == F_OPEN) {
+        on_open(a, f);
+        return;
+    }
+    if (!s)
+        return; /* late frames for a session that has ended */
+    switch (f->type) {
+    case F_DATA:
+        if (f->len < 1 || f->payload[0] != STREAM_STDIN) {
+            session_fail(s, "bad_request", "the host sends DATA on stream 0 only");
+            return;
+        }
+        session_on_data(s, f->payload + 1, f->len - 1);
+        return;
+    case F_WINDOW: {
+        if (f->len != 5) {
+            session_fail(s, "bad_request", "WINDOW payload is 5 bytes");
+            return;
+        }
+        uint8_t st = f->payload[0];
+        if (st > 2) {
+            session_fail(s, "bad_request", "unknown stream id");
+            return;
+        }
+        if (st != STREAM_STDIN) {
+            s->credit[st] += be32(f->payload + 1);
+            if (s->credit[st] > (int64_t)1 << 40)
+                s->credit[st] = (int64_t)1 << 40;
+        }
+        return;
+    }
+    case F_CONTROL: {
+        struct jdoc doc;
+        if (json_parse((const char *)f->payload, f->len, &doc) < 0) {
+            session_fail(s, "bad_request", "CONTROL payload is not a JSON object");
+            return;
+        }
+        if (s->kind == K_EXEC)
+            exec_control(s, doc.root);
+        json_free(&doc);
+        return;
+    }
+    case F_CLOSE:
+    case F_ERROR:
+        session_destroy(s);
+        return;
+    case F_EXIT:
+        session_fail(s, "bad_request", "EXIT is sent by the guest only");
+        return;
+    default:
+        return;
+    }
+}
+
+static void on_oversized(void *ctx, uint32_t session, uint8_t type, uint32_t len)
+{
+    struct agent *a = ctx;
+    (void)type;
+    if (a->shutdown)
+        return;
+    char msg[96];
+    snprintf(msg, sizeof msg, "frame payload of %u bytes exceeds 1048576", len);
+    struct session *s = session ? session_find(a, session) : NULL;
+    if (s)
+        session_destroy(s);
+    agent_queue_error(a, session, "frame_too_large", msg);
+}
+
+static void channel_read(struct agent *a)
+{
+    static uint8_t rbuf[64 * 1024];
+    struct frame_sink sink = { a, on_frame, on_oversized };
+    for (int i = 0; i < 4 && a->ch.connected && buf_used(&a->outq) < OUTQ_HARD && !a->shutdown; i++) {
+        ssize_t r = read(a->ch.rfd, rbuf, sizeof rbuf);
+        if (r > 0) {
+            if (frame_decoder_feed(&a->dec, rbuf, (size_t)r, &sink) < 0)
+                channel_lost(a, "out of memory");
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EAGAIN)
+            return;
+        channel_lost(a, r == 0 ? "end of file" : strerror(errno));
+        return;
+    }
+}
+
+/* ---- the loop ---------------------------------------------------------- */
+
+struct pollset {
+    struct pollfd *p;
+    size_t n, cap;
+};
+
+static int ps_add(struct pollset *ps, int fd, short events)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        if (ps->p[i].fd == fd) {
+            ps->p[i].events |= events;
+            return (int)i;
+        }
+    }
+    if (ps->n == ps->cap) {
+        size_t cap = ps->cap ? ps->cap * 2 : 32;
+        struct pollfd *np = realloc(ps->p, cap * sizeof *np);
+        if (!np)
+            return -1;
+        ps->p = np;
+        ps->cap = cap;
+    }
+    ps->p[ps->n] = (struct pollfd){ .fd = fd, .events = events };
+    return (int)ps->n++;
+}
+
+static short ps_revents(const struct pollset *ps, int idx, int fd)
+{
+    if (idx < 0 || (size_t)idx >= ps->n || ps->p[idx].fd != fd)
+        return 0;
+    return ps->p[idx].revents;
+}
+
+static void finish_sessions(struct agent *a)
+{
+    struct session *next;
+    for (struct session *s = a->sessions; s; s = next) {
+        next = s->next;
+        switch (s->kind) {
+        case K_EXEC: exec_maybe_finish(s); break;
+        case K_GET: get_maybe_finish(s); break;
+        case K_FORWARD: forward_maybe_finish(s); break;
+        case K_PUT: break;
+        }
+    }
+}
+
+static int do_shutdown(struct agent *a)
+{
+    if (a->ch.connected && buf_used(&a->outq) > 0)
+        write_all_timeout(a->ch.wfd, a->outq.data + a->outq.off, buf_used(&a->outq), 2000);
+    buf_clear(&a->outq);
+    ma_log("shutting down (%s)", a->shutdown == SD_REBOOT ? "reboot" : "poweroff");
+    agent_terminate_all(a, a->grace_ms);
+    agent_reset_sessions(a);
+    if (a->pid1)
+        pid1_poweroff(a->shutdown);
+    return 0;
+}
+
+static int agent_exit(struct agent *a, const char *why)
+{
+    ma_log("%s; exiting", why);
+    agent_reset_sessions(a);
+    wait_all_gone(a, now_mono_ms() + 1000);
+    return 0;
+}
+
+static int agent_loop(struct agent *a, struct pollset *pset);
+
+int agent_run(struct agent *a)
+{
+    struct pollset ps = { 0 };
+    int r = agent_loop(a, &ps);
+    free(ps.p);
+    return r;
+}
+
+static int agent_loop(struct agent *a, struct pollset *pset)
+{
+    struct pollset ps = *pset;
+    struct channel *ch = &a->ch;
+    for (;;) {
+        *pset = ps;
+        if (a->shutdown)
+            return do_shutdown(a);
+        if (!a->pid1 && g_term)
+            return agent_exit(a, "terminated by signal");
+        if (ch->kind == CH_FD && !ch->connected)
+            return agent_exit(a, "host closed the channel");
+        if (ch->kind == CH_VPORT && !ch->connected)
+            vport_check(a);
+
+        /* Build the poll set. */
+        ps.n = 0;
+        int sig_idx = ps_add(&ps, a->sig_r, POLLIN);
+        int ch_r = -1, ch_w = -1, lis = -1;
+        if (ch->connected) {
+            if (buf_used(&a->outq) < OUTQ_HARD)
+                ch_r = ps_add(&ps, ch->rfd, POLLIN);
+            if (buf_used(&a->outq) > 0)
+                ch_w = ps_add(&ps, ch->wfd, POLLOUT);
+        } else if (ch->kind == CH_LISTEN) {
+            lis = ps_add(&ps, ch->listen_fd, POLLIN);
+        }
+        int timeout = -1;
+        int64_t now = now_mono_ms();
+        for (struct session *s = a->sessions; s; s = s->next) {
+            s->pidx_in = s->pidx_out[1] = s->pidx_out[2] = -1;
+            if (s->in_fd >= 0 && !s->in_closed && (buf_used(&s->inbuf) > 0 || s->connecting))
+                s->pidx_in = ps_add(&ps, s->in_fd, POLLOUT);
+            for (int st = 1; st <= 2; st++)
+                if (session_can_read(s, st))
+                    s->pidx_out[st] = ps_add(&ps, s->out_fd[st], POLLIN);
+            if (s->kind == K_EXEC && s->deadline_ms) {
+                int64_t left = s->deadline_ms - now;
+                if (left < 0)
+                    left = 0;
+                if (timeout < 0 || left < timeout)
+                    timeout = (int)(left > 1000000 ? 1000000 : left);
+            }
+        }
+        if (ch->kind == CH_VPORT && !ch->connected && (timeout < 0 || timeout > 50))
+            timeout = 50;
+
+        int n = poll(ps.p, ps.n, timeout);
+        if (n < 0 && errno != EINTR) {
+            ma_log("poll: %s", strerror(errno));
+            sleep_ms(10);
+            continue;
+        }
+        if (n < 0)
+            continue;
+
+        /* Session I/O. */
+        struct session *next;
+        for (struct session *s = a->sessions; s; s = next) {
+            next = s->next;
+            short rin = ps_revents(&ps, s->pidx_in, s->in_fd);
+            if (rin) {
+                /* A failed connect ends the session; no session is created
+                 * in this phase, so looking the id up again is safe. */
+                uint32_t id = s->id;
+                if (s->kind == K_FORWARD)
+                    forward_on_writable(s);
+                else
+                    session_flush_input(s);
+                if (session_find(a, id) != s)
+                    continue;
+            }
+            for (int st = 1; st <= 2; st++) {
+                short r = ps_revents(&ps, s->pidx_out[st], s->out_fd[st]);
+                if (r & (POLLIN | POLLHUP | POLLERR))
+                    session_pump_output(s, st);
+            }
+        }
+
+        /* Signals: reap. */
+        if (ps_revents(&ps, sig_idx, a->sig_r)) {
+            char junk[64];
+            while (read(a->sig_r, junk, sizeof junk) > 0)
+                ;
+        }
+        reap_children(a);
+
+        /* Timeouts; ptys of reaped processes drain without waiting for
+         * POLLIN (the tty may never report it). */
+        now = now_mono_ms();
+        for (struct session *s = a->sessions; s; s = s->next) {
+            if (s->kind != K_EXEC)
+                continue;
+            exec_check_timeout(s, now);
+            if (s->pty && s->reaped)
+                session_pump_output(s, 1);
+        }
+
+        /* The channel. */
+        if (lis >= 0 && ps_revents(&ps, lis, ch->listen_fd))
+            channel_accept(a);
+        if (ch->connected && ch->kind == CH_VPORT &&
+            (ps_revents(&ps, ch_r, ch->rfd) & (POLLHUP | POLLERR)))
+            channel_lost(a, "port hung up");
+        else if (ch_r >= 0 && (ps_revents(&ps, ch_r, ch->rfd) & (POLLIN | POLLHUP | POLLERR)))
+            channel_read(a);
+        (void)ch_w;
+
+        finish_sessions(a);
+        channel_flush(a);
+    }
+}

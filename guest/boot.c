@@ -1,0 +1,525 @@
+/* PID-1 duties: console, initramfs stage (modules, root mount, switch root
+ * in-process), system mounts, hostname, per-boot config, loopback, the
+ * channel; and the final power-off. PID 1 must never exit. */
+#define _GNU_SOURCE
+#include "boot.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "channel.h"
+#include "json.h"
+
+#ifndef SYS_finit_module
+#define SYS_finit_module 313
+#endif
+#define MODULE_INIT_COMPRESSED_FILE_FLAG 4
+#define RAMFS_MAGIC_ 0x858458f6
+#define TMPFS_MAGIC_ 0x01021994
+#define WAIT_DEVICE_MS 10000
+
+struct boot_config {
+    char root[256];
+    char rootfstype[64];
+    char channel[256];
+    char hostname[256];
+    char config[256];
+    enum shutdown_action poweroff_means;
+};
+
+static struct boot_config g_cfg = {
+    .root = "/dev/vda",
+    .rootfstype = "ext4",
+    .channel = "virtio-serial:microagent.channel",
+    .hostname = "microagent",
+    .config = "",
+    .poweroff_means = SD_POWEROFF,
+};
+
+static void nap(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+void pid1_poweroff(enum shutdown_action how)
+{
+    sync();
+    mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+    sync();
+    reboot(how == SD_REBOOT ? RB_AUTOBOOT : RB_POWER_OFF);
+    ma_log("reboot: %s", strerror(errno));
+    for (;;)
+        pause();
+}
+
+static void __attribute__((noreturn)) fatal(const char *fmt, const char *arg)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, fmt, arg, arg ? strerror(errno) : "");
+    ma_log("fatal: %s", msg);
+    nap(100);
+    pid1_poweroff(g_cfg.poweroff_means);
+}
+
+/* ---- console and mounts ------------------------------------------------ */
+
+static void open_console(void)
+{
+    if (fcntl(1, F_GETFD) >= 0 && fcntl(2, F_GETFD) >= 0)
+        return;
+    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (fd < 0) {
+        mkdir("/dev", 0755);
+        mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+        fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    }
+    if (fd < 0)
+        return;
+    for (int i = 0; i < 3; i++)
+        if (fcntl(i, F_GETFD) < 0 || i > 0)
+            dup2(fd, i);
+    if (fd > 2)
+        close(fd);
+}
+
+static bool is_mountpoint(const char *path)
+{
+    struct stat a, b;
+    char parent[512];
+    snprintf(parent, sizeof parent, "%s/..", path);
+    if (stat(path, &a) < 0 || stat(parent, &b) < 0)
+        return false;
+    return a.st_dev != b.st_dev || a.st_ino == b.st_ino;
+}
+
+static int mount_fs(const char *src, const char *target, const char *type, unsigned long flags,
+                    const char *data)
+{
+    if (mkdir(target, 0755) < 0 && errno != EEXIST) {
+        ma_log("mkdir %s: %s", target, strerror(errno));
+        return -1;
+    }
+    if (is_mountpoint(target))
+        return 0;
+    if (mount(src, target, type, flags, data) < 0) {
+        ma_log("mount %s on %s: %s", type, target, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- kernel command line ----------------------------------------------- */
+
+static void set_field(char *dst, size_t n, const char *v)
+{
+    if (strlen(v) < n)
+        snprintf(dst, n, "%s", v);
+    else
+        ma_log("ignoring an over-long boot parameter");
+}
+
+static void parse_cmdline(struct boot_config *c)
+{
+    char *text = read_small_file("/proc/cmdline", 64 * 1024, NULL);
+    if (!text) {
+        ma_log("cannot read /proc/cmdline: %s", strerror(errno));
+        return;
+    }
+    char *save = NULL;
+    for (char *tok = strtok_r(text, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq || strncmp(tok, "microagent.", 11) != 0)
+            continue;
+        *eq = 0;
+        const char *k = tok + 11, *v = eq + 1;
+        if (strcmp(k, "root") == 0)
+            set_field(c->root, sizeof c->root, v);
+        else if (strcmp(k, "rootfstype") == 0)
+            set_field(c->rootfstype, sizeof c->rootfstype, v);
+        else if (strcmp(k, "channel") == 0)
+            set_field(c->channel, sizeof c->channel, v);
+        else if (strcmp(k, "hostname") == 0)
+            set_field(c->hostname, sizeof c->hostname, v);
+        else if (strcmp(k, "config") == 0)
+            set_field(c->config, sizeof c->config, v);
+        else if (strcmp(k, "shutdown") == 0)
+            c->poweroff_means = strcmp(v, "reboot") == 0 ? SD_REBOOT : SD_POWEROFF;
+    }
+    free(text);
+}
+
+static bool wait_for_path(const char *path, int ms)
+{
+    int64_t deadline = now_mono_ms() + ms;
+    for (;;) {
+        if (access(path, F_OK) == 0)
+            return true;
+        if (now_mono_ms() >= deadline)
+            return false;
+        nap(20);
+    }
+}
+
+/* ---- initramfs stage --------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+/* Load every module in dir in filename order. A module whose dependencies
+ * are not loaded yet fails with ENOENT; it is retried after the others. */
+static void load_modules(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 32;
+            char **nn = realloc(names, cap * sizeof *nn);
+            if (!nn)
+                break;
+            names = nn;
+        }
+        names[n] = strdup(e->d_name);
+        if (names[n])
+            n++;
+    }
+    closedir(d);
+    if (n == 0) {
+        free(names);
+        return;
+    }
+    qsort(names, n, sizeof *names, cmp_str);
+    int *err = calloc(n, sizeof *err);
+    bool *done = calloc(n, sizeof *done);
+    if (!err || !done) {
+        free(err);
+        free(done);
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+        return;
+    }
+    for (int pass = 0; pass < 8; pass++) {
+        bool progress = false, pending = false;
+        for (size_t i = 0; i < n; i++) {
+            if (done[i])
+                continue;
+            char path[512];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                err[i] = errno;
+                done[i] = true;
+                ma_log("module %s: %s", names[i], strerror(err[i]));
+                continue;
+            }
+            int flags = (has_suffix(names[i], ".xz") || has_suffix(names[i], ".gz") ||
+                         has_suffix(names[i], ".zst"))
+                            ? MODULE_INIT_COMPRESSED_FILE_FLAG
+                            : 0;
+            long r = syscall(SYS_finit_module, fd, "", flags);
+            err[i] = r < 0 ? errno : 0;
+            close(fd);
+            if (r == 0 || err[i] == EEXIST) {
+                done[i] = true;
+                progress = true;
+            } else {
+                pending = true;
+            }
+        }
+        if (!pending || !progress)
+            break;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!done[i])
+            ma_log("module %s: %s", names[i], strerror(err[i]));
+        free(names[i]);
+    }
+    free(names);
+    free(err);
+    free(done);
+}
+
+/* Delete everything under dirfd that lives on device dev (the initramfs),
+ * leaving mount points alone. */
+static void delete_tree(int dirfd, dev_t dev, int depth)
+{
+    if (depth > 64)
+        return;
+    DIR *d = fdopendir(dirfd);
+    if (!d) {
+        close(dirfd);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (depth == 0 && strcmp(e->d_name, "newroot") == 0)
+            continue;
+        struct stat st;
+        if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != dev)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            int sub = openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+            if (sub >= 0) {
+                struct stat sst;
+                if (fstat(sub, &sst) == 0 && sst.st_dev == dev) {
+                    delete_tree(sub, dev, depth + 1);
+                    unlinkat(dirfd, e->d_name, AT_REMOVEDIR);
+                } else {
+                    close(sub);
+                }
+            }
+        } else {
+            unlinkat(dirfd, e->d_name, 0);
+        }
+    }
+    closedir(d);
+}
+
+static void free_initramfs(void)
+{
+    struct statfs sfs;
+    struct stat st;
+    if (statfs("/", &sfs) < 0 || stat("/", &st) < 0)
+        return;
+    if ((unsigned long)sfs.f_type != RAMFS_MAGIC_ && (unsigned long)sfs.f_type != TMPFS_MAGIC_) {
+        ma_log("not deleting the initramfs: / is not ramfs/tmpfs");
+        return;
+    }
+    int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0)
+        delete_tree(fd, st.st_dev, 0);
+}
+
+static void move_mount_to(const char *from, const char *to)
+{
+    if (!is_mountpoint(from))
+        return;
+    mkdir(to, 0755);
+    if (mount(from, to, NULL, MS_MOVE, NULL) < 0) {
+        ma_log("moving %s to %s: %s", from, to, strerror(errno));
+        umount2(from, MNT_DETACH);
+    }
+}
+
+static void initramfs_stage(void)
+{
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    open_console();
+    mount_fs("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_fs("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    load_modules("/modules");
+    parse_cmdline(&g_cfg);
+
+    if (!wait_for_path(g_cfg.root, WAIT_DEVICE_MS)) {
+        errno = ENOENT;
+        fatal("root device %s did not appear: %s", g_cfg.root);
+    }
+    mkdir("/newroot", 0755);
+    if (mount(g_cfg.root, "/newroot", g_cfg.rootfstype, 0, NULL) < 0)
+        fatal("mounting the root device %s: %s", g_cfg.root);
+
+    free_initramfs();
+    move_mount_to("/dev", "/newroot/dev");
+    move_mount_to("/proc", "/newroot/proc");
+    move_mount_to("/sys", "/newroot/sys");
+    if (chdir("/newroot") < 0)
+        fatal("chdir %s: %s", "/newroot");
+    if (mount(".", "/", NULL, MS_MOVE, NULL) < 0)
+        fatal("moving %s to /: %s", "/newroot");
+    if (chroot(".") < 0)
+        fatal("chroot %s: %s", "/newroot");
+    if (chdir("/") < 0)
+        fatal("chdir %s: %s", "/");
+}
+
+/* ---- system setup ------------------------------------------------------ */
+
+static void system_mounts(void)
+{
+    mount_fs("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_fs("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    if (mount_fs("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                 "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
+        mount_fs("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666");
+    struct stat st;
+    if (lstat("/dev/ptmx", &st) < 0 || !(S_ISCHR(st.st_mode) || S_ISLNK(st.st_mode))) {
+        unlink("/dev/ptmx");
+        if (symlink("pts/ptmx", "/dev/ptmx") < 0)
+            ma_log("/dev/ptmx: %s", strerror(errno));
+    } else if (S_ISCHR(st.st_mode)) {
+        chmod("/dev/ptmx", 0666);
+    }
+    mount_fs("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    mount_fs("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    if (mkdir("/tmp", 01777) == 0)
+        chmod("/tmp", 01777);
+    symlink("/proc/self/fd", "/dev/fd");
+    symlink("/proc/self/fd/0", "/dev/stdin");
+    symlink("/proc/self/fd/1", "/dev/stdout");
+    symlink("/proc/self/fd/2", "/dev/stderr");
+}
+
+static void set_hostname(const char *name)
+{
+    if (*name && sethostname(name, strlen(name)) < 0)
+        ma_log("sethostname %s: %s", name, strerror(errno));
+}
+
+/* The per-boot config disk: one JSON object, then NUL padding. */
+static void read_boot_config(struct agent *a)
+{
+    if (!g_cfg.config[0])
+        return;
+    if (!wait_for_path(g_cfg.config, WAIT_DEVICE_MS)) {
+        ma_log("config device %s did not appear", g_cfg.config);
+        return;
+    }
+    size_t len = 0;
+    char *text = read_small_file(g_cfg.config, 1 << 20, &len);
+    if (!text) {
+        ma_log("reading config %s: %s", g_cfg.config, strerror(errno));
+        return;
+    }
+    len = strnlen(text, len);
+    struct jdoc doc;
+    if (json_parse(text, len, &doc) < 0) {
+        ma_log("config %s is not a JSON object; ignored", g_cfg.config);
+        free(text);
+        return;
+    }
+    const char *hn = NULL;
+    if (jfield_str(doc.root, "hostname", &hn) == 1 && *hn)
+        set_field(g_cfg.hostname, sizeof g_cfg.hostname, hn);
+    const char **env = NULL;
+    size_t n = 0;
+    if (jfield_strv(doc.root, "env", &env, &n) == 1) {
+        a->boot_env = calloc(n + 1, sizeof *a->boot_env);
+        for (size_t i = 0; a->boot_env && i < n; i++) {
+            if (!strchr(env[i], '=') || env[i][0] == '=')
+                continue;
+            char *dup = strdup(env[i]);
+            if (dup)
+                a->boot_env[a->n_boot_env++] = dup;
+        }
+        free(env);
+    }
+    if (jget(doc.root, "network"))
+        ma_log("config: \"network\" is not applied by this guest init (only lo is brought up)");
+    json_free(&doc);
+    free(text);
+}
+
+static void loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        ma_log("loopback: %s", strerror(errno));
+        return;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, IFNAMSIZ, "lo");
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (ioctl(s, SIOCSIFADDR, &ifr) < 0 && errno != EEXIST)
+        ma_log("lo address: %s", strerror(errno));
+    sin = (struct sockaddr_in *)&ifr.ifr_netmask;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(0xFF000000u);
+    ioctl(s, SIOCSIFNETMASK, &ifr);
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+            ma_log("lo up: %s", strerror(errno));
+    } else {
+        ma_log("lo flags: %s", strerror(errno));
+    }
+    close(s);
+}
+
+static int open_channel(struct agent *a)
+{
+    const char *spec = g_cfg.channel;
+    if (strncmp(spec, "virtio-serial:", 14) == 0)
+        return channel_open_vport(a, spec + 14, WAIT_DEVICE_MS);
+    if (strncmp(spec, "vsock:", 6) == 0) {
+        char *end;
+        unsigned long port = strtoul(spec + 6, &end, 10);
+        if (*end || port == 0 || port > 0xFFFFFFFEul) {
+            ma_log("bad vsock port in microagent.channel=%s", spec);
+            return -1;
+        }
+        return channel_listen_vsock(a, (unsigned)port, WAIT_DEVICE_MS);
+    }
+    ma_log("unknown microagent.channel=%s", spec);
+    return -1;
+}
+
+void pid1_main(void)
+{
+    static struct agent agent;
+    umask(022);
+    if (chdir("/") < 0) {
+        /* nothing to do about it */
+    }
+    open_console();
+    if (access("/microagent-initramfs", F_OK) == 0) {
+        initramfs_stage();
+    } else {
+        mount_fs("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+        parse_cmdline(&g_cfg);
+    }
+    system_mounts();
+    open_console();
+    if (agent_init(&agent, true) < 0)
+        fatal("agent setup: %s%s", "");
+    agent.poweroff_means = g_cfg.poweroff_means;
+    read_boot_config(&agent);
+    set_hostname(g_cfg.hostname);
+    loopback_up();
+    if (open_channel(&agent) < 0) {
+        errno = ENODEV;
+        fatal("cannot open the channel %s: %s", g_cfg.channel);
+    }
+    ma_log("channel ready");
+    agent_run(&agent);
+    /* agent_run powers off as PID 1; never fall out of main. */
+    pid1_poweroff(agent.poweroff_means);
+}

@@ -1,0 +1,84 @@
+"""One-shot runs boot real QEMU guests (about 2 s each under TCG here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from microagent.errors import MicroagentError
+from support import vmm_processes
+
+MICROAGENT = str(Path(sys.executable).parent / "microagent")
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([MICROAGENT, *args], capture_output=True, timeout=timeout)
+
+
+def test_uname_runs_in_the_guest_kernel(vm_state: Path) -> None:
+    proc = cli("run", "--backend", "qemu", "builtin:busybox", "--", "uname", "-a")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert out.startswith("Linux run-") and "cloud-amd64" in out
+    host_release = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
+    assert host_release not in out  # the guest's own kernel answered, not the host's
+
+
+def test_streams_go_to_their_fds_and_exit_code_propagates(vm_state: Path) -> None:
+    proc = cli("run", "builtin:busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert proc.returncode == 3
+    assert proc.stdout == b"out\n"
+    assert proc.stderr == b"err\n"
+
+
+def test_json_reports_the_same(vm_state: Path) -> None:
+    proc = cli("run", "--json", "-e", "FOO=bar", "--workdir", "/tmp", "builtin:busybox",
+               "sh", "-c", 'echo "$FOO $(pwd) $(hostname)"; echo e >&2; exit 3')
+    assert proc.returncode == 3
+    doc = json.loads(proc.stdout)
+    result = doc["result"]
+    assert doc["backend"] == "qemu" and doc["workspace"].startswith("run-")
+    assert result["status"] == "exited" and result["exit_code"] == 3
+    assert result["stdout"] == f"bar /tmp {doc['workspace']}\n" and result["stderr"] == "e\n"
+    assert result["started_at"].endswith("Z") and result["completed_at"] >= result["started_at"]
+    assert doc["timings"]["boot"] > 0 and doc["timings"]["total"] >= doc["timings"]["boot"]
+    assert not (vm_state / doc["workspace"]).exists(), "one-shot state must be deleted"
+
+
+def test_missing_command_is_127(vm_state: Path) -> None:
+    proc = cli("run", "--json", "builtin:busybox", "--", "no-such-command")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 127
+    assert doc["result"]["status"] == "failed_to_start"
+    assert "no-such-command" in doc["result"]["error"]["message"]
+
+
+def test_guest_power_off_mid_exec_is_an_error_not_a_hang(vm_state: Path) -> None:
+    proc = cli("run", "--json", "builtin:busybox", "--", "sh", "-c", "echo going; sync; poweroff -f; sleep 60",
+               timeout=90)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 125
+    assert doc["ok"] is False and doc["error"]["kind"] == "transient"
+    assert "channel" in doc["error"]["message"]
+    assert vmm_processes(str(vm_state)) == []
+
+
+def test_boot_timeout_carries_the_serial_tail(vm_state: Path) -> None:
+    from microagent.workspace.oneshot import run
+
+    with pytest.raises(MicroagentError) as info:
+        run("builtin:busybox", ["true"], boot_timeout=0.3)
+    assert info.value.kind == "transient"
+    assert "boot timeout" in info.value.message and "serial log tail" in info.value.message
+    assert vmm_processes(str(vm_state)) == []
+    assert not any(p.name.startswith("run-") for p in vm_state.iterdir())
+
+
+def test_timeout_kills_the_command(vm_state: Path) -> None:
+    proc = cli("run", "--json", "--timeout", "1", "builtin:busybox", "--", "sleep", "30")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 124 and doc["result"]["status"] == "timed_out"
