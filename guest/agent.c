@@ -124,12 +124,14 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Wait until every process is gone or the deadline passes. */
-static bool wait_all_gone(struct agent *a, int64_t deadline)
+/* Wait until every process is gone (or, with children_only, until we have
+ * no children left to reap) or the deadline passes. Outside PID 1 only
+ * direct children can be reaped; killed grandchildren are the outer init's. */
+static bool wait_all_gone(struct agent *a, int64_t deadline, bool children_only)
 {
     for (;;) {
         bool any_children = reap_children(a);
-        bool gone = a->pid1 ? !any_children : session_groups_gone(a);
+        bool gone = (a->pid1 || children_only) ? !any_children : session_groups_gone(a);
         if (gone)
             return true;
         if (now_mono_ms() >= deadline)
@@ -141,10 +143,10 @@ static bool wait_all_gone(struct agent *a, int64_t deadline)
 void agent_terminate_all(struct agent *a, int64_t grace_ms)
 {
     signal_all(a, SIGTERM);
-    if (!wait_all_gone(a, now_mono_ms() + grace_ms)) {
+    if (!wait_all_gone(a, now_mono_ms() + grace_ms, false)) {
         ma_log("processes still running after %lld ms; sending SIGKILL", (long long)grace_ms);
         signal_all(a, SIGKILL);
-        wait_all_gone(a, now_mono_ms() + 2000);
+        wait_all_gone(a, now_mono_ms() + 2000, true);
     }
 }
 
@@ -512,7 +514,7 @@ static int do_shutdown(struct agent *a)
     if (a->ch.connected && buf_used(&a->outq) > 0)
         write_all_timeout(a->ch.wfd, a->outq.data + a->outq.off, buf_used(&a->outq), 2000);
     buf_clear(&a->outq);
-    ma_log("shutting down (%s)", a->shutdown == SD_REBOOT ? "reboot" : "poweroff");
+    ma_log("shutting down (%s)", !a->pid1 ? "exit" : a->shutdown == SD_REBOOT ? "reboot" : "poweroff");
     agent_terminate_all(a, a->grace_ms);
     agent_reset_sessions(a);
     if (a->pid1)
@@ -524,7 +526,7 @@ static int agent_exit(struct agent *a, const char *why)
 {
     ma_log("%s; exiting", why);
     agent_reset_sessions(a);
-    wait_all_gone(a, now_mono_ms() + 1000);
+    wait_all_gone(a, now_mono_ms() + 1000, true);
     return 0;
 }
 

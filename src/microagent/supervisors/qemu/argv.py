@@ -33,7 +33,8 @@ def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str) -> list[st
         binary,
         "-M", "microvm,acpi=on",
         "-accel", accel,
-        "-cpu", "host" if accel == "kvm" else "max",
+        # TCG's default CPU model boots faster here than "max" (measured ~0.5 s).
+        "-cpu", "host" if accel == "kvm" else "qemu64",
         "-m", str(cfg.memoryMiB),
         "-smp", str(cfg.cpuCount),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
