@@ -90,7 +90,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                               cwd=workdir or plan.image.config.working_dir or None,
                               user=user or plan.image.config.user or None,
                               timeout_s=timeout)
-        with open_channel(plan.runtime_dir / "channel.sock", hello_timeout=10.0) as conn:
+        with open_channel(plan.runtime_dir / "control.sock", hello_timeout=10.0) as conn:
             result = conn.start_exec(request, stdout=stdout, stderr=stderr).wait()
         watch.mark("exec")
         client.send("halt", name)

@@ -1,0 +1,352 @@
+"""The per-workspace channel helper: one guest connection, many host clients.
+
+QEMU's virtio-serial chardev and Firecracker's vsock serve one connection at
+a time, but a running workspace has many users (exec, connect, cp, published
+ports).  This process holds the single guest connection and listens on
+``control.sock``; each client speaks the very same framed protocol
+(docs/protocol.md), so :func:`microagent.channel.open_channel` works
+unchanged against either end.
+
+Routing rules (docs/protocol.md, "The helper"):
+
+- A client ``HELLO`` is answered locally with the guest's cached ``HELLO``;
+  it is never forwarded (a guest ``HELLO`` resets every session).
+- Client session ids are rewritten to helper-unique guest ids and back.
+  Flow control stays end to end: ``WINDOW`` frames are rewritten, not
+  consumed, so the helper buffers at most what the windows allow.
+- A client that disconnects has its open sessions ``CLOSE``d in the guest.
+- When the guest connection ends (the VM powered off or died) every client
+  is disconnected and the helper exits.
+
+Run as ``python -m microagent.channel.router --guest unix:PATH --listen PATH``
+(or ``--guest fc-vsock:UDS:PORT``).  Single-threaded: one ``selectors`` loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from microagent.channel.frames import (
+    PROTOCOL_NAME,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    OversizedFrame,
+    decode_json,
+    encode_frame,
+    json_frame,
+)
+
+READ_CHUNK = 256 * 1024
+# Ends a session; the mapping is dropped once the guest sends one of these.
+_FINAL = (FrameType.EXIT, FrameType.ERROR)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} microagent-router: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class Peer:
+    """One socket with its decoder and pending output."""
+
+    sock: socket.socket
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    out: bytearray = field(default_factory=bytearray)
+    hello_done: bool = False
+    # client session id -> guest session id (clients only)
+    sessions: dict[int, int] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(self, guest: socket.socket, listener: socket.socket) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.guest = Peer(guest)
+        self.listener = listener
+        self.clients: dict[int, Peer] = {}  # fileno -> peer
+        self.routes: dict[int, tuple[Peer, int]] = {}  # guest sid -> (client, client sid)
+        self.next_sid = 1
+        self.guest_hello: bytes = b""
+        self.running = True
+        guest.setblocking(False)
+        listener.setblocking(False)
+
+    # --- guest handshake -----------------------------------------------------
+
+    def handshake(self, timeout: float) -> None:
+        """Send HELLO and wait for the guest's, before serving any client.
+
+        :raises TimeoutError: no answer in time.
+        :raises ConnectionError: the guest closed or refused.
+        """
+        sock = self.guest.sock
+        sock.setblocking(True)
+        sock.settimeout(timeout)
+        sock.sendall(json_frame(0, FrameType.HELLO, {
+            "protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION, "role": "host"}))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = sock.recv(READ_CHUNK)
+            if not data:
+                raise ConnectionError("guest closed the channel during the handshake")
+            for item in self.guest.decoder.feed(data):
+                if isinstance(item, Frame) and item.session == 0 and item.type == FrameType.HELLO:
+                    self.guest_hello = item.payload
+                    sock.setblocking(False)
+                    return
+                if isinstance(item, Frame) and item.session == 0 and item.type == FrameType.ERROR:
+                    raise ConnectionError(f"guest refused HELLO: {item.payload[:200]!r}")
+
+    # --- event loop ----------------------------------------------------------
+
+    def serve(self) -> None:
+        self.sel.register(self.guest.sock, selectors.EVENT_READ, self.guest)
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        while self.running:
+            for key, events in self.sel.select(timeout=1.0):
+                peer = key.data
+                if peer is None:
+                    self._accept()
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    self._flush(peer)
+                if events & selectors.EVENT_READ and self.running:
+                    self._read(peer)
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        peer = Peer(sock)
+        self.clients[sock.fileno()] = peer
+        self.sel.register(sock, selectors.EVENT_READ, peer)
+
+    def _read(self, peer: Peer) -> None:
+        try:
+            data = peer.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if peer is self.guest:
+                log("guest channel closed; exiting")
+                self.running = False
+            else:
+                self._drop_client(peer)
+            return
+        for item in peer.decoder.feed(data):
+            if peer is self.guest:
+                self._from_guest(item)
+            else:
+                self._from_client(peer, item)
+                if peer.sock.fileno() not in self.clients:
+                    return
+
+    def _send(self, peer: Peer, data: bytes) -> None:
+        if peer is not self.guest and peer.sock.fileno() not in self.clients:
+            return
+        peer.out += data
+        self._flush(peer)
+
+    def _flush(self, peer: Peer) -> None:
+        while peer.out:
+            try:
+                n = peer.sock.send(peer.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                if peer is self.guest:
+                    self.running = False
+                else:
+                    self._drop_client(peer)
+                return
+            del peer.out[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.out else 0)
+        try:
+            self.sel.modify(peer.sock, events, peer)
+        except (KeyError, ValueError):
+            pass
+
+    # --- routing -------------------------------------------------------------
+
+    def _from_guest(self, item: Frame | OversizedFrame) -> None:
+        if isinstance(item, OversizedFrame):
+            log(f"guest sent an oversized frame on session {item.session}; dropped")
+            return
+        if item.session == 0:
+            return  # connection-level chatter from the guest is for us only
+        route = self.routes.get(item.session)
+        if route is None:
+            return  # a session its client already abandoned
+        client, client_sid = route
+        if item.type in _FINAL:
+            del self.routes[item.session]
+            client.sessions.pop(client_sid, None)
+        self._send(client, encode_frame(client_sid, item.type, item.payload))
+
+    def _error(self, peer: Peer, sid: int, code: str, message: str) -> None:
+        self._send(peer, json_frame(sid, FrameType.ERROR, {"code": code, "message": message}))
+
+    def _from_client(self, peer: Peer, item: Frame | OversizedFrame) -> None:
+        if isinstance(item, OversizedFrame):
+            self._error(peer, item.session, "frame_too_large", f"frame of {item.length} bytes exceeds 1 MiB")
+            self._abandon(peer, item.session)
+            return
+        if item.session == 0:
+            if item.type == FrameType.HELLO:
+                self._client_hello(peer, item)
+            return
+        if not peer.hello_done:
+            self._error(peer, item.session, "no_hello", "send HELLO first")
+            return
+        if item.type == FrameType.OPEN:
+            if item.session in peer.sessions:
+                self._error(peer, item.session, "session_exists", f"session {item.session} is already open")
+                return
+            gsid = self.next_sid
+            self.next_sid += 1
+            peer.sessions[item.session] = gsid
+            self.routes[gsid] = (peer, item.session)
+            self._send(self.guest, encode_frame(gsid, item.type, item.payload))
+            return
+        gsid = peer.sessions.get(item.session)
+        if gsid is None:
+            return  # unknown or finished session: ignored, as the guest would
+        if item.type in (FrameType.CLOSE, FrameType.ERROR):
+            self._abandon(peer, item.session)
+            return
+        self._send(self.guest, encode_frame(gsid, item.type, item.payload))
+
+    def _client_hello(self, peer: Peer, item: Frame) -> None:
+        try:
+            body: dict[str, Any] = decode_json(item.payload)
+        except Exception:  # noqa: BLE001 - any malformed HELLO gets the same answer
+            self._error(peer, 0, "bad_request", "HELLO payload is not a JSON object")
+            return
+        if body.get("version") != PROTOCOL_VERSION:
+            self._error(peer, 0, "version_mismatch",
+                        f"helper speaks version {PROTOCOL_VERSION}, not {body.get('version')!r}")
+            return
+        for sid in list(peer.sessions):
+            self._abandon(peer, sid)  # a re-HELLO resets this client's sessions only
+        peer.hello_done = True
+        self._send(peer, encode_frame(0, FrameType.HELLO, self.guest_hello))
+
+    def _abandon(self, peer: Peer, client_sid: int) -> None:
+        gsid = peer.sessions.pop(client_sid, None)
+        if gsid is not None:
+            self.routes.pop(gsid, None)
+            self._send(self.guest, encode_frame(gsid, FrameType.CLOSE))
+
+    def _drop_client(self, peer: Peer) -> None:
+        fileno = peer.sock.fileno()
+        for sid in list(peer.sessions):
+            self._abandon(peer, sid)
+        self.clients.pop(fileno, None)
+        try:
+            self.sel.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+
+    def close(self) -> None:
+        for peer in list(self.clients.values()):
+            self._drop_client(peer)
+        self.guest.sock.close()
+        self.listener.close()
+
+
+def connect_guest(spec: str, deadline: float) -> socket.socket:
+    """Connect the guest transport named by ``spec``, retrying until ``deadline``.
+
+    ``unix:PATH`` (QEMU chardev) or ``fc-vsock:UDS:PORT`` (Firecracker).
+    """
+    from microagent.channel.stream import connect_firecracker_vsock, connect_unix
+    from microagent.errors import ChannelClosed
+
+    kind, _, rest = spec.partition(":")
+    while True:
+        try:
+            if kind == "unix":
+                stream = connect_unix(rest, timeout=2.0)
+            elif kind == "fc-vsock":
+                uds, _, port = rest.rpartition(":")
+                stream = connect_firecracker_vsock(uds, int(port), timeout=2.0)
+            else:
+                raise SystemExit(f"unknown guest transport {spec!r}")
+            return stream.socket
+        except ChannelClosed:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def bind_listener(path: str) -> socket.socket:
+    """Listen on ``path`` (relative to the runtime dir we chdir into: any length works)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    os.chdir(directory)
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f".{name}.{os.getpid()}"
+    sock.bind(tmp)
+    os.chmod(tmp, 0o600)
+    sock.listen(64)
+    os.rename(tmp, name)  # appears only once it accepts: clients never see a dead path
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microagent-router")
+    parser.add_argument("--guest", required=True, help="unix:PATH or fc-vsock:UDS:PORT")
+    parser.add_argument("--listen", required=True, help="control socket path")
+    parser.add_argument("--hello-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    deadline = time.monotonic() + args.hello_timeout
+    try:
+        guest = connect_guest(args.guest, deadline)
+    except Exception as exc:  # noqa: BLE001 - report and exit: the supervisor reads our status
+        log(f"cannot connect to the guest: {exc}")
+        return 3
+    router = Router(guest, socket.socket(socket.AF_UNIX))  # placeholder until handshake succeeds
+    try:
+        router.handshake(max(0.1, deadline - time.monotonic()))
+    except (OSError, ConnectionError) as exc:
+        log(f"guest did not answer HELLO: {exc}")
+        return 4
+    listen_path = os.path.abspath(args.listen)
+    router.listener.close()
+    router.listener = bind_listener(listen_path)
+    router.listener.setblocking(False)
+    log(f"ready: {listen_path}")
+    try:
+        router.serve()
+    finally:
+        try:
+            os.unlink(os.path.basename(listen_path))
+        except FileNotFoundError:
+            pass
+        router.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The lifecycle every Linux VMM backend shares (qemu, firecracker).
+
+A backend supplies how to check the host, spawn its VMM, and reach the
+guest channel; this module owns the process model of DESIGN.md §1:
+
+- ``start``: spawn the VMM (recording PID and start time), spawn the channel
+  helper (:mod:`microagent.channel.router`) and wait until it has the guest's
+  ``HELLO``; a boot timeout kills both and reports the serial tail.
+- ``halt``: power-off through guest init; ``halted`` or ``failed`` (VMM kept).
+- ``stop``: SIGTERM, grace, ``stopped`` or ``failed`` (no silent escalation).
+- ``kill``: SIGKILL, ``stopped``.
+- ``quarantine``: kill the helper, unlink every socket into the guest, keep
+  the VMM process and its PID, ``quarantined``.
+- ``delete``: refused while the VMM lives.
+- ``inspect``: the recorded state reconciled with the process table; a
+  running workspace whose helper died gets a new helper.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient
+from microagent.supervisors import process
+from microagent.supervisors.base import Backend
+from microagent.supervisors.runtime_state import RuntimeDir, write_json_atomic
+from microagent.vmkit.types import Event, Request, Response, now_rfc3339, to_wire
+
+STOP_GRACE_S = 5.0
+HALT_TIMEOUT_S = 15.0
+HALT_GRACE_S = 5.0
+LIVE_STATES = ("starting", "running", "quarantined", "paused", "stopping")
+
+
+def runtime_dir_for(request: Request) -> RuntimeDir:
+    assert request.config is not None and request.identity is not None
+    return RuntimeDir(Path(request.config.stateDir) / request.identity.runtimeID)
+
+
+def _ref(runtime: dict[str, Any] | None, pid_key: str = "pid",
+         start_key: str = "starttime") -> process.ProcessRef | None:
+    """The process recorded under ``pid_key``/``start_key`` in runtime.json."""
+    if not runtime or runtime.get(pid_key) is None or runtime.get(start_key) is None:
+        return None
+    return process.ProcessRef(int(runtime[pid_key]), int(runtime[start_key]))
+
+
+class VMMBackend(Backend):
+    """Shared lifecycle; subclasses fill in the VMM-specific hooks."""
+
+    #: sockets/files in the runtime dir that belong to one boot
+    boot_files: tuple[str, ...] = ()
+
+    # --- hooks ---------------------------------------------------------------
+
+    def preflight(self, request: Request) -> dict[str, Any]:
+        """Check the host and the request's files; returns what ``spawn`` needs."""
+        raise NotImplementedError
+
+    def spawn(self, request: Request, rt: RuntimeDir, ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
+        """Start the VMM (detached, cwd = runtime dir)."""
+        raise NotImplementedError
+
+    def after_spawn(self, request: Request, rt: RuntimeDir, proc: subprocess.Popen[bytes]) -> None:
+        """Configure/boot through the VMM's API when it needs that (firecracker)."""
+
+    def guest_spec(self, rt: RuntimeDir) -> str:
+        """The router's ``--guest`` argument."""
+        raise NotImplementedError
+
+    def sever(self, rt: RuntimeDir) -> list[str]:
+        """Backend-specific host paths to cut on quarantine; returns their names."""
+        return []
+
+    def pause_vm(self, rt: RuntimeDir) -> None:
+        raise self._unsupported("pause")
+
+    def resume_vm(self, rt: RuntimeDir) -> None:
+        raise self._unsupported("resume")
+
+    # --- state helpers ---------------------------------------------------------
+
+    def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "",
+               **runtime_updates: Any) -> Event:
+        assert request.identity is not None
+        event = Event(identity=request.identity, state=state, detail=detail)
+        runtime = rt.runtime() or {}
+        runtime.update(runtime_updates)
+        runtime["state"] = state
+        runtime["updatedAt"] = event.observedAt
+        rt.write_runtime(runtime)
+        rt.record_event(event)
+        return event
+
+    def live_vmm(self, rt: RuntimeDir) -> process.ProcessRef | None:
+        ref = _ref(rt.runtime())
+        return ref if ref is not None and process.is_alive(ref) else None
+
+    def live_router(self, rt: RuntimeDir) -> process.ProcessRef | None:
+        ref = _ref(rt.runtime(), "routerPid", "routerStarttime")
+        return ref if ref is not None and process.is_alive(ref) else None
+
+    def recorded_state(self, rt: RuntimeDir) -> str:
+        runtime = rt.runtime()
+        return str(runtime.get("state", "unknown")) if runtime else "unknown"
+
+    def _name(self, request: Request) -> str:
+        assert request.identity is not None
+        return request.identity.runtimeID
+
+    def _vmm_log_tail(self, rt: RuntimeDir) -> str:
+        try:
+            return " | ".join(rt.vmm_log.read_text(errors="replace").strip().splitlines()[-3:])
+        except OSError:
+            return ""
+
+    # --- commands --------------------------------------------------------------
+
+    def check(self, request: Request) -> Response:
+        self.preflight(request)
+        return self.event(request, "unknown", "check passed")
+
+    def prepare(self, request: Request) -> Response:
+        self.preflight(request)
+        rt = runtime_dir_for(request)
+        if self.live_vmm(rt) is not None:
+            raise Conflict(f"workspace {self._name(request)} is running; stop it first")
+        rt.create()
+        event = self.record(rt, request, "prepared", backend=self.name, config=to_wire(request.config))
+        return Response(ok=True, backend=self.name, event=event)
+
+    def _spawn_router(self, rt: RuntimeDir, hello_timeout: float) -> process.ProcessRef:
+        argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
+                "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}"]
+        proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log")
+        try:
+            ref = process.ref_for(proc.pid)
+        except Permanent:
+            proc.wait()
+            raise Permanent("the channel helper exited at once; see router.log") from None
+        runtime = rt.runtime() or {}
+        runtime.update(routerPid=ref.pid, routerStarttime=ref.starttime)
+        rt.write_runtime(runtime)
+        return ref
+
+    def _boot(self, request: Request) -> tuple[RuntimeDir, process.ProcessRef]:
+        ctx = self.preflight(request)
+        cfg, name = request.config, self._name(request)
+        assert cfg is not None
+        rt = runtime_dir_for(request)
+        live = self.live_vmm(rt)
+        if live is not None:
+            raise Conflict(f"workspace {name} is already running ({self.name} pid {live.pid})",
+                           "stop, kill or halt it first")
+        if self.recorded_state(rt) == "quarantined":
+            raise Conflict(f"workspace {name} is quarantined", "stop or kill it before starting it again")
+        rt.create()
+        for stale in (*self.boot_files, "control.sock"):
+            (rt.path / stale).unlink(missing_ok=True)
+        with open(rt.serial_log, "ab") as log:
+            log.write(f"\n[microagent] boot {now_rfc3339()} backend={self.name}\n".encode())
+        started = time.monotonic()
+        deadline = started + cfg.timeoutSeconds
+        proc, argv = self.spawn(request, rt, ctx)
+        try:
+            ref = process.ref_for(proc.pid)
+        except Permanent:
+            proc.wait()
+            raise Permanent(f"{self.name} exited at once: {self._vmm_log_tail(rt)}",
+                            "see vmm.log in the runtime directory") from None
+        self.record(rt, request, "starting", f"serial={rt.serial_log}", backend=self.name,
+                    pid=ref.pid, starttime=ref.starttime, argv=argv, config=to_wire(cfg),
+                    startedAt=now_rfc3339(), serialLogPath=str(rt.serial_log),
+                    controlSocket=str(rt.control_socket), routerPid=None, routerStarttime=None)
+        try:
+            self.after_spawn(request, rt, proc)
+            router = self._spawn_router(rt, deadline - time.monotonic())
+            self._wait_ready(rt, proc, router, deadline)
+        except BaseException as exc:
+            self._teardown(rt, kill_vmm=True)
+            message = exc.message if isinstance(exc, MicroagentError) else str(exc)
+            self.record(rt, request, "failed", message)
+            raise
+        self.record(rt, request, "running", f"serial={rt.serial_log}",
+                    bootSeconds=round(time.monotonic() - started, 3))
+        return rt, ref
+
+    def _wait_ready(self, rt: RuntimeDir, proc: subprocess.Popen[bytes], router: process.ProcessRef,
+                    deadline: float) -> None:
+        """Wait for the helper's control socket (it binds only after the guest's HELLO)."""
+        while not rt.control_socket.exists():
+            status = proc.poll()
+            if status is not None:
+                raise Permanent(f"the VM exited with status {status} before guest init answered; "
+                                f"serial log tail:\n{rt.serial_tail()}", "see serial.log and vmm.log")
+            if not process.is_alive(router):
+                process.reap_if_child(router.pid)
+                if time.monotonic() >= deadline - 0.05:
+                    break
+                raise Permanent(f"the channel helper gave up before guest init answered; "
+                                f"serial log tail:\n{rt.serial_tail()}", "see router.log and serial.log")
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        else:
+            return
+        raise Transient(f"guest init did not answer within the boot timeout; serial log tail:\n"
+                        f"{rt.serial_tail()}", "raise --boot-timeout or check the kernel and initramfs")
+
+    def _teardown(self, rt: RuntimeDir, *, kill_vmm: bool) -> None:
+        router = self.live_router(rt)
+        if router is not None:
+            process.send_signal(router, signal.SIGKILL)
+            process.wait_gone(router, 5)
+        if kill_vmm:
+            vmm = self.live_vmm(rt)
+            if vmm is not None:
+                process.send_signal(vmm, signal.SIGKILL)
+                process.wait_gone(vmm, 10)
+        for name in (*self.boot_files, "control.sock"):
+            (rt.path / name).unlink(missing_ok=True)
+
+    def start(self, request: Request) -> Response:
+        rt, ref = self._boot(request)
+        runtime = rt.runtime() or {}
+        event = Event(identity=request.identity, state="running",  # type: ignore[arg-type]
+                      detail=f"serial={rt.serial_log}")
+        ready = {"ready": True, "observedAt": event.observedAt}
+        return Response(ok=True, backend=self.name, event=event,
+                        readiness={"guestReady": ready, "execReady": ready, "shellReady": ready},
+                        runtime={"pid": ref.pid, "bootSeconds": runtime.get("bootSeconds"),
+                                 "controlSocket": str(rt.control_socket)})
+
+    def run(self, request: Request) -> Response:
+        """Foreground: boot, run ``request.exec``, power off, answer the result."""
+        from microagent.channel import ExecRequest, open_channel
+
+        if request.exec is None:
+            raise Permanent("run needs an exec section naming the command to run")
+        rt, ref = self._boot(request)
+        spec = request.exec
+        try:
+            with open_channel(rt.control_socket, hello_timeout=10.0) as conn:
+                result = conn.exec(ExecRequest(argv=list(spec.argv), env=list(spec.env),
+                                               cwd=spec.cwd or None, user=spec.user or None,
+                                               timeout_s=spec.timeoutSeconds or None))
+                conn.shutdown("poweroff", grace_s=2.0)
+        except MicroagentError as exc:
+            self._teardown(rt, kill_vmm=True)
+            self.record(rt, request, "failed", exc.message)
+            raise
+        result_doc = result.to_dict()
+        write_json_atomic(rt.result_json, result_doc)
+        if not process.wait_gone(ref, HALT_TIMEOUT_S):
+            process.send_signal(ref, signal.SIGKILL)
+            process.wait_gone(ref, 10)
+        self._teardown(rt, kill_vmm=False)
+        event = self.record(rt, request, "stopped", "powered_off")
+        return Response(ok=True, backend=self.name, event=event, result=result_doc)
+
+    def inspect(self, request: Request) -> Response:
+        rt = runtime_dir_for(request)
+        runtime = rt.runtime()
+        if runtime is None:
+            raise NotFound(f"workspace {self._name(request)} has no runtime state", "create or start it first")
+        state = str(runtime.get("state", "unknown"))
+        vmm = _ref(runtime)
+        alive = vmm is not None and process.is_alive(vmm)
+        if state in LIVE_STATES and not alive:
+            self._teardown(rt, kill_vmm=False)
+            event = self.record(rt, request, "failed",
+                                f"{self.name} (pid {vmm.pid if vmm else '?'}) exited while nobody watched; "
+                                f"serial tail: {rt.serial_tail(3)}")
+        else:
+            if state == "running" and alive and self.live_router(rt) is None:
+                self._spawn_router(rt, 10.0)  # the helper died: a new one takes over the channel
+                deadline = time.monotonic() + 10.0
+                while not rt.control_socket.exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            event = Event(identity=request.identity, state=state,  # type: ignore[arg-type]
+                          detail=f"serial={rt.serial_log}")
+        router = self.live_router(rt)
+        return Response(ok=True, backend=self.name, event=event,
+                        runtime={"pid": vmm.pid if vmm else None, "alive": alive,
+                                 "routerPid": router.pid if router else None,
+                                 "serialLogPath": str(rt.serial_log),
+                                 "controlSocket": str(rt.control_socket),
+                                 "startedAt": runtime.get("startedAt"),
+                                 "bootSeconds": runtime.get("bootSeconds")})
+
+    def _require_live(self, request: Request, verb: str) -> tuple[RuntimeDir, process.ProcessRef]:
+        rt = runtime_dir_for(request)
+        ref = self.live_vmm(rt)
+        if ref is None:
+            raise Conflict(f"workspace {self._name(request)} is not running "
+                           f"(state {self.recorded_state(rt)}); nothing to {verb}")
+        return rt, ref
+
+    def halt(self, request: Request) -> Response:
+        from microagent.channel import open_channel
+
+        rt, ref = self._require_live(request, "halt")
+        name = self._name(request)
+        if self.recorded_state(rt) == "quarantined":
+            raise Conflict(f"workspace {name} is quarantined; its channel is severed", "use stop or kill")
+        try:
+            with open_channel(rt.control_socket, hello_timeout=5.0, connect_timeout=5.0) as conn:
+                conn.shutdown("poweroff", grace_s=HALT_GRACE_S)
+        except MicroagentError as exc:
+            self.record(rt, request, "failed", f"halt could not reach guest init: {exc.message}")
+            raise Transient(f"halt could not reach guest init: {exc.message}; the VM is still running "
+                            f"(pid {ref.pid})", "use stop or kill") from exc
+        if not process.wait_gone(ref, HALT_TIMEOUT_S):
+            self.record(rt, request, "failed", f"guest did not power off within {HALT_TIMEOUT_S:.0f}s")
+            raise Transient(f"guest did not power off within {HALT_TIMEOUT_S:.0f}s; {self.name} "
+                            f"(pid {ref.pid}) was left running", "use stop or kill")
+        self._teardown(rt, kill_vmm=False)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, "halted", "guest powered off"))
+
+    def stop(self, request: Request) -> Response:
+        rt, ref = self._require_live(request, "stop")
+        process.send_signal(ref, signal.SIGTERM)
+        if not process.wait_gone(ref, STOP_GRACE_S):
+            self.record(rt, request, "failed", f"{self.name} survived SIGTERM for {STOP_GRACE_S:.0f}s")
+            raise Transient(f"{self.name} (pid {ref.pid}) is still alive {STOP_GRACE_S:.0f}s after SIGTERM",
+                            "use kill")
+        self._teardown(rt, kill_vmm=False)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, "stopped", "SIGTERM"))
+
+    def kill(self, request: Request) -> Response:
+        rt, ref = self._require_live(request, "kill")
+        process.send_signal(ref, signal.SIGKILL)
+        if not process.wait_gone(ref, 10.0):
+            raise Transient(f"{self.name} (pid {ref.pid}) survived SIGKILL", "check the process table")
+        self._teardown(rt, kill_vmm=False)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, "stopped", "SIGKILL"))
+
+    def quarantine(self, request: Request) -> Response:
+        rt, ref = self._require_live(request, "quarantine")
+        severed = []
+        router = self.live_router(rt)
+        if router is not None:
+            process.send_signal(router, signal.SIGKILL)
+            process.wait_gone(router, 5)
+            severed.append("channel helper")
+        for name in ("control.sock",):
+            if (rt.path / name).exists():
+                (rt.path / name).unlink()
+                severed.append(name)
+        severed += self.sever(rt)
+        event = self.record(rt, request, "quarantined",
+                            f"severed: {', '.join(severed) or 'nothing left'}; pid {ref.pid} kept")
+        return Response(ok=True, backend=self.name, event=event, runtime={"pid": ref.pid, "alive": True})
+
+    def pause(self, request: Request) -> Response:
+        rt, _ = self._require_live(request, "pause")
+        if self.recorded_state(rt) != "running":
+            raise Conflict(f"workspace {self._name(request)} is {self.recorded_state(rt)}; only running "
+                           "workspaces can be paused")
+        self.pause_vm(rt)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, "paused", "vcpus stopped"))
+
+    def resume(self, request: Request) -> Response:
+        rt, _ = self._require_live(request, "resume")
+        if self.recorded_state(rt) != "paused":
+            raise Conflict(f"workspace {self._name(request)} is {self.recorded_state(rt)}, not paused")
+        self.resume_vm(rt)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, "running", "vcpus resumed"))
+
+    def delete(self, request: Request) -> Response:
+        rt = runtime_dir_for(request)
+        ref = self.live_vmm(rt)
+        name = self._name(request)
+        if ref is not None:
+            raise Conflict(f"workspace {name} is running ({self.name} pid {ref.pid}); "
+                           "stop or kill it before delete", "use kill, or delete -f")
+        self._teardown(rt, kill_vmm=False)
+        assert request.config is not None and request.identity is not None
+        ws = Path(request.config.stateDir) / "workspaces" / name
+        existed = rt.path.exists() or ws.exists()
+        shutil.rmtree(rt.path, ignore_errors=True)
+        shutil.rmtree(ws, ignore_errors=True)
+        event = Event(identity=request.identity, state="unknown", detail="deleted" if existed else "absent")
+        return Response(ok=True, backend=self.name, event=event)
+

@@ -1,0 +1,110 @@
+"""The channel helper (router) between many host clients and one real guest agent.
+
+The guest side is the real C guest init in agent mode listening on a Unix
+socket, exactly where QEMU's chardev socket would be; the router is the real
+``python -m microagent.channel.router`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from microagent.channel import ExecRequest, open_channel
+from microagent.errors import ChannelClosed
+
+
+class Rig:
+    def __init__(self, binary: Path, tmp: Path) -> None:
+        self.guest_sock = tmp / "channel.sock"
+        self.control = tmp / "control.sock"
+        self.agent = subprocess.Popen([str(binary), "--agent", "--listen", str(self.guest_sock)],
+                                      stderr=open(tmp / "agent.log", "wb"))
+        self.router = subprocess.Popen(
+            [sys.executable, "-m", "microagent.channel.router", "--guest", f"unix:{self.guest_sock}",
+             "--listen", str(self.control), "--hello-timeout", "10"],
+            stderr=open(tmp / "router.log", "wb"))
+        deadline = time.monotonic() + 10
+        while not self.control.exists():
+            assert self.router.poll() is None, (tmp / "router.log").read_text()
+            assert time.monotonic() < deadline, "router never became ready"
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        for p in (self.router, self.agent):
+            if p.poll() is None:
+                p.kill()
+            p.wait(5)
+
+
+@pytest.fixture
+def rig(agent_binary: Path, tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(agent_binary, tmp_path)
+    yield r
+    r.close()
+
+
+def test_many_clients_at_once(rig: Rig) -> None:
+    results: dict[int, bytes] = {}
+
+    def client(i: int) -> None:
+        with open_channel(rig.control) as conn:
+            results[i] = conn.exec(ExecRequest(argv=["sh", "-c", f"sleep 0.2; echo client{i}"])).stdout
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert results == {i: f"client{i}\n".encode() for i in range(6)}
+    assert time.monotonic() - t0 < 5, "sessions of different clients must run concurrently"
+
+
+def test_a_client_hello_does_not_reset_other_clients(rig: Rig) -> None:
+    with open_channel(rig.control) as a:
+        session = a.start_exec(ExecRequest(argv=["sh", "-c", "sleep 1; echo survived"]))
+        with open_channel(rig.control) as b:  # b's HELLO must not reach the guest
+            assert b.exec(ExecRequest(argv=["true"])).exit_code == 0
+        assert session.wait(10).stdout == b"survived\n"
+
+
+def test_disconnecting_client_closes_its_sessions_in_the_guest(rig: Rig, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    a = open_channel(rig.control)
+    a.start_exec(ExecRequest(argv=["sh", "-c", f"echo $$ > {marker}; exec sleep 60"]))
+    deadline = time.monotonic() + 5
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pid = int(marker.read_text())
+    a.close()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+
+
+def test_guest_going_away_ends_router_and_fails_clients(rig: Rig) -> None:
+    conn = open_channel(rig.control)
+    session = conn.start_exec(ExecRequest(argv=["sleep", "60"]))
+    rig.agent.kill()
+    with pytest.raises(ChannelClosed):
+        session.wait(10)
+    assert rig.router.wait(10) == 0
+    assert not rig.control.exists()
+
+
+def test_router_gives_up_without_a_guest(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "microagent.channel.router", "--guest",
+                           f"unix:{tmp_path / 'nothing.sock'}", "--listen", str(tmp_path / "c.sock"),
+                           "--hello-timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3 and "cannot connect to the guest" in proc.stderr
+    assert not (tmp_path / "c.sock").exists()
