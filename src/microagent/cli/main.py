@@ -24,6 +24,23 @@ COMMANDS = {
     "doctor": "microagent.cli.cmd_host:doctor",
     "kernel": "microagent.cli.cmd_kernel:kernel",
     "run": "microagent.cli.cmd_run:run",
+    "create": "microagent.cli.cmd_workspace:create",
+    "start": "microagent.cli.cmd_workspace:start",
+    "halt": "microagent.cli.cmd_workspace:halt",
+    "stop": "microagent.cli.cmd_workspace:stop",
+    "kill": "microagent.cli.cmd_workspace:kill",
+    "quarantine": "microagent.cli.cmd_workspace:quarantine",
+    "delete": "microagent.cli.cmd_workspace:delete",
+    "list": "microagent.cli.cmd_workspace:list_",
+    "ls": "microagent.cli.cmd_workspace:ls",
+    "ps": "microagent.cli.cmd_workspace:ps",
+    "status": "microagent.cli.cmd_workspace:status",
+    "wait": "microagent.cli.cmd_workspace:wait",
+    "logs": "microagent.cli.cmd_workspace:logs",
+    "events": "microagent.cli.cmd_workspace:events",
+    "cp": "microagent.cli.cmd_workspace:cp",
+    "exec": "microagent.cli.cmd_exec:exec_",
+    "connect": "microagent.cli.cmd_exec:connect",
 }
 
 

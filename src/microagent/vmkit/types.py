@@ -20,6 +20,10 @@ from microagent.errors import InvalidRequest
 BACKENDS = ("firecracker", "qemu", "apple-vf", "windows-hyperv")
 ROLES = ("workload", "enforcer")
 NETWORK_MODES = ("isolated", "user", "nat")
+#: What ``start`` waits for: guest init's channel ``HELLO`` (``guest``), or
+#: only the VMM process and its API (``vmm``: process-model checks on hosts
+#: where the guest cannot boot, e.g. Firecracker without hardware KVM).
+READINESS_MODES = ("guest", "vmm")
 STATES = (
     "unknown", "prepared", "starting", "running", "paused", "stopping",
     "stopped", "halted", "quarantined", "failed",
@@ -97,6 +101,7 @@ class Config:
     configDiskPath: str = ""
     kernelArgs: str = ""
     timeoutSeconds: float = 60.0
+    readiness: str = "guest"
     disks: tuple[Disk, ...] = ()
     network: Network = field(default_factory=Network)
 
@@ -301,6 +306,7 @@ def _parse_config(f: _Fields, *, full: bool) -> Config:
         "hostname": f.string("hostname"),
         "kernelArgs": f.string("kernelArgs"),
         "timeoutSeconds": f.number("timeoutSeconds", default=60.0, bounds=(0.1, 86400.0)),
+        "readiness": f.string("readiness", default="guest", choices=READINESS_MODES),
     }
     disks = []
     names: set[str] = set()

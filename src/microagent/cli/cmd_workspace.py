@@ -1,0 +1,294 @@
+"""Named workspace commands: create, start, halt, stop, kill, quarantine, delete,
+list/ls/ps, status, wait, logs, events, cp.
+
+Thin: parse options, call :class:`microagent.workspace.lifecycle.WorkspaceStore`
+(or :mod:`microagent.workspace.sessions` for ``cp``), render text or one
+JSON document. ``exec`` and ``connect`` are in :mod:`.cmd_exec`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from microagent.cli.main import backend_option, json_option, state_dir_option
+from microagent.cli.output import emit, emit_json
+
+#: ``start --wait`` and ``wait``: exit 0 when the workspace ended in one of these.
+CLEAN_END_STATES = ("stopped", "halted")
+
+
+def supervisor_option(f: Any) -> Any:
+    return click.option("--supervisor", default=None, help="path of the supervisor executable to use")(f)
+
+
+def common(f: Any) -> Any:
+    """``--json``, ``--state-dir`` and ``--supervisor`` on every workspace command."""
+    return json_option(state_dir_option(supervisor_option(f)))
+
+
+def _store(state_dir: str | None, supervisor: str | None) -> Any:
+    from microagent.workspace.lifecycle import WorkspaceStore
+
+    return WorkspaceStore(state_dir, supervisor)
+
+
+def _mib(value: Any) -> str:
+    return f"{value} MiB"
+
+
+# ------------------------------------------------------------------ create
+
+
+@click.command()
+@click.argument("name")
+@click.option("--image", default="builtin:busybox", show_default=True, help="image reference")
+@click.option("--profile", default=None, help="tiny | small | medium | large (default small)")
+@click.option("--cpus", type=int, default=None, help="vCPUs (overrides the profile)")
+@click.option("--memory", type=int, default=None, help="memory in MiB (overrides the profile)")
+@click.option("--disk-size", type=int, default=None, help="root disk size in MiB (overrides the profile)")
+@click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment for every process in the guest")
+@click.option("--network", default="isolated", show_default=True, help="network mode (only isolated so far)")
+@backend_option
+@common
+def create(name: str, image: str, profile: str | None, cpus: int | None, memory: int | None,
+           disk_size: int | None, env: tuple[str, ...], network: str, backend: str | None,
+           as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """Create workspace NAME: build its disk and manifest (state prepared); boot nothing."""
+    store = _store(state_dir, supervisor)
+    manifest = store.create(name, image=image, profile=profile, cpus=cpus, memory_mib=memory,
+                            disk_size_mib=disk_size, env=env, network=network, backend=backend)
+    doc = {"ok": True, "state": "prepared", "diskPath": str(store.disk_path(name)),
+           "workspace": manifest.to_json()}
+
+    def text(d: dict[str, Any]) -> str:
+        r = d["workspace"]["resources"]
+        return (f"created {name} (prepared): {image}, profile {manifest.profile}, "
+                f"{r['memoryMiB']} MiB, {r['cpuCount']} vCPU, disk {r['diskSizeMiB']} MiB, "
+                f"backend {manifest.backend}\nstart it with: microagent start {name}")
+    emit(doc, as_json, text)
+    return 0
+
+
+# ------------------------------------------------------------------ start / wait
+
+
+def _end_code(state: str) -> int:
+    return 0 if state in CLEAN_END_STATES else 1
+
+
+@click.command()
+@click.argument("name")
+@click.option("--wait", "wait_", is_flag=True,
+              help="after it is running, block until it stops; exit 0 if stopped/halted, 1 if failed/quarantined")
+@click.option("--boot-timeout", type=float, default=60.0, show_default=True,
+              help="give up (and kill the VM) if the guest is not ready after S seconds")
+@common
+def start(name: str, wait_: bool, boot_timeout: float, as_json: bool, state_dir: str | None,
+          supervisor: str | None) -> int:
+    """Boot workspace NAME; returns once its guest channel is ready."""
+    store = _store(state_dir, supervisor)
+    t = store.start(name, boot_timeout=boot_timeout)
+    doc: dict[str, Any] = {"ok": True, **t.to_json()}
+    boot = (t.runtime or {}).get("bootSeconds")
+    line = f"{name} running (pid {t.pid}" + (f", booted in {boot:.1f}s" if isinstance(boot, (int, float)) else "") + ")"
+    if not wait_:
+        emit(doc, as_json, lambda d: line)
+        return 0
+    if not as_json:
+        sys.stdout.write(line + "\nwaiting for it to stop (Ctrl-C stops waiting, not the workspace)\n")
+        sys.stdout.flush()
+    final = store.wait(name)
+    if as_json:
+        emit_json({**doc, "final": final.to_json()})
+    else:
+        sys.stdout.write(f"{name} {final.state.value}" + (f": {final.detail}" if final.detail else "") + "\n")
+    return _end_code(final.state.value)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--timeout", type=float, default=None, help="give up after S seconds")
+@common
+def wait(name: str, timeout: float | None, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """Block until NAME is no longer running; exit 0 if stopped/halted, 1 otherwise."""
+    final = _store(state_dir, supervisor).wait(name, timeout=timeout)
+    emit({"ok": True, **final.to_json()}, as_json,
+         lambda d: f"{name} {d['state']}" + (f": {d['detail']}" if d["detail"] else ""))
+    return _end_code(final.state.value)
+
+
+# ------------------------------------------------------------------ transitions
+
+
+def _transition_command(op: str, help_text: str) -> click.Command:
+    @click.command(name=op, help=help_text)
+    @click.argument("name")
+    @common
+    def cmd(name: str, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+        t = getattr(_store(state_dir, supervisor), op)(name)
+        extra = f" (pid {t.pid} kept)" if op == "quarantine" else ""
+        emit({"ok": True, **t.to_json()}, as_json,
+             lambda d: f"{name} {d['state']}{extra}" + (f": {d['detail']}" if d["detail"] else ""))
+        return 0
+    return cmd
+
+
+halt = _transition_command("halt", "Shut NAME down cleanly through guest init (disk flushed): halted.")
+stop = _transition_command("stop", "SIGTERM the VMM of NAME, wait a grace period: stopped (failed if it survives).")
+kill = _transition_command("kill", "SIGKILL the VMM of NAME: stopped.")
+quarantine = _transition_command(
+    "quarantine", "Cut every host path into NAME, keep its VM process and PID: quarantined.")
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--force", is_flag=True, help="kill a running VM first")
+@common
+def delete(name: str, force: bool, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """Delete NAME's disk and state (refused while its VM runs, unless -f). Missing: ok."""
+    out = _store(state_dir, supervisor).delete(name, force=force)
+
+    def text(d: dict[str, Any]) -> str:
+        if not d["deleted"]:
+            return f"{name} does not exist; nothing to delete"
+        return f"deleted {name}" + (" (killed its VM first)" if d["killed"] else "")
+    emit({"ok": True, **out}, as_json, text)
+    return 0
+
+
+# ------------------------------------------------------------------ list / status
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no workspaces"
+    header = ("NAME", "STATE", "PID", "BACKEND", "IMAGE", "PROFILE", "MEMORY", "CPUS", "DISK")
+    lines = [header]
+    for r in rows:
+        res = r["resources"]
+        lines.append((r["name"], r["state"], str(r["pid"] or "-"), r["backend"], r["image"], r["profile"],
+                      _mib(res["memoryMiB"]), str(res["cpuCount"]), _mib(res["diskSizeMiB"])))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
+
+
+def _list_command(name: str, running_only: bool, help_text: str) -> click.Command:
+    @click.command(name=name, help=help_text)
+    @common
+    def cmd(as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+        rows = _store(state_dir, supervisor).list(running_only=running_only)
+        emit({"ok": True, "workspaces": rows}, as_json, lambda d: _table(d["workspaces"]))
+        return 0
+    return cmd
+
+
+list_ = _list_command("list", False, "List every workspace with its state.")
+ls = _list_command("ls", False, "List every workspace with its state (alias of list).")
+ps = _list_command("ps", True, "List workspaces whose VM is running.")
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    res = d["resources"]
+    rd = d["readiness"]
+    ver = d["verification"]
+    lines = [
+        f"name:         {d['name']}",
+        f"state:        {d['state']}" + (f" ({d['detail']})" if d["detail"] else ""),
+        f"pid:          {d['pid'] or '-'}",
+        f"backend:      {d['backend']}",
+        f"image:        {d['image']['ref']} ({d['image']['digest'][:19]}…)",
+        f"profile:      {d['profile']}: {res['memoryMiB']} MiB, {res['cpuCount']} vCPU, disk {res['diskSizeMiB']} MiB",
+        f"disk:         {d['disk']['path']}" + (f" ({d['disk'].get('allocatedMiB')} MiB used)" if "allocatedMiB" in d["disk"] else " (missing)"),
+        f"network:      {d['network']['mode']}",
+        "readiness:    " + ", ".join(f"{k}={'yes' if v.get('ready') else 'no'}" for k, v in rd.items()),
+        f"channel:      {d['channel']['path']}",
+        f"serial log:   {d['serialLog']}",
+        "verification: " + ("ok" if ver["ok"] else "DIVERGED: " + ", ".join(ver["divergence"])),
+    ]
+    for key in ("kernel", "rootfsBase", "init"):
+        v = ver[key]
+        lines.append(f"  {key:<11} {'ok' if v['ok'] else 'CHANGED'}  {v['path']}  {v['recorded'][:19]}…")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("name")
+@common
+def status(name: str, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """State, readiness, PID, resources, disk and verification of NAME."""
+    from microagent.workspace.status import workspace_status
+
+    doc = workspace_status(_store(state_dir, supervisor), name)
+    emit({"ok": True, **doc}, as_json, _status_text)
+    return 0
+
+
+# ------------------------------------------------------------------ logs / events
+
+
+def _follow_help(what: str) -> Callable[[Any], Any]:
+    return click.option("-f", "--follow", is_flag=True, help=f"keep printing new {what} until the workspace is deleted or Ctrl-C")
+
+
+@click.command()
+@click.argument("name")
+@_follow_help("output")
+@common
+def logs(name: str, follow: bool, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """The guest serial console log of NAME."""
+    from microagent.errors import InvalidRequest
+
+    store = _store(state_dir, supervisor)
+    if as_json:
+        if follow:
+            raise InvalidRequest("logs -f cannot be combined with --json", "drop -f, or drop --json")
+        text = b"".join(store.logs(name)).decode("utf-8", "replace")
+        emit_json({"ok": True, "name": name, "path": str(store.runtime_path(name) / "serial.log"), "log": text})
+        return 0
+    out = sys.stdout.buffer
+    for chunk in store.logs(name, follow=follow):
+        out.write(chunk)
+        out.flush()
+    return 0
+
+
+@click.command()
+@click.argument("name")
+@_follow_help("events")
+@common
+def events(name: str, follow: bool, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """The event timeline of NAME (with --json -f: one JSON object per line)."""
+    store = _store(state_dir, supervisor)
+    if as_json and not follow:
+        emit_json({"ok": True, "name": name, "events": list(store.events(name))})
+        return 0
+    for ev in store.events(name, follow=follow):
+        if as_json:
+            line = json.dumps(ev, sort_keys=True)
+        else:
+            line = f"{ev.get('observedAt', '')}  {ev.get('state', ''):<12} {ev.get('detail', '')}".rstrip()
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+# ------------------------------------------------------------------ cp
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dst")
+@common
+def cp(src: str, dst: str, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """Copy a file into or out of a running workspace: one side is NAME:/abs/path."""
+    from microagent.workspace.sessions import copy
+
+    out = copy(_store(state_dir, supervisor), src, dst)
+    emit({"ok": True, **out}, as_json,
+         lambda d: f"copied {d['bytes']} bytes: {d['source']} -> "
+                   + (f"{d['workspace']}:{d['destination']}" if d["direction"] == "in" else d["destination"]))
+    return 0

@@ -1,0 +1,544 @@
+"""Named workspaces: create, start, halt, stop, kill, quarantine, delete, and watching them.
+
+This module owns the lifecycle of a named workspace on top of the
+supervisor contract (docs/supervisor-api.md): it validates names and
+inputs, takes the per-workspace lock (:mod:`.lock`) around every mutating
+command, reconciles the recorded state with the process table through the
+supervisor's ``inspect`` before acting, checks the transition against the
+table in :mod:`.state`, and then sends the supervisor command. What a
+workspace *is* lives in :mod:`.manifest`; talking to the guest is
+:mod:`.sessions`.
+
+Reconciliation: mutating commands and ``status`` always ask the supervisor
+(``inspect``). ``list``, ``wait`` and the exec/cp/connect guard read the
+recorded runtime state and check the recorded VMM process themselves, and
+fall back to ``inspect`` whenever the record claims a live VM whose process
+is gone, so a dead VMM is never reported as running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound, Unsupported
+from microagent.paths import runtime_dir, state_root, workspace_dir
+from microagent.vmkit.types import Config, Network, is_safe_name, now_rfc3339
+from microagent.workspace.lock import WorkspaceLock
+from microagent.workspace.manifest import (
+    FileDigest,
+    ImageRecord,
+    Manifest,
+    Verification,
+    list_manifests,
+    load_manifest,
+    manifest_path,
+    save_manifest,
+)
+from microagent.workspace.state import ACTIVE_STATES, LIVE_STATES, WorkspaceState, require_state
+from microagent.workspace.supervisor_client import SupervisorClient
+
+DEFAULT_IMAGE = "builtin:busybox"
+DEFAULT_BOOT_TIMEOUT_S = 60.0
+SUPPORTED_NETWORK_MODES = ("isolated",)
+
+
+def check_name(name: str) -> str:
+    """:raises InvalidRequest: unless ``name`` is a safe basename."""
+    if not isinstance(name, str) or not is_safe_name(name):
+        raise InvalidRequest(
+            f"workspace name {name!r} is not a safe name",
+            "use 1-63 characters from A-Z a-z 0-9 . _ - starting with a letter or digit",
+        )
+    return name
+
+
+def check_env(env: Sequence[str]) -> tuple[str, ...]:
+    """:raises InvalidRequest: for an entry that is not ``K=V``."""
+    for item in env:
+        if "=" not in item or item.startswith("="):
+            raise InvalidRequest(f"environment entry {item!r} is not K=V", "pass -e KEY=VALUE")
+    return tuple(env)
+
+
+@dataclass
+class Observed:
+    """A workspace's state as reconciled with the process table."""
+
+    name: str
+    state: WorkspaceState
+    alive: bool = False
+    pid: int | None = None
+    detail: str = ""
+    observedAt: str = ""
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state.value, "alive": self.alive, "pid": self.pid,
+                "detail": self.detail, "observedAt": self.observedAt}
+
+
+@dataclass
+class Transition:
+    """What a lifecycle command did."""
+
+    name: str
+    operation: str
+    previous: WorkspaceState
+    state: WorkspaceState
+    detail: str = ""
+    pid: int | None = None
+    readiness: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "operation": self.operation,
+                               "previousState": self.previous.value, "state": self.state.value,
+                               "detail": self.detail, "pid": self.pid}
+        if self.readiness is not None:
+            out["readiness"] = self.readiness
+        if self.runtime is not None:
+            out["runtime"] = self.runtime
+        return out
+
+
+class WorkspaceStore:
+    """All named workspaces under one state root.
+
+    :param state_dir: the state root (``None``: ``MICROAGENT_STATE_DIR`` or ``~/.microagent``).
+    :param supervisor: explicit supervisor executable (``--supervisor``).
+    :param lock_timeout: seconds a mutating command waits for another one on
+        the same workspace (``None``: ``MICROAGENT_LOCK_TIMEOUT`` or 60).
+    """
+
+    def __init__(self, state_dir: str | Path | None = None, supervisor: str | None = None,
+                 lock_timeout: float | None = None) -> None:
+        self.root = state_root(state_dir)
+        self.supervisor = supervisor
+        self.lock_timeout = lock_timeout
+
+    # ------------------------------------------------------------ plumbing
+
+    def client(self, backend: str) -> SupervisorClient:
+        return SupervisorClient(backend, self.root, self.supervisor)
+
+    def lock(self, name: str, command: str) -> WorkspaceLock:
+        return WorkspaceLock(self.root, name, command, self.lock_timeout)
+
+    def manifest(self, name: str) -> Manifest:
+        """:raises NotFound: for an unknown workspace. :raises InvalidRequest: for an unsafe name."""
+        return load_manifest(self.root, check_name(name))
+
+    def exists(self, name: str) -> bool:
+        return manifest_path(self.root, check_name(name)).is_file()
+
+    def disk_path(self, name: str) -> Path:
+        return workspace_dir(self.root, name) / "rootfs.ext4"
+
+    def config_disk_path(self, name: str) -> Path:
+        return workspace_dir(self.root, name) / "config.img"
+
+    def runtime_path(self, name: str) -> Path:
+        return runtime_dir(self.root, name)
+
+    # ------------------------------------------------------------ observing
+
+    def inspect(self, name: str, backend: str | None = None) -> Observed:
+        """Ask the supervisor: recorded state reconciled with the process table.
+
+        A workspace with a manifest but no runtime state reads as ``unknown``.
+
+        :raises NotFound: when the workspace does not exist.
+        """
+        backend = backend or self.manifest(name).backend
+        try:
+            resp = self.client(backend).send("inspect", name, timeout=60)
+        except NotFound:
+            return Observed(name, WorkspaceState.UNKNOWN, detail="no runtime state")
+        runtime = dict(resp.runtime or {})
+        event = resp.event
+        return Observed(
+            name=name,
+            state=WorkspaceState.parse(event.state if event else "unknown"),
+            alive=bool(runtime.get("alive")),
+            pid=runtime.get("pid") if isinstance(runtime.get("pid"), int) else None,
+            detail=event.detail if event else "",
+            observedAt=event.observedAt if event else now_rfc3339(),
+            runtime=runtime,
+        )
+
+    def observe(self, name: str, backend: str | None = None) -> Observed:
+        """The cheap reconciliation: read the record, check the VMM process, and
+        ask the supervisor only when they disagree (a live state, a dead VMM).
+
+        :raises NotFound: when the workspace does not exist.
+        """
+        from microagent.supervisors.process import ProcessRef, is_alive
+        from microagent.supervisors.runtime_state import read_json
+
+        rt = self.runtime_path(name)
+        runtime = read_json(rt / "runtime.json")
+        if not isinstance(runtime, dict):
+            if backend is None:
+                self.manifest(name)  # NotFound for an unknown workspace
+            return Observed(name, WorkspaceState.UNKNOWN, detail="no runtime state")
+        state = WorkspaceState.parse(runtime.get("state"))
+        pid, start = runtime.get("pid"), runtime.get("starttime")
+        alive = isinstance(pid, int) and isinstance(start, int) and is_alive(ProcessRef(pid, start))
+        if state in LIVE_STATES and not alive:
+            return self.inspect(name, backend)
+        event = read_json(rt / "event.json")
+        event = event if isinstance(event, dict) else {}
+        return Observed(name, state, alive=alive, pid=pid if isinstance(pid, int) else None,
+                        detail=str(event.get("detail", "")),
+                        observedAt=str(event.get("observedAt", "")), runtime=runtime)
+
+    # ------------------------------------------------------------ create
+
+    def create(self, name: str, *, image: str = DEFAULT_IMAGE, profile: str | None = None,
+               memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
+               env: Sequence[str] = (), network: str = "isolated", backend: str | None = None) -> Manifest:
+        """Build the workspace's disk and manifest and prepare it (state ``prepared``).
+
+        Nothing is built until every input checked out: name, profile,
+        overrides, env, network mode, backend, image reference, kernel, guest init.
+
+        :raises InvalidRequest: unsafe name, unknown profile, bad env or range.
+        :raises Conflict: when a workspace (or runtime state) of that name exists.
+        :raises Unsupported: a network mode or image this build cannot serve,
+            or a backend of another host OS.
+        :raises NotFound: kernel, guest init or host tool missing.
+        """
+        from microagent.workspace.boot_plan import plan_boot
+        from microagent.workspace.disk import grow_rootfs, size_mib
+        from microagent.workspace.profiles import check_overrides, get_profile, resolve_resources
+
+        check_name(name)
+        prof = get_profile(profile)
+        check_overrides(memory_mib, cpus, disk_size_mib)
+        env = check_env(env)
+        if network not in SUPPORTED_NETWORK_MODES:
+            raise Unsupported(f"network mode {network!r} is not available for named workspaces yet",
+                              f"use one of: {', '.join(SUPPORTED_NETWORK_MODES)}")
+        plan = plan_boot(image, name, backend=backend, state_dir=self.root,
+                         memory_mib=memory_mib or prof.memory_mib, cpus=cpus or prof.cpus,
+                         boot_timeout=DEFAULT_BOOT_TIMEOUT_S)
+        with self.lock(name, "create"):
+            self._refuse_clash(name)
+            client = self.client(plan.backend)
+            try:
+                plan.materialize_disk()
+                res = resolve_resources(prof, size_mib(plan.image.disk), memory_mib=memory_mib,
+                                        cpus=cpus, disk_size_mib=disk_size_mib)
+                grow_rootfs(plan.disk_path, res.diskSizeMiB)
+                img = plan.image
+                manifest = Manifest(
+                    name=name,
+                    image=ImageRecord(image, img.digest, tuple(img.config.env), img.config.working_dir,
+                                      img.config.user),
+                    backend=plan.backend, profile=prof.name,
+                    memoryMiB=res.memoryMiB, cpuCount=res.cpuCount, diskSizeMiB=res.diskSizeMiB,
+                    createdAt=now_rfc3339(),
+                    verification=Verification(kernel=FileDigest.of(plan.kernel_path),
+                                              rootfsBase=FileDigest.of(img.disk),
+                                              init=FileDigest.of(plan.guest_init)),
+                    env=env, network=network,
+                )
+                config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
+                client.send("prepare", name, config, timeout=120)
+                save_manifest(self.root, manifest)
+            except BaseException:
+                self._remove_quietly(client, name)
+                raise
+        return manifest
+
+    def _refuse_clash(self, name: str) -> None:
+        if manifest_path(self.root, name).exists():
+            try:
+                state = self.observe(name).state.value
+            except MicroagentError:
+                state = "unknown"
+            raise Conflict(f"workspace {name} already exists (state {state})",
+                           f"pick another name, or delete it first with 'microagent delete -f {name}'")
+        for path in (self.runtime_path(name), workspace_dir(self.root, name)):
+            if path.exists():
+                raise Conflict(f"{path} already exists, so the name {name} is taken",
+                               f"pick another name, or remove it with 'microagent delete -f {name}'")
+
+    def _remove_quietly(self, client: SupervisorClient, name: str) -> None:
+        try:
+            client.send("delete", name, timeout=60)
+        except MicroagentError:
+            pass
+        import shutil
+
+        shutil.rmtree(workspace_dir(self.root, name), ignore_errors=True)
+
+    def _boot_config(self, manifest: Manifest, initrd: Path, boot_timeout: float) -> Config:
+        from microagent.workspace.disk import write_config_disk
+
+        config_disk = write_config_disk(self.config_disk_path(manifest.name), {
+            "hostname": manifest.name,
+            "env": [*manifest.image.env, *manifest.env],
+        })
+        return Config(
+            stateDir=str(self.root),
+            kernelPath=manifest.verification.kernel.path,
+            rootfsPath=str(self.disk_path(manifest.name)),
+            initrdPath=str(initrd),
+            configDiskPath=str(config_disk),
+            memoryMiB=manifest.memoryMiB,
+            cpuCount=manifest.cpuCount,
+            hostname=manifest.name,
+            timeoutSeconds=boot_timeout,
+            network=Network(mode=manifest.network),
+        )
+
+    # ------------------------------------------------------------ start
+
+    def start(self, name: str, *, boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S) -> Transition:
+        """Boot a prepared, halted, stopped or failed workspace; return once the guest is ready.
+
+        :raises NotFound: unknown workspace, or its kernel/guest init is gone.
+        :raises Conflict: when its state does not allow a start (naming it).
+        :raises Transient: when the guest does not come up in time (VM killed).
+        """
+        from microagent.guestinit import find_guest_init
+        from microagent.kernels import ensure_initramfs
+        from microagent.paths import host_arch
+
+        manifest = self.manifest(name)
+        kernel = Path(manifest.verification.kernel.path)
+        if not kernel.is_file():
+            raise NotFound(f"the kernel of workspace {name} ({kernel}) is gone",
+                           f"run 'microagent kernel install --backend {manifest.backend}'")
+        with self.lock(name, "start"):
+            client = self.client(manifest.backend)
+            observed = self.inspect(name, manifest.backend)
+            if observed.state is WorkspaceState.UNKNOWN:
+                # Runtime state lost (crash between steps, manual cleanup): prepare again.
+                observed.state = WorkspaceState.PREPARED
+            require_state("start", name, observed.state)
+            initrd = ensure_initramfs(kernel.parent, find_guest_init(host_arch()))
+            config = self._boot_config(manifest, initrd, boot_timeout)
+            if not self.runtime_path(name).exists():
+                client.send("prepare", name, config, timeout=120)
+            resp = client.send("start", name, config, timeout=boot_timeout + 30)
+        runtime = dict(resp.runtime or {})
+        return Transition(name, "start", observed.state,
+                          WorkspaceState.parse(resp.event.state if resp.event else "running"),
+                          detail=resp.event.detail if resp.event else "",
+                          pid=runtime.get("pid"), readiness=resp.readiness, runtime=runtime)
+
+    # ------------------------------------------------------------ halt, stop, kill, quarantine
+
+    def _transition(self, name: str, op: str, timeout: float = 120.0) -> Transition:
+        manifest = self.manifest(name)
+        with self.lock(name, op):
+            observed = self.inspect(name, manifest.backend)
+            require_state(op, name, observed.state)
+            if op in ("stop", "kill") and observed.state is WorkspaceState.FAILED and not observed.alive:
+                raise Conflict(f"workspace {name} is failed and its VMM is not running; nothing to {op}",
+                               f"start it again, or delete it with 'microagent delete {name}'",
+                               state="failed", operation=op)
+            resp = self.client(manifest.backend).send(op, name, timeout=timeout)
+        runtime = dict(resp.runtime or {})
+        return Transition(name, op, observed.state,
+                          WorkspaceState.parse(resp.event.state if resp.event else "unknown"),
+                          detail=resp.event.detail if resp.event else "",
+                          pid=runtime.get("pid", observed.pid), runtime=runtime or None)
+
+    def halt(self, name: str) -> Transition:
+        """Clean shutdown through guest init (disk flushed): ``halted``.
+
+        :raises Conflict: unless running.
+        :raises Transient: when the guest did not power off in time (state
+            ``failed``, VMM left running: use stop or kill).
+        """
+        return self._transition(name, "halt")
+
+    def stop(self, name: str) -> Transition:
+        """SIGTERM to the VMM, grace period: ``stopped`` (``failed`` if it survives).
+
+        :raises Conflict: when no VMM process is running.
+        :raises Transient: when the VMM survived SIGTERM.
+        """
+        return self._transition(name, "stop")
+
+    def kill(self, name: str) -> Transition:
+        """SIGKILL to the VMM: ``stopped``.
+
+        :raises Conflict: when no VMM process is running.
+        """
+        return self._transition(name, "kill")
+
+    def quarantine(self, name: str) -> Transition:
+        """Sever every host path into the guest; keep the VMM process and PID.
+
+        :raises Conflict: unless running (or paused).
+        """
+        return self._transition(name, "quarantine")
+
+    # ------------------------------------------------------------ delete
+
+    def delete(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove a workspace's disk, manifest and runtime state.
+
+        Idempotent: a missing workspace answers ``deleted: false``.
+
+        :param force: kill a running VMM first.
+        :raises Conflict: while its VMM is alive and ``force`` is false.
+        """
+        check_name(name)
+        lock = self.lock(name, "delete")
+        with lock:
+            has_manifest = manifest_path(self.root, name).is_file()
+            has_runtime = self.runtime_path(name).exists()
+            has_dir = workspace_dir(self.root, name).exists()
+            if not (has_manifest or has_runtime or has_dir):
+                lock.unlink_on_release = True
+                return {"name": name, "deleted": False, "killed": False}
+            backend = self._backend_of(name)
+            killed = False
+            observed = self.inspect(name, backend)
+            if observed.alive or observed.state in LIVE_STATES:
+                if not force:
+                    require_state("delete", name, observed.state)
+                    raise Conflict(f"workspace {name} is {observed.state.value} but its VMM "
+                                   f"(pid {observed.pid}) is alive; delete refuses while it runs",
+                                   f"kill it first, or use 'microagent delete -f {name}'",
+                                   state=observed.state.value, operation="delete")
+                if observed.alive:
+                    self.client(backend).send("kill", name, timeout=60)
+                    killed = True
+            self.client(backend).send("delete", name, timeout=60)
+            import shutil
+
+            shutil.rmtree(workspace_dir(self.root, name), ignore_errors=True)
+            lock.unlink_on_release = True
+        return {"name": name, "deleted": True, "killed": killed, "previousState": observed.state.value}
+
+    def _backend_of(self, name: str) -> str:
+        try:
+            return self.manifest(name).backend
+        except MicroagentError:
+            from microagent.supervisors.runtime_state import read_json
+
+            runtime = read_json(self.runtime_path(name) / "runtime.json")
+            if isinstance(runtime, dict) and isinstance(runtime.get("backend"), str):
+                return str(runtime["backend"])
+            from microagent.workspace.boot_plan import resolve_backend
+
+            return resolve_backend(None)
+
+    # ------------------------------------------------------------ list, wait
+
+    def list(self, *, running_only: bool = False) -> list[dict[str, Any]]:
+        """Every workspace with its reconciled state (``running_only``: live VMs only)."""
+        out = []
+        for m in list_manifests(self.root):
+            try:
+                obs = self.observe(m.name, m.backend)
+            except MicroagentError as exc:
+                obs = Observed(m.name, WorkspaceState.UNKNOWN, detail=exc.message)
+            if running_only and not obs.alive:
+                continue
+            out.append({"name": m.name, "state": obs.state.value, "pid": obs.pid if obs.alive else None,
+                        "backend": m.backend, "image": m.image.ref, "profile": m.profile,
+                        "resources": m.resources, "createdAt": m.createdAt})
+        return out
+
+    def wait(self, name: str, *, timeout: float | None = None, poll_s: float = 0.25) -> Observed:
+        """Block until the workspace leaves ``starting``/``running``/``paused``/``stopping``.
+
+        :raises NotFound: when the workspace does not exist (or is deleted meanwhile).
+        :raises ResourceExhausted: when ``timeout`` seconds pass first.
+        """
+        from microagent.errors import ResourceExhausted
+
+        manifest = self.manifest(name)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not manifest_path(self.root, name).is_file():
+                raise NotFound(f"workspace {name} was deleted while waiting")
+            obs = self.observe(name, manifest.backend)
+            if obs.state not in ACTIVE_STATES:
+                return obs
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResourceExhausted(f"workspace {name} is still {obs.state.value} after {timeout:g}s",
+                                        "wait longer, or stop it")
+            time.sleep(poll_s)
+
+    # ------------------------------------------------------------ events, logs
+
+    def events(self, name: str, *, follow: bool = False, poll_s: float = 0.2) -> Iterator[dict[str, Any]]:
+        """The workspace's event timeline (``events.jsonl``), oldest first.
+
+        ``follow`` keeps yielding new events until the workspace is deleted.
+
+        :raises NotFound: when the workspace does not exist.
+        """
+        import json
+
+        self.manifest(name)
+        path = self.runtime_path(name) / "events.jsonl"
+        for line in _follow_lines(path, follow, poll_s, lambda: manifest_path(self.root, name).is_file()):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                yield doc
+
+    def logs(self, name: str, *, follow: bool = False, poll_s: float = 0.2) -> Iterator[bytes]:
+        """The guest serial console log (``serial.log``) in chunks.
+
+        :raises NotFound: when the workspace does not exist.
+        """
+        self.manifest(name)
+        path = self.runtime_path(name) / "serial.log"
+        yield from _follow_bytes(path, follow, poll_s, lambda: manifest_path(self.root, name).is_file())
+
+
+def _follow_bytes(path: Path, follow: bool, poll_s: float, still_there: Any) -> Iterator[bytes]:
+    offset = 0
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                while True:
+                    chunk = fh.read(65536)
+                    if chunk:
+                        offset += len(chunk)
+                        yield chunk
+                        continue
+                    if not follow:
+                        return
+                    if not still_there():
+                        return
+                    try:
+                        if path.stat().st_size < offset:
+                            offset = 0  # truncated/recreated
+                            break
+                    except FileNotFoundError:
+                        break
+                    time.sleep(poll_s)
+        except FileNotFoundError:
+            if not follow or not still_there():
+                return
+            time.sleep(poll_s)
+
+
+def _follow_lines(path: Path, follow: bool, poll_s: float, still_there: Any) -> Iterator[str]:
+    pending = b""
+    for chunk in _follow_bytes(path, follow, poll_s, still_there):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line.decode("utf-8", "replace")
+    if pending.strip():
+        yield pending.decode("utf-8", "replace")

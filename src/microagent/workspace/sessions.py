@@ -1,0 +1,298 @@
+"""Talking to a running workspace's guest: exec, file copy, shells.
+
+This module owns the client side of a named workspace's guest channel: it
+checks the workspace is ``running`` (quarantined and stopped workspaces are
+refused with :class:`~microagent.errors.Conflict` naming the state), opens a
+connection on :func:`~microagent.workspace.channel_path.guest_channel_path`,
+and fills run defaults (working directory and user) from the image record.
+The per-boot env is applied by guest init itself (config disk), so every
+exec and shell sees it. Terminal handling (raw mode, resize, detach key)
+belongs to the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+from microagent.errors import InvalidRequest, MicroagentError, NotFound, Permanent, Transient
+from microagent.vmkit.types import is_safe_name
+from microagent.workspace.channel_path import CHANNEL_SOCKET, guest_channel_path
+from microagent.workspace.lifecycle import WorkspaceStore
+from microagent.workspace.manifest import Manifest
+from microagent.workspace.state import require_state
+
+if TYPE_CHECKING:
+    from microagent.channel import ChannelConnection, ExecRequest, ExecResult, ExecSession, FileStat
+    from microagent.channel.exec import OutputSink, StdinSource
+
+HELLO_TIMEOUT_S = 10.0
+
+
+class GuestSession:
+    """An open channel to a running workspace; many sessions can run on it at once.
+
+    Use as a context manager, or call :meth:`close`. Thread-safe: exec,
+    put and get may be called concurrently from several threads.
+
+    :param store: the workspace store.
+    :param name: the workspace.
+    :param operation: what the caller intends (``exec``, ``cp``, ``connect``),
+        checked against the state table.
+    :raises NotFound: when the workspace does not exist.
+    :raises Conflict: unless the workspace is running (naming its state).
+    :raises Transient: when the guest channel cannot be reached.
+    """
+
+    def __init__(self, store: WorkspaceStore, name: str, operation: str = "exec") -> None:
+        self.store = store
+        self.name = name
+        self.manifest: Manifest = store.manifest(name)
+        observed = store.observe(name, self.manifest.backend)
+        require_state(operation, name, observed.state)
+        self.conn: ChannelConnection = _connect(store.root, name)
+
+    def __enter__(self) -> "GuestSession":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------ exec
+
+    def request(self, argv: Sequence[str], *, env: Mapping[str, str] | Sequence[str] = (),
+                workdir: str | None = None, user: str | None = None, timeout: float | None = None,
+                stdin: "StdinSource" = None, pty: bool = False, rows: int = 24, cols: int = 80,
+                term: str | None = None) -> "ExecRequest":
+        """An :class:`~microagent.channel.ExecRequest` with the image's defaults filled in.
+
+        :raises InvalidRequest: for an empty argv or a malformed env entry.
+        """
+        from microagent.channel import ExecRequest
+
+        if not argv:
+            raise InvalidRequest("no command given", "put the command after --, e.g. exec NAME -- uname -a")
+        req = ExecRequest(argv=list(argv), env=env, cwd=workdir or self.manifest.image.workdir or None,
+                          user=user or self.manifest.image.user or None, stdin=stdin, pty=pty,
+                          rows=rows, cols=cols, timeout_s=timeout or None)
+        if term:
+            req.term = term
+        req.env_list()
+        return req
+
+    def start_exec(self, request: "ExecRequest", *, stdout: "OutputSink | None" = None,
+                   stderr: "OutputSink | None" = None, kind: str = "exec") -> "ExecSession":
+        """Start a command with streaming output (``None`` sinks collect)."""
+        from microagent.channel.exec import start
+
+        return start(self.conn, request, stdout=stdout, stderr=stderr, kind=kind)
+
+    def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | Sequence[str] = (),
+             workdir: str | None = None, user: str | None = None, timeout: float | None = None,
+             stdin: "StdinSource" = None, stdout: "OutputSink | None" = None,
+             stderr: "OutputSink | None" = None) -> "ExecResult":
+        """Run a command to completion.
+
+        A command that cannot start is a result (``failed_to_start``, 126/127),
+        one that runs out of ``timeout`` is ``timed_out`` (124).
+
+        :raises InvalidRequest: for an empty argv or a malformed env entry.
+        :raises ChannelClosed: when the guest went away mid-command.
+        """
+        req = self.request(argv, env=env, workdir=workdir, user=user, timeout=timeout, stdin=stdin)
+        return self.start_exec(req, stdout=stdout, stderr=stderr).wait()
+
+    # ------------------------------------------------------------ files
+
+    def put(self, source: bytes | str | os.PathLike[str] | IO[bytes], guest_path: str, *,
+            mode: int | None = None, mkdirs: bool = False) -> int:
+        """Write a guest file from bytes, a local path or a binary file; returns bytes written.
+
+        :param mode: permission bits (default: the local file's, else 0644).
+        :raises NotFound: when a local source path is missing.
+        :raises GuestError: when the guest refused (e.g. missing parent directory).
+        """
+        from microagent.channel.files import put
+
+        if mode is None:
+            mode = 0o644
+            if isinstance(source, (str, os.PathLike)):
+                try:
+                    mode = os.stat(source).st_mode & 0o7777
+                except FileNotFoundError:
+                    raise NotFound(f"local file {os.fspath(source)} does not exist") from None
+        return put(self.conn, guest_path, source, mode=mode, mkdirs=mkdirs)
+
+    def get(self, guest_path: str, dest: str | os.PathLike[str] | None = None) -> "bytes | FileStat":
+        """Read a guest file: its bytes when ``dest`` is ``None``, else copy it to ``dest``.
+
+        :raises GuestError: e.g. ``GuestNotFound``, or code ``is_directory``.
+        """
+        from microagent.channel.files import get, get_bytes
+
+        if dest is None:
+            return get_bytes(self.conn, guest_path)
+        return get(self.conn, guest_path, dest)
+
+    # ------------------------------------------------------------ shells
+
+    def user_shell(self, user: str | None = None) -> str:
+        """The login shell of ``user`` (default the image's user, else root) from the
+        guest's ``/etc/passwd``; ``/bin/sh`` when it cannot be told."""
+        from microagent.channel import GuestError
+
+        who = user or self.manifest.image.user or "root"
+        try:
+            passwd = self.get("/etc/passwd")
+        except GuestError:
+            return "/bin/sh"
+        assert isinstance(passwd, bytes)
+        for line in passwd.decode("utf-8", "replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 7 and (fields[0] == who or fields[2] == who.split(":")[0]):
+                return fields[6] or "/bin/sh"
+        return "/bin/sh"
+
+    def open_shell(self, *, rows: int = 24, cols: int = 80, term: str = "xterm-256color",
+                   user: str | None = None, output: "OutputSink | None" = None) -> "ExecSession":
+        """An interactive login shell on a new guest pty (write to it, resize, close to detach)."""
+        from microagent.channel import open_shell
+
+        return open_shell(self.conn, rows=rows, cols=cols, term=term,
+                          user=user or self.manifest.image.user or None,
+                          cwd=self.manifest.image.workdir or None, output=output)
+
+    def send_line(self, line: str, *, timeout: float | None = None, user: str | None = None,
+                  output: "OutputSink | None" = None, rows: int = 24, cols: int = 200) -> "ExecResult":
+        """Run one line in the user's shell on a pty (``<shell> -c LINE``), like typing it.
+
+        Terminal output has ``\\r\\n`` turned back into ``\\n``.
+
+        :param timeout: seconds; the guest kills the line's process group at
+            the deadline and the result is ``timed_out`` (124).
+        """
+        from microagent.channel import ChannelTimeout, ExecRequest, ExecResult
+
+        shell = self.user_shell(user)
+        req = ExecRequest(argv=[shell, "-c", line], stdin=True, pty=True, rows=rows, cols=cols,
+                          user=user or self.manifest.image.user or None,
+                          cwd=self.manifest.image.workdir or None, timeout_s=timeout or None)
+        collected = bytearray()
+        sink = CRLFToLF(output if output is not None else collected.extend)
+        handle = self.start_exec(req, stdout=sink, kind="shell")
+        try:
+            result = handle.wait(None if timeout is None else timeout + 10.0)
+        except ChannelTimeout:
+            handle.close()
+            return ExecResult(status="timed_out", exit_code=124, signal=9, stdout=bytes(collected))
+        sink.flush_pending()
+        if output is None:
+            result.stdout = bytes(collected)
+        return result
+
+
+class CRLFToLF:
+    """An output sink filter that turns a terminal's ``\\r\\n`` into ``\\n`` (chunk-safe)."""
+
+    def __init__(self, sink: Any) -> None:
+        write = getattr(sink, "write", None)
+        self._write = write if write is not None else sink
+        self._flush = getattr(sink, "flush", None)
+        self._cr = False
+
+    def __call__(self, data: bytes) -> None:
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._cr = True
+        data = data.replace(b"\r\n", b"\n")
+        if data:
+            self._write(data)
+            if self._flush is not None:
+                self._flush()
+
+    def flush_pending(self) -> None:
+        if self._cr:
+            self._cr = False
+            self._write(b"\r")
+
+
+def _connect(root: Path, name: str) -> "ChannelConnection":
+    from microagent.channel import ChannelTimeout, open_channel
+
+    path = guest_channel_path(root, name)
+    try:
+        return open_channel(path, hello_timeout=HELLO_TIMEOUT_S, name=f"workspace {name}")
+    except ChannelTimeout as exc:
+        hint = ("the single-client channel socket is probably held by another microagent command; "
+                "retry when it finished" if path.name == CHANNEL_SOCKET else "check 'microagent status " + name + "'")
+        raise Transient(f"workspace {name} did not answer on its channel within {HELLO_TIMEOUT_S:g}s", hint) from exc
+    except MicroagentError as exc:
+        raise Transient(f"cannot reach the guest channel of workspace {name}: {exc.message}",
+                        f"check 'microagent status {name}' and 'microagent logs {name}'") from exc
+
+
+# ------------------------------------------------------------ cp
+
+
+def parse_cp_arg(arg: str) -> tuple[str | None, str]:
+    """``NAME:/abs/path`` → ``(NAME, path)``; anything else is a local path ``(None, arg)``.
+
+    :raises InvalidRequest: for ``NAME:relative`` paths.
+    """
+    name, sep, path = arg.partition(":")
+    if sep and is_safe_name(name) and "/" not in name:
+        if not path.startswith("/"):
+            raise InvalidRequest(f"guest path {path!r} in {arg!r} is not absolute",
+                                 f"write it as {name}:/absolute/path")
+        return name, path
+    return None, arg
+
+
+def copy(store: WorkspaceStore, src: str, dst: str) -> dict[str, Any]:
+    """``cp SRC DST`` with ``NAME:/path`` on exactly one side; regular files only.
+
+    A guest destination ending in ``/`` and a local destination that is a
+    directory get the source's basename appended.
+
+    :raises InvalidRequest: when neither or both sides name a workspace.
+    :raises NotFound: for a missing local source or guest file.
+    :raises Conflict: unless the workspace is running.
+    """
+    src_ws, src_path = parse_cp_arg(src)
+    dst_ws, dst_path = parse_cp_arg(dst)
+    if (src_ws is None) == (dst_ws is None):
+        raise InvalidRequest("cp needs exactly one side written as NAME:/path",
+                             "e.g. microagent cp ./file.txt ws1:/tmp/file.txt")
+    if dst_ws is not None:
+        local = Path(src_path)
+        if not local.exists():
+            raise NotFound(f"local file {local} does not exist")
+        if not local.is_file():
+            raise Permanent(f"{local} is not a regular file; cp copies single files", "archive it first (tar)")
+        if dst_path.endswith("/"):
+            dst_path += local.name
+        with GuestSession(store, dst_ws, "cp") as gs:
+            n = gs.put(local, dst_path)
+        return {"direction": "in", "workspace": dst_ws, "source": str(local), "destination": dst_path, "bytes": n}
+    assert src_ws is not None
+    local = Path(dst_path)
+    if local.is_dir():
+        local = local / (Path(src_path).name or "file")
+    with GuestSession(store, src_ws, "cp") as gs:
+        stat = gs.get(src_path, local)
+    return {"direction": "out", "workspace": src_ws, "source": src_path, "destination": str(local),
+            "bytes": getattr(stat, "bytes", 0)}
