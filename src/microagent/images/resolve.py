@@ -6,29 +6,10 @@ other reference is refused up front, before anything is built or booted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from microagent.errors import NotFound, Unsupported
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    """What the image says about how to run it (OCI config subset)."""
-
-    entrypoint: tuple[str, ...] = ()
-    cmd: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
-    working_dir: str = ""
-    user: str = ""
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    reference: str
-    digest: str
-    disk: Path
-    config: ImageConfig = field(default_factory=ImageConfig)
+from microagent.images.model import BaseImage, ImageConfig
 
 
 def check_reference(ref: str) -> None:

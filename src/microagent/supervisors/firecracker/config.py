@@ -1,0 +1,100 @@
+"""The Firecracker configuration for one workspace (pure: no I/O).
+
+:func:`firecracker_config` turns a validated request :class:`Config` into the
+JSON document given to ``firecracker --config-file`` (the same objects as the
+API's ``PUT /boot-source``, ``/drives``, ``/machine-config``, ``/vsock``).
+
+- ``boot-source``: the vmlinux ELF (the firecracker kernel store's ``Image``),
+  the initramfs, and :func:`boot_args`.
+- ``drives``: the root disk first, then the declared disks in order, then the
+  per-boot config disk, read-only and always last, so the guest sees
+  ``/dev/vda`` = root, ``/dev/vdb``… = disks, last = config (the same layout
+  as the QEMU backend).  No drive is ``is_root_device``: the guest boots
+  through the initramfs, whose init mounts ``microagent.root=/dev/vda``
+  itself; a root device would only make Firecracker append ``root=/dev/vda``.
+- ``machine-config``: vCPUs, memory, SMT off.
+- ``vsock``: guest CID 3, host UDS ``vsock.sock`` *relative* to the runtime
+  directory (firecracker runs with that directory as its cwd, which keeps
+  ``sun_path`` short whatever the state directory is).
+- no ``network-interfaces``: the workspace is isolated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from microagent.vmkit.types import Config
+
+GUEST_CID = 3
+CHANNEL_PORT = 1024
+VSOCK_UDS = "vsock.sock"
+API_SOCKET = "firecracker.sock"
+CONFIG_FILE = "firecracker.json"
+
+# Firecracker's recommended base: serial console, reboot through the keyboard
+# controller (Firecracker exits when the guest resets), reboot on panic, no PCI.
+BASE_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off quiet"
+
+
+def instance_id(name: str) -> str:
+    """A Firecracker ``--id`` for a workspace name.
+
+    Firecracker accepts 1-64 characters from ``A-Za-z0-9-``; workspace names
+    may also hold ``.`` and ``_``, which become ``-``.
+    """
+    return (re.sub(r"[^A-Za-z0-9-]", "-", name) or "microagent")[:64]
+
+
+def config_disk_device(cfg: Config) -> str:
+    """The guest device of the config disk: after the root disk and the declared disks."""
+    index = 1 + len(cfg.disks)  # vda = rootfs
+    return f"/dev/vd{chr(ord('a') + index)}"
+
+
+def boot_args(cfg: Config, hostname: str) -> str:
+    """The kernel command line (guest init reads the ``microagent.*`` keys).
+
+    ``microagent.shutdown=reboot``: Firecracker has no ACPI power-off; a guest
+    reboot (``reboot=k``) makes the firecracker process exit, which is what
+    ``halt`` waits for.
+    """
+    parts = [BASE_BOOT_ARGS, "microagent.root=/dev/vda", f"microagent.channel=vsock:{CHANNEL_PORT}",
+             f"microagent.hostname={hostname}", "microagent.shutdown=reboot"]
+    if cfg.configDiskPath:
+        parts.append(f"microagent.config={config_disk_device(cfg)}")
+    if cfg.kernelArgs:
+        parts.append(cfg.kernelArgs)
+    return " ".join(parts)
+
+
+def _drive(drive_id: str, path: str, *, read_only: bool) -> dict[str, Any]:
+    return {"drive_id": drive_id, "path_on_host": path, "is_root_device": False, "is_read_only": read_only}
+
+
+def firecracker_config(cfg: Config, hostname: str) -> dict[str, Any]:
+    """The ``--config-file`` document for ``cfg``."""
+    drives = [_drive("rootfs", cfg.rootfsPath, read_only=False)]
+    drives += [_drive(f"disk-{d.name}", d.path, read_only=d.mode == "ro") for d in cfg.disks]
+    if cfg.configDiskPath:
+        drives.append(_drive("config", cfg.configDiskPath, read_only=True))
+    boot: dict[str, Any] = {"kernel_image_path": cfg.kernelPath, "boot_args": boot_args(cfg, hostname)}
+    if cfg.initrdPath:
+        boot["initrd_path"] = cfg.initrdPath
+    return {
+        "boot-source": boot,
+        "drives": drives,
+        "machine-config": {"vcpu_count": cfg.cpuCount, "mem_size_mib": cfg.memoryMiB, "smt": False},
+        "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_UDS},
+        "network-interfaces": [],
+    }
+
+
+def firecracker_argv(binary: str, name: str) -> list[str]:
+    """Every argument firecracker gets (run with cwd = the runtime directory).
+
+    The serial console is firecracker's stdout (→ ``serial.log``); its own log
+    goes to ``vmm.log`` through ``--log-path``.
+    """
+    return [binary, "--api-sock", API_SOCKET, "--config-file", CONFIG_FILE, "--id", instance_id(name),
+            "--log-path", "vmm.log", "--level", "Info"]
