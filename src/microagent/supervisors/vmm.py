@@ -5,7 +5,11 @@ guest channel; this module owns the process model of DESIGN.md §1:
 
 - ``start``: spawn the VMM (recording PID and start time), spawn the channel
   helper (:mod:`microagent.channel.router`) and wait until it has the guest's
-  ``HELLO``; a boot timeout kills both and reports the serial tail.
+  ``HELLO``; a boot timeout kills both and reports the serial tail.  With
+  ``config.readiness = "vmm"`` start returns as soon as the VMM is up and its
+  API answers: state ``starting``, ``guestReady`` false; the helper keeps
+  trying the guest until the boot timeout and a later ``inspect`` promotes
+  the workspace to ``running`` if the guest answered.
 - ``halt``: power-off through guest init; ``halted`` or ``failed`` (VMM kept).
 - ``stop``: SIGTERM, grace, ``stopped`` or ``failed`` (no silent escalation).
 - ``kill``: SIGKILL, ``stopped``.
@@ -84,6 +88,14 @@ class VMMBackend(Backend):
     def resume_vm(self, rt: RuntimeDir) -> None:
         raise self._unsupported("resume")
 
+    def vmm_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
+        """What the live VMM itself reports (best effort; ``inspect`` shows it)."""
+        return None
+
+    def guest_unready_reason(self) -> str:
+        """Why the guest may never answer on this host ('' when it should)."""
+        return ""
+
     # --- state helpers ---------------------------------------------------------
 
     def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "",
@@ -149,17 +161,21 @@ class VMMBackend(Backend):
         rt.write_runtime(runtime)
         return ref
 
-    def _boot(self, request: Request) -> tuple[RuntimeDir, process.ProcessRef]:
+    def _boot(self, request: Request) -> tuple[RuntimeDir, process.ProcessRef, bool]:
+        """Spawn the VMM and (readiness ``guest``) wait for guest init.
+
+        :returns: the runtime dir, the VMM, and whether the guest answered.
+        """
         ctx = self.preflight(request)
         cfg, name = request.config, self._name(request)
         assert cfg is not None
         rt = runtime_dir_for(request)
+        if self.recorded_state(rt) == "quarantined":
+            raise Conflict(f"workspace {name} is quarantined", "stop or kill it before starting it again")
         live = self.live_vmm(rt)
         if live is not None:
             raise Conflict(f"workspace {name} is already running ({self.name} pid {live.pid})",
                            "stop, kill or halt it first")
-        if self.recorded_state(rt) == "quarantined":
-            raise Conflict(f"workspace {name} is quarantined", "stop or kill it before starting it again")
         rt.create()
         for stale in (*self.boot_files, "control.sock"):
             (rt.path / stale).unlink(missing_ok=True)
@@ -177,19 +193,35 @@ class VMMBackend(Backend):
         self.record(rt, request, "starting", f"serial={rt.serial_log}", backend=self.name,
                     pid=ref.pid, starttime=ref.starttime, argv=argv, config=to_wire(cfg),
                     startedAt=now_rfc3339(), serialLogPath=str(rt.serial_log),
-                    controlSocket=str(rt.control_socket), routerPid=None, routerStarttime=None)
+                    controlSocket=str(rt.control_socket), routerPid=None, routerStarttime=None,
+                    readiness=cfg.readiness, bootSeconds=None, pausedFrom=None)
         try:
             self.after_spawn(request, rt, proc)
-            router = self._spawn_router(rt, deadline - time.monotonic())
-            self._wait_ready(rt, proc, router, deadline)
+            if cfg.readiness == "vmm":
+                # Do not wait for the guest: the helper keeps trying until the boot timeout.
+                self._spawn_router(rt, cfg.timeoutSeconds)
+            else:
+                router = self._spawn_router(rt, deadline - time.monotonic())
+                self._wait_ready(rt, proc, router, deadline)
         except BaseException as exc:
             self._teardown(rt, kill_vmm=True)
             message = exc.message if isinstance(exc, MicroagentError) else str(exc)
             self.record(rt, request, "failed", message)
             raise
+        if cfg.readiness == "vmm":
+            self.record(rt, request, "starting", self._vmm_only_detail(ref),
+                        vmmSeconds=round(time.monotonic() - started, 3))
+            return rt, ref, False
         self.record(rt, request, "running", f"serial={rt.serial_log}",
                     bootSeconds=round(time.monotonic() - started, 3))
-        return rt, ref
+        return rt, ref, True
+
+    def _vmm_only_detail(self, ref: process.ProcessRef, router_alive: bool = True) -> str:
+        why = self.guest_unready_reason()
+        waiting = ("the channel helper is waiting for guest init" if router_alive
+                   else "guest init did not answer within the boot timeout")
+        return (f"readiness=vmm: {self.name} (pid {ref.pid}) is up and its API answers; {waiting}"
+                + (f"; {why}" if why else ""))
 
     def _wait_ready(self, rt: RuntimeDir, proc: subprocess.Popen[bytes], router: process.ProcessRef,
                     deadline: float) -> None:
@@ -226,15 +258,28 @@ class VMMBackend(Backend):
         for name in (*self.boot_files, "control.sock"):
             (rt.path / name).unlink(missing_ok=True)
 
+    def _readiness(self, rt: RuntimeDir, observed_at: str, detail: str = "") -> dict[str, Any]:
+        """The readiness object: the guest is ready iff the helper's control socket exists
+        (and the VM is not paused)."""
+        usable = rt.control_socket.exists() and self.recorded_state(rt) != "paused"
+        ready: dict[str, Any] = {"ready": usable, "observedAt": observed_at}
+        if not ready["ready"] and detail:
+            ready["detail"] = detail
+        out = {"guestReady": ready, "execReady": dict(ready), "shellReady": dict(ready)}
+        if (rt.runtime() or {}).get("readiness") == "vmm":
+            out["vmmReady"] = {"ready": self.live_vmm(rt) is not None, "observedAt": observed_at}
+        return out
+
     def start(self, request: Request) -> Response:
-        rt, ref = self._boot(request)
+        rt, ref, guest_ready = self._boot(request)
         runtime = rt.runtime() or {}
-        event = Event(identity=request.identity, state="running",  # type: ignore[arg-type]
-                      detail=f"serial={rt.serial_log}")
-        ready = {"ready": True, "observedAt": event.observedAt}
+        state = "running" if guest_ready else "starting"
+        detail = f"serial={rt.serial_log}" if guest_ready else self._vmm_only_detail(ref)
+        event = Event(identity=request.identity, state=state, detail=detail)  # type: ignore[arg-type]
         return Response(ok=True, backend=self.name, event=event,
-                        readiness={"guestReady": ready, "execReady": ready, "shellReady": ready},
+                        readiness=self._readiness(rt, event.observedAt, detail),
                         runtime={"pid": ref.pid, "bootSeconds": runtime.get("bootSeconds"),
+                                 "vmmSeconds": runtime.get("vmmSeconds"),
                                  "controlSocket": str(rt.control_socket)})
 
     def run(self, request: Request) -> Response:
@@ -243,7 +288,11 @@ class VMMBackend(Backend):
 
         if request.exec is None:
             raise Permanent("run needs an exec section naming the command to run")
-        rt, ref = self._boot(request)
+        assert request.config is not None
+        if request.config.readiness != "guest":
+            raise Permanent("run needs the guest: config.readiness must be 'guest' for run",
+                            "use start with readiness 'vmm' for process-model checks")
+        rt, ref, _ = self._boot(request)
         spec = request.exec
         try:
             with open_channel(rt.control_socket, hello_timeout=10.0) as conn:
@@ -272,11 +321,23 @@ class VMMBackend(Backend):
         state = str(runtime.get("state", "unknown"))
         vmm = _ref(runtime)
         alive = vmm is not None and process.is_alive(vmm)
+        detail = {"quarantined": "quarantined: every host path into the guest is severed",
+                  "paused": "paused: the vcpus are stopped; resume it first"}.get(state, "")
         if state in LIVE_STATES and not alive:
             self._teardown(rt, kill_vmm=False)
             event = self.record(rt, request, "failed",
                                 f"{self.name} (pid {vmm.pid if vmm else '?'}) exited while nobody watched; "
                                 f"serial tail: {rt.serial_tail(3)}")
+        elif state == "starting" and alive and runtime.get("readiness") == "vmm":
+            # started without waiting for the guest: promote once the helper has its HELLO
+            assert vmm is not None
+            router_alive = self.live_router(rt) is not None
+            if router_alive and rt.control_socket.exists():
+                event = self.record(rt, request, "running", "guest init answered after a readiness=vmm start")
+            else:
+                event = Event(identity=request.identity, state=state,  # type: ignore[arg-type]
+                              detail=self._vmm_only_detail(vmm, router_alive))
+            detail = event.detail
         else:
             if state == "running" and alive and self.live_router(rt) is None:
                 self._spawn_router(rt, 10.0)  # the helper died: a new one takes over the channel
@@ -286,13 +347,18 @@ class VMMBackend(Backend):
             event = Event(identity=request.identity, state=state,  # type: ignore[arg-type]
                           detail=f"serial={rt.serial_log}")
         router = self.live_router(rt)
-        return Response(ok=True, backend=self.name, event=event,
-                        runtime={"pid": vmm.pid if vmm else None, "alive": alive,
-                                 "routerPid": router.pid if router else None,
-                                 "serialLogPath": str(rt.serial_log),
-                                 "controlSocket": str(rt.control_socket),
-                                 "startedAt": runtime.get("startedAt"),
-                                 "bootSeconds": runtime.get("bootSeconds")})
+        info: dict[str, Any] = {"pid": vmm.pid if vmm else None, "alive": alive,
+                                "routerPid": router.pid if router else None,
+                                "serialLogPath": str(rt.serial_log),
+                                "controlSocket": str(rt.control_socket),
+                                "startedAt": runtime.get("startedAt"),
+                                "bootSeconds": runtime.get("bootSeconds")}
+        if alive:
+            status = self.vmm_status(rt)
+            if status is not None:
+                info["vmm"] = status
+        readiness = self._readiness(rt, event.observedAt, detail) if alive else None
+        return Response(ok=True, backend=self.name, event=event, readiness=readiness, runtime=info)
 
     def _require_live(self, request: Request, verb: str) -> tuple[RuntimeDir, process.ProcessRef]:
         rt = runtime_dir_for(request)
@@ -309,6 +375,9 @@ class VMMBackend(Backend):
         name = self._name(request)
         if self.recorded_state(rt) == "quarantined":
             raise Conflict(f"workspace {name} is quarantined; its channel is severed", "use stop or kill")
+        if self.recorded_state(rt) == "starting" and not rt.control_socket.exists():
+            raise Conflict(f"workspace {name} is starting: guest init has not answered, so it cannot be "
+                           "halted through it", "use stop or kill")
         try:
             with open_channel(rt.control_socket, hello_timeout=5.0, connect_timeout=5.0) as conn:
                 conn.shutdown("poweroff", grace_s=HALT_GRACE_S)
@@ -360,18 +429,24 @@ class VMMBackend(Backend):
 
     def pause(self, request: Request) -> Response:
         rt, _ = self._require_live(request, "pause")
-        if self.recorded_state(rt) != "running":
-            raise Conflict(f"workspace {self._name(request)} is {self.recorded_state(rt)}; only running "
+        state = self.recorded_state(rt)
+        # a readiness=vmm start leaves a live VM in "starting": pausable too
+        vmm_only = state == "starting" and (rt.runtime() or {}).get("readiness") == "vmm"
+        if state != "running" and not vmm_only:
+            raise Conflict(f"workspace {self._name(request)} is {state}; only running "
                            "workspaces can be paused")
         self.pause_vm(rt)
-        return Response(ok=True, backend=self.name, event=self.record(rt, request, "paused", "vcpus stopped"))
+        return Response(ok=True, backend=self.name,
+                        event=self.record(rt, request, "paused", "vcpus stopped", pausedFrom=state))
 
     def resume(self, request: Request) -> Response:
         rt, _ = self._require_live(request, "resume")
         if self.recorded_state(rt) != "paused":
             raise Conflict(f"workspace {self._name(request)} is {self.recorded_state(rt)}, not paused")
         self.resume_vm(rt)
-        return Response(ok=True, backend=self.name, event=self.record(rt, request, "running", "vcpus resumed"))
+        back = str((rt.runtime() or {}).get("pausedFrom") or "running")
+        return Response(ok=True, backend=self.name,
+                        event=self.record(rt, request, back, "vcpus resumed", pausedFrom=None))
 
     def delete(self, request: Request) -> Response:
         rt = runtime_dir_for(request)

@@ -115,7 +115,7 @@ class GuestSession:
 
     # ------------------------------------------------------------ files
 
-    def put(self, source: bytes | str | os.PathLike[str] | IO[bytes], guest_path: str, *,
+    def put(self, guest_path: str, source: bytes | str | os.PathLike[str] | IO[bytes], *,
             mode: int | None = None, mkdirs: bool = False) -> int:
         """Write a guest file from bytes, a local path or a binary file; returns bytes written.
 
@@ -286,7 +286,7 @@ def copy(store: WorkspaceStore, src: str, dst: str) -> dict[str, Any]:
         if dst_path.endswith("/"):
             dst_path += local.name
         with GuestSession(store, dst_ws, "cp") as gs:
-            n = gs.put(local, dst_path)
+            n = gs.put(dst_path, local)
         return {"direction": "in", "workspace": dst_ws, "source": str(local), "destination": dst_path, "bytes": n}
     assert src_ws is not None
     local = Path(dst_path)

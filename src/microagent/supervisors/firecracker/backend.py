@@ -1,30 +1,201 @@
-"""The Firecracker backend: ``host`` and ``check`` (lifecycle lands with issue #5)."""
+"""The Firecracker backend: ``firecracker`` microVMs on Linux with hardware KVM.
+
+The lifecycle is :class:`~microagent.supervisors.vmm.VMMBackend`'s; this
+module supplies the host checks, the configuration (:mod:`.config`), the
+process (``firecracker --api-sock firecracker.sock --config-file
+firecracker.json`` in the runtime directory), the channel transport (vsock
+through Firecracker's host UDS ``vsock.sock``, ``CONNECT 1024``), and
+pause/resume/status through the API (:mod:`.api`).
+
+Files in the runtime directory of a boot:
+
+- ``firecracker.json``: the configuration (kept after the VM ends, for forensics);
+- ``firecracker.sock``: the API socket (ours: a control path, not a path into the guest);
+- ``vsock.sock``: the vsock device's host side (the channel helper connects here);
+- ``serial.log``: the serial console (firecracker's stdout, appended per boot);
+- ``vmm.log``: firecracker's own log (``--log-path``); the previous boot's
+  log is kept as ``vmm.log.1`` because firecracker overwrites its log file
+  from offset 0 instead of appending.
+
+Without hardware KVM a Firecracker guest cannot boot (DESIGN.md §2); the
+supervisor refuses such hosts unless ``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1``
+is set, which starts the VMM process anyway so the process model (config
+accepted, PID, API, signals, quarantine, pause/resume) can be checked.
+"""
 
 from __future__ import annotations
 
-from microagent.errors import PolicyDenied
-from microagent.supervisors.base import Backend
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient
+from microagent.supervisors import process
+from microagent.supervisors.firecracker.api import FirecrackerAPI
+from microagent.supervisors.firecracker.config import (
+    API_SOCKET,
+    CHANNEL_PORT,
+    CONFIG_FILE,
+    VSOCK_UDS,
+    firecracker_argv,
+    firecracker_config,
+)
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
+from microagent.supervisors.runtime_state import RuntimeDir
+from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
 
+ALLOW_NO_KVM_ENV = "MICROAGENT_FIRECRACKER_ALLOW_NO_KVM"
+#: how long the API may take to answer after the process started
+API_READY_TIMEOUT_S = 10.0
 
-class FirecrackerBackend(Backend):
+
+def allow_no_kvm(env: dict[str, str] | None = None) -> bool:
+    """Whether ``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1`` is set."""
+    return (os.environ if env is None else env).get(ALLOW_NO_KVM_ENV, "") == "1"
+
+
+class FirecrackerBackend(VMMBackend):
     name = "firecracker"
+    boot_files = (API_SOCKET, VSOCK_UDS)
+
+    # --- host ------------------------------------------------------------------
 
     def host(self, request: Request) -> Response:
         facts = require_linux(self.name)
         doc = host_document(self.name, facts.tools["firecracker"], facts,
                             vsock=facts.vhost_vsock, accel="kvm")
+        doc["allowNoKvm"] = allow_no_kvm()
         return Response(ok=True, backend=self.name, host=doc)
 
-    def check(self, request: Request) -> Response:
-        facts = require_linux(self.name)
-        fc = facts.tools["firecracker"]
-        if not fc.available:
-            raise PolicyDenied(f"firecracker binary not usable: {fc.error}",
-                               "run 'make install' or set MICROAGENT_FIRECRACKER")
-        if facts.kvm.kind != "hardware":
-            raise PolicyDenied(f"firecracker cannot boot guests here: {facts.kvm.detail}",
-                               "use --backend qemu on this host")
+    def preflight(self, request: Request) -> dict[str, Any]:
+        from microagent.host.detect import host_os, probe_kvm
+        from microagent.supervisors.firecracker.binary import resolve_firecracker
+
+        if host_os() != "linux":
+            require_linux(self.name)  # raises Unsupported naming the host OS
+        try:
+            binary = resolve_firecracker()
+        except MicroagentError as exc:
+            raise PolicyDenied(f"firecracker binary not usable: {exc.message}",
+                               "run 'make install' or set MICROAGENT_FIRECRACKER") from exc
+        kvm = probe_kvm()
+        if kvm.kind != "hardware" and not allow_no_kvm():
+            raise PolicyDenied(f"firecracker cannot boot guests here: {kvm.detail}",
+                               f"use --backend qemu on this host (or set {ALLOW_NO_KVM_ENV}=1 to start the "
+                               "VMM process anyway, for process-model checks)")
         check_files(request)
-        return self.event(request, "unknown", "check passed")
+        return {"binary": str(binary), "kvm": kvm.kind}
+
+    def guest_unready_reason(self) -> str:
+        from microagent.host.detect import probe_kvm
+
+        kvm = probe_kvm()
+        if kvm.kind == "hardware":
+            return ""
+        return f"no hardware KVM here ({kvm.detail}), so the guest cannot boot"
+
+    # --- process ---------------------------------------------------------------
+
+    def spawn(self, request: Request, rt: RuntimeDir,
+              ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
+        cfg, ident = request.config, request.identity
+        assert cfg is not None and ident is not None
+        hostname = cfg.hostname or ident.runtimeID
+        doc = firecracker_config(cfg, hostname)
+        (rt.path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+        # firecracker writes its log from offset 0 of an existing file: one fresh file per boot
+        if rt.vmm_log.exists():
+            os.replace(rt.vmm_log, rt.path / "vmm.log.1")
+        rt.vmm_log.touch()
+        argv = firecracker_argv(ctx["binary"], ident.runtimeID)
+        serial = open(rt.serial_log, "ab")
+        stderr = open(rt.vmm_log, "ab")
+        try:
+            proc = subprocess.Popen(argv, cwd=rt.path, stdin=subprocess.DEVNULL, stdout=serial, stderr=stderr,
+                                    start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise Permanent(f"cannot start {argv[0]}: {exc.strerror}") from exc
+        finally:
+            serial.close()
+            stderr.close()
+        return proc, argv
+
+    def after_spawn(self, request: Request, rt: RuntimeDir, proc: subprocess.Popen[bytes]) -> None:
+        """Wait until firecracker has taken the configuration and its API answers ``GET /``.
+
+        With ``--config-file`` firecracker configures the VM and starts it
+        before serving the API, so an answer means the configuration was
+        accepted; a process that exits instead rejected it (its reason is in
+        ``vmm.log``).
+        """
+        assert request.config is not None
+        api = FirecrackerAPI(rt.path / API_SOCKET, timeout=2.0)
+        deadline = time.monotonic() + min(API_READY_TIMEOUT_S, max(request.config.timeoutSeconds, 1.0))
+        last = ""
+        while True:
+            status = proc.poll()
+            if status is not None:
+                raise Permanent(f"firecracker exited with status {status} while starting: "
+                                f"{self._vmm_log_tail(rt) or 'no log output'}",
+                                "see vmm.log and firecracker.json in the runtime directory")
+            if (rt.path / API_SOCKET).exists():
+                try:
+                    info = api.instance_info()
+                except Transient as exc:
+                    last = exc.message
+                else:
+                    if info.state in ("Running", "Paused"):
+                        return
+                    last = f"instance state is {info.state!r}"
+            if time.monotonic() >= deadline:
+                raise Transient(f"firecracker's API did not report a started VM in time ({last or 'no socket'})",
+                                "see vmm.log in the runtime directory")
+            time.sleep(0.01)
+
+    def guest_spec(self, rt: RuntimeDir) -> str:
+        return f"fc-vsock:{rt.path / VSOCK_UDS}:{CHANNEL_PORT}"
+
+    def sever(self, rt: RuntimeDir) -> list[str]:
+        """Unlink the vsock device's host side and any ``vsock.sock_<port>`` listeners.
+
+        The API socket stays: it is our control path to the VMM (status,
+        pause), not a path into the guest.  The console has no input
+        (firecracker's stdin is ``/dev/null``) and there is no network device.
+        """
+        severed = []
+        for path in sorted(rt.path.glob(f"{VSOCK_UDS}*")):
+            if path.name == VSOCK_UDS or path.name.startswith(f"{VSOCK_UDS}_"):
+                path.unlink(missing_ok=True)
+                severed.append(path.name)
+        return severed
+
+    # --- API -------------------------------------------------------------------
+
+    def _api(self, rt: RuntimeDir) -> FirecrackerAPI:
+        return FirecrackerAPI(rt.path / API_SOCKET)
+
+    def pause_vm(self, rt: RuntimeDir) -> None:
+        api = self._api(rt)
+        api.pause()
+        state = api.instance_info().state
+        if state != "Paused":
+            raise Permanent(f"firecracker reports state {state!r} after a pause")
+
+    def resume_vm(self, rt: RuntimeDir) -> None:
+        api = self._api(rt)
+        api.resume()
+        state = api.instance_info().state
+        if state != "Running":
+            raise Permanent(f"firecracker reports state {state!r} after a resume")
+
+    def vmm_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
+        try:
+            info = FirecrackerAPI(rt.path / API_SOCKET, timeout=2.0).instance_info()
+        except MicroagentError as exc:
+            return {"apiError": exc.message}
+        return {"id": info.id, "state": info.state, "vmmVersion": info.vmm_version,
+                "apiSocket": str(rt.path / API_SOCKET)}
+

@@ -1,0 +1,272 @@
+"""The Python API of microagent: named workspaces and one-shot runs.
+
+::
+
+    import microagent
+
+    with microagent.Workspace.create("demo") as ws:       # created and started
+        r = ws.exec(["sh", "-c", "echo hello; uname -r"])
+        print(r.exit_code, r.stdout.decode())
+        ws.put("/tmp/in.txt", b"data")
+        print(ws.get("/tmp/in.txt"))
+    # leaving the block kills and deletes the workspace
+
+    r = microagent.run("builtin:busybox", ["uname", "-a"])  # throwaway VM
+
+Errors are the one tree of :mod:`microagent.errors` (re-exported from
+``microagent``): ``NotFound``, ``Conflict`` (e.g. exec in a quarantined
+workspace), ``Unsupported``, ``Permanent``/``InvalidRequest``,
+``Transient``/``ChannelClosed``, ``PolicyDenied``, ``ResourceExhausted``,
+each with ``kind``, ``message`` and ``remediation``. A guest command's
+non-zero exit is a result, not an error.
+
+This module is a thin facade over :mod:`microagent.workspace`; the CLI is
+another one over the same library.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+from microagent.workspace.lifecycle import DEFAULT_IMAGE, WorkspaceStore
+from microagent.workspace.state import WorkspaceState, require_state
+
+if TYPE_CHECKING:
+    from microagent.channel import ExecResult, FileStat
+    from microagent.channel.exec import OutputSink
+    from microagent.workspace.sessions import GuestSession
+
+__all__ = ["Workspace", "run"]
+
+EnvArg = Mapping[str, str] | Sequence[str] | None
+
+
+def _env_list(env: EnvArg) -> list[str]:
+    if env is None:
+        return []
+    if isinstance(env, Mapping):
+        return [f"{k}={v}" for k, v in env.items()]
+    return [str(e) for e in env]
+
+
+def _argv(argv: Sequence[str] | str) -> list[str]:
+    return ["/bin/sh", "-c", argv] if isinstance(argv, str) else [str(a) for a in argv]
+
+
+class Workspace:
+    """A named workspace: a VM with its own disk that outlives this process.
+
+    Get one with :meth:`create` or :meth:`get`. Used as a context manager,
+    leaving the block kills the VM and deletes the workspace (disk included).
+
+    One channel connection is kept open between calls (closed by
+    :meth:`close`, by every lifecycle call and on exit); :meth:`exec`,
+    :meth:`put` and :meth:`get` may be called from several threads at once.
+    """
+
+    def __init__(self, name: str, *, state_dir: str | Path | None = None, supervisor: str | None = None,
+                 store: WorkspaceStore | None = None) -> None:
+        self._store = store or WorkspaceStore(state_dir, supervisor)
+        self.name = name
+        self._lock = threading.Lock()
+        self._session: GuestSession | None = None
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.name!r})"
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, name: str, image: str = DEFAULT_IMAGE, *, profile: str | None = None,
+               memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
+               env: EnvArg = None, network: str = "isolated", backend: str | None = None,
+               start: bool = True, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
+               supervisor: str | None = None) -> "Workspace":
+        """Create workspace ``name`` from ``image`` and (unless ``start=False``) boot it.
+
+        :param profile: ``tiny``, ``small`` (default), ``medium`` or ``large``.
+        :param env: environment every process in the guest gets.
+        :param start: boot it now (``False``: leave it ``prepared``).
+        :raises InvalidRequest: unsafe name, unknown profile, bad env.
+        :raises Conflict: a workspace of that name exists.
+        :raises NotFound: kernel, guest init or host tool missing.
+        :raises Transient: the guest did not come up in ``boot_timeout`` (the
+            workspace is left ``failed``; it is not deleted).
+        """
+        ws = cls(name, state_dir=state_dir, supervisor=supervisor)
+        ws._store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
+                         disk_size_mib=disk_size_mib, env=_env_list(env), network=network, backend=backend)
+        if start:
+            ws.start(boot_timeout=boot_timeout)
+        return ws
+
+    @classmethod
+    def get(cls, name: str, *, state_dir: str | Path | None = None, supervisor: str | None = None) -> "Workspace":
+        """An existing workspace.
+
+        :raises NotFound: when there is none called ``name``.
+        """
+        ws = cls(name, state_dir=state_dir, supervisor=supervisor)
+        ws._store.manifest(name)
+        return ws
+
+    @staticmethod
+    def list(*, running_only: bool = False, state_dir: str | Path | None = None) -> list[dict[str, Any]]:
+        """Every workspace as ``{name, state, pid, backend, image, profile, resources, createdAt}``."""
+        return WorkspaceStore(state_dir).list(running_only=running_only)
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+        self._store.delete(self.name, force=True)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def state(self) -> WorkspaceState:
+        """The current state, reconciled with the process table."""
+        return self._store.observe(self.name).state
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` document (state, readiness, pid, resources, disk, verification)."""
+        from microagent.workspace.status import workspace_status
+
+        return workspace_status(self._store, self.name)
+
+    def wait(self, timeout: float | None = None) -> WorkspaceState:
+        """Block until the VM is no longer running; returns the state it ended in.
+
+        :raises ResourceExhausted: when ``timeout`` seconds pass first.
+        """
+        self.close()
+        return self._store.wait(self.name, timeout=timeout).state
+
+    def logs(self) -> str:
+        """The guest serial console log so far."""
+        return b"".join(self._store.logs(self.name)).decode("utf-8", "replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The event timeline so far, oldest first."""
+        return list(self._store.events(self.name))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, *, boot_timeout: float = 60.0) -> "Workspace":
+        """Boot it (from prepared, halted, stopped or failed); returns when the guest is ready.
+
+        :raises Conflict: from any other state.
+        """
+        self.close()
+        self._store.start(self.name, boot_timeout=boot_timeout)
+        return self
+
+    def halt(self) -> None:
+        """Clean shutdown through guest init (disk flushed): ``halted``."""
+        self.close()
+        self._store.halt(self.name)
+
+    def stop(self) -> None:
+        """SIGTERM the VMM: ``stopped`` (``Transient`` and ``failed`` if it survives)."""
+        self.close()
+        self._store.stop(self.name)
+
+    def kill(self) -> None:
+        """SIGKILL the VMM: ``stopped``."""
+        self.close()
+        self._store.kill(self.name)
+
+    def quarantine(self) -> None:
+        """Cut every host path into the guest; keep the VM process: ``quarantined``."""
+        self.close()
+        self._store.quarantine(self.name)
+
+    def delete(self, *, force: bool = False) -> bool:
+        """Delete disk and state; ``force`` kills a running VM first. False if it was already gone.
+
+        :raises Conflict: while the VM runs and ``force`` is false.
+        """
+        self.close()
+        return bool(self._store.delete(self.name, force=force)["deleted"])
+
+    # ------------------------------------------------------------ guest
+
+    def _guest(self) -> "GuestSession":
+        from microagent.workspace.sessions import GuestSession
+
+        with self._lock:
+            if self._session is not None and not self._session.closed:
+                require_state("exec", self.name, self._store.observe(self.name).state)
+                return self._session
+            self._session = GuestSession(self._store, self.name, "exec")
+            return self._session
+
+    def close(self) -> None:
+        """Close the cached channel connection (the workspace keeps running)."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def exec(self, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: str | None = None,
+             user: str | None = None, stdin: bytes | IO[bytes] | None = None, timeout: float | None = None,
+             stdout: "OutputSink | None" = None, stderr: "OutputSink | None" = None) -> "ExecResult":
+        """Run a command in the running workspace and wait for it.
+
+        :param argv: the program and its arguments; a string runs through ``/bin/sh -c``.
+        :param stdin: bytes or a binary file fed to the command's stdin.
+        :param timeout: seconds; then the result is ``timed_out`` with exit code 124.
+        :param stdout: stream stdout here as it arrives (else it is collected in the result).
+        :returns: :class:`~microagent.channel.ExecResult` (``exit_code``,
+            ``stdout``, ``stderr``, ``status``, ``ok``).
+        :raises Conflict: unless the workspace is running.
+        :raises ChannelClosed: when the guest went away mid-command.
+        """
+        return self._guest().exec(_argv(argv), env=_env_list(env), workdir=workdir, user=user,
+                                  timeout=timeout, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    def put(self, guest_path: str, source: bytes | str | os.PathLike[str] | IO[bytes], *,
+            mode: int | None = None, mkdirs: bool = False) -> int:
+        """Write a guest file from bytes, a local path or a binary file; returns bytes written.
+
+        :raises GuestError: e.g. a missing parent directory (pass ``mkdirs=True``).
+        """
+        return self._guest().put(guest_path, source, mode=mode, mkdirs=mkdirs)
+
+    def get(self, guest_path: str, dest: str | os.PathLike[str] | None = None) -> "bytes | FileStat":
+        """A guest file's bytes, or (with ``dest``) copy it to a local path and return its stat.
+
+        :raises GuestNotFound: when the file does not exist.
+        """
+        return self._guest().get(guest_path, dest)
+
+    def send(self, line: str, *, timeout: float | None = None) -> "ExecResult":
+        """Run one line in the guest user's shell on a pty (like ``connect --send``)."""
+        return self._guest().send_line(line, timeout=timeout)
+
+
+def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: str | None = None,
+        user: str | None = None, timeout: float | None = None, memory_mib: int = 512, cpus: int = 1,
+        backend: str | None = None, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
+        supervisor: str | None = None, stdout: "OutputSink | None" = None,
+        stderr: "OutputSink | None" = None) -> "ExecResult":
+    """Boot a throwaway VM from ``image``, run ``argv``, tear it all down, return the result.
+
+    :raises Unsupported: a backend or image this host cannot serve.
+    :raises NotFound: kernel, guest init or host tool missing.
+    :raises MicroagentError: any boot or channel failure (nothing is left behind).
+    """
+    from microagent.workspace.oneshot import run as run_oneshot
+
+    outcome = run_oneshot(image, _argv(argv), backend=backend, env=_env_list(env), workdir=workdir,
+                          user=user, timeout=timeout, memory_mib=memory_mib, cpus=cpus,
+                          boot_timeout=boot_timeout, state_dir=state_dir, supervisor=supervisor,
+                          stdout=stdout, stderr=stderr)
+    return outcome.result
