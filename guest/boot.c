@@ -1,22 +1,17 @@
 /* PID-1 duties: console, initramfs stage (modules, root mount, switch root
- * in-process), system mounts, hostname, per-boot config, loopback, the
- * channel; and the final power-off. PID 1 must never exit. */
+ * in-process), system mounts, hostname, per-boot config, network (net.c),
+ * the channel; and the final power-off. PID 1 must never exit. */
 #define _GNU_SOURCE
 #include "boot.h"
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <net/if.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -26,6 +21,7 @@
 #include "agent.h"
 #include "channel.h"
 #include "json.h"
+#include "net.h"
 
 #ifndef SYS_finit_module
 #define SYS_finit_module 313
@@ -401,34 +397,35 @@ static void set_hostname(const char *name)
         ma_log("sethostname %s: %s", name, strerror(errno));
 }
 
-/* The per-boot config disk: one JSON object, then NUL padding. */
-static void read_boot_config(struct agent *a)
+/* The per-boot config disk: one JSON object, then NUL padding. Applies
+ * hostname and env; on success doc holds the parsed config (for "network")
+ * and the returned text must be freed after json_free(doc). */
+static char *read_boot_config(struct agent *a, struct jdoc *doc)
 {
     if (!g_cfg.config[0])
-        return;
+        return NULL;
     if (!wait_for_path(g_cfg.config, WAIT_DEVICE_MS)) {
         ma_log("config device %s did not appear", g_cfg.config);
-        return;
+        return NULL;
     }
     size_t len = 0;
     char *text = read_small_file(g_cfg.config, 1 << 20, &len);
     if (!text) {
         ma_log("reading config %s: %s", g_cfg.config, strerror(errno));
-        return;
+        return NULL;
     }
     len = strnlen(text, len);
-    struct jdoc doc;
-    if (json_parse(text, len, &doc) < 0) {
+    if (json_parse(text, len, doc) < 0) {
         ma_log("config %s is not a JSON object; ignored", g_cfg.config);
         free(text);
-        return;
+        return NULL;
     }
     const char *hn = NULL;
-    if (jfield_str(doc.root, "hostname", &hn) == 1 && *hn)
+    if (jfield_str(doc->root, "hostname", &hn) == 1 && *hn)
         set_field(g_cfg.hostname, sizeof g_cfg.hostname, hn);
     const char **env = NULL;
     size_t n = 0;
-    if (jfield_strv(doc.root, "env", &env, &n) == 1) {
+    if (jfield_strv(doc->root, "env", &env, &n) == 1) {
         a->boot_env = calloc(n + 1, sizeof *a->boot_env);
         for (size_t i = 0; a->boot_env && i < n; i++) {
             if (!strchr(env[i], '=') || env[i][0] == '=')
@@ -439,39 +436,7 @@ static void read_boot_config(struct agent *a)
         }
         free(env);
     }
-    if (jget(doc.root, "network"))
-        ma_log("config: \"network\" is not applied by this guest init (only lo is brought up)");
-    json_free(&doc);
-    free(text);
-}
-
-static void loopback_up(void)
-{
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) {
-        ma_log("loopback: %s", strerror(errno));
-        return;
-    }
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "lo");
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
-    sin->sin_family = AF_INET;
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (ioctl(s, SIOCSIFADDR, &ifr) < 0 && errno != EEXIST)
-        ma_log("lo address: %s", strerror(errno));
-    sin = (struct sockaddr_in *)&ifr.ifr_netmask;
-    sin->sin_family = AF_INET;
-    sin->sin_addr.s_addr = htonl(0xFF000000u);
-    ioctl(s, SIOCSIFNETMASK, &ifr);
-    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
-        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
-            ma_log("lo up: %s", strerror(errno));
-    } else {
-        ma_log("lo flags: %s", strerror(errno));
-    }
-    close(s);
+    return text;
 }
 
 static int open_channel(struct agent *a)
@@ -511,9 +476,12 @@ void pid1_main(void)
     if (agent_init(&agent, true) < 0)
         fatal("agent setup: %s%s", "");
     agent.poweroff_means = g_cfg.poweroff_means;
-    read_boot_config(&agent);
+    struct jdoc cfg_doc = { 0 };
+    char *cfg_text = read_boot_config(&agent, &cfg_doc);
     set_hostname(g_cfg.hostname);
-    loopback_up();
+    net_setup(cfg_doc.root ? jget(cfg_doc.root, "network") : NULL, g_cfg.hostname);
+    json_free(&cfg_doc);
+    free(cfg_text);
     if (open_channel(&agent) < 0) {
         errno = ENODEV;
         fatal("cannot open the channel %s: %s", g_cfg.channel);

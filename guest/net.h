@@ -1,0 +1,15 @@
+/* PID 1 only: apply the "network" object of the per-boot config disk
+ * (docs/protocol.md, "Boot parameters"): interfaces, default route,
+ * /etc/resolv.conf, /etc/hosts; and always bring up lo. */
+#ifndef MA_NET_H
+#define MA_NET_H
+
+struct jv;
+
+/* network: the config's "network" value, or NULL when there is none (no
+ * config disk, or no such key). hostname: the final hostname, for the
+ * 127.0.1.1 line of /etc/hosts. Every failure is logged as
+ * "microagent-init: net: ..." and never stops the boot. */
+void net_setup(const struct jv *network, const char *hostname);
+
+#endif
