@@ -26,6 +26,7 @@ another one over the same library.
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,21 @@ def _env_list(env: EnvArg) -> list[str]:
 
 def _argv(argv: Sequence[str] | str) -> list[str]:
     return ["/bin/sh", "-c", argv] if isinstance(argv, str) else [str(a) for a in argv]
+
+
+class _ClassOrInstanceMethod:
+    """``Workspace.get(name)`` looks a workspace up; ``ws.get(path)`` reads a guest file."""
+
+    def __init__(self, on_class: Any, on_instance: Any) -> None:
+        self.on_class = on_class.__func__ if isinstance(on_class, classmethod) else on_class
+        self.on_instance = on_instance
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        import functools
+
+        if obj is None:
+            return functools.partial(self.on_class, objtype)
+        return functools.partial(self.on_instance, obj)
 
 
 class Workspace:
@@ -106,8 +122,8 @@ class Workspace:
         return ws
 
     @classmethod
-    def get(cls, name: str, *, state_dir: str | Path | None = None, supervisor: str | None = None) -> "Workspace":
-        """An existing workspace.
+    def open(cls, name: str, *, state_dir: str | Path | None = None, supervisor: str | None = None) -> "Workspace":
+        """An existing workspace (``Workspace.get(name)`` is the same call).
 
         :raises NotFound: when there is none called ``name``.
         """
@@ -116,7 +132,7 @@ class Workspace:
         return ws
 
     @staticmethod
-    def list(*, running_only: bool = False, state_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    def list(*, running_only: bool = False, state_dir: str | Path | None = None) -> builtins.list[dict[str, Any]]:
         """Every workspace as ``{name, state, pid, backend, image, profile, resources, createdAt}``."""
         return WorkspaceStore(state_dir).list(running_only=running_only)
 
@@ -153,7 +169,7 @@ class Workspace:
         """The guest serial console log so far."""
         return b"".join(self._store.logs(self.name)).decode("utf-8", "replace")
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> builtins.list[dict[str, Any]]:
         """The event timeline so far, oldest first."""
         return list(self._store.events(self.name))
 
@@ -240,12 +256,18 @@ class Workspace:
         """
         return self._guest().put(guest_path, source, mode=mode, mkdirs=mkdirs)
 
-    def get(self, guest_path: str, dest: str | os.PathLike[str] | None = None) -> "bytes | FileStat":
+    def read_file(self, guest_path: str, dest: str | os.PathLike[str] | None = None) -> "bytes | FileStat":
         """A guest file's bytes, or (with ``dest``) copy it to a local path and return its stat.
+
+        ``ws.get(path)`` is the same call.
 
         :raises GuestNotFound: when the file does not exist.
         """
         return self._guest().get(guest_path, dest)
+
+    get = _ClassOrInstanceMethod(open, read_file)
+    """``Workspace.get(name)`` on the class (an existing workspace, like :meth:`open`);
+    ``ws.get(guest_path, dest=None)`` on an instance (a guest file, like :meth:`read_file`)."""
 
     def send(self, line: str, *, timeout: float | None = None) -> "ExecResult":
         """Run one line in the guest user's shell on a pty (like ``connect --send``)."""
@@ -268,5 +290,6 @@ def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: s
     outcome = run_oneshot(image, _argv(argv), backend=backend, env=_env_list(env), workdir=workdir,
                           user=user, timeout=timeout, memory_mib=memory_mib, cpus=cpus,
                           boot_timeout=boot_timeout, state_dir=state_dir, supervisor=supervisor,
-                          stdout=stdout, stderr=stderr)
-    return outcome.result
+                          stdout=stdout, stderr=stderr)  # type: ignore[arg-type]
+    result: ExecResult = outcome.result
+    return result

@@ -197,6 +197,26 @@ def _shut(sock: socket.socket, how: int) -> None:
         pass
 
 
+def bind_listener(host_address: str, host_port: int) -> socket.socket:
+    """A listening TCP socket on ``host_address:host_port``.
+
+    :raises Conflict: if the port is in use (or the address is not local).
+    """
+    family = socket.AF_INET6 if ":" in host_address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host_address, host_port))
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise Conflict(
+            f"cannot listen on {host_address}:{host_port}: {exc.strerror or exc}",
+            "choose another host port (-p HOST_PORT:GUEST_PORT)",
+        ) from exc
+    return sock
+
+
 class PortPublisher:
     """Listen on a host TCP address and forward each connection to a guest port.
 
@@ -216,21 +236,15 @@ class PortPublisher:
         *,
         host_address: str = "127.0.0.1",
         guest_host: str = "127.0.0.1",
+        listener: socket.socket | None = None,
     ) -> None:
         self.conn = conn
         self.guest_port = guest_port
         self.guest_host = guest_host
-        family = socket.AF_INET6 if ":" in host_address else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._listener.bind((host_address, host_port))
-        except OSError as exc:
-            self._listener.close()
-            raise Conflict(
-                f"cannot listen on {host_address}:{host_port}: {exc}", "choose another host port"
-            ) from exc
-        self._listener.listen(64)
+        if listener is not None:
+            self._listener = listener  # bound and listening already (bound before boot)
+        else:
+            self._listener = bind_listener(host_address, host_port)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="microagent-publish")

@@ -223,13 +223,13 @@ class Router:
             self.routes[gsid] = (peer, item.session)
             self._send(self.guest, encode_frame(gsid, item.type, item.payload))
             return
-        gsid = peer.sessions.get(item.session)
-        if gsid is None:
+        mapped = peer.sessions.get(item.session)
+        if mapped is None:
             return  # unknown or finished session: ignored, as the guest would
         if item.type in (FrameType.CLOSE, FrameType.ERROR):
             self._abandon(peer, item.session)
             return
-        self._send(self.guest, encode_frame(gsid, item.type, item.payload))
+        self._send(self.guest, encode_frame(mapped, item.type, item.payload))
 
     def _client_hello(self, peer: Peer, item: Frame) -> None:
         try:
@@ -312,11 +312,40 @@ def bind_listener(path: str) -> socket.socket:
     return sock
 
 
+def start_publishers(control: str, specs: list[str]) -> None:
+    """Serve ``--publish FD:GUESTPORT`` listeners (bound by the supervisor before boot).
+
+    A thread of this process connects to our own control socket like any
+    client, so published connections get the same session handling and flow
+    control as exec or cp.  Listeners die with this process: quarantine and
+    teardown need to kill only the helper.
+    """
+    import threading
+
+    def run() -> None:
+        from microagent.channel.connect import open_channel
+        from microagent.channel.forward import PortPublisher
+
+        try:
+            conn = open_channel(control, hello_timeout=10.0)
+            for spec in specs:
+                fd, _, port = spec.partition(":")
+                listener = socket.socket(fileno=int(fd))
+                PortPublisher(conn, int(port), listener=listener)
+                log(f"publishing {listener.getsockname()} -> guest port {port}")
+        except Exception as exc:  # noqa: BLE001 - logged; the supervisor sees no listener
+            log(f"cannot start publishers: {exc}")
+
+    threading.Thread(target=run, daemon=True, name="publish").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microagent-router")
     parser.add_argument("--guest", required=True, help="unix:PATH or fc-vsock:UDS:PORT")
     parser.add_argument("--listen", required=True, help="control socket path")
     parser.add_argument("--hello-timeout", type=float, default=60.0)
+    parser.add_argument("--publish", action="append", default=[], metavar="FD:GUESTPORT",
+                        help="an inherited listening TCP socket to bridge to a guest port")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -337,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     router.listener = bind_listener(listen_path)
     router.listener.setblocking(False)
     log(f"ready: {listen_path}")
+    if args.publish:
+        start_publishers(listen_path, args.publish)
     try:
         router.serve()
     finally:

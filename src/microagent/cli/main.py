@@ -23,6 +23,7 @@ COMMANDS = {
     "host": "microagent.cli.cmd_host:host",
     "doctor": "microagent.cli.cmd_host:doctor",
     "kernel": "microagent.cli.cmd_kernel:kernel",
+    "image": "microagent.cli.cmd_image:image",
     "run": "microagent.cli.cmd_run:run",
     "create": "microagent.cli.cmd_workspace:create",
     "start": "microagent.cli.cmd_workspace:start",

@@ -1,25 +1,39 @@
 """Built-in images that need no network: ``builtin:busybox``.
 
-``builtin:busybox`` is Debian's static busybox with a symlink per applet,
-minimal ``/etc`` files, and guest init at ``/sbin/microagent-init``.  The disk
-is cached under ``<state>/images/builtin/`` keyed by the sha256 of its
-inputs, so it is rebuilt only when busybox or guest init change.
+``builtin:busybox`` is an OCI image microagent builds locally, so it goes
+through the same pipeline as any pulled image (layers → ext4, guest init
+injected there).  It is written as an OCI image layout under
+``<state>/images/builtin/busybox-layout/``: one deterministic layer tar
+(sorted entries, mtime 0, uid/gid 0, gzip with no timestamp) holding Debian's
+static busybox (``busybox-static``), a symlink per applet and minimal
+``/etc`` files.  The layout is rewritten only when busybox or
+:data:`LAYOUT_VERSION` change (a stamp file records both), so the manifest
+digest, and with it the cached base disk, is stable.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import shutil
+import io
+import json
+import os
 import subprocess
-import tempfile
-from dataclasses import dataclass
+import tarfile
 from pathlib import Path
 
-from microagent.errors import NotFound
-from microagent.images.ext4 import build_ext4
+from microagent.errors import NotFound, Permanent
+from microagent.images.model import BaseImage, ImageConfig, Layer, Platform, PulledImage
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 NAMES = ("busybox",)
+LAYOUT_VERSION = 1
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+REF_NAME = "org.opencontainers.image.ref.name"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 ETC_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
@@ -29,21 +43,9 @@ ETC_FILES = {
     "etc/hosts": "127.0.0.1 localhost\n",
     "etc/os-release": 'NAME="microagent busybox"\nID=busybox\n',
 }
-
-
-@dataclass(frozen=True)
-class BuiltinImage:
-    name: str
-    disk: Path
-    digest: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+DIRS = {"bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "etc": 0o755,
+        "proc": 0o555, "sys": 0o555, "dev": 0o755, "run": 0o755, "tmp": 0o1777, "root": 0o700,
+        "var": 0o755, "var/tmp": 0o1777, "home": 0o755, "mnt": 0o755}
 
 
 def find_static_busybox() -> Path:
@@ -57,46 +59,183 @@ def find_static_busybox() -> Path:
     raise NotFound("a static busybox is not installed", "apt-get install busybox-static")
 
 
-def _stage(tree: Path, busybox: Path, guest_init: Path) -> None:
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
-              "root", "var/tmp", "home", "mnt"):
-        (tree / d).mkdir(parents=True, exist_ok=True)
-    (tree / "tmp").chmod(0o1777)
-    (tree / "var/tmp").chmod(0o1777)
-    (tree / "root").chmod(0o700)
-    shutil.copy2(busybox, tree / "bin/busybox")
-    (tree / "bin/busybox").chmod(0o755)
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _info(name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.size = size
+    info.linkname = linkname
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def busybox_layer_tar(busybox: Path) -> bytes:
+    """The uncompressed layer: deterministic for the same busybox binary."""
     applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
                              check=True).stdout.split()
-    for applet in sorted(applets):
-        link = tree / applet
-        if applet in ("bin/busybox", "sbin/init", "linuxrc") or link.exists():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        depth = applet.count("/")
-        link.symlink_to("../" * depth + "bin/busybox")
+    entries: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
+    for d, mode in DIRS.items():
+        entries[d] = (_info(d, tarfile.DIRTYPE, mode), None)
+    data = busybox.read_bytes()
+    entries["bin/busybox"] = (_info("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), data)
     for rel, text in ETC_FILES.items():
-        (tree / rel).write_text(text)
-    (tree / "etc/shadow").chmod(0o600)
-    shutil.copy2(guest_init, tree / "sbin/microagent-init")
-    (tree / "sbin/microagent-init").chmod(0o755)
+        raw = text.encode()
+        entries[rel] = (_info(rel, tarfile.REGTYPE, 0o600 if rel == "etc/shadow" else 0o644, len(raw)), raw)
+    for applet in applets:
+        if applet in ("bin/busybox", "sbin/init", "linuxrc") or applet in entries:
+            continue
+        parent = applet.rsplit("/", 1)[0]
+        if parent not in entries:
+            entries[parent] = (_info(parent, tarfile.DIRTYPE, 0o755), None)
+        target = "../" * applet.count("/") + "bin/busybox"
+        entries[applet] = (_info(applet, tarfile.SYMTYPE, 0o777, linkname=target), None)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in sorted(entries):
+            info, content = entries[name]
+            tf.addfile(info, io.BytesIO(content) if content is not None else None)
+    return buf.getvalue()
 
 
-def busybox_image(state_root: Path, guest_init: Path) -> BuiltinImage:
-    """The ``builtin:busybox`` base disk, built on first use.
+def _gzip(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
+        gz.write(data)
+    return out.getvalue()
 
-    :raises NotFound: without busybox-static or mke2fs.
+
+def _canonical(doc: object) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def layout_dir(state_root: Path) -> Path:
+    return Path(state_root) / "images" / "builtin" / "busybox-layout"
+
+
+def ensure_busybox_layout(state_root: Path, architecture: str = "x86_64") -> Path:
+    """Write (or reuse) the ``builtin:busybox`` OCI image layout; return its directory.
+
+    :raises NotFound: without busybox-static.
     """
     busybox = find_static_busybox()
-    digest = hashlib.sha256(
-        f"builtin:busybox\0{_sha256(busybox)}\0{_sha256(guest_init)}\0v1".encode()
-    ).hexdigest()
-    disk = state_root / "images" / "builtin" / f"busybox-{digest[:16]}.ext4"
-    if disk.is_file():
-        return BuiltinImage("builtin:busybox", disk, f"sha256:{digest}")
-    with tempfile.TemporaryDirectory(prefix="microagent-busybox-") as tmp:
-        tree = Path(tmp) / "root"
-        tree.mkdir()
-        _stage(tree, busybox, guest_init)
-        build_ext4(tree, disk, key=digest, size_bytes=64 * 1024 * 1024)
-    return BuiltinImage("builtin:busybox", disk, f"sha256:{digest}")
+    layout = layout_dir(state_root)
+    bb_sha = hashlib.sha256(busybox.read_bytes()).hexdigest()
+    stamp_path = layout / "microagent-stamp.json"
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    if (stamp.get("busybox_sha256") == bb_sha and stamp.get("version") == LAYOUT_VERSION
+            and (layout / "index.json").is_file()):
+        return layout
+    import fcntl
+
+    layout.mkdir(parents=True, exist_ok=True)
+    with open(layout.parent / "busybox-layout.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tar = busybox_layer_tar(busybox)
+        blob = _gzip(tar)
+        arch = _OCI_ARCH.get(architecture, architecture)
+        config = _canonical({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [_sha256(tar)]},
+            "history": [{"created_by": f"microagent builtin:busybox v{LAYOUT_VERSION}"}],
+        })
+        manifest = _canonical({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": _sha256(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": _sha256(blob), "size": len(blob)}],
+        })
+        index = _canonical({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": _sha256(manifest), "size": len(manifest),
+                           "platform": {"architecture": arch, "os": "linux"},
+                           "annotations": {REF_NAME: "latest"}}],
+        })
+        for data in (blob, config, manifest):
+            path = layout / "blobs" / "sha256" / _sha256(data).split(":", 1)[1]
+            if not path.is_file():
+                _write_atomic(path, data)
+        _write_atomic(layout / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _write_atomic(layout / "index.json", index)
+        _write_atomic(stamp_path, _canonical({"busybox_sha256": bb_sha, "version": LAYOUT_VERSION}))
+    return layout
+
+
+def read_layout(layout: Path, reference: str) -> PulledImage:
+    """A :class:`PulledImage` for the single image in a layout this module wrote.
+
+    (A minimal reader: pulls of arbitrary layouts go through
+    :func:`microagent.images.pull.pull` with ``oci:PATH``.)
+
+    :raises Permanent: when the layout is damaged (blob missing or wrong digest).
+    """
+    def blob(digest: str) -> Path:
+        path = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise Permanent(f"built-in image layout {layout} is damaged: {exc}",
+                            f"delete {layout} and run again") from exc
+        if _sha256(data) != digest:
+            raise Permanent(f"built-in image layout {layout}: blob {digest} does not match its digest",
+                            f"delete {layout} and run again")
+        return path
+
+    index = json.loads((layout / "index.json").read_text())
+    desc = index["manifests"][0]
+    manifest = json.loads(blob(desc["digest"]).read_bytes())
+    config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
+    layers = tuple(Layer(digest=d["digest"], media_type=d["mediaType"], size=d["size"], path=blob(d["digest"]))
+                   for d in manifest["layers"])
+    cfg = config.get("config") or {}
+    return PulledImage(
+        reference=reference,
+        digest=desc["digest"],
+        platform=Platform(architecture=config["architecture"], os=config["os"]),
+        config=ImageConfig(entrypoint=tuple(cfg.get("Entrypoint") or ()), cmd=tuple(cfg.get("Cmd") or ()),
+                           env=tuple(cfg.get("Env") or ()), working_dir=cfg.get("WorkingDir") or "",
+                           user=cfg.get("User") or "", stop_signal=cfg.get("StopSignal") or ""),
+        layers=layers,
+        config_digest=manifest["config"]["digest"],
+        source="builtin",
+    )
+
+
+def busybox_pulled(state_root: Path, architecture: str = "x86_64") -> PulledImage:
+    """``builtin:busybox`` as a pulled image (its layout written if needed).
+
+    :raises NotFound: without busybox-static.
+    """
+    layout = ensure_busybox_layout(state_root, architecture)
+    # The one line to switch to the general pipeline:
+    #   return pull(f"oci:{layout}:latest", state_root, architecture=architecture)
+    return read_layout(layout, "builtin:busybox")
+
+
+def busybox_image(state_root: Path, guest_init: Path, architecture: str = "x86_64") -> BaseImage:
+    """The ``builtin:busybox`` base disk, built on first use.
+
+    :raises NotFound: without busybox-static, mke2fs or debugfs.
+    """
+    from microagent.images.rootfs import build_base_disk
+
+    image = busybox_pulled(state_root, architecture)
+    return build_base_disk(image, state_root, guest_init, size_bytes=64 * 1024 * 1024)

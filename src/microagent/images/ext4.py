@@ -1,9 +1,14 @@
-"""ext4 disk images from a directory tree, with ``mke2fs -d``.
+"""ext4 disk images from a directory tree, with ``mke2fs -d``, then debugfs.
 
 Deterministic by construction: the UUID and directory hash seed derive from a
-caller-given key, and ``E2FSPROGS_FAKE_TIME`` pins every timestamp mke2fs
-writes, so the same tree and key give a byte-identical image.  Output is
-written to a temp file and renamed into place.
+caller-given key, ``E2FSPROGS_FAKE_TIME`` pins every timestamp mke2fs and
+debugfs write, mke2fs 1.47 walks directories in sorted order, and the
+metadata step (:func:`~microagent.images.metadata.apply_ledger`) overwrites
+what mke2fs copies from the host that is not part of the image (ctime,
+ownership of the staging user, stray xattrs).  So the same layers and key
+give a byte-identical image (``tests/unit/images/test_ext4.py`` asserts it).
+Output is written to a temp file, the ledger applied to it, and only then
+renamed into place.
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from microagent.errors import NotFound, Permanent, ResourceExhausted
+
+if TYPE_CHECKING:
+    from microagent.images.metadata import Ledger
 
 BLOCK = 4096
 MIN_SIZE_MIB = 32
@@ -43,31 +53,40 @@ def tree_size(root: Path) -> int:
     return total
 
 
-def default_size_bytes(root: Path, headroom_mib: int = 64) -> int:
-    size = tree_size(root) * 5 // 4 + headroom_mib * 1024 * 1024
+def default_size_bytes(root: Path, headroom_mib: int = 64, extra_inodes: int = 0) -> int:
+    """Content plus a quarter, plus ``headroom_mib``, plus room for ``extra_inodes`` inodes."""
+    size = tree_size(root) * 5 // 4 + headroom_mib * 1024 * 1024 + extra_inodes * 384
     size = max(size, MIN_SIZE_MIB * 1024 * 1024)
     return (size + 1024 * 1024 - 1) // (1024 * 1024) * 1024 * 1024
 
 
+def inode_count(ledger: "Ledger") -> int:
+    """Inodes to ask mke2fs for: every ledger path, half as many again, plus slack."""
+    return len(ledger) * 3 // 2 + 4096
+
+
 def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None,
-               label: str = "microagent") -> Path:
+               label: str = "microagent", ledger: "Ledger | None" = None) -> Path:
     """Build ``out`` from ``tree``; ``key`` seeds the UUID (use the image digest).
 
-    :raises NotFound: without mke2fs.
+    :param ledger: the exact metadata of every path (see :mod:`.metadata`),
+        applied with debugfs before the image is renamed into place.
+    :raises NotFound: without mke2fs or debugfs.
     :raises ResourceExhausted: when the content does not fit ``size_bytes`` or the disk is full.
-    :raises Permanent: for any other mke2fs failure.
+    :raises Permanent: for any other mke2fs or debugfs failure.
     """
     mke2fs = find_mke2fs()
-    size = size_bytes or default_size_bytes(tree)
+    size = size_bytes or default_size_bytes(tree, extra_inodes=len(ledger) if ledger else 0)
     fs_uuid = str(uuid.uuid5(_NAMESPACE, key))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.truncate(size)
         env = dict(os.environ, E2FSPROGS_FAKE_TIME="1", MKE2FS_DEVICE_SECTSIZE="512")
         argv = [mke2fs, "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", label, "-U", fs_uuid,
                 "-E", f"hash_seed={fs_uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
+                *(["-N", str(inode_count(ledger))] if ledger is not None else []),
                 "-d", str(tree), str(tmp)]
         proc = subprocess.run(argv, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
@@ -76,6 +95,10 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
                 raise ResourceExhausted(f"the tree does not fit an ext4 image of {size // 2**20} MiB: {msg}",
                                         "pass a larger --disk-size")
             raise Permanent(f"mke2fs failed for {out.name}: {msg}")
+        if ledger is not None:
+            from microagent.images.metadata import apply_ledger
+
+            apply_ledger(ledger, tree, tmp)
         os.replace(tmp, out)
     except OSError as exc:
         if exc.errno == 28:

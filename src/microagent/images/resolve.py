@@ -1,42 +1,72 @@
-"""Image references to base disks.
+"""Image references to base disks: the one entry point boot plans use.
 
-Only ``builtin:`` images exist until the OCI pipeline lands (issue #4); any
-other reference is refused up front, before anything is built or booted.
+:func:`check_reference` is cheap and has no side effects (it runs before any
+disk is built or VM started); :func:`resolve_image` pulls when needed
+(:func:`microagent.images.pull.pull`) and builds or reuses the base disk
+(:func:`microagent.images.rootfs.build_base_disk`).  ``builtin:`` images are
+built locally (:mod:`.builtin`) and go through the same rootfs build.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from microagent.errors import NotFound, Unsupported
-from microagent.images.model import BaseImage, ImageConfig
+from microagent.errors import NotFound
+from microagent.images.model import BaseImage
+
+if TYPE_CHECKING:
+    from microagent.images.blobs import PullProgress
+    from microagent.images.rootfs import BuildProgress
+
+__all__ = ["BaseImage", "check_reference", "resolve_image"]
 
 
 def check_reference(ref: str) -> None:
-    """Refuse references this build cannot serve, before any side effect.
+    """Refuse references that cannot be served, before any side effect.
 
     :raises NotFound: for an unknown ``builtin:`` image.
-    :raises Unsupported: for registry, layout and archive references.
+    :raises Permanent: for a reference that does not parse.
     """
-    if ref.startswith("builtin:"):
+    from microagent.images.reference import BuiltinReference, parse_reference
+
+    parsed = parse_reference(ref)
+    if isinstance(parsed, BuiltinReference):
         from microagent.images.builtin import NAMES
 
-        if ref.removeprefix("builtin:") not in NAMES:
+        if parsed.name not in NAMES:
             raise NotFound(f"unknown built-in image {ref!r}",
                            f"use one of: {', '.join('builtin:' + n for n in NAMES)}")
-        return
-    raise Unsupported(f"image {ref!r}: only built-in images are supported so far",
-                      "use builtin:busybox (OCI registry images are tracked in issue #4)")
 
 
-def resolve_image(ref: str, state_root: Path, guest_init: Path) -> BaseImage:
-    """The base disk for ``ref``, built if needed.
+def resolve_image(ref: str, state_root: Path, guest_init: Path, *, architecture: str | None = None,
+                  size_bytes: int | None = None, allow_insecure: bool = False,
+                  progress: "PullProgress | None" = None,
+                  build_progress: "BuildProgress | None" = None) -> BaseImage:
+    """The base disk for ``ref``, pulled and built if needed.
 
-    :raises NotFound: for unknown images or missing host tools.
-    :raises Unsupported: for references this build cannot serve.
+    :param architecture: the backend's architecture (default: the host's).
+    :param size_bytes: exact disk size (default: content plus headroom).
+    :raises NotFound: unknown image, tag or platform; missing host tools.
+    :raises Permanent: invalid reference, corrupt or hostile layers, unknown image user.
+    :raises PolicyDenied: the registry needs credentials.
+    :raises Transient: the registry is unreachable.
+    :raises ResourceExhausted: the disk is full or the content does not fit ``size_bytes``.
     """
-    check_reference(ref)
-    from microagent.images.builtin import busybox_image
+    from microagent.paths import host_arch
 
-    img = busybox_image(state_root, guest_init)
-    return BaseImage(reference=img.name, digest=img.digest, disk=img.disk)
+    check_reference(ref)
+    arch = architecture or host_arch()
+    if ref.startswith("builtin:"):
+        from microagent.images.builtin import busybox_pulled
+
+        image = busybox_pulled(state_root, arch)
+        if size_bytes is None:
+            size_bytes = 64 * 1024 * 1024
+    else:
+        from microagent.images.pull import pull
+
+        image = pull(ref, state_root, architecture=arch, progress=progress, allow_insecure=allow_insecure)
+    from microagent.images.rootfs import build_base_disk
+
+    return build_base_disk(image, state_root, guest_init, size_bytes=size_bytes, progress=build_progress)

@@ -323,6 +323,8 @@ class VMMBackend(Backend):
         alive = vmm is not None and process.is_alive(vmm)
         detail = {"quarantined": "quarantined: every host path into the guest is severed",
                   "paused": "paused: the vcpus are stopped; resume it first"}.get(state, "")
+        if not alive and self.live_router(rt) is not None:
+            self._teardown(rt, kill_vmm=False)  # e.g. a "failed" stop whose VMM died later
         if state in LIVE_STATES and not alive:
             self._teardown(rt, kill_vmm=False)
             event = self.record(rt, request, "failed",

@@ -425,7 +425,7 @@ class Response:
             ev = data["event"]
             ident = ev.get("identity") or {}
             event = Event(
-                identity=Identity(**{k: ident.get(k) for k in ("requestID", "runtimeID", "role", "backend")}),
+                identity=Identity(**{k: str(ident.get(k, "")) for k in ("requestID", "runtimeID", "role", "backend")}),
                 state=str(ev.get("state", "unknown")),
                 detail=str(ev.get("detail", "")),
                 observedAt=str(ev.get("observedAt", "")),

@@ -139,7 +139,8 @@ class ImageRecord:
     @staticmethod
     def from_json(data: Any) -> "ImageRecord":
         data = data if isinstance(data, dict) else {}
-        cfg = data.get("config") if isinstance(data.get("config"), dict) else {}
+        raw_cfg = data.get("config")
+        cfg: dict[str, Any] = raw_cfg if isinstance(raw_cfg, dict) else {}
         return ImageRecord(str(data.get("ref", "")), str(data.get("digest", "")),
                            tuple(str(e) for e in cfg.get("env") or ()),
                            str(cfg.get("workdir") or ""), str(cfg.get("user") or ""))
@@ -190,8 +191,8 @@ class Manifest:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise Permanent("workspace.json is not a workspace manifest",
                             "delete the workspace and create it again")
-        res = data.get("resources") if isinstance(data.get("resources"), dict) else {}
-        net = data.get("network") if isinstance(data.get("network"), dict) else {}
+        res: dict[str, Any] = data["resources"] if isinstance(data.get("resources"), dict) else {}
+        net: dict[str, Any] = data["network"] if isinstance(data.get("network"), dict) else {}
         known = {"schemaVersion", "name", "image", "backend", "profile", "resources", "env",
                  "network", "createdAt", "verification"}
         try:

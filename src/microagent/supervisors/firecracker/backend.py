@@ -14,8 +14,10 @@ Files in the runtime directory of a boot:
 - ``vsock.sock``: the vsock device's host side (the channel helper connects here);
 - ``serial.log``: the serial console (firecracker's stdout, appended per boot);
 - ``vmm.log``: firecracker's own log (``--log-path``); the previous boot's
-  log is kept as ``vmm.log.1`` because firecracker overwrites its log file
-  from offset 0 instead of appending.
+  log is kept as ``vmm.log.1`` because firecracker writes its log file from
+  offset 0 instead of appending;
+- ``vmm.stderr.log``: firecracker's stderr (appended), kept apart from
+  ``vmm.log`` so the two writers cannot overwrite each other.
 
 Without hardware KVM a Firecracker guest cannot boot (DESIGN.md §2); the
 supervisor refuses such hosts unless ``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1``
@@ -29,11 +31,10 @@ import json
 import os
 import subprocess
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient
 from microagent.supervisors import process
-from microagent.supervisors.firecracker.api import FirecrackerAPI
 from microagent.supervisors.firecracker.config import (
     API_SOCKET,
     CHANNEL_PORT,
@@ -47,9 +48,16 @@ from microagent.supervisors.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
 
+if TYPE_CHECKING:
+    from microagent.supervisors.firecracker.api import FirecrackerAPI
+
 ALLOW_NO_KVM_ENV = "MICROAGENT_FIRECRACKER_ALLOW_NO_KVM"
 #: how long the API may take to answer after the process started
 API_READY_TIMEOUT_S = 10.0
+#: what firecracker logs once the VM of ``--config-file`` runs
+STARTED_LINE = "Successfully started microvm"
+#: firecracker's stderr (a panic, the final ``Error: ...``), appended per boot
+STDERR_LOG = "vmm.stderr.log"
 
 
 def allow_no_kvm(env: dict[str, str] | None = None) -> bool:
@@ -112,7 +120,7 @@ class FirecrackerBackend(VMMBackend):
         rt.vmm_log.touch()
         argv = firecracker_argv(ctx["binary"], ident.runtimeID)
         serial = open(rt.serial_log, "ab")
-        stderr = open(rt.vmm_log, "ab")
+        stderr = open(rt.path / STDERR_LOG, "ab")  # panics and the final error; not vmm.log (see above)
         try:
             proc = subprocess.Popen(argv, cwd=rt.path, stdin=subprocess.DEVNULL, stdout=serial, stderr=stderr,
                                     start_new_session=True, close_fds=True)
@@ -124,36 +132,59 @@ class FirecrackerBackend(VMMBackend):
         return proc, argv
 
     def after_spawn(self, request: Request, rt: RuntimeDir, proc: subprocess.Popen[bytes]) -> None:
-        """Wait until firecracker has taken the configuration and its API answers ``GET /``.
+        """Wait until firecracker has built and started the VM, then until its API answers.
 
-        With ``--config-file`` firecracker configures the VM and starts it
-        before serving the API, so an answer means the configuration was
-        accepted; a process that exits instead rejected it (its reason is in
-        ``vmm.log``).
+        With ``--config-file`` firecracker serves its API thread at once but
+        builds the VM first; it logs ``Successfully started microvm`` when the
+        configuration was accepted, or exits with the reason.  The API is not
+        asked before that line: an API request pending while the build fails
+        makes firecracker 1.12 panic instead of reporting the reason.
         """
         assert request.config is not None
-        api = FirecrackerAPI(rt.path / API_SOCKET, timeout=2.0)
         deadline = time.monotonic() + min(API_READY_TIMEOUT_S, max(request.config.timeoutSeconds, 1.0))
-        last = ""
-        while True:
-            status = proc.poll()
-            if status is not None:
-                raise Permanent(f"firecracker exited with status {status} while starting: "
-                                f"{self._vmm_log_tail(rt) or 'no log output'}",
-                                "see vmm.log and firecracker.json in the runtime directory")
-            if (rt.path / API_SOCKET).exists():
-                try:
-                    info = api.instance_info()
-                except Transient as exc:
-                    last = exc.message
-                else:
-                    if info.state in ("Running", "Paused"):
-                        return
-                    last = f"instance state is {info.state!r}"
+        while STARTED_LINE not in self._read_log(rt):
+            if proc.poll() is not None:
+                raise self._exited(rt, proc)
             if time.monotonic() >= deadline:
-                raise Transient(f"firecracker's API did not report a started VM in time ({last or 'no socket'})",
-                                "see vmm.log in the runtime directory")
+                raise Transient(f"firecracker did not start the VM within {API_READY_TIMEOUT_S:.0f}s: "
+                                f"{self._vmm_log_tail(rt) or 'no log output'}", "see vmm.log in the runtime directory")
             time.sleep(0.01)
+        api = self._api(rt, timeout=2.0)
+        last = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise self._exited(rt, proc)
+            try:
+                info = api.instance_info()
+            except Transient as exc:
+                last = exc.message
+            else:
+                if info.state in ("Running", "Paused"):
+                    return
+                last = f"instance state is {info.state!r}"
+            time.sleep(0.01)
+        raise Transient(f"firecracker's API did not report a started VM in time ({last})",
+                        "see vmm.log in the runtime directory")
+
+    @staticmethod
+    def _read_log(rt: RuntimeDir) -> str:
+        try:
+            return rt.vmm_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _exited(self, rt: RuntimeDir, proc: subprocess.Popen[bytes]) -> Permanent:
+        """The error for a firecracker that exited while starting: its own reason, from its logs."""
+        lines = [line.strip() for line in self._read_log(rt).splitlines() if line.strip()]
+        try:
+            lines += (rt.path / STDERR_LOG).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            pass
+        reasons = [line for line in lines if "error" in line.lower() or "panicked" in line.lower()]
+        reason = (reasons[0] if reasons else " | ".join(lines[-3:])) or "no log output"
+        reason = reason.split("] ", 1)[-1]  # drop firecracker's "<time> [<id>:<thread>]" prefix
+        return Permanent(f"firecracker exited with status {proc.returncode} while starting the VM: {reason}",
+                         "see vmm.log and firecracker.json in the runtime directory")
 
     def guest_spec(self, rt: RuntimeDir) -> str:
         return f"fc-vsock:{rt.path / VSOCK_UDS}:{CHANNEL_PORT}"
@@ -174,8 +205,10 @@ class FirecrackerBackend(VMMBackend):
 
     # --- API -------------------------------------------------------------------
 
-    def _api(self, rt: RuntimeDir) -> FirecrackerAPI:
-        return FirecrackerAPI(rt.path / API_SOCKET)
+    def _api(self, rt: RuntimeDir, timeout: float = 5.0) -> "FirecrackerAPI":
+        from microagent.supervisors.firecracker.api import FirecrackerAPI  # http.client: only when used
+
+        return FirecrackerAPI(rt.path / API_SOCKET, timeout=timeout)
 
     def pause_vm(self, rt: RuntimeDir) -> None:
         api = self._api(rt)
@@ -193,7 +226,7 @@ class FirecrackerBackend(VMMBackend):
 
     def vmm_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
         try:
-            info = FirecrackerAPI(rt.path / API_SOCKET, timeout=2.0).instance_info()
+            info = self._api(rt, timeout=2.0).instance_info()
         except MicroagentError as exc:
             return {"apiError": exc.message}
         return {"id": info.id, "state": info.state, "vmmVersion": info.vmm_version,

@@ -1,0 +1,169 @@
+"""``microagent image pull|ls|rm|prune``: thin adapters over :mod:`microagent.images`.
+
+Also owns the terminal rendering of pull progress (:func:`pull_progress`),
+which ``run`` reuses: per-layer bars with rich on a TTY (stderr), nothing in
+``--json`` or non-TTY mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from microagent.cli.main import json_option, state_dir_option
+from microagent.cli.output import emit
+
+
+class TerminalProgress:
+    """Per-layer progress bars on stderr (rich, imported only when used)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=Console(file=sys.stderr), transient=False,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._started = False
+
+    def on_layer_start(self, digest: str, size: int) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
+        label = digest.split(":", 1)[-1][:12]
+        self._tasks[digest] = self._progress.add_task(label, total=size if size >= 0 else None)
+
+    def on_bytes(self, digest: str, n: int) -> None:
+        task = self._tasks.get(digest)
+        if task is not None:
+            self._progress.advance(task, n)
+
+    def on_layer_done(self, digest: str) -> None:
+        task = self._tasks.get(digest)
+        if task is not None:
+            total = self._progress.tasks[task].total
+            if total is not None:
+                self._progress.update(task, completed=total)
+
+    def close(self) -> None:
+        if self._started:
+            self._progress.stop()
+            self._started = False
+
+
+def pull_progress(as_json: bool) -> TerminalProgress | None:
+    """A progress renderer when stderr is a terminal and output is not JSON, else ``None``."""
+    if as_json or os.environ.get("MICROAGENT_OUTPUT") == "json" or not sys.stderr.isatty():
+        return None
+    try:
+        return TerminalProgress()
+    except ImportError:  # rich missing: progress is a nicety
+        return None
+
+
+def _arch(arch: str | None) -> str:
+    from microagent.paths import host_arch
+
+    return arch or host_arch()
+
+
+@click.group()
+def image() -> None:
+    """Pull and manage cached OCI images."""
+
+
+@image.command("pull")
+@click.argument("ref")
+@state_dir_option
+@json_option
+@click.option("--insecure", is_flag=True, help="allow plain HTTP to this registry (loopback always may)")
+@click.option("--arch", default=None, help="x86_64 or aarch64 (default: this host)")
+@click.option("--pull", "policy", type=click.Choice(["always", "missing", "never"]), default="always",
+              show_default=True, help="re-resolve tags (always), use the cache when present (missing), or only the cache")
+def pull(ref: str, state_dir: str | None, as_json: bool, insecure: bool, arch: str | None, policy: str) -> int:
+    """Pull REF (registry image, oci:DIR[:TAG] or docker-archive:FILE[:REF]) into the cache."""
+    from microagent.images.pull import describe
+    from microagent.images.pull import pull as do_pull
+    from microagent.images.registry import RequestCounter
+    from microagent.paths import state_root
+
+    progress = pull_progress(as_json)
+    counter = RequestCounter()
+    try:
+        img = do_pull(ref, state_root(state_dir), architecture=_arch(arch), progress=progress,
+                      allow_insecure=insecure, policy=policy, counter=counter)
+    finally:
+        if progress is not None:
+            progress.close()
+    doc = {"ok": True, "image": describe(img), "requests": counter.count}
+    emit(doc, as_json, lambda d: f"{img.reference}\n  digest: {img.digest}\n  platform: {img.platform}"
+                                 f"\n  layers: {len(img.layers)} ({_size(d['image']['size'])})")
+    return 0
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@image.command("ls")
+@state_dir_option
+@json_option
+def ls(state_dir: str | None, as_json: bool) -> int:
+    """List cached images."""
+    from microagent.images.store import list_images
+    from microagent.paths import state_root
+
+    records = list_images(state_root(state_dir))
+    doc = {"ok": True, "images": [r.to_json() for r in records]}
+
+    def text(d: dict[str, Any]) -> str:
+        if not d["images"]:
+            return "no images cached (pull one with 'microagent image pull REF')"
+        rows = [f"{'REFERENCE':<50} {'DIGEST':<19} {'PLATFORM':<14} {'SIZE':>10} LAST USED"]
+        for r in records:
+            rows.append(f"{r.reference:<50} {r.digest[:19]:<19} {str(r.platform):<14} "
+                        f"{_size(r.size):>10} {r.last_used_at}")
+        return "\n".join(rows)
+
+    emit(doc, as_json, text)
+    return 0
+
+
+@image.command("rm")
+@click.argument("ref")
+@state_dir_option
+@json_option
+def rm(ref: str, state_dir: str | None, as_json: bool) -> int:
+    """Remove REF (reference or digest) from the cache, with blobs and disks only it used."""
+    from microagent.images.store import remove
+    from microagent.paths import state_root
+
+    gone, freed = remove(state_root(state_dir), ref)
+    doc = {"ok": True, "removed": [r.to_json() for r in gone], "freed": freed}
+    emit(doc, as_json, lambda d: "\n".join(f"removed {r.reference} ({r.digest[:19]})" for r in gone)
+         + f"\nfreed {_size(freed)}")
+    return 0
+
+
+@image.command("prune")
+@state_dir_option
+@json_option
+def prune(state_dir: str | None, as_json: bool) -> int:
+    """Delete blobs and base disks no cached image references."""
+    from microagent.images.store import prune as do_prune
+    from microagent.paths import state_root
+
+    result = do_prune(state_root(state_dir))
+    doc = {"ok": True, **result}
+    emit(doc, as_json, lambda d: f"removed {d['blobs']} blobs and {d['disks']} disks, freed {_size(d['freed'])}")
+    return 0

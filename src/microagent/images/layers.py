@@ -1,0 +1,553 @@
+"""Layer extraction: OCI layer tarballs, in order, into one staging tree.
+
+Owns reading layer blobs (uncompressed, gzip or zstd, told apart by their
+magic bytes; the media type must name a filesystem layer), applying the OCI
+layer semantics (whiteouts ``.wh.NAME``, opaque directories
+``.wh..wh..opq``, hard links, symlinks kept as links) and keeping every
+entry inside the root.  The staging tree is an ordinary unprivileged
+directory; the exact metadata of every path goes into a
+:class:`~microagent.images.metadata.Ledger` that :mod:`.ext4` applies to the
+built image.
+
+Rules (decisions written down in docs/images.md, "Building root disks"):
+
+* A leading ``/`` is stripped (as docker and tar do); ``.`` components and
+  empty components are dropped; a ``..`` component is refused.
+* Parents are walked one component at a time with ``O_NOFOLLOW`` directory
+  file descriptors: an entry whose path goes through a symlink (planted by an
+  earlier entry or layer) is refused, never followed.  Missing parents are
+  created (``0755``, root-owned, mtime 0), as docker does.
+* Hard links must name an entry already extracted inside the root, and not a
+  directory.
+* An entry replaces whatever is at its path, except a directory over a
+  directory, which merges (the later entry's metadata wins).
+* A ``.wh.`` name used as a directory (``.wh.x/y``) is refused: markers
+  never reach the tree.
+* Names containing a newline or carriage return are refused (debugfs, which
+  applies the metadata, cannot address them); so are components over 255
+  bytes and paths over :data:`MAX_PATH_BYTES`.
+* The staging tree holds regular files, directories and symlinks with safe
+  modes (owner read/write(/search) added, no setuid/setgid/sticky); device
+  nodes and FIFOs exist only in the ledger.
+
+A refused entry raises :class:`~microagent.errors.Permanent` naming the entry
+and the layer digest; so does a truncated or corrupt layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import gzip
+import io
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator
+from urllib.parse import unquote
+
+from microagent.errors import Permanent, ResourceExhausted
+from microagent.images.metadata import NS, Entry, Ledger
+from microagent.images.model import Layer
+
+MAX_PATH_BYTES = 4000
+MAX_NAME_BYTES = 255
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Corrupt(Exception):
+    """The layer stream itself is broken (decompression or tar framing)."""
+
+
+def layer_kind(layer: Layer) -> str:
+    """``tar``, ``gzip`` or ``zstd``: what the blob is, by media type and magic.
+
+    The media type must be a filesystem layer type; the magic bytes decide the
+    compression (a layer whose bytes disagree with its media type is read as
+    what it is, like docker does).
+
+    :raises Permanent: for a media type that is not a filesystem layer.
+    """
+    from microagent.images.manifest import layer_compression
+
+    layer_compression(layer.media_type)
+    try:
+        with open(layer.path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise Permanent(f"cannot read layer {layer.digest}: {exc.strerror}",
+                        "pull the image again", layer=layer.digest) from exc
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "tar"
+
+
+class _Guarded(io.RawIOBase):
+    """A read-only stream that turns decompression errors into :class:`_Corrupt`."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: "bytearray | memoryview") -> int:  # type: ignore[override]
+        try:
+            data = self._inner.read(len(buf))
+        except Exception as exc:  # zlib.error, EOFError, gzip.BadGzipFile, ZstdError, ...
+            raise _Corrupt(str(exc) or type(exc).__name__) from exc
+        n = len(data)
+        buf[:n] = data
+        return n
+
+
+def open_layer(layer: Layer) -> IO[bytes]:
+    """The uncompressed tar stream of ``layer`` (caller closes it).
+
+    :raises Permanent: unsupported media type, unreadable blob, or zstd missing.
+    """
+    kind = layer_kind(layer)
+    raw: IO[bytes] = open(layer.path, "rb")
+    inner: IO[bytes]
+    if kind == "gzip":
+        inner = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif kind == "zstd":
+        try:
+            import zstandard
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raw.close()
+            raise Permanent(f"layer {layer.digest} is zstd-compressed and the zstandard module is missing",
+                            "pip install zstandard") from exc
+        inner = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+    else:
+        inner = raw
+    return io.BufferedReader(_Guarded(inner), buffer_size=_CHUNK)
+
+
+@dataclass
+class _Ctx:
+    layer: Layer
+    touched: set[str]  # paths (and their ancestors) this layer created
+
+
+class Extractor:
+    """Applies layers in order to one staging root and its ledger.
+
+    :param root: an existing, empty directory (made ``0700``).
+    """
+
+    def __init__(self, root: Path, ledger: Ledger | None = None) -> None:
+        self.root = Path(root)
+        self.ledger = ledger if ledger is not None else Ledger()
+        os.chmod(self.root, 0o700)
+        self._root_fd = os.open(self.root, _DIR_FLAGS)
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def __enter__(self) -> "Extractor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- layers --------------------------------------------------------------
+
+    def apply(self, layer: Layer, on_bytes: Callable[[int], None] | None = None) -> None:
+        """Extract one layer on top of what is there.
+
+        :raises Permanent: corrupt/truncated layer, or a refused entry (names both).
+        :raises ResourceExhausted: the staging filesystem is full.
+        """
+        ctx = _Ctx(layer, set())
+        with open_layer(layer) as stream:
+            try:
+                if not stream.peek(1):
+                    return  # an empty blob is an empty layer
+                with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
+                    while True:
+                        member = tf.next()
+                        if member is None:
+                            break
+                        self._entry(tf, member, ctx)
+            except (_Corrupt, tarfile.TarError, EOFError, zlib.error) as exc:
+                raise Permanent(f"layer {layer.digest} is truncated or corrupt: {exc}",
+                                "pull the image again; if it persists the image itself is broken",
+                                layer=layer.digest) from exc
+
+    def finish(self) -> Ledger:
+        """Set staged timestamps from the ledger (after the last layer) and return it."""
+        for rel, entry in self.ledger.items():
+            if entry.special:
+                continue
+            atime = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
+            a, m = atime // NS * NS, entry.mtime_ns // NS * NS
+            try:
+                os.utime(rel or ".", ns=(a, m), dir_fd=self._root_fd, follow_symlinks=False)
+            except (OSError, OverflowError):
+                pass  # out of the host's range: the debugfs step writes it
+        return self.ledger
+
+    # -- entries -------------------------------------------------------------
+
+    def _refuse(self, ctx: _Ctx, name: str, why: str) -> Permanent:
+        return Permanent(f"layer {ctx.layer.digest}: entry {name!r} refused: {why}",
+                         "the image is malformed or hostile; rebuild it without that entry",
+                         layer=ctx.layer.digest, entry=name)
+
+    def _parts(self, ctx: _Ctx, name: str, path: str | None = None) -> list[str]:
+        """``path`` (default ``name``) split and checked; errors name the entry ``name``."""
+        what = "its" if path is None else "its link target's"
+        path = name if path is None else path
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise self._refuse(ctx, name, f"{'it' if what == 'its' else 'its link target'} contains a '..' component")
+        if any(p.startswith(WHITEOUT) for p in parts[:-1]):
+            raise self._refuse(ctx, name, "a whiteout marker (.wh.) is used as a directory")
+        for p in parts:
+            raw = os.fsencode(p)
+            if b"\n" in raw or b"\r" in raw:
+                raise self._refuse(ctx, name, f"{what} name contains a newline")
+            if len(raw) > MAX_NAME_BYTES:
+                raise self._refuse(ctx, name, f"a path component is longer than {MAX_NAME_BYTES} bytes")
+        if len(os.fsencode("/".join(parts))) > MAX_PATH_BYTES:
+            raise self._refuse(ctx, name, f"the path is longer than {MAX_PATH_BYTES} bytes")
+        return parts
+
+    def _walk(self, ctx: _Ctx, name: str, parts: list[str], create: bool) -> int | None:
+        """An fd of the directory holding ``parts[-1]``; ``None`` if missing and not ``create``."""
+        fd = os.dup(self._root_fd)
+        try:
+            for i, comp in enumerate(parts[:-1]):
+                rel = "/".join(parts[: i + 1])
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if rel in self.ledger:  # a device node or FIFO
+                        raise self._refuse(ctx, name, f"{rel!r} is not a directory") from None
+                    if not create:
+                        os.close(fd)
+                        return None
+                    os.mkdir(comp, 0o700, dir_fd=fd)
+                    self.ledger.put(rel, Entry("dir", 0o755))
+                    ctx.touched.add(rel)
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.lstat(comp, dir_fd=fd)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise self._refuse(ctx, name, f"it goes through the symlink {rel!r}") from None
+                    raise self._refuse(ctx, name, f"{rel!r} is not a directory") from None
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            raise
+
+    def _remove(self, pfd: int, name: str, rel: str) -> None:
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            self.ledger.remove(rel)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=pfd)
+        else:
+            os.unlink(name, dir_fd=pfd)
+        self.ledger.remove(rel)
+
+    def _entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, ctx: _Ctx) -> None:
+        name = member.name
+        try:
+            self._entry_inner(tf, member, ctx)
+        except (Permanent, _Corrupt, tarfile.TarError):
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ResourceExhausted(f"no space left staging layer {ctx.layer.digest}",
+                                        "free disk space under the state directory") from exc
+            raise self._refuse(ctx, name, exc.strerror or str(exc)) from exc
+
+    def _entry_inner(self, tf: tarfile.TarFile, member: tarfile.TarInfo, ctx: _Ctx) -> None:
+        name = member.name
+        parts = self._parts(ctx, name)
+        base = parts[-1] if parts else ""
+        if base.startswith(WHITEOUT):
+            self._whiteout(ctx, name, parts)
+            return
+        if not parts:
+            if not member.isdir():
+                raise self._refuse(ctx, name, "the root can only be a directory")
+            self.ledger.put("", _meta(member, "dir"))
+            return
+        rel = "/".join(parts)
+        if member.islnk():
+            self._hardlink(ctx, member, parts, rel)
+            return
+        kind = _kind(member)
+        if kind is None:
+            raise self._refuse(ctx, name, f"unsupported tar entry type {member.type!r}")
+        pfd = self._walk(ctx, name, parts, create=True)
+        assert pfd is not None
+        try:
+            existing: os.stat_result | None
+            try:
+                existing = os.lstat(base, dir_fd=pfd)
+            except FileNotFoundError:
+                existing = None
+            entry = _meta(member, kind)
+            if kind == "dir" and existing is not None and stat.S_ISDIR(existing.st_mode):
+                os.chmod(base, _staged_mode(entry), dir_fd=pfd, follow_symlinks=False)
+            else:
+                self._remove(pfd, base, rel)
+                if kind == "dir":
+                    os.mkdir(base, 0o700, dir_fd=pfd)
+                    os.chmod(base, _staged_mode(entry), dir_fd=pfd, follow_symlinks=False)
+                elif kind == "file":
+                    self._write_file(tf, member, pfd, base, _staged_mode(entry))
+                elif kind == "symlink":
+                    if not member.linkname:
+                        raise self._refuse(ctx, name, "symlink with an empty target")
+                    os.symlink(member.linkname, base, dir_fd=pfd)
+                # char/block/fifo: the ledger alone holds them
+            self.ledger.put(rel, entry)
+            ctx.touched.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        finally:
+            os.close(pfd)
+
+    def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, pfd: int, base: str, mode: int) -> None:
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=pfd)
+        try:
+            src = tf.extractfile(member)
+            if src is not None:
+                while True:
+                    chunk = src.read(_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def _hardlink(self, ctx: _Ctx, member: tarfile.TarInfo, parts: list[str], rel: str) -> None:
+        name = member.name
+        tparts = self._parts(ctx, name, member.linkname)
+        if not tparts:
+            raise self._refuse(ctx, name, "hard link to the root directory")
+        trel = "/".join(tparts)
+        if trel == rel:
+            return  # a link to itself changes nothing
+        target = self.ledger.get(trel)
+        if target is None:
+            raise self._refuse(ctx, name, f"hard link target {member.linkname!r} is not in the image")
+        if target.kind == "dir":
+            raise self._refuse(ctx, name, f"hard link target {member.linkname!r} is a directory")
+        tfd = self._walk(ctx, name, tparts, create=False)
+        if tfd is None:
+            raise self._refuse(ctx, name, f"hard link target {member.linkname!r} is not in the image")
+        try:
+            pfd = self._walk(ctx, name, parts, create=True)
+            assert pfd is not None
+            try:
+                self._remove(pfd, parts[-1], rel)
+                if not target.special:
+                    os.link(tparts[-1], parts[-1], src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+                self.ledger.put(rel, target)
+                ctx.touched.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+            finally:
+                os.close(pfd)
+        finally:
+            os.close(tfd)
+
+    def _whiteout(self, ctx: _Ctx, name: str, parts: list[str]) -> None:
+        base = parts[-1]
+        dparts = parts[:-1]
+        if base == OPAQUE:
+            drel = "/".join(dparts)
+            if dparts:
+                pfd = self._walk(ctx, name, dparts, create=False)
+                if pfd is None:
+                    return
+                try:
+                    fd = os.open(dparts[-1], _DIR_FLAGS, dir_fd=pfd)
+                except OSError:
+                    return  # nothing (or no directory) to make opaque
+                finally:
+                    os.close(pfd)
+            else:
+                fd = os.dup(self._root_fd)
+            try:
+                self._opaque(fd, drel, ctx)
+            finally:
+                os.close(fd)
+            return
+        if base.startswith(WHITEOUT + WHITEOUT):
+            return  # other AUFS metadata (.wh..wh.plnk, ...): not part of the tree
+        target = base[len(WHITEOUT):]
+        if target in ("", ".", ".."):
+            raise self._refuse(ctx, name, "whiteout of an invalid name")
+        tparts = [*dparts, target]
+        trel = "/".join(tparts)
+        if trel in ctx.touched:
+            return  # whiteouts hide lower layers only
+        pfd = self._walk(ctx, name, tparts, create=False)
+        if pfd is None:
+            return
+        try:
+            self._remove(pfd, target, trel)
+        finally:
+            os.close(pfd)
+
+    def _opaque(self, dfd: int, drel: str, ctx: _Ctx) -> None:
+        """Remove what lower layers put under ``drel``; keep this layer's entries."""
+        for child in self.ledger.children(drel):
+            crel = f"{drel}/{child}" if drel else child
+            if crel not in ctx.touched:
+                self._remove(dfd, child, crel)
+                continue
+            entry = self.ledger.get(crel)
+            if entry is not None and entry.kind == "dir":
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=dfd)
+                try:
+                    self._opaque(cfd, crel, ctx)
+                finally:
+                    os.close(cfd)
+
+
+def _kind(member: tarfile.TarInfo) -> str | None:
+    if member.isreg():
+        return "file"
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    if member.ischr():
+        return "char"
+    if member.isblk():
+        return "block"
+    if member.isfifo():
+        return "fifo"
+    return None
+
+
+def _staged_mode(entry: Entry) -> int:
+    if entry.kind == "dir":
+        return (entry.mode & 0o777) | 0o700
+    return (entry.mode & 0o777) | 0o600
+
+
+def _pax_time(member: tarfile.TarInfo, key: str) -> int | None:
+    value = member.pax_headers.get(key)
+    if value is None:
+        return None
+    try:
+        return int(Decimal(value) * NS)
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            out[key[len("SCHILY.xattr."):]] = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("LIBARCHIVE.xattr."):
+            try:
+                out[unquote(key[len("LIBARCHIVE.xattr."):])] = base64.b64decode(value + "=" * (-len(value) % 4))
+            except ValueError:
+                continue
+    return out
+
+
+def _meta(member: tarfile.TarInfo, kind: str) -> Entry:
+    mtime = _pax_time(member, "mtime")
+    if mtime is None:
+        mtime = int(member.mtime) * NS
+    mode = 0o777 if kind == "symlink" else member.mode & 0o7777
+    return Entry(kind=kind, mode=mode, uid=member.uid, gid=member.gid, mtime_ns=mtime,
+                 atime_ns=_pax_time(member, "atime"),
+                 major=member.devmajor if kind in ("char", "block") else 0,
+                 minor=member.devminor if kind in ("char", "block") else 0,
+                 xattrs=_xattrs(member))
+
+
+def extract_layers(layers: Iterable[Layer], root: Path, *,
+                   on_layer: Callable[[int, Layer], None] | None = None) -> Ledger:
+    """Extract ``layers`` in order into the empty directory ``root``.
+
+    :param on_layer: called with (index, layer) before each layer (progress).
+    :returns: the ledger of every path's exact metadata.
+    :raises Permanent: a corrupt layer, an unsupported media type or a refused entry.
+    :raises ResourceExhausted: the staging filesystem is full.
+    """
+    with Extractor(root) as ex:
+        for i, layer in enumerate(layers):
+            if on_layer is not None:
+                on_layer(i, layer)
+            ex.apply(layer)
+        return ex.finish()
+
+
+def resolve_in_root(root: Path, rel: str, *, max_hops: int = 40) -> str | None:
+    """``rel`` with every symlink resolved *inside* ``root`` (``None`` if a part is missing).
+
+    Absolute link targets are taken relative to ``root`` and ``..`` stops at
+    it, the way a chroot would see the tree.  The last component is resolved
+    too.  Used to find ``/etc/passwd`` or ``/sbin`` in merged-/usr images.
+    """
+    todo = [p for p in rel.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        comp = todo.pop(0)
+        if comp == "..":
+            if done:
+                done.pop()
+            continue
+        path = root.joinpath(*done, comp)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > max_hops:
+                return None
+            target = os.readlink(path)
+            tparts = [p for p in target.split("/") if p not in ("", ".")]
+            if target.startswith("/"):
+                done = []
+            todo = tparts + todo
+            continue
+        done.append(comp)
+    return "/".join(done)
+
+
+def iter_members(layer: Layer) -> Iterator[tarfile.TarInfo]:
+    """The tar headers of ``layer`` (for tests and diagnostics)."""
+    with open_layer(layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tf:
+        yield from tf

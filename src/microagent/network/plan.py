@@ -1,0 +1,105 @@
+"""What a network mode means for one workspace (pure: no I/O).
+
+``isolated``: no NIC at all, only ``lo``.  ``user``: QEMU's built-in user
+networking (slirp): egress without host changes, the guest is 10.0.2.15/24
+behind the gateway 10.0.2.2, which also reaches the host's loopback.
+``nat``: a TAP per workspace on a /30 the project allocates; the host end is
+``.1``, the guest ``.2``; masquerade in the project's own nftables table.
+
+The guest learns its addressing from the per-boot config (docs/protocol.md);
+this module produces that ``network`` object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+USER_GUEST_ADDRESS = "10.0.2.15"
+USER_GATEWAY = "10.0.2.2"
+USER_DNS = "10.0.2.3"
+NAT_POOL = ipaddress.ip_network("10.213.0.0/16")
+NAT_PREFIX = 30
+GUEST_NIC = "eth0"
+HOST_ALIAS = "host.microagent.internal"
+
+
+def tap_name(workspace: str) -> str:
+    """A stable TAP name within IFNAMSIZ (15): ``mat`` + 10 hex chars of the name's hash."""
+    return "mat" + hashlib.sha256(workspace.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class NatLease:
+    """One allocated /30: network, host (TAP) address, guest address."""
+
+    subnet: str
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def host_address(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def guest_address(self) -> str:
+        return str(self.network.network_address + 2)
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    mode: str
+    tap: str = ""
+    lease: NatLease | None = None
+    dns: tuple[str, ...] = field(default_factory=tuple)
+
+    def guest_config(self) -> dict[str, Any]:
+        """The ``network`` object of the per-boot config."""
+        if self.mode == "user":
+            return {"interfaces": [{"name": GUEST_NIC, "address": USER_GUEST_ADDRESS, "prefix": 24,
+                                    "gateway": USER_GATEWAY}],
+                    "dns": [USER_DNS],
+                    "hosts": [{"address": USER_GATEWAY, "names": [HOST_ALIAS]}]}
+        if self.mode == "nat" and self.lease is not None:
+            return {"interfaces": [{"name": GUEST_NIC, "address": self.lease.guest_address,
+                                    "prefix": NAT_PREFIX, "gateway": self.lease.host_address}],
+                    "dns": list(self.dns),
+                    "hosts": [{"address": self.lease.host_address, "names": [HOST_ALIAS]}]}
+        return {"interfaces": [], "dns": [], "hosts": []}
+
+    def qemu_args(self) -> list[str]:
+        """QEMU arguments for the NIC (none for ``isolated``)."""
+        if self.mode == "user":
+            return ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+        if self.mode == "nat":
+            return ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
+                    "-device", "virtio-net-device,netdev=net0"]
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "user":
+            out.update(guestAddress=USER_GUEST_ADDRESS, gateway=USER_GATEWAY, dns=[USER_DNS])
+        if self.lease is not None:
+            out.update(tap=self.tap, subnet=self.lease.subnet, hostAddress=self.lease.host_address,
+                       guestAddress=self.lease.guest_address, dns=list(self.dns))
+        return out
+
+
+def host_nameservers(resolv_conf: str) -> tuple[str, ...]:
+    """Nameservers a NAT guest can use: the host's, minus loopback ones it cannot reach."""
+    out = []
+    for line in resolv_conf.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                addr = ipaddress.ip_address(parts[1])
+            except ValueError:
+                continue
+            if not addr.is_loopback and addr.version == 4:
+                out.append(str(addr))
+    return tuple(out)

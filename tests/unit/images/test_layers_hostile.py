@@ -1,0 +1,95 @@
+"""Hypothesis: hostile layers either extract inside the root or fail Permanent; nothing outside changes.
+
+Each example stacks up to three generated layers of random entries: ``..``
+components, absolute paths, symlinks to ``/``, ``..`` or a sentinel directory
+beside the root followed by entries through them (in the same or a later
+layer), hard links out of the root, over-long names, duplicates, whiteouts
+and opaque markers.  After each example the sentinel directory must be
+byte-for-byte as it was, and the staging tree and the ledger must agree.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from layer_factory import E, layer
+from microagent.errors import Permanent
+from microagent.images.layers import extract_layers
+
+COMPONENTS = ["a", "b", "c", "..", ".", "", "x" * 300, ".wh.a", ".wh..wh..opq", "sentinel", "ü"]
+
+
+def _path(draw_parts: list[str], absolute: bool) -> str:
+    return ("/" if absolute else "") + "/".join(draw_parts)
+
+
+paths = st.builds(_path, st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=4), st.booleans())
+link_targets = st.one_of(paths, st.sampled_from(["/", "..", "../..", "../sentinel", "/../sentinel", "SENTINEL"]))
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> E:
+    kind = draw(st.sampled_from(["file", "dir", "symlink", "hardlink", "fifo", "char", "file", "dir"]))
+    name = draw(paths)
+    if kind in ("symlink", "hardlink"):
+        return E(name, kind, link=draw(link_targets))
+    return E(name, kind, data=b"data" if kind == "file" else b"", mode=draw(st.sampled_from([0o644, 0o4755, 0o000, 0o1777])),
+             major=1, minor=3)
+
+
+layers_strategy = st.lists(st.lists(entries(), min_size=1, max_size=12), min_size=1, max_size=3)
+
+
+def _snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            st_ = os.lstat(p)
+            out[str(p.relative_to(path))] = (st_.st_mode, p.read_bytes() if stat.S_ISREG(st_.st_mode) else b"")
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers_strategy, st.sampled_from(["tar", "gzip", "zstd"]))
+def test_hostile_layers_never_write_outside_the_root(spec: list[list[E]], compression: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        sentinel = base / "sentinel"
+        sentinel.mkdir()
+        (sentinel / "precious").write_text("keep")
+        (sentinel / "a").mkdir()
+        root = base / "root"
+        root.mkdir()
+        for layer_entries in spec:
+            for e in layer_entries:
+                if e.link == "SENTINEL":
+                    e.link = str(sentinel)
+        before = _snapshot(sentinel)
+        lays = [layer(base / "blobs", es, compression) for es in spec]
+        try:
+            ledger = extract_layers(lays, root)
+        except Permanent as exc:
+            assert any(lay.digest in exc.message for lay in lays)
+            ledger = None
+        assert _snapshot(sentinel) == before
+        assert sorted(p.name for p in base.iterdir()) == ["blobs", "root", "sentinel"]
+        if ledger is None:
+            return
+        staged = set()
+        for dirpath, dirnames, filenames in os.walk(root):
+            for n in dirnames + filenames:
+                staged.add(str((Path(dirpath) / n).relative_to(root)))
+        recorded = {p for p in ledger.paths() if p}
+        special = {p for p in recorded if ledger.get(p).special}  # type: ignore[union-attr]
+        assert staged == recorded - special
+        for p in staged:
+            st_ = os.lstat(root / p)
+            assert not st_.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
+            assert not p.rsplit("/", 1)[-1].startswith(".wh.")  # markers are never staged

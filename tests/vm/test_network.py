@@ -1,0 +1,144 @@
+"""Network modes with real guests, real TAPs and real nftables.
+
+Every test runs microagent inside network namespaces it creates itself, with
+the "outside world" an HTTP server inside a namespace (or on that
+namespace's loopback): no packet leaves this machine's test namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+MICROAGENT = str(Path(sys.executable).parent / "microagent")
+
+SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from " + self.client_address[0]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+        print(self.client_address[0], flush=True)
+    def log_message(self, *a): pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+class Netns:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        sh("ip", "netns", "add", name)
+        sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+
+    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def server(self, address: str, port: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", SERVER, address, str(port)],
+                                stdout=subprocess.PIPE, text=True)
+        probe = f"import socket; socket.create_connection(('{address}', {port}), 1)"
+        for _ in range(100):
+            if self.run(sys.executable, "-c", probe).returncode == 0:
+                return proc
+            time.sleep(0.05)
+        proc.kill()
+        raise RuntimeError("test server did not start")
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    ns = Netns(f"ma-{uuid.uuid4().hex[:8]}")
+    yield ns
+    ns.delete()
+
+
+def run_json(ns: Netns, *args: str) -> tuple[int, dict]:
+    proc = ns.run(MICROAGENT, "run", "--json", *args)
+    return proc.returncode, json.loads(proc.stdout or "{}")
+
+
+def test_isolated_guest_has_only_lo_and_cannot_connect(vm_state: Path, netns: Netns) -> None:
+    server = netns.server("127.0.0.1", 8701)
+    try:
+        code, doc = run_json(netns, "--network", "isolated", "builtin:busybox", "--", "sh", "-c",
+                             "ls /sys/class/net; timeout 5 wget -qO- http://10.0.2.2:8701/ && echo REACHED")
+    finally:
+        server.kill()
+    assert doc["result"]["stdout"].split() == ["lo"]
+    assert "REACHED" not in doc["result"]["stdout"]
+
+
+def test_user_mode_reaches_the_host(vm_state: Path, netns: Netns) -> None:
+    server = netns.server("127.0.0.1", 8702)
+    try:
+        code, doc = run_json(netns, "--network", "user", "builtin:busybox", "--", "sh", "-c",
+                             "timeout 20 wget -qO- http://10.0.2.2:8702/; echo; cat /etc/resolv.conf; "
+                             "grep host.microagent.internal /etc/hosts")
+    finally:
+        server.kill()
+        seen = server.communicate()[0]
+    assert code == 0, doc
+    out = doc["result"]["stdout"]
+    assert "hello from 127.0.0.1" in out and "nameserver 10.0.2.3" in out
+    assert "10.0.2.2 host.microagent.internal" in out
+    assert "127.0.0.1" in seen  # the server saw the guest's connection
+
+
+@pytest.fixture
+def nat_world() -> Iterator[tuple[Netns, Netns]]:
+    """``host`` (where microagent runs, ip_forward=1) and ``world`` joined by a veth."""
+    host, world = Netns(f"mah-{uuid.uuid4().hex[:6]}"), Netns(f"maw-{uuid.uuid4().hex[:6]}")
+    veth = f"vm{uuid.uuid4().hex[:6]}"
+    sh("ip", "link", "add", veth + "a", "netns", host.name, "type", "veth", "peer", veth + "b", "netns", world.name)
+    host.run("ip", "addr", "add", "198.51.100.1/24", "dev", veth + "a")
+    host.run("ip", "link", "set", veth + "a", "up")
+    world.run("ip", "addr", "add", "198.51.100.2/24", "dev", veth + "b")
+    world.run("ip", "link", "set", veth + "b", "up")
+    yield host, world
+    host.delete()
+    world.delete()
+
+
+def test_nat_fails_closed_without_ip_forward(vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
+    host, _ = nat_world
+    host.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
+    code, doc = run_json(host, "--network", "nat", "builtin:busybox", "--", "true")
+    assert code == 125 and doc["error"]["kind"] == "policy_denied"
+    assert "ip_forward" in doc["error"]["message"] and "sysctl -w net.ipv4.ip_forward=1" in doc["error"]["remediation"]
+    assert "mat" not in host.run("ip", "-br", "link").stdout
+    assert host.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"  # never flipped for us
+
+
+def test_nat_masquerades_and_leaves_nothing_behind(vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
+    host, world = nat_world
+    host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    server = world.server("198.51.100.2", 8703)
+    try:
+        code, doc = run_json(host, "--network", "nat", "builtin:busybox", "--", "sh", "-c",
+                             "ip -4 addr show eth0; ip route; timeout 20 wget -qO- http://198.51.100.2:8703/")
+    finally:
+        server.kill()
+        seen = server.communicate()[0]
+    assert code == 0, doc
+    out = doc["result"]["stdout"]
+    assert "inet 10.213." in out and "default via 10.213." in out
+    assert "hello from 198.51.100.1" in out  # masqueraded behind the host end of the veth
+    assert seen.split() == ["198.51.100.1"]
+    assert "mat" not in host.run("ip", "-br", "link").stdout
+    assert host.run("nft", "list", "ruleset").stdout.strip() == ""
