@@ -6,7 +6,16 @@ import subprocess
 
 
 def vmm_processes(marker: str) -> list[str]:
-    """``pid args`` lines of VMM processes whose arguments mention ``marker``."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line.strip() for line in out.splitlines()
-            if ("qemu-system" in line or "firecracker" in line) and marker in line]
+    """``pid args`` lines of live VMM and channel-helper processes mentioning ``marker``.
+
+    Zombies (state Z: exited, parent has not reaped) are not running and are skipped.
+    """
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines()[1:]:
+        pid, stat, args = (line.strip().split(None, 2) + ["", ""])[:3]
+        if stat.startswith("Z") or marker not in args:
+            continue
+        if "qemu-system" in args or "firecracker" in args or "microagent.channel.router" in args:
+            found.append(f"{pid} {args}")
+    return found

@@ -618,3 +618,30 @@ class CountingProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def push_debian_image(registry: str, repo: str = "test/debian", tag: str = "12",
+                      auth: tuple[str, str] | None = None) -> tuple[str, Path]:
+    """Push the debootstrap Debian 12 layer as ``registry/repo:tag`` (Cmd ``bash``).
+
+    :returns: the manifest digest and the cached layer path.
+    """
+    layer_path = debian_rootfs_layer()
+    layer = layer_path.read_bytes()
+    h = hashlib.sha256()
+    with gzip.open(layer_path) as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    config = json.dumps({
+        "architecture": "amd64" if os.uname().machine == "x86_64" else "arm64", "os": "linux",
+        "config": {"Cmd": ["bash"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{h.hexdigest()}"]},
+    }, sort_keys=True).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": LAYER_TYPES["gzip"], "digest": sha256(layer), "size": len(layer)}],
+    }, sort_keys=True).encode()
+    push_blob(registry, repo, config, auth)
+    push_blob(registry, repo, layer, auth)
+    return push_manifest(registry, repo, tag, manifest, OCI_MANIFEST, auth), layer_path

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -66,11 +67,13 @@ def inode_count(ledger: "Ledger") -> int:
 
 
 def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None,
-               label: str = "microagent", ledger: "Ledger | None" = None) -> Path:
+               label: str = "microagent", ledger: "Ledger | None" = None,
+               timings: dict[str, float] | None = None) -> Path:
     """Build ``out`` from ``tree``; ``key`` seeds the UUID (use the image digest).
 
     :param ledger: the exact metadata of every path (see :mod:`.metadata`),
         applied with debugfs before the image is renamed into place.
+    :param timings: if given, receives ``mke2fs`` and ``metadata`` durations (seconds).
     :raises NotFound: without mke2fs or debugfs.
     :raises ResourceExhausted: when the content does not fit ``size_bytes`` or the disk is full.
     :raises Permanent: for any other mke2fs or debugfs failure.
@@ -88,7 +91,9 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
                 "-E", f"hash_seed={fs_uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
                 *(["-N", str(inode_count(ledger))] if ledger is not None else []),
                 "-d", str(tree), str(tmp)]
+        t0 = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+        t1 = time.monotonic()
         if proc.returncode != 0:
             msg = (proc.stderr or proc.stdout).strip()
             if "Could not allocate block" in msg or "No space left" in msg:
@@ -99,6 +104,9 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
             from microagent.images.metadata import apply_ledger
 
             apply_ledger(ledger, tree, tmp)
+        if timings is not None:
+            timings["mke2fs"] = t1 - t0
+            timings["metadata"] = time.monotonic() - t1
         os.replace(tmp, out)
     except OSError as exc:
         if exc.errno == 28:

@@ -256,16 +256,22 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path) -> Script:
             cmds += _time_cmds(p, "mtime", mtime) + _time_cmds(p, "atime", atime)
             stray: list[str] = []
         else:
-            st = os.lstat(staging / rel)
-            if stat.S_IMODE(st.st_mode) != (entry.mode & 0o7777) and entry.kind != "symlink":
+            try:
+                st = os.lstat(staging / rel)
+                smode, suid, sgid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                smtime, satime = st.st_mtime_ns // NS, st.st_atime_ns // NS
+            except FileNotFoundError:
+                # ledger and staging disagree (a bug): say everything, so debugfs names the path
+                smode = suid = sgid = smtime = satime = None
+            if smode != (entry.mode & 0o7777) and entry.kind != "symlink":
                 cmds.append(b"set_inode_field %s mode 0%o" % (p, entry.full_mode))
-            if st.st_uid != entry.uid:
+            if suid != entry.uid:
                 cmds.append(b"set_inode_field %s uid %d" % (p, entry.uid))
-            if st.st_gid != entry.gid:
+            if sgid != entry.gid:
                 cmds.append(b"set_inode_field %s gid %d" % (p, entry.gid))
-            if mtime % NS or st.st_mtime_ns // NS != mtime // NS or not 0 <= mtime < 2**31 * NS:
+            if mtime % NS or smtime != mtime // NS or not 0 <= mtime < 2**31 * NS:
                 cmds += _time_cmds(p, "mtime", mtime)
-            if atime % NS or st.st_atime_ns // NS != atime // NS or not 0 <= atime < 2**31 * NS:
+            if atime % NS or satime != atime // NS or not 0 <= atime < 2**31 * NS:
                 cmds += _time_cmds(p, "atime", atime)
             stray = _staged_xattrs(staging / rel)
         cmds += _time_cmds(p, "ctime", mtime)

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Callable
 
 from microagent.errors import MicroagentError
 from microagent.workspace.boot_plan import BootPlan, plan_boot
+from microagent.workspace.channel_path import guest_channel_path
 from microagent.workspace.supervisor_client import SupervisorClient
 
 OutputSink = Callable[[bytes], None] | BinaryIO | None
@@ -90,7 +91,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                               cwd=workdir or plan.image.config.working_dir or None,
                               user=user or plan.image.config.user or None,
                               timeout_s=timeout)
-        with open_channel(plan.runtime_dir / "control.sock", hello_timeout=10.0) as conn:
+        with open_channel(guest_channel_path(plan.state_root, name), hello_timeout=10.0) as conn:
             result = conn.start_exec(request, stdout=stdout, stderr=stderr).wait()
         watch.mark("exec")
         client.send("halt", name)
