@@ -77,7 +77,13 @@ def pack_layer(tree: Path, blobs: Path) -> Layer:
                 dirs.sort()
                 for n in sorted(dirs + names):
                     p = Path(dirpath) / n
-                    tf.add(p, arcname=str(p.relative_to(tree)), recursive=False)
+                    info = tf.gettarinfo(str(p), arcname=str(p.relative_to(tree)))
+                    info.mtime = int(info.mtime)  # whole seconds, as docker/buildkit write layers
+                    if info.isreg():
+                        with open(p, "rb") as fh:
+                            tf.addfile(info, fh)
+                    else:
+                        tf.addfile(info)
     h = hashlib.sha256()
     with open(tmp, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -34,10 +34,14 @@ def _writer(stream: Any) -> Any:
 @click.option("--memory", type=click.IntRange(64, 1 << 20), default=512, show_default=True, help="MiB")
 @click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--keep", is_flag=True, help="keep the workspace's disk and state afterwards")
+@click.option("--network", default="isolated", show_default=True,
+              help="isolated (no NIC) | user (QEMU user networking) | nat (TAP + masquerade; root)")
+@click.option("-p", "--publish", multiple=True, metavar="[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]",
+              help="publish a guest TCP port on the host while the command runs")
 def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: str | None,
         state_dir: str | None, as_json: bool, timeout: float | None, boot_timeout: float,
         env: tuple[str, ...], workdir: str | None, user: str | None, memory: int, cpus: int,
-        keep: bool) -> int:
+        keep: bool, network: str, publish: tuple[str, ...]) -> int:
     """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
@@ -50,7 +54,7 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
     outcome = run_oneshot(
         image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
         memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
-        supervisor=supervisor, keep=keep,
+        supervisor=supervisor, keep=keep, network=network, publish=list(publish),
         stdout=None if as_json else _writer(sys.stdout.buffer),
         stderr=None if as_json else _writer(sys.stderr.buffer),
     )

@@ -51,16 +51,20 @@ def _mib(value: Any) -> str:
 @click.option("--memory", type=int, default=None, help="memory in MiB (overrides the profile)")
 @click.option("--disk-size", type=int, default=None, help="root disk size in MiB (overrides the profile)")
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment for every process in the guest")
-@click.option("--network", default="isolated", show_default=True, help="network mode (only isolated so far)")
+@click.option("--network", default="isolated", show_default=True,
+              help="isolated (no NIC) | user (QEMU user networking) | nat (TAP + masquerade; root)")
+@click.option("-p", "--publish", multiple=True, metavar="[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]",
+              help="publish a guest TCP port on the host (default host IP 127.0.0.1)")
 @backend_option
 @common
 def create(name: str, image: str, profile: str | None, cpus: int | None, memory: int | None,
-           disk_size: int | None, env: tuple[str, ...], network: str, backend: str | None,
-           as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+           disk_size: int | None, env: tuple[str, ...], network: str, publish: tuple[str, ...],
+           backend: str | None, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
     """Create workspace NAME: build its disk and manifest (state prepared); boot nothing."""
     store = _store(state_dir, supervisor)
     manifest = store.create(name, image=image, profile=profile, cpus=cpus, memory_mib=memory,
-                            disk_size_mib=disk_size, env=env, network=network, backend=backend)
+                            disk_size_mib=disk_size, env=env, network=network, publish=publish,
+                            backend=backend)
     doc = {"ok": True, "state": "prepared", "diskPath": str(store.disk_path(name)),
            "workspace": manifest.to_json()}
 

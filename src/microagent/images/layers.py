@@ -62,6 +62,7 @@ OPAQUE = ".wh..wh..opq"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+_FD_CACHE = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -153,8 +154,10 @@ class Extractor:
         self.ledger = ledger if ledger is not None else Ledger()
         os.chmod(self.root, 0o700)
         self._root_fd = os.open(self.root, _DIR_FLAGS)
+        self._fds: dict[str, int] = {}
 
     def close(self) -> None:
+        self._drop_fds()
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
@@ -229,7 +232,16 @@ class Extractor:
         return parts
 
     def _walk(self, ctx: _Ctx, name: str, parts: list[str], create: bool) -> int | None:
-        """An fd of the directory holding ``parts[-1]``; ``None`` if missing and not ``create``."""
+        """An fd (caller closes) of the directory holding ``parts[-1]``; ``None`` if missing and not ``create``.
+
+        Directories already walked are kept open in a small cache (tar
+        entries come grouped by directory); any removal of a directory
+        empties it, so a cached fd always names the directory at that path.
+        """
+        prefix = "/".join(parts[:-1])
+        cached = self._fds.get(prefix)
+        if cached is not None:
+            return os.dup(cached)
         fd = os.dup(self._root_fd)
         try:
             for i, comp in enumerate(parts[:-1]):
@@ -255,6 +267,9 @@ class Extractor:
                     raise self._refuse(ctx, name, f"{rel!r} is not a directory") from None
                 os.close(fd)
                 fd = nfd
+            if len(self._fds) >= _FD_CACHE:
+                self._drop_fds()
+            self._fds[prefix] = os.dup(fd)
             return fd
         except BaseException:
             if fd >= 0:
@@ -264,6 +279,11 @@ class Extractor:
                     pass
             raise
 
+    def _drop_fds(self) -> None:
+        for cached in self._fds.values():
+            os.close(cached)
+        self._fds.clear()
+
     def _remove(self, pfd: int, name: str, rel: str) -> None:
         try:
             st = os.lstat(name, dir_fd=pfd)
@@ -271,6 +291,7 @@ class Extractor:
             self.ledger.remove(rel)
             return
         if stat.S_ISDIR(st.st_mode):
+            self._drop_fds()
             shutil.rmtree(name, dir_fd=pfd)
         else:
             os.unlink(name, dir_fd=pfd)

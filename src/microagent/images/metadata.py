@@ -212,11 +212,17 @@ class Script:
         return b"".join(line + b"\n" for line in self.lines)
 
 
-def build_script(ledger: Ledger, staging: Path, values_dir: Path) -> Script:
+def build_script(ledger: Ledger, staging: Path, values_dir: Path,
+                 inodes: dict[str, int] | None = None) -> Script:
     """The debugfs commands that make the image built from ``staging`` match ``ledger``.
 
     xattr values are written into ``values_dir`` (one file per distinct value).
+
+    :param inodes: path → inode number of the built image (:func:`inode_map`);
+        paths found there are addressed as ``<ino>``, which spares debugfs a
+        directory scan per command (libext2fs looks names up linearly).
     """
+    inodes = inodes or {}
     script = Script()
     groups = ledger.inodes()
     # 1. special files (mke2fs saw nothing there), and their extra hard links
@@ -237,7 +243,7 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path) -> Script:
         rel = group[0]
         entry = ledger.get(rel)
         assert entry is not None
-        p = image_path(rel)
+        p = b"<%d>" % inodes[rel] if rel in inodes and not entry.special else image_path(rel)
         mtime = entry.mtime_ns
         atime = mtime if entry.atime_ns is None else entry.atime_ns
         cmds: list[bytes] = []
@@ -344,6 +350,44 @@ def run_script(script: Script, image: Path, workdir: Path) -> None:
             path=where)
 
 
+def inode_map(ledger: Ledger, image: Path, workdir: Path) -> dict[str, int]:
+    """Inode numbers of the ledger's staged paths in ``image``, read level by level with ``ls -p <ino>``.
+
+    One debugfs run per directory depth; no path lookups.  Names are raw
+    bytes in ``ls -p`` output, which is unambiguous because names never hold
+    ``/`` and the ledger never holds a newline.
+    """
+    debugfs = find_debugfs()
+    found: dict[str, int] = {"": 2}
+    frontier = [""]
+    cmdfile = workdir / "ls.cmds"
+    while frontier:
+        cmdfile.write_bytes(b"".join(b"ls -p <%d>\n" % found[d] for d in frontier))
+        proc = subprocess.run([debugfs, "-f", str(cmdfile), str(image)], capture_output=True)
+        nxt: list[str] = []
+        idx = -1
+        for line in proc.stdout.split(b"\n"):
+            if line.startswith(_PROMPT):
+                idx += 1
+                continue
+            fields = line.split(b"/")
+            if idx < 0 or len(fields) < 7 or fields[0] != b"" or not fields[1].isdigit():
+                continue
+            name = os.fsdecode(fields[5])
+            if name in (".", ".."):
+                continue
+            parent = frontier[idx]
+            rel = f"{parent}/{name}" if parent else name
+            entry = ledger.get(rel)
+            if entry is None or entry.special:
+                continue
+            found[rel] = int(fields[1])
+            if entry.kind == "dir" and fields[2].startswith(b"04"):
+                nxt.append(rel)
+        frontier = nxt
+    return found
+
+
 def apply_ledger(ledger: Ledger, staging: Path, image: Path) -> None:
     """Make ``image`` (built by ``mke2fs -d staging``) match ``ledger`` exactly.
 
@@ -353,5 +397,5 @@ def apply_ledger(ledger: Ledger, staging: Path, image: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=".meta-", dir=image.parent) as tmp:
         values = Path(tmp) / "xattr-values"
         values.mkdir()
-        script = build_script(ledger, staging, values)
+        script = build_script(ledger, staging, values, inode_map(ledger, image, Path(tmp)))
         run_script(script, image, Path(tmp))

@@ -99,7 +99,7 @@ def _leases(state_root: Path) -> Iterator[dict[str, str]]:
         os.replace(tmp, path)
 
 
-def _subnets_in_use_on_host() -> set[ipaddress.IPv4Network]:
+def _subnets_in_use_on_host() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Subnets of addresses configured on this host, so a lease never collides."""
     proc = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True)
     used = set()

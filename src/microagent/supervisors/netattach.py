@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microagent.errors import Permanent
 from microagent.network.plan import NetworkPlan, host_nameservers, tap_name
 from microagent.supervisors.runtime_state import RuntimeDir, read_json, write_json_atomic
 from microagent.vmkit.types import Config
@@ -83,11 +84,12 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str) -> Attachment:
     return attachment
 
 
-def write_config_disk(rt: RuntimeDir, hostname: str, plan: NetworkPlan) -> Path:
+def write_config_disk(rt: RuntimeDir, hostname: str, plan: NetworkPlan, env: tuple[str, ...] = ()) -> Path:
     """The per-boot config disk: one JSON object, NUL-padded (docs/protocol.md)."""
-    doc = json.dumps({"hostname": hostname, "network": plan.guest_config()}).encode()
+    doc = json.dumps({"hostname": hostname, "env": list(env), "network": plan.guest_config()}).encode()
     if len(doc) >= CONFIG_DISK_BYTES:
-        raise ValueError("per-boot config does not fit the config disk")
+        raise Permanent(f"the per-boot config ({len(doc)} bytes) does not fit the {CONFIG_DISK_BYTES // 1024} KiB "
+                        "config disk", "pass fewer or shorter -e values")
     path = rt.path / "config.disk"
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(doc + b"\0" * (CONFIG_DISK_BYTES - len(doc)))

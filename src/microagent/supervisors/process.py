@@ -53,7 +53,8 @@ def is_alive(ref: ProcessRef) -> bool:
     return _starttime(ref.pid) == ref.starttime
 
 
-def spawn_detached(argv: list[str], *, cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_detached(argv: list[str], *, cwd: Path, log_path: Path,
+                   pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session so it outlives the supervisor.
 
     :raises Permanent: when the executable cannot be started.
@@ -61,7 +62,7 @@ def spawn_detached(argv: list[str], *, cwd: Path, log_path: Path) -> subprocess.
     log = open(log_path, "ab")
     try:
         return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, pass_fds=pass_fds)
     except OSError as exc:
         raise Permanent(f"cannot start {argv[0]}: {exc.strerror}") from exc
     finally:

@@ -22,8 +22,10 @@ guest channel; this module owns the process model of DESIGN.md §1:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient
-from microagent.supervisors import process
+from microagent.supervisors import netattach, process
 from microagent.supervisors.base import Backend
 from microagent.supervisors.runtime_state import RuntimeDir, write_json_atomic
 from microagent.vmkit.types import Event, Request, Response, now_rfc3339, to_wire
@@ -147,10 +149,15 @@ class VMMBackend(Backend):
         event = self.record(rt, request, "prepared", backend=self.name, config=to_wire(request.config))
         return Response(ok=True, backend=self.name, event=event)
 
-    def _spawn_router(self, rt: RuntimeDir, hello_timeout: float) -> process.ProcessRef:
+    def _spawn_router(self, rt: RuntimeDir, hello_timeout: float,
+                      listeners: list[tuple[socket.socket, int]] | None = None) -> process.ProcessRef:
+        """The channel helper; it inherits the published ports' listening sockets."""
         argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
                 "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}"]
-        proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log")
+        for sock, guest_port in listeners or []:
+            argv += ["--publish", f"{sock.fileno()}:{guest_port}"]
+        proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log",
+                                      pass_fds=tuple(sock.fileno() for sock, _ in listeners or []))
         try:
             ref = process.ref_for(proc.pid)
         except Permanent:
@@ -179,15 +186,28 @@ class VMMBackend(Backend):
         rt.create()
         for stale in (*self.boot_files, "control.sock"):
             (rt.path / stale).unlink(missing_ok=True)
-        with open(rt.serial_log, "ab") as log:
-            log.write(f"\n[microagent] boot {now_rfc3339()} backend={self.name}\n".encode())
-        started = time.monotonic()
-        deadline = started + cfg.timeoutSeconds
-        proc, argv = self.spawn(request, rt, ctx)
+        attachment = netattach.attach(cfg, rt, name)  # ports bound, TAP up: before the VMM exists
+        try:
+            ctx["network"] = attachment.plan
+            if not cfg.configDiskPath:
+                disk = netattach.write_config_disk(rt, cfg.hostname or name, attachment.plan, cfg.env)
+                cfg = dataclasses.replace(cfg, configDiskPath=str(disk))
+                request = dataclasses.replace(request, config=cfg)
+            with open(rt.serial_log, "ab") as log:
+                log.write(f"\n[microagent] boot {now_rfc3339()} backend={self.name}\n".encode())
+            started = time.monotonic()
+            deadline = started + cfg.timeoutSeconds
+            proc, argv = self.spawn(request, rt, ctx)
+        except BaseException:
+            attachment.close_listeners()
+            netattach.detach(rt, name)
+            raise
         try:
             ref = process.ref_for(proc.pid)
         except Permanent:
             proc.wait()
+            attachment.close_listeners()
+            netattach.detach(rt, name)
             raise Permanent(f"{self.name} exited at once: {self._vmm_log_tail(rt)}",
                             "see vmm.log in the runtime directory") from None
         self.record(rt, request, "starting", f"serial={rt.serial_log}", backend=self.name,
@@ -199,15 +219,17 @@ class VMMBackend(Backend):
             self.after_spawn(request, rt, proc)
             if cfg.readiness == "vmm":
                 # Do not wait for the guest: the helper keeps trying until the boot timeout.
-                self._spawn_router(rt, cfg.timeoutSeconds)
+                self._spawn_router(rt, cfg.timeoutSeconds, attachment.listeners)
             else:
-                router = self._spawn_router(rt, deadline - time.monotonic())
+                router = self._spawn_router(rt, deadline - time.monotonic(), attachment.listeners)
                 self._wait_ready(rt, proc, router, deadline)
         except BaseException as exc:
+            attachment.close_listeners()
             self._teardown(rt, kill_vmm=True)
             message = exc.message if isinstance(exc, MicroagentError) else str(exc)
             self.record(rt, request, "failed", message)
             raise
+        attachment.close_listeners()  # the helper holds them now
         if cfg.readiness == "vmm":
             self.record(rt, request, "starting", self._vmm_only_detail(ref),
                         vmmSeconds=round(time.monotonic() - started, 3))
@@ -257,6 +279,8 @@ class VMMBackend(Backend):
                 process.wait_gone(vmm, 10)
         for name in (*self.boot_files, "control.sock"):
             (rt.path / name).unlink(missing_ok=True)
+        if self.live_vmm(rt) is None:
+            netattach.detach(rt, rt.path.name)
 
     def _readiness(self, rt: RuntimeDir, observed_at: str, detail: str = "") -> dict[str, Any]:
         """The readiness object: the guest is ready iff the helper's control socket exists
@@ -425,6 +449,7 @@ class VMMBackend(Backend):
                 (rt.path / name).unlink()
                 severed.append(name)
         severed += self.sever(rt)
+        severed += netattach.detach(rt, self._name(request))  # TAP and firewall rules
         event = self.record(rt, request, "quarantined",
                             f"severed: {', '.join(severed) or 'nothing left'}; pid {ref.pid} kept")
         return Response(ok=True, backend=self.name, event=event, runtime={"pid": ref.pid, "alive": True})
@@ -463,6 +488,7 @@ class VMMBackend(Backend):
         existed = rt.path.exists() or ws.exists()
         shutil.rmtree(rt.path, ignore_errors=True)
         shutil.rmtree(ws, ignore_errors=True)
+        netattach.release(Path(request.config.stateDir), name)
         event = Event(identity=request.identity, state="unknown", detail="deleted" if existed else "absent")
         return Response(ok=True, backend=self.name, event=event)
 

@@ -102,6 +102,7 @@ class Config:
     kernelArgs: str = ""
     timeoutSeconds: float = 60.0
     readiness: str = "guest"
+    env: tuple[str, ...] = ()  # per-boot environment, applied by guest init to every process
     disks: tuple[Disk, ...] = ()
     network: Network = field(default_factory=Network)
 
@@ -307,6 +308,7 @@ def _parse_config(f: _Fields, *, full: bool) -> Config:
         "kernelArgs": f.string("kernelArgs"),
         "timeoutSeconds": f.number("timeoutSeconds", default=60.0, bounds=(0.1, 86400.0)),
         "readiness": f.string("readiness", default="guest", choices=READINESS_MODES),
+        "env": _env_list(f, "env"),
     }
     disks = []
     names: set[str] = set()
@@ -334,17 +336,22 @@ def _parse_config(f: _Fields, *, full: bool) -> Config:
     return Config(**cfg_kwargs)
 
 
+def _env_list(f: _Fields, key: str) -> tuple[str, ...]:
+    items = f.strings(key)
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise InvalidRequest(f"{f._path(key)} entry {item!r} must look like KEY=VALUE")
+    return items
+
+
 def _parse_exec(f: _Fields) -> ExecSpec:
     spec = ExecSpec(
         argv=f.strings("argv", required=True),
-        env=f.strings("env"),
+        env=_env_list(f, "env"),
         cwd=f.string("cwd"),
         user=f.string("user"),
         timeoutSeconds=f.number("timeoutSeconds", default=0.0, bounds=(0.0, 86400.0)),
     )
-    for item in spec.env:
-        if "=" not in item or item.startswith("="):
-            raise InvalidRequest(f"exec.env entry {item!r} must look like KEY=VALUE")
     f.done()
     return spec
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from microagent.errors import NotFound
 from microagent.images.resolve import BaseImage, check_reference, resolve_image
 from microagent.paths import host_arch, kernel_dir, runtime_dir, state_root, workspace_dir
-from microagent.vmkit.types import Config
+from microagent.vmkit.types import Config, Network
 
 
 @dataclass
@@ -30,6 +30,7 @@ class BootPlan:
     memory_mib: int
     cpus: int
     boot_timeout: float
+    network: Network = field(default_factory=Network)
     image: BaseImage = field(init=False)
 
     @property
@@ -58,6 +59,7 @@ class BootPlan:
             cpuCount=self.cpus,
             hostname=self.name,
             timeoutSeconds=self.boot_timeout,
+            network=self.network,
         )
 
 

@@ -1,21 +1,16 @@
-"""A workspace's disks: growing its root disk copy, writing its boot config disk.
+"""A workspace's root disk: growing its copy of the image's base disk.
 
 The root disk (``workspaces/<name>/rootfs.ext4``) starts as a copy of the
 image's base disk and is grown to the workspace's ``diskSizeMiB`` (sparse:
-only written blocks take space). The per-boot config disk
-(``workspaces/<name>/config.img``) is one JSON object padded with NULs
-(docs/protocol.md), rewritten before every boot, so the root image stays
-identical to its base apart from what the guest wrote.
+only written blocks take space). The per-boot config disk is written by the
+supervisor at every boot (``<runtime>/config.disk``), never into the root.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from microagent.errors import NotFound, Permanent, ResourceExhausted
 
@@ -62,24 +57,3 @@ def grow_rootfs(disk: Path, size_mib_: int) -> None:
         raise Permanent(f"resize2fs of {disk.name} failed: {(proc.stderr or proc.stdout).strip()}")
 
 
-def write_config_disk(path: Path, config: dict[str, Any]) -> Path:
-    """Write the per-boot config disk (JSON + NUL padding to a 4 KiB multiple), atomically.
-
-    :raises Permanent: when the config is too large or cannot be written.
-    """
-    body = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    if len(body) >= 1 << 20:
-        raise Permanent("the per-boot config is larger than 1 MiB", "pass fewer or shorter -e values")
-    size = (len(body) // CONFIG_DISK_BLOCK + 1) * CONFIG_DISK_BLOCK
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(body + b"\0" * (size - len(body)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise Permanent(f"cannot write {path}: {exc.strerror}") from exc
-    return path

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound, Unsupported
+from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound
+from microagent.network.publish import check_network, parse_publish
 from microagent.paths import runtime_dir, state_root, workspace_dir
 from microagent.vmkit.types import Config, Network, is_safe_name, now_rfc3339
 from microagent.workspace.lock import WorkspaceLock
@@ -43,7 +44,6 @@ from microagent.workspace.supervisor_client import SupervisorClient
 
 DEFAULT_IMAGE = "builtin:busybox"
 DEFAULT_BOOT_TIMEOUT_S = 60.0
-SUPPORTED_NETWORK_MODES = ("isolated",)
 
 
 def check_name(name: str) -> str:
@@ -138,8 +138,6 @@ class WorkspaceStore:
     def disk_path(self, name: str) -> Path:
         return workspace_dir(self.root, name) / "rootfs.ext4"
 
-    def config_disk_path(self, name: str) -> Path:
-        return workspace_dir(self.root, name) / "config.img"
 
     def runtime_path(self, name: str) -> Path:
         return runtime_dir(self.root, name)
@@ -200,7 +198,8 @@ class WorkspaceStore:
 
     def create(self, name: str, *, image: str = DEFAULT_IMAGE, profile: str | None = None,
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
-               env: Sequence[str] = (), network: str = "isolated", backend: str | None = None) -> Manifest:
+               env: Sequence[str] = (), network: str = "isolated", publish: Sequence[str] = (),
+               backend: str | None = None) -> Manifest:
         """Build the workspace's disk and manifest and prepare it (state ``prepared``).
 
         Nothing is built until every input checked out: name, profile,
@@ -208,7 +207,7 @@ class WorkspaceStore:
 
         :raises InvalidRequest: unsafe name, unknown profile, bad env or range.
         :raises Conflict: when a workspace (or runtime state) of that name exists.
-        :raises Unsupported: a network mode or image this build cannot serve,
+        :raises Unsupported: an image this build cannot serve,
             or a backend of another host OS.
         :raises NotFound: kernel, guest init or host tool missing.
         """
@@ -220,9 +219,8 @@ class WorkspaceStore:
         prof = get_profile(profile)
         check_overrides(memory_mib, cpus, disk_size_mib)
         env = check_env(env)
-        if network not in SUPPORTED_NETWORK_MODES:
-            raise Unsupported(f"network mode {network!r} is not available for named workspaces yet",
-                              f"use one of: {', '.join(SUPPORTED_NETWORK_MODES)}")
+        published = tuple(parse_publish(p) for p in publish)
+        check_network(network, published)
         plan = plan_boot(image, name, backend=backend, state_dir=self.root,
                          memory_mib=memory_mib or prof.memory_mib, cpus=cpus or prof.cpus,
                          boot_timeout=DEFAULT_BOOT_TIMEOUT_S)
@@ -245,7 +243,7 @@ class WorkspaceStore:
                     verification=Verification(kernel=FileDigest.of(plan.kernel_path),
                                               rootfsBase=FileDigest.of(img.disk),
                                               init=FileDigest.of(plan.guest_init)),
-                    env=env, network=network,
+                    env=env, network=network, publish=published,
                 )
                 config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
                 client.send("prepare", name, config, timeout=120)
@@ -278,23 +276,18 @@ class WorkspaceStore:
         shutil.rmtree(workspace_dir(self.root, name), ignore_errors=True)
 
     def _boot_config(self, manifest: Manifest, initrd: Path, boot_timeout: float) -> Config:
-        from microagent.workspace.disk import write_config_disk
-
-        config_disk = write_config_disk(self.config_disk_path(manifest.name), {
-            "hostname": manifest.name,
-            "env": [*manifest.image.env, *manifest.env],
-        })
+        """The supervisor config; the supervisor writes the per-boot config disk from it."""
         return Config(
             stateDir=str(self.root),
             kernelPath=manifest.verification.kernel.path,
             rootfsPath=str(self.disk_path(manifest.name)),
             initrdPath=str(initrd),
-            configDiskPath=str(config_disk),
             memoryMiB=manifest.memoryMiB,
             cpuCount=manifest.cpuCount,
             hostname=manifest.name,
             timeoutSeconds=boot_timeout,
-            network=Network(mode=manifest.network),
+            env=(*manifest.image.env, *manifest.env),
+            network=Network(mode=manifest.network, portForwards=manifest.publish),
         )
 
     # ------------------------------------------------------------ start

@@ -22,6 +22,7 @@ from typing import Any
 
 from microagent.errors import NotFound, Permanent
 from microagent.paths import workspace_dir
+from microagent.vmkit.types import PortForward, to_wire
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "workspace.json"
@@ -161,6 +162,7 @@ class Manifest:
     verification: Verification
     env: tuple[str, ...] = ()
     network: str = "isolated"
+    publish: tuple[PortForward, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,7 +178,7 @@ class Manifest:
             "profile": self.profile,
             "resources": self.resources,
             "env": list(self.env),
-            "network": {"mode": self.network},
+            "network": {"mode": self.network, "publish": [to_wire(p) for p in self.publish]},
             "createdAt": self.createdAt,
             "verification": self.verification.to_json(),
             **self.extra,
@@ -208,9 +210,12 @@ class Manifest:
                 verification=Verification.from_json(data.get("verification")),
                 env=tuple(str(e) for e in data.get("env") or ()),
                 network=str(net.get("mode", "isolated")),
+                publish=tuple(PortForward(hostPort=int(p["hostPort"]), guestPort=int(p["guestPort"]),
+                                          host=str(p.get("host", "127.0.0.1")))
+                              for p in net.get("publish") or ()),
                 extra={k: v for k, v in data.items() if k not in known},
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise Permanent(f"workspace.json of {data.get('name')} is malformed: {exc}",
                             "delete the workspace and create it again") from exc
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from microagent.errors import MicroagentError
+from microagent.vmkit.types import Network
 from microagent.workspace.boot_plan import BootPlan, plan_boot
 from microagent.workspace.channel_path import guest_channel_path
 from microagent.workspace.supervisor_client import SupervisorClient
@@ -63,7 +64,8 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         workdir: str | None = None, user: str | None = None, timeout: float | None = None,
         memory_mib: int = 512, cpus: int = 1, boot_timeout: float = 60.0,
         state_dir: str | Path | None = None, supervisor: str | None = None,
-        stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False) -> RunOutcome:
+        stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False,
+        network: str = "isolated", publish: list[str] | None = None) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
 
     :param stdout: where guest stdout goes as it arrives (a callable or a binary
@@ -76,8 +78,13 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
 
     watch = _Stopwatch()
     name = f"run-{secrets.token_hex(4)}"
+    from microagent.network.publish import check_network, parse_publish
+
+    published = tuple(parse_publish(p) for p in publish or ())
+    check_network(network, published)
     plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
                                memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout)
+    plan.network = Network(mode=network, portForwards=published)
     watch.mark("prepare")
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)
     started = False

@@ -27,8 +27,9 @@ def kernel_cmdline(cfg: Config, hostname: str) -> str:
     return " ".join(parts)
 
 
-def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str) -> list[str]:
-    """Every argument QEMU gets, in order."""
+def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
+              nic_args: list[str] | None = None) -> list[str]:
+    """Every argument QEMU gets, in order; ``nic_args`` come from the network plan."""
     argv = [
         binary,
         "-M", "microvm,acpi=on",
@@ -54,6 +55,7 @@ def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str) -> list[st
     if cfg.configDiskPath:
         argv += ["-drive", f"id=config,file={cfg.configDiskPath},format=raw,if=none,readonly=on",
                  "-device", "virtio-blk-device,drive=config"]
+    argv += nic_args or []
     argv += [
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", "socket,id=channel,path=channel.sock,server=on,wait=off",

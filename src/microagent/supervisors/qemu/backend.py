@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
-from microagent.errors import PolicyDenied
+from microagent.errors import MicroagentError, PolicyDenied
 from microagent.supervisors import process
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.supervisors.qemu.argv import qemu_argv
@@ -48,18 +48,29 @@ class QemuBackend(VMMBackend):
     def spawn(self, request: Request, rt: RuntimeDir,
               ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
         assert request.config is not None and request.identity is not None
+        plan = ctx.get("network")
         argv = qemu_argv(ctx["binary"], request.config,
-                         hostname=request.config.hostname or request.identity.runtimeID, accel=ctx["accel"])
+                         hostname=request.config.hostname or request.identity.runtimeID, accel=ctx["accel"],
+                         nic_args=plan.qemu_args() if plan is not None else [])
         return process.spawn_detached(argv, cwd=rt.path, log_path=rt.vmm_log), argv
 
     def guest_spec(self, rt: RuntimeDir) -> str:
         return f"unix:{rt.channel_socket}"
 
     def sever(self, rt: RuntimeDir) -> list[str]:
+        severed = []
         if rt.channel_socket.exists():
             rt.channel_socket.unlink()  # QEMU keeps listening, but nothing can reach the path
-            return ["channel.sock"]
-        return []
+            severed.append("channel.sock")
+        if "-netdev" in ((rt.runtime() or {}).get("argv") or []):
+            try:  # the guest's NIC: link down, then the backend gone (user-mode slirp or TAP)
+                with QMPClient(rt.path / "qmp.sock") as qmp:
+                    qmp.execute("set_link", name="net0", up=False)
+                    qmp.execute("netdev_del", id="net0")
+                severed.append("network")
+            except MicroagentError as exc:
+                severed.append(f"network (qmp failed: {exc.message})")
+        return severed
 
     def pause_vm(self, rt: RuntimeDir) -> None:
         with QMPClient(rt.path / "qmp.sock") as qmp:
