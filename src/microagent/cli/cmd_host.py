@@ -26,6 +26,8 @@ def _host_text(doc: dict[str, Any]) -> str:
             lines.append(f"{key + ':':<13} {t['path'] + ' (' + t['version'] + ')' if t['path'] else t['error']}")
     k = doc["kernel"]
     lines.append(f"Kernel:       {k.get('status')} ({k.get('path')})")
+    nets = ", ".join(f"{m} {'ready' if n['ready'] else 'not ready'}" for m, n in doc["networks"].items())
+    lines.append(f"Networking:   {nets}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from microagent.cli import exitcodes
 
 #: subcommand -> "module:function"
 COMMANDS = {
+    "gc": "microagent.cli.cmd_gc:gc",
     "host": "microagent.cli.cmd_host:host",
     "doctor": "microagent.cli.cmd_host:doctor",
     "kernel": "microagent.cli.cmd_kernel:kernel",

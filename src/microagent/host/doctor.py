@@ -70,18 +70,30 @@ def checks_for(backend: str, facts: HostFacts, kernel: dict[str, Any]) -> list[C
         out.append(Check("tun", facts.tun, False,
                          "/dev/net/tun present" if facts.tun else "/dev/net/tun missing",
                          "modprobe tun (needed for --network nat)"))
-        if backend == "qemu":
-            out.append(Check("user-network", tools["qemu"].available, False,
-                             "qemu built-in user networking (slirp)"))
-        else:
-            pasta = tools["pasta"]
-            out.append(Check("user-network", pasta.available, False, pasta.path or pasta.error,
-                             "apt-get install passt (pasta wraps firecracker for --network user)"))
+        out.extend(network_checks(backend, facts))
     out.append(_guest_init_check(facts.architecture))
     status = kernel.get("status")
     out.append(Check("kernel", status == "installed", True,
                      f"{status}: {kernel.get('path', '')}",
                      f"run 'microagent kernel install --backend {backend}'"))
+    return out
+
+
+def network_checks(backend: str, facts: HostFacts) -> list[Check]:
+    """Readiness of each network mode on this host (none is required: isolated always works)."""
+    from microagent.network import nat
+
+    out = [Check("network-isolated", True, False, "no NIC; always available")]
+    if backend == "qemu":
+        out.append(Check("network-user", facts.tools["qemu"].available, False,
+                         "qemu built-in user networking (slirp)", "apt-get install qemu-system-x86"))
+    else:
+        out.append(Check("network-user", False, False,
+                         "firecracker user networking (pasta) is not implemented yet",
+                         "use --network nat, or the qemu backend"))
+    ready, detail = nat.readiness()
+    out.append(Check("network-nat", ready, False, detail if ready else detail.split("; ")[0],
+                     "" if ready else detail.split("; ", 1)[-1]))
     return out
 
 
@@ -104,6 +116,8 @@ def report(state_root: Path, requested_backend: str | None = None,
     kernel = kernel_report(state_root, selection.backend, facts.architecture)
     checks = checks_for(selection.backend, facts, kernel)
     v = verdict(checks)
+    networks = {c.name.removeprefix("network-"): {"ready": c.ok, "detail": c.detail}
+                for c in checks if c.name.startswith("network-")}
     return {
         "ok": v != "failed",
         "verdict": v,
@@ -111,5 +125,6 @@ def report(state_root: Path, requested_backend: str | None = None,
         "reason": selection.reason,
         "host": facts.to_json(),
         "kernel": kernel,
+        "networks": networks,
         "checks": [asdict(c) for c in checks],
     }

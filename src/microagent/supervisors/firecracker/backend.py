@@ -33,7 +33,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
-from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient
+from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient, Unsupported
 from microagent.supervisors import process
 from microagent.supervisors.firecracker.config import (
     API_SOCKET,
@@ -94,6 +94,10 @@ class FirecrackerBackend(VMMBackend):
             raise PolicyDenied(f"firecracker cannot boot guests here: {kvm.detail}",
                                f"use --backend qemu on this host (or set {ALLOW_NO_KVM_ENV}=1 to start the "
                                "VMM process anyway, for process-model checks)")
+        assert request.config is not None
+        if request.config.network.mode == "user":
+            raise Unsupported("firecracker --network user (pasta) is not implemented yet",
+                              "use --network nat (root) or --network isolated, or the qemu backend")
         check_files(request)
         return {"binary": str(binary), "kvm": kvm.kind}
 
@@ -113,6 +117,9 @@ class FirecrackerBackend(VMMBackend):
         assert cfg is not None and ident is not None
         hostname = cfg.hostname or ident.runtimeID
         doc = firecracker_config(cfg, hostname)
+        plan = ctx.get("network")
+        if plan is not None and plan.mode == "nat":
+            doc["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": plan.tap}]
         (rt.path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         # firecracker writes its log from offset 0 of an existing file: one fresh file per boot
         if rt.vmm_log.exists():

@@ -16,7 +16,8 @@ API's ``PUT /boot-source``, ``/drives``, ``/machine-config``, ``/vsock``).
 - ``vsock``: guest CID 3, host UDS ``vsock.sock`` *relative* to the runtime
   directory (firecracker runs with that directory as its cwd, which keeps
   ``sun_path`` short whatever the state directory is).
-- no ``network-interfaces``: the workspace is isolated.
+- ``network-interfaces`` stays empty (isolated) unless the backend adds the
+  workspace's TAP for ``--network nat``.
 """
 
 from __future__ import annotations
