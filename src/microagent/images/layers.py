@@ -114,7 +114,7 @@ class _Guarded(io.RawIOBase):
         return n
 
 
-def open_layer(layer: Layer) -> IO[bytes]:
+def open_layer(layer: Layer) -> io.BufferedReader:
     """The uncompressed tar stream of ``layer`` (caller closes it).
 
     :raises Permanent: unsupported media type, unreadable blob, or zstd missing.
@@ -123,7 +123,7 @@ def open_layer(layer: Layer) -> IO[bytes]:
     raw: IO[bytes] = open(layer.path, "rb")
     inner: IO[bytes]
     if kind == "gzip":
-        inner = gzip.GzipFile(fileobj=raw, mode="rb")
+        inner = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
     elif kind == "zstd":
         try:
             import zstandard

@@ -262,6 +262,11 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path,
             cmds += _time_cmds(p, "mtime", mtime) + _time_cmds(p, "atime", atime)
             stray: list[str] = []
         else:
+            smode: int | None
+            suid: int | None
+            sgid: int | None
+            smtime: int | None
+            satime: int | None
             try:
                 st = os.lstat(staging / rel)
                 smode, suid, sgid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid

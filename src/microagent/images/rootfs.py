@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 from microagent.errors import Permanent, ResourceExhausted
 from microagent.images.ext4 import build_ext4
@@ -89,12 +89,12 @@ def _config_to_json(config: ImageConfig) -> dict[str, object]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
-def _config_from_json(doc: dict[str, object]) -> ImageConfig:
-    fields = {}
+def _config_from_json(doc: dict[str, Any]) -> ImageConfig:
+    fields: dict[str, Any] = {}
     for k, v in doc.items():
         if k in ImageConfig.__dataclass_fields__:
-            fields[k] = tuple(v) if isinstance(v, list) else v  # type: ignore[arg-type]
-    return ImageConfig(**fields)  # type: ignore[arg-type]
+            fields[k] = tuple(v) if isinstance(v, list) else v
+    return ImageConfig(**fields)
 
 
 def _read_sidecar(path: Path) -> dict[str, object] | None:
@@ -124,7 +124,8 @@ def cached_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
         return None
     if size_bytes is not None and side.get("size_bytes") != size_bytes:
         return None
-    config = _config_from_json(side.get("config") or {})  # type: ignore[arg-type]
+    raw_config = side.get("config")
+    config = _config_from_json(raw_config if isinstance(raw_config, dict) else {})
     return BaseImage(reference=image.reference, digest=image.digest, disk=disk, config=config,
                      platform=image.platform)
 
