@@ -12,7 +12,6 @@ Usage: python bench/run_vs_qemu.py [--runs N]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
