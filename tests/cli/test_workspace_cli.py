@@ -48,9 +48,23 @@ def test_unknown_profile_lists_the_choices(tmp_path: Path) -> None:
     assert not (tmp_path / "workspaces").exists()
 
 
-def test_unsupported_network_mode(tmp_path: Path) -> None:
-    code, doc = cli(tmp_path, "create", "--json", "ws1", "--network", "nat")
-    assert code == 1 and "network mode 'nat'" in _error(doc, "unsupported")["message"]
+def test_unknown_network_mode(tmp_path: Path) -> None:
+    code, doc = cli(tmp_path, "create", "--json", "ws1", "--network", "bridged")
+    assert code == 1 and "unknown network mode 'bridged'" in _error(doc, "permanent")["message"]
+    assert not (tmp_path / "workspaces" / "ws1").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--network", "isolated", "-p", "8080:80"], "cannot be used with network mode isolated"),
+    (["--network", "user", "-p", "8080:80/udp"], "udp is not supported"),
+    (["--network", "user", "-p", "80"], "expected [HOST_IP:]HOST_PORT:GUEST_PORT"),
+    (["--network", "user", "-p", "localhost:8080:80"], "is not an IP address"),
+    (["--network", "user", "-p", "8080:80", "-p", "8080:81"], "published twice"),
+])
+def test_bad_publish_specs_are_refused_before_anything(tmp_path: Path, args: list[str], fragment: str) -> None:
+    code, doc = cli(tmp_path, "create", "--json", "ws1", *args)
+    assert code == 1 and fragment in _error(doc, "permanent")["message"]
+    assert not (tmp_path / "workspaces" / "ws1").exists()
 
 
 @pytest.mark.parametrize("command", ["status", "start", "halt", "stop", "kill", "quarantine", "wait",

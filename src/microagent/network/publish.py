@@ -23,28 +23,28 @@ def parse_publish(spec: str) -> PortForward:
     text, _, proto = spec.partition("/")
     proto = proto or "tcp"
     if proto == "udp":
-        raise InvalidRequest(f"--publish {spec}: udp is not supported", "publish tcp ports only")
+        raise InvalidRequest(f"publish spec {spec!r}: udp is not supported", "publish tcp ports only")
     if proto != "tcp":
-        raise InvalidRequest(f"--publish {spec}: unknown protocol {proto!r}", "use /tcp or nothing")
+        raise InvalidRequest(f"publish spec {spec!r}: unknown protocol {proto!r}", "use /tcp or nothing")
     host = "127.0.0.1"
     if text.startswith("["):  # [::1]:8080:80
         end = text.find("]")
         if end < 0:
-            raise InvalidRequest(f"--publish {spec}: unclosed '['")
+            raise InvalidRequest(f"publish spec {spec!r}: unclosed '['")
         host, text = text[1:end], text[end + 2:]
     parts = text.split(":")
     if len(parts) == 3:
         host, parts = parts[0], parts[1:]
     if len(parts) != 2:
-        raise InvalidRequest(f"--publish {spec}: expected [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]")
+        raise InvalidRequest(f"publish spec {spec!r}: expected [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]")
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise InvalidRequest(f"--publish {spec}: {host!r} is not an IP address") from None
+        raise InvalidRequest(f"publish spec {spec!r}: {host!r} is not an IP address") from None
     ports = []
     for p in parts:
         if not p.isdigit() or not 1 <= int(p) <= 65535:
-            raise InvalidRequest(f"--publish {spec}: port {p!r} must be a number from 1 to 65535")
+            raise InvalidRequest(f"publish spec {spec!r}: port {p!r} must be a number from 1 to 65535")
         ports.append(int(p))
     return PortForward(hostPort=ports[0], guestPort=ports[1], host=host, protocol="tcp")
 
@@ -54,8 +54,8 @@ def check_network(mode: str, publish: tuple[PortForward, ...]) -> None:
     if mode not in NETWORK_MODES:
         raise InvalidRequest(f"unknown network mode {mode!r}", f"use one of: {', '.join(NETWORK_MODES)}")
     if publish and mode == "isolated":
-        raise InvalidRequest("--publish cannot be used with --network isolated: an isolated workspace "
-                             "has no path in or out", "use --network user or --network nat")
+        raise InvalidRequest("published ports cannot be used with network mode isolated: an isolated "
+                             "workspace has no path in or out", "use --network user or --network nat")
     seen = set()
     for p in publish:
         if (p.host, p.hostPort) in seen:

@@ -41,7 +41,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert doc["resources"] == {"memoryMiB": 256, "cpuCount": 1, "diskSizeMiB": 512}
     assert doc["image"]["ref"] == "builtin:busybox" and doc["image"]["digest"] == "sha256:abc"
     assert doc["verification"]["init"]["sha256"].startswith("sha256:")
-    assert doc["network"] == {"mode": "isolated"} and doc["env"] == ["K=V"]
+    assert doc["network"] == {"mode": "isolated", "publish": []} and doc["env"] == ["K=V"]
     assert load_manifest(tmp_path, "ws1") == m
 
 
