@@ -46,18 +46,24 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
     """
+    from microagent.cli.cmd_image import pull_progress
     from microagent.workspace.oneshot import run as run_oneshot
 
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    outcome = run_oneshot(
-        image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
-        memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
-        supervisor=supervisor, keep=keep, network=network, publish=list(publish),
-        stdout=None if as_json else _writer(sys.stdout.buffer),
-        stderr=None if as_json else _writer(sys.stderr.buffer),
-    )
+    progress = pull_progress(as_json)  # layer progress on a TTY only
+    try:
+        outcome = run_oneshot(
+            image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
+            memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
+            supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
+            stdout=None if as_json else _writer(sys.stdout.buffer),
+            stderr=None if as_json else _writer(sys.stderr.buffer),
+        )
+    finally:
+        if progress is not None:
+            progress.close()
     if as_json:
         emit_json({"ok": True, **outcome.to_json()})
     elif outcome.result.status in ("timed_out", "failed_to_start"):

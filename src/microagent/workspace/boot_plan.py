@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from microagent.errors import NotFound
 from microagent.images.resolve import BaseImage, check_reference, resolve_image
 from microagent.paths import host_arch, kernel_dir, runtime_dir, state_root, workspace_dir
 from microagent.vmkit.types import Config, Network
+
+if TYPE_CHECKING:
+    from microagent.images.blobs import PullProgress
 
 
 @dataclass
@@ -41,11 +45,11 @@ class BootPlan:
     def runtime_dir(self) -> Path:
         return runtime_dir(self.state_root, self.name)
 
-    def materialize_disk(self) -> Path:
-        """Build (or reuse) the base disk and copy it for this workspace."""
+    def materialize_disk(self, progress: "PullProgress | None" = None) -> Path:
+        """Pull and build (or reuse) the base disk and copy it for this workspace."""
         from microagent.images.ext4 import copy_disk
 
-        self.image = resolve_image(self.image_ref, self.state_root, self.guest_init)
+        self.image = resolve_image(self.image_ref, self.state_root, self.guest_init, progress=progress)
         return copy_disk(self.image.disk, self.disk_path)
 
     @property

@@ -12,13 +12,16 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
-from microagent.errors import MicroagentError
+from microagent.errors import InvalidRequest, MicroagentError
 from microagent.vmkit.types import Network
 from microagent.workspace.boot_plan import BootPlan, plan_boot
 from microagent.workspace.channel_path import guest_channel_path
 from microagent.workspace.supervisor_client import SupervisorClient
+
+if TYPE_CHECKING:
+    from microagent.images.blobs import PullProgress
 
 OutputSink = Callable[[bytes], None] | BinaryIO | None
 
@@ -65,8 +68,11 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         memory_mib: int = 512, cpus: int = 1, boot_timeout: float = 60.0,
         state_dir: str | Path | None = None, supervisor: str | None = None,
         stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False,
-        network: str = "isolated", publish: list[str] | None = None) -> RunOutcome:
+        network: str = "isolated", publish: list[str] | None = None,
+        progress: "PullProgress | None" = None) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
+
+    With an empty ``argv`` the image's Entrypoint + Cmd run, as ``docker run IMAGE`` does.
 
     :param stdout: where guest stdout goes as it arrives (a callable or a binary
         file); ``None`` collects it into the result only.
@@ -89,8 +95,12 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)
     started = False
     try:
-        plan.materialize_disk()
+        plan.materialize_disk(progress)
         watch.mark("disk")
+        argv = list(argv) or plan.image.config.default_argv()
+        if not argv:
+            raise InvalidRequest(f"image {image} has no Entrypoint or Cmd, and no command was given",
+                                 f"give one: microagent run {image} -- CMD...")
         client.send("start", name, plan.config, timeout=boot_timeout + 30)
         started = True
         watch.mark("boot")

@@ -1,4 +1,11 @@
-"""``microagent-applevf-supervisor``: Apple Virtualization.framework (macOS)."""
+"""``microagent-applevf-supervisor``: Apple Virtualization.framework (macOS).
+
+On any other host OS every command answers ``ok:false``, kind
+``unsupported``, naming the host OS (:class:`~microagent.supervisors.foreign.ForeignHostBackend`);
+nothing macOS-specific is imported then.  On macOS the backend
+(:mod:`.backend`) never imports PyObjC either: only its per-workspace host
+process (:mod:`.vmhost`) does.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +16,13 @@ from microagent.supervisors.base import Backend, serve
 from microagent.supervisors.foreign import ForeignHostBackend
 
 
-class AppleVFBackend(Backend):
-    """Placeholder until issue #7 lands: answers ``host``, refuses the rest."""
-
-    name = "apple-vf"
-
-
 def _factory() -> Backend:
     if host_os() != "darwin":
         return ForeignHostBackend("apple-vf", "darwin")
+    from microagent.supervisors.applevf import darwin_process
+    from microagent.supervisors.applevf.backend import AppleVFBackend
+
+    darwin_process.install()  # (pid, starttime) identity through libproc: macOS has no /proc
     return AppleVFBackend()
 
 

@@ -1,0 +1,167 @@
+"""The per-workspace helper of a Hyper-V workspace (one detached process).
+
+It does what QEMU/Firecracker plus :mod:`microagent.channel.router` do on
+Linux, because an HCS compute system has no host process of its own:
+
+- holds the one guest channel connection (a Hyper-V socket to the service
+  of vsock port 1024) and serves it to many clients with the very same
+  :class:`~microagent.channel.router.Router`;
+- bridges published TCP ports over the channel (``forward`` sessions);
+- copies COM1 (the guest's ``ttyS0``, served by Hyper-V on a named pipe)
+  into ``serial.log``.
+
+The control endpoint is ``control.sock`` (AF_UNIX) where Python has it.
+CPython on Windows has no AF_UNIX (python/cpython#77589), so there the
+helper listens on loopback TCP and writes ``control.json``
+(``{"transport": "tcp", "address": "127.0.0.1:PORT"}``) atomically once the
+guest answered; see docs/backends/windows-hyperv.md for what that means.
+
+Run as ``python -m microagent.supervisors.hyperv.helper --vm-id GUID ...``.
+``--guest unix:PATH`` replaces the Hyper-V socket (tests, agent mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+from microagent.channel.router import Router, bind_listener, log
+
+
+def _serial_copier(pipe: str, log_path: str, deadline: float) -> None:
+    """Append everything the COM1 pipe yields to ``serial.log`` (retrying the open until ``deadline``)."""
+    while True:
+        try:
+            src = open(pipe, "rb", buffering=0)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                log(f"cannot open serial pipe {pipe}")
+                return
+            time.sleep(0.1)
+    with src, open(log_path, "ab", buffering=0) as dst:
+        while True:
+            try:
+                data = src.read(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            dst.write(data)
+
+
+def _connect(args: argparse.Namespace, deadline: float) -> socket.socket:
+    if args.guest:
+        from microagent.channel.router import connect_guest
+
+        return connect_guest(args.guest, deadline)
+    from microagent.errors import ChannelClosed
+    from microagent.supervisors.hyperv import hvsock
+    from microagent.supervisors.hyperv.documents import service_id
+
+    while True:
+        try:
+            return hvsock.connect(args.vm_id, service_id(args.port), timeout=2.0)
+        except ChannelClosed:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _listen(listen: str) -> tuple[socket.socket, str]:
+    """The control listener and how clients reach it."""
+    if hasattr(socket, "AF_UNIX"):
+        return bind_listener(listen), "unix:" + os.path.abspath(listen)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    host, port = sock.getsockname()
+    directory = os.path.dirname(os.path.abspath(listen))
+    tmp = os.path.join(directory, f".control.json.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"transport": "tcp", "address": f"{host}:{port}"}, fh)
+    os.replace(tmp, os.path.join(directory, "control.json"))
+    return sock, f"tcp:{host}:{port}"
+
+
+def _publish(control: str, specs: list[str]) -> None:
+    """Bridge ``host:hostPort:guestPort`` listeners over our own control endpoint."""
+
+    def run() -> None:
+        from microagent.channel.forward import PortPublisher, bind_listener as bind_tcp
+        from microagent.channel.mux import ChannelConnection
+        from microagent.channel.stream import SocketStream
+
+        try:
+            kind, _, rest = control.partition(":")
+            if kind == "unix":
+                from microagent.channel.stream import connect_unix
+
+                stream = connect_unix(rest)
+            else:
+                host, _, port = rest.rpartition(":")
+                stream = SocketStream(socket.create_connection((host, int(port))))
+            conn = ChannelConnection.open(stream, name="publish", hello_timeout=10.0)
+            for spec in specs:
+                host, host_port, guest_port = spec.rsplit(":", 2)
+                PortPublisher(conn, int(guest_port), listener=bind_tcp(host, int(host_port)))
+                log(f"publishing {host}:{host_port} -> guest port {guest_port}")
+        except Exception as exc:  # noqa: BLE001 - logged; the supervisor sees it in helper.log
+            log(f"cannot start publishers: {exc}")
+
+    threading.Thread(target=run, daemon=True, name="publish").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microagent-hyperv-helper")
+    parser.add_argument("--vm-id", default="", help="the compute system's RuntimeId (Hyper-V socket VmId)")
+    parser.add_argument("--port", type=int, default=1024, help="guest vsock port of the channel")
+    parser.add_argument("--guest", default="", help="unix:PATH instead of the Hyper-V socket (tests)")
+    parser.add_argument("--listen", required=True, help="control socket path (control.json beside it on Windows)")
+    parser.add_argument("--hello-timeout", type=float, default=60.0)
+    parser.add_argument("--serial-pipe", default="", help=r"\\.\pipe\... of COM1")
+    parser.add_argument("--serial-log", default="serial.log")
+    parser.add_argument("--publish", action="append", default=[], metavar="HOST:HOSTPORT:GUESTPORT")
+    args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.hello_timeout
+    if args.serial_pipe:
+        threading.Thread(target=_serial_copier, args=(args.serial_pipe, args.serial_log, deadline),
+                         daemon=True, name="serial").start()
+    try:
+        guest = _connect(args, deadline)
+    except Exception as exc:  # noqa: BLE001 - reported through our exit status and log
+        log(f"cannot connect to the guest: {exc}")
+        return 3
+    placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    router = Router(guest, placeholder)
+    try:
+        router.handshake(max(0.1, deadline - time.monotonic()))
+    except (OSError, ConnectionError) as exc:
+        log(f"guest did not answer HELLO: {exc}")
+        return 4
+    router.listener.close()
+    router.listener, control = _listen(args.listen)
+    router.listener.setblocking(False)
+    log(f"ready: {control}")
+    if args.publish:
+        _publish(control, args.publish)
+    try:
+        router.serve()
+    finally:
+        for name in (os.path.basename(args.listen), "control.json"):
+            try:
+                os.unlink(name if hasattr(socket, "AF_UNIX") else os.path.join(
+                    os.path.dirname(os.path.abspath(args.listen)), name))
+            except FileNotFoundError:
+                pass
+        router.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
