@@ -78,7 +78,11 @@ def test_start_config_accepted_pid_recorded_api_answers(fc) -> None:
     live = api.vm_config()
     assert live["boot-source"] == written["boot-source"]
     assert live["vsock"] == written["vsock"]
-    assert [d["drive_id"] for d in live["drives"]] == ["rootfs"]
+    # the root disk, then the per-boot config disk the supervisor wrote (read-only, always last)
+    assert [(d["drive_id"], d["is_read_only"]) for d in live["drives"]] == [("rootfs", False), ("config", True)]
+    assert live["drives"][1]["path_on_host"] == str(rt / "config.disk")
+    config = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
+    assert config["hostname"] == "ws.one" and config["network"]["interfaces"] == []
     assert live["network-interfaces"] == []
 
     # sockets, logs, the channel helper

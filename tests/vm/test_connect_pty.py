@@ -49,6 +49,19 @@ def test_interactive_connect_runs_a_command_and_detaches(vm_state: Path) -> None
         child.expect(pexpect.EOF)
         child.close()
         assert child.exitstatus == 3
+
+        # exec -t: a real terminal in the guest, resized with the local one; -i stdin without a pty
+        child = pexpect.spawn(MICROAGENT, ["exec", "-t", name, "--", "sh", "-c", "tty; stty size; read x; echo got-$x"],
+                              timeout=30, dimensions=(40, 120))
+        child.expect(r"/dev/pts/\d+\r\n40 120\r\n")
+        child.sendline("abc")
+        child.expect("got-abc")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        proc = subprocess.run([MICROAGENT, "exec", "-i", name, "--", "tr", "a-z", "A-Z"], input=b"piped\n",
+                              capture_output=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout == b"PIPED\n"
     finally:
         subprocess.run([MICROAGENT, "delete", "-f", name], capture_output=True, timeout=120)
     assert not (vm_state / name).exists()

@@ -30,7 +30,7 @@ def test_valid_specs(spec: str, want: PortForward) -> None:
     ("[::1:8080:80", "unclosed"),
 ])
 def test_invalid_specs(spec: str, fragment: str) -> None:
-    with pytest.raises(InvalidRequest, match="") as info:
+    with pytest.raises(InvalidRequest) as info:
         parse_publish(spec)
     assert fragment in info.value.message and info.value.message[0].islower()
 

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from microagent.errors import MicroagentError, NotFound, Permanent, Transient
 from microagent.host.detect import host_os
@@ -62,7 +62,7 @@ VMHOST_READY_S = 30.0
 PROBE_TIMEOUT_S = 30.0
 
 
-def vmhost_python(env: dict[str, str] | None = None) -> str:
+def vmhost_python(env: Mapping[str, str] | None = None) -> str:
     """The interpreter that runs the vmhost: it needs ``com.apple.security.virtualization``.
 
     ``$MICROAGENT_APPLEVF_PYTHON`` (must exist) → ``<sys.prefix>/bin/python-vz``
@@ -70,9 +70,8 @@ def vmhost_python(env: dict[str, str] | None = None) -> str:
 
     :raises NotFound: the environment variable names a missing file.
     """
-    env = os.environ if env is None else env
-    if env.get(PYTHON_ENV):
-        path = env[PYTHON_ENV]
+    path = (os.environ if env is None else env).get(PYTHON_ENV, "")
+    if path:
         if not os.path.isfile(path):
             raise NotFound(f"{PYTHON_ENV}={path} does not exist", f"unset {PYTHON_ENV} or point it at a signed python")
         return path

@@ -24,8 +24,8 @@ def _delegate_class() -> Any:
     global _DELEGATE_CLASS
     if _DELEGATE_CLASS is not None:
         return _DELEGATE_CLASS
-    import objc
-    from Foundation import NSObject
+    import objc  # type: ignore[import-not-found]
+    from Foundation import NSObject  # type: ignore[import-not-found]
 
     class MicroagentVMDelegate(NSObject, protocols=[objc.protocolNamed("VZVirtualMachineDelegate")]):  # type: ignore[call-arg,misc]
         def initWithCallbacks_(self, callbacks: Any) -> Any:
@@ -73,7 +73,7 @@ def load_platform() -> DarwinPlatform:
                           "use the backend of this host OS")
     try:
         import Foundation
-        import Virtualization
+        import Virtualization  # type: ignore[import-not-found]
     except ImportError as exc:
         raise PolicyDenied(f"PyObjC's Virtualization wrapper is not installed: {exc}",
                            "pip install 'microagent[macos]' (pyobjc-framework-Virtualization)") from exc

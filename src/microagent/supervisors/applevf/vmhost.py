@@ -556,11 +556,11 @@ def main(argv: list[str] | None = None, platform: Platform | None = None) -> int
         log_error(err)
         return 2
     except (OSError, ValueError) as exc:
-        err = MicroagentError(f"cannot read the VM spec: {exc}", "start the workspace through its supervisor")
+        unreadable = MicroagentError(f"cannot read the VM spec: {exc}", "start the workspace through its supervisor")
         if args.check or args.probe:
-            print(json.dumps({"ok": False, "error": err.to_dict()}))
+            print(json.dumps({"ok": False, "error": unreadable.to_dict()}))
             return 1
-        log_error(err)
+        log_error(unreadable)
         return 2
 
     os.chdir(runtime)

@@ -210,7 +210,7 @@ def _win_loader(name: str) -> Any:
     if sys.platform != "win32":
         raise Unsupported(f"{name} exists only on Windows; this host runs {sys.platform}")
     try:
-        return ctypes.WinDLL(name, use_last_error=True)  # type: ignore[attr-defined]
+        return getattr(ctypes, "WinDLL")(name, use_last_error=True)
     except OSError as exc:
         raise Unsupported(f"cannot load {name}: {exc}",
                           "enable Hyper-V and the Windows Hypervisor Platform, then reboot") from exc

@@ -1,4 +1,9 @@
-"""``microagent-hyperv-supervisor``: Windows Hyper-V compute service (experimental)."""
+"""``microagent-hyperv-supervisor``: Windows Hyper-V compute service (experimental).
+
+On any host but Windows every command answers ``ok:false`` kind
+``unsupported`` naming the host OS (:mod:`microagent.supervisors.foreign`);
+the ctypes bindings are never loaded there.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,11 @@ from microagent.supervisors.base import Backend, serve
 from microagent.supervisors.foreign import ForeignHostBackend
 
 
-class HyperVBackend(Backend):
-    """Placeholder until issue #7 lands: refuses every command as unsupported."""
-
-    name = "windows-hyperv"
-
-
 def _factory() -> Backend:
     if host_os() != "windows":
         return ForeignHostBackend("windows-hyperv", "windows")
+    from microagent.supervisors.hyperv.backend import HyperVBackend
+
     return HyperVBackend()
 
 

@@ -1,0 +1,132 @@
+"""The apple-vf test harness (imported as ``applevf.harness``): the real backend in-process.
+
+:class:`AppleVF` drives :class:`~microagent.supervisors.applevf.backend.AppleVFBackend`
+in this process; its vmhost is the real vmhost *process* started through
+``fake_vmhost.py``, i.e. running against ``FakeVirtualization``.  The
+contract suite (``tests/contract/harness_applevf.py``) uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FAKE_VMHOST = HERE / "fake_vmhost.py"
+
+
+@dataclass
+class VMFiles:
+    """Dummy kernel, initramfs, root and data disks (the fake never reads them)."""
+
+    root: Path
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    data: Path
+
+    @classmethod
+    def create(cls, root: Path) -> "VMFiles":
+        root.mkdir(parents=True, exist_ok=True)
+        files = cls(root, root / "Image", root / "initramfs.cpio", root / "rootfs.ext4", root / "data.img")
+        for path in (files.kernel, files.initrd, files.rootfs, files.data):
+            path.write_bytes(b"\0" * 4096)
+        return files
+
+
+def invoke(backend: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """What ``supervisors.base.serve`` does with one request, minus stdin/stdout."""
+    from microagent.errors import InvalidRequest, MicroagentError
+    from microagent.supervisors.base import _error_response
+    from microagent.vmkit.types import parse_request
+
+    try:
+        request = parse_request(raw)
+        if request.identity is not None and request.identity.backend != backend.name:
+            raise InvalidRequest(f"identity.backend is {request.identity.backend!r} but this is the "
+                                  f"{backend.name} supervisor")
+        response = getattr(backend, request.command)(request)
+    except MicroagentError as err:
+        response = _error_response(backend.name, err, raw)
+    return response.to_json()  # type: ignore[no-any-return]
+
+
+@dataclass
+class AppleVF:
+    """The real backend in-process; :meth:`call` answers like the executable would."""
+
+    state_dir: Path
+    files: VMFiles
+    vmhost_command: list[str]
+    name: str = "ws1"
+    backend: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        from microagent.supervisors.applevf.backend import AppleVFBackend
+
+        self.backend = AppleVFBackend(vmhost_command=self.vmhost_command)
+
+    def request(self, command: str, name: str | None = None, **config: Any) -> dict[str, Any]:
+        raw: dict[str, Any] = {"command": command}
+        if command != "host":
+            raw["identity"] = {"requestID": "t", "runtimeID": name or self.name, "role": "workload",
+                               "backend": "apple-vf"}
+            cfg: dict[str, Any] = {"stateDir": str(self.state_dir)}
+            if command in ("check", "prepare", "start", "run"):
+                cfg.update(kernelPath=str(self.files.kernel), initrdPath=str(self.files.initrd),
+                           rootfsPath=str(self.files.rootfs), memoryMiB=256, cpuCount=1, timeoutSeconds=15)
+            cfg.update(config)
+            raw["config"] = cfg
+        return raw
+
+    def call(self, command: str, name: str | None = None, exec: dict[str, Any] | None = None,
+             **config: Any) -> dict[str, Any]:
+        raw = self.request(command, name, **config)
+        if exec is not None:
+            raw["exec"] = exec
+        return invoke(self.backend, raw)
+
+    def runtime(self, name: str | None = None) -> Path:
+        return self.state_dir / (name or self.name)
+
+    def runtime_json(self, name: str | None = None) -> dict[str, Any]:
+        return json.loads((self.runtime(name) / "runtime.json").read_text())  # type: ignore[no-any-return]
+
+
+def processes_mentioning(marker: str) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes whose arguments mention ``marker``."""
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines()[1:]:
+        pid, stat, args = (line.strip().split(None, 2) + ["", ""])[:3]
+        if marker in args and not stat.startswith("Z") and int(pid) != os.getpid():
+            found.append((int(pid), args))
+    return found
+
+
+def kill_leftovers(marker: str) -> list[str]:
+    """SIGKILL every process mentioning ``marker``; returns what was found."""
+    left = processes_mentioning(marker)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return [args for _, args in left]
+
+
+def find_guest_init() -> Path | None:
+    """The built guest init for this host's architecture (the fake guest runs it)."""
+    from microagent.errors import InvalidRequest, MicroagentError
+    from microagent.guestinit import find_guest_init as find
+    from microagent.paths import host_arch
+
+    try:
+        return find(host_arch())
+    except MicroagentError:
+        return None
