@@ -216,3 +216,13 @@ def test_deb_for_another_architecture_is_rejected(tmp_path, kernel_deb):
     with pytest.raises(Permanent, match="is for amd64, not arm64"):
         install_kernel(tmp_path, "qemu", deb=kernel_deb, arch="aarch64")
     assert not (tmp_path / "kernels" / "qemu" / "aarch64").exists()
+
+
+def test_each_backend_gets_its_own_guest_modules(tmp_path: Path, kernel_deb: Path) -> None:
+    """Hyper-V guests need VMBus/storvsc/hv_sock, not virtio-mmio (same Debian package)."""
+    from microagent.kernels import install_kernel
+
+    record = install_kernel(tmp_path, "windows-hyperv", deb=kernel_deb)
+    names = [m["name"] for m in record.modules]
+    assert names.index("hv_vmbus") < names.index("hv_storvsc") < names.index("hv_sock")
+    assert "hv_utils" in names and "virtio_mmio" not in names

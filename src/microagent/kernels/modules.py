@@ -27,6 +27,7 @@ from microagent.errors import NotFound, Permanent, ResourceExhausted
 
 __all__ = [
     "DEFAULT_GUEST_MODULES",
+    "GUEST_MODULES_BY_BACKEND",
     "KernelModule",
     "ModuleIndex",
     "load_module_index",
@@ -52,6 +53,22 @@ DEFAULT_GUEST_MODULES: tuple[str, ...] = (
     "vsock",
     "vmw_vsock_virtio_transport",
 )
+# Apple VF attaches virtio devices over PCI, not MMIO.
+APPLEVF_GUEST_MODULES: tuple[str, ...] = (
+    "virtio_ring", "virtio", "virtio_pci", "virtio_blk", "virtio_console", "virtio_net",
+    "vsock", "vmw_vsock_virtio_transport",
+)
+# Hyper-V: VMBus, SCSI disks (storvsc), hv_sock for the channel, netvsc, and
+# hv_utils (the shutdown integration service that makes `stop` work).
+HYPERV_GUEST_MODULES: tuple[str, ...] = (
+    "hv_vmbus", "hv_storvsc", "sd_mod", "vsock", "hv_sock", "hv_netvsc", "hv_utils",
+)
+GUEST_MODULES_BY_BACKEND: dict[str, tuple[str, ...]] = {
+    "qemu": DEFAULT_GUEST_MODULES,
+    "firecracker": DEFAULT_GUEST_MODULES,
+    "apple-vf": APPLEVF_GUEST_MODULES,
+    "windows-hyperv": HYPERV_GUEST_MODULES,
+}
 # Wanted names that may be neither a module nor listed as built in (older
 # kernels fold virtio/virtio_ring into the core without a modules.builtin line).
 OPTIONAL_MODULES: frozenset[str] = frozenset({"virtio", "virtio_ring"})

@@ -60,7 +60,7 @@ __all__ = [
     "verify_kernel",
 ]
 
-KERNEL_BACKENDS = ("qemu", "firecracker")
+KERNEL_BACKENDS = ("qemu", "firecracker", "apple-vf", "windows-hyperv")
 KERNEL_JSON = "kernel.json"
 SCHEMA_VERSION = 1
 INITRAMFS_FORMAT = "microagent-initramfs-v1"
@@ -209,7 +209,7 @@ def _check_backend(backend: str) -> None:
     if backend not in KERNEL_BACKENDS:
         raise Unsupported(
             f"kernel install for backend {backend!r} is not implemented (only {', '.join(KERNEL_BACKENDS)})",
-            "use --backend qemu or --backend firecracker",
+            f"use --backend {' or '.join(KERNEL_BACKENDS)}",
         )
 
 
@@ -294,14 +294,15 @@ def _place_image(src: Path, fmt: KernelFormat, backend: str, arch: str, staging:
     return "arm64-Image"
 
 
-def _modules_from_unpacked(unpacked: debian.UnpackedKernel, release: str, staging: Path) -> list[dict[str, str]]:
+def _modules_from_unpacked(unpacked: debian.UnpackedKernel, release: str, staging: Path,
+                           backend: str = "qemu") -> list[dict[str, str]]:
     if release and unpacked.release != release:
         raise Permanent(
             f"modules in {unpacked.package.name} are for kernel {unpacked.release}, the kernel is {release}",
             "pass the .deb that the kernel came from",
         )
     index = kmodules.load_module_index(unpacked.modules_dir)
-    resolved = kmodules.resolve_modules(index)
+    resolved = kmodules.resolve_modules(index, kmodules.GUEST_MODULES_BY_BACKEND[backend])
     written = kmodules.write_modules(resolved, staging / "modules")
     return [
         {"name": mod.name, "path": f"modules/{out.name}", "sha256": _sha256_file(out)}
@@ -411,7 +412,7 @@ def _stage(
             pkg = debian.deb_package(mdeb)
             _check_deb_arch(pkg, arch, mdeb)
             unpacked = debian.unpack_kernel_deb(mdeb, work / "unpack", package=pkg)
-            mods = _modules_from_unpacked(unpacked, release, staging)
+            mods = _modules_from_unpacked(unpacked, release, staging, backend)
             source["modules_from"] = unpacked.package.as_source()
     else:
         if deb is None:
@@ -425,7 +426,7 @@ def _stage(
         fmt = detect_kernel_format(unpacked.vmlinuz)
         image_format = _place_image(unpacked.vmlinuz, fmt, backend, arch, staging)
         release = unpacked.release
-        mods = _modules_from_unpacked(unpacked, release, staging)
+        mods = _modules_from_unpacked(unpacked, release, staging, backend)
         source = unpacked.package.as_source()
     files = {
         name: {"path": name, "sha256": _sha256_file(staging / name)}

@@ -423,6 +423,10 @@ class VMHost:
 
     def _flush_quietly(self, b: Bridge) -> None:
         """Best effort: hand over what is buffered before a bridge closes."""
+        try:
+            b.client.settimeout(1.0)
+        except OSError:
+            pass
         for out, write in ((b.to_client, b.client.send),
                            (b.to_guest, (lambda d: os.write(b.fd, d)) if b.fd is not None else None)):  # type: ignore[arg-type]
             if write is None:
@@ -499,8 +503,24 @@ class VMHost:
             self.step()
         return self.exit_code
 
+    def _drain(self, b: Bridge) -> None:
+        """Before a bridge closes for good: take what the guest already sent (e.g. the
+        ``EXIT`` of a ``shutdown`` session written just before power-off)."""
+        if b.fd is None:
+            return
+        for _ in range(64):
+            try:
+                data = os.read(b.fd, READ_CHUNK)
+            except OSError:
+                break
+            if not data:
+                break
+            b.to_client.extend(data)
+        self._flush_quietly(b)
+
     def close(self) -> None:
         for bridge in list(self.bridges):
+            self._drain(bridge)
             self._close_bridge(bridge)
         for sock, name in ((self.vsock, control.VSOCK_SOCKET), (self.control, control.CONTROL_SOCKET)):
             if sock is not None:
