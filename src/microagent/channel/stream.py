@@ -19,6 +19,7 @@ import socket
 import threading
 from typing import Protocol, runtime_checkable
 
+from microagent.unixsock import connect_any_length
 from microagent.errors import ChannelClosed, Permanent
 
 __all__ = [
@@ -165,26 +166,6 @@ class FdStream:
                 pass
 
 
-_SUN_PATH_MAX = 100
-
-
-def _connect_any_length(sock: socket.socket, path: str) -> None:
-    """``connect`` even when ``path`` exceeds ``sun_path`` (108 bytes).
-
-    Long paths are reached through ``/proc/self/fd/<dirfd>/<name>``, which the
-    kernel resolves by descriptor; deep state directories then still work.
-    """
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        sock.connect(path)
-        return
-    directory, name = os.path.split(path)
-    dirfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        sock.connect(f"/proc/self/fd/{dirfd}/{name}")
-    finally:
-        os.close(dirfd)
-
-
 def connect_unix(path: str | os.PathLike[str], timeout: float | None = 10.0) -> SocketStream:
     """Connect a Unix stream socket (QEMU chardev, agent ``--listen``).
 
@@ -195,7 +176,7 @@ def connect_unix(path: str | os.PathLike[str], timeout: float | None = 10.0) -> 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        _connect_any_length(sock, os.fspath(path))
+        connect_any_length(sock, os.fspath(path))
     except OSError as exc:
         sock.close()
         raise ChannelClosed(

@@ -53,7 +53,7 @@ from microagent.images.reference import (
     LayoutReference,
     parse_reference,
 )
-from microagent.images.registry import RegistryClient, RequestCounter, client_for
+from microagent.images.registry import RequestCounter, client_for
 
 if TYPE_CHECKING:
     from microagent.images.layout import BlobSource

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+from microagent.digests import sha256_file
 from microagent.errors import Permanent, ResourceExhausted
 from microagent.images.ext4 import build_ext4
 from microagent.images.layers import Extractor, resolve_in_root
@@ -64,14 +64,6 @@ def disk_path(state_root: Path, digest: str, platform: Platform) -> Path:
     hexpart = digest.split(":", 1)[-1]
     plat = f"{platform.os}-{platform.architecture}" + (f"-{platform.variant}" if platform.variant else "")
     return disks_dir(state_root) / f"{hexpart}-{plat}.ext4"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -120,7 +112,7 @@ def cached_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
         return None
     if side.get("build_format") != BUILD_FORMAT:
         return None
-    if side.get("guest_init_sha256") != (init_sha or file_sha256(guest_init)):
+    if side.get("guest_init_sha256") != (init_sha or sha256_file(guest_init)):
         return None
     if size_bytes is not None and side.get("size_bytes") != size_bytes:
         return None
@@ -144,7 +136,7 @@ def build_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
         raise Permanent(f"image {image.reference} is for {image.platform}, not linux",
                         "use a linux image")
     state_root = Path(state_root)
-    init_sha = file_sha256(guest_init)
+    init_sha = sha256_file(guest_init)
     disk = disk_path(state_root, image.digest, image.platform)
     hit = cached_base_disk(image, state_root, guest_init, size_bytes=size_bytes, init_sha=init_sha)
     if hit is not None:

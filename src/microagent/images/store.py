@@ -154,7 +154,7 @@ def _load(state_root: Path) -> list[ImageRecord]:
     except FileNotFoundError:
         return []
     except ValueError as exc:
-        raise Permanent(f"the image index {path} is corrupt", f"move it away; images will be pulled again") from exc
+        raise Permanent(f"the image index {path} is corrupt", "move it away; images will be pulled again") from exc
     try:
         return [ImageRecord.from_json(r) for r in doc.get("images", [])]
     except (KeyError, TypeError, ValueError) as exc:

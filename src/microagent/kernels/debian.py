@@ -10,7 +10,6 @@ metapackage ``linux-image-cloud-<debarch>`` into an unpacked tree holding
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from microagent.digests import sha256_file
 from microagent.errors import NotFound, Permanent, Transient
 from microagent.paths import host_arch
 
@@ -177,20 +177,12 @@ def _package_from_fields(fields: dict[str, str]) -> DebianPackage:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _matches(path: Path, pkg: DebianPackage) -> bool:
     if not path.is_file():
         return False
     if pkg.size is not None and path.stat().st_size != pkg.size:
         return False
-    return pkg.sha256 is None or _sha256(path) == pkg.sha256
+    return pkg.sha256 is None or sha256_file(path) == pkg.sha256
 
 
 def download_deb(pkg: DebianPackage, cache_dir: Path) -> Path:
@@ -242,7 +234,7 @@ def deb_package(deb: Path) -> DebianPackage:
     if "Package" not in fields:
         raise Permanent(f"{deb} is not a debian package", "pass a linux-image-*.deb file")
     return DebianPackage(fields["Package"], fields.get("Version", ""), fields.get("Architecture", ""),
-                         deb.stat().st_size, _sha256(deb))  # fmt: skip
+                         deb.stat().st_size, sha256_file(deb))  # fmt: skip
 
 
 def unpack_kernel_deb(deb: Path, dest: Path, *, package: DebianPackage | None = None) -> UnpackedKernel:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microagent.digests import sha256_file
 from microagent.errors import Conflict, NotFound, Permanent, ResourceExhausted, Unsupported
 from microagent.kernels import debian, modules as kmodules
 from microagent.kernels.initramfs import build_initramfs
@@ -190,14 +191,6 @@ class VerifyResult:
         return [c for c in self.checks if c.status != "ok"]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _normalise_arch(arch: str | None) -> str:
     name = ARCH_ALIASES.get((arch or host_arch()).lower(), (arch or "").lower())
     if name not in _ARCH_NAMES:
@@ -305,7 +298,7 @@ def _modules_from_unpacked(unpacked: debian.UnpackedKernel, release: str, stagin
     resolved = kmodules.resolve_modules(index, kmodules.GUEST_MODULES_BY_BACKEND[backend])
     written = kmodules.write_modules(resolved, staging / "modules")
     return [
-        {"name": mod.name, "path": f"modules/{out.name}", "sha256": _sha256_file(out)}
+        {"name": mod.name, "path": f"modules/{out.name}", "sha256": sha256_file(out)}
         for mod, out in zip(resolved, written)
     ]
 
@@ -405,7 +398,7 @@ def _stage(
         fmt = detect_kernel_format(from_file)
         image_format = _place_image(from_file, fmt, backend, arch, staging)
         release = kernel_release(from_file)
-        source = {"type": "file", "path": str(from_file), "sha256": _sha256_file(from_file)}
+        source = {"type": "file", "path": str(from_file), "sha256": sha256_file(from_file)}
         mods: list[dict[str, str]] = []
         if modules_from_deb is not None:
             mdeb = Path(modules_from_deb).absolute()
@@ -429,7 +422,7 @@ def _stage(
         mods = _modules_from_unpacked(unpacked, release, staging, backend)
         source = unpacked.package.as_source()
     files = {
-        name: {"path": name, "sha256": _sha256_file(staging / name)}
+        name: {"path": name, "sha256": sha256_file(staging / name)}
         for name in ("Image", "bzImage")
         if (staging / name).is_file()
     }
@@ -516,7 +509,7 @@ def verify_kernel(state_root: Path, backend: str, arch: str | None = None) -> Ve
     for name, rel, expected in entries:
         path = record.directory / rel
         try:
-            actual: str | None = _sha256_file(path)
+            actual: str | None = sha256_file(path)
         except OSError:
             actual = None
         status = "missing" if actual is None else ("ok" if actual == expected else "mismatch")
@@ -597,7 +590,7 @@ def ensure_initramfs(kernel_dir: Path, init_binary: Path) -> Path:
     :raises ResourceExhausted: the disk is full.
     """
     try:
-        init_sha = _sha256_file(init_binary)
+        init_sha = sha256_file(init_binary)
     except FileNotFoundError as exc:
         raise NotFound(f"guest init binary {init_binary} does not exist", "build it: make guest") from exc
     except OSError as exc:
@@ -614,7 +607,7 @@ def ensure_initramfs(kernel_dir: Path, init_binary: Path) -> Path:
     hashed = []
     for path in module_files:
         try:
-            hashed.append((path.name, _sha256_file(path)))
+            hashed.append((path.name, sha256_file(path)))
         except FileNotFoundError as exc:
             raise NotFound(f"kernel module {path} is missing", "reinstall the kernel") from exc
     out = kernel_dir / f"initramfs-{_initramfs_key(init_sha, hashed)[:12]}.cpio"

@@ -12,7 +12,6 @@ Writes are atomic (temp file, fsync, rename).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microagent.digests import sha256_file
 from microagent.errors import NotFound, Permanent
 from microagent.paths import workspace_dir
 from microagent.vmkit.types import PortForward, to_wire
@@ -30,18 +30,6 @@ MANIFEST_NAME = "workspace.json"
 
 def manifest_path(state_root: Path, name: str) -> Path:
     return workspace_dir(state_root, name) / MANIFEST_NAME
-
-
-def sha256_file(path: Path) -> str:
-    """``sha256:<hex>`` of a file.
-
-    :raises OSError: when it cannot be read.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -88,7 +76,7 @@ class FileDigest:
         :raises NotFound: when the file is missing.
         """
         try:
-            return FileDigest(str(path), sha256_file(path))
+            return FileDigest(str(path), "sha256:" + sha256_file(path))
         except FileNotFoundError as exc:
             raise NotFound(f"{path} does not exist") from exc
         except OSError as exc:

@@ -15,7 +15,8 @@ from typing import Any
 from microagent.vmkit.types import now_rfc3339
 from microagent.workspace.channel_path import guest_channel_path, has_helper
 from microagent.workspace.lifecycle import WorkspaceStore
-from microagent.workspace.manifest import Manifest, sha256_file
+from microagent.digests import sha256_file
+from microagent.workspace.manifest import Manifest
 from microagent.workspace.state import WorkspaceState
 
 
@@ -25,7 +26,7 @@ def verify(manifest: Manifest) -> dict[str, Any]:
     divergence = []
     for key, rec in manifest.verification.items():
         try:
-            current = sha256_file(Path(rec.path))
+            current = "sha256:" + sha256_file(Path(rec.path))
         except FileNotFoundError:
             current = None
         except OSError:

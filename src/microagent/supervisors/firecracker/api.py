@@ -2,10 +2,8 @@
 
 Only what the supervisor needs: ``GET /`` (instance info), ``PATCH /vm``
 (pause/resume) and ``PUT /actions``.  One short-lived HTTP/1.1 connection per
-call.  Socket paths longer than ``sun_path`` are reached through
-``/proc/self/fd/<dirfd>/<name>`` (the trick of
-:func:`microagent.channel.stream._connect_any_length`, repeated here so a
-supervisor call does not import the whole channel package).
+call.  Socket paths longer than ``sun_path`` work
+(:func:`microagent.unixsock.connect_any_length`).
 
 Errors land on the :mod:`microagent.errors` tree, carrying Firecracker's own
 ``fault_message``:
@@ -27,27 +25,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from microagent.unixsock import connect_any_length
 from microagent.errors import Conflict, Permanent, Transient
 
 __all__ = ["FirecrackerAPI", "InstanceInfo"]
 
 DEFAULT_TIMEOUT = 5.0
-
-
-_SUN_PATH_MAX = 100
-
-
-def _connect_any_length(sock: socket.socket, path: str) -> None:
-    """``connect`` even when ``path`` exceeds ``sun_path``: through ``/proc/self/fd/<dirfd>/<name>``."""
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        sock.connect(path)
-        return
-    directory, name = os.path.split(path)
-    dirfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        sock.connect(f"/proc/self/fd/{dirfd}/{name}")
-    finally:
-        os.close(dirfd)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -59,7 +42,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            _connect_any_length(sock, self._path)
+            connect_any_length(sock, self._path)
         except BaseException:
             sock.close()
             raise

@@ -34,7 +34,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient, Unsupported
-from microagent.supervisors import process
 from microagent.supervisors.firecracker.config import (
     API_SOCKET,
     CHANNEL_PORT,

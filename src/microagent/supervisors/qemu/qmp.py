@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from microagent.errors import Permanent, Transient
-from microagent.channel.stream import _connect_any_length
+from microagent.unixsock import connect_any_length
 
 
 class QMPClient:
@@ -21,7 +21,7 @@ class QMPClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            _connect_any_length(self.sock, str(path))
+            connect_any_length(self.sock, str(path))
         except OSError as exc:
             self.sock.close()
             raise Transient(f"cannot connect to QMP at {path}: {exc}") from exc

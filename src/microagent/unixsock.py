@@ -1,0 +1,31 @@
+"""Unix stream sockets at paths of any length.
+
+``sun_path`` holds 108 bytes; state directories under pytest or deep homes
+exceed it.  Paths that are too long are reached through
+``/proc/self/fd/<dirfd>/<name>``, which the kernel resolves by descriptor.
+Standard library only: the CLI, supervisors and the channel all use it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+SUN_PATH_MAX = 100
+
+
+def connect_any_length(sock: socket.socket, path: str | os.PathLike[str]) -> None:
+    """``sock.connect(path)`` for an ``AF_UNIX`` socket, whatever the path length.
+
+    :raises OSError: when nothing listens at ``path``.
+    """
+    path = os.fspath(path)
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        sock.connect(path)
+        return
+    directory, name = os.path.split(path)
+    dirfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock.connect(f"/proc/self/fd/{dirfd}/{name}")
+    finally:
+        os.close(dirfd)
