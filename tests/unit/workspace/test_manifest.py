@@ -18,7 +18,6 @@ from microagent.workspace.manifest import (
     load_manifest,
     manifest_path,
     save_manifest,
-    sha256_file,
 )
 
 
@@ -73,9 +72,9 @@ def test_list_is_sorted(tmp_path: Path) -> None:
     assert [m.name for m in list_manifests(tmp_path)] == ["a", "b"]
 
 
-def test_sha256_file(tmp_path: Path) -> None:
+def test_file_digest_is_prefixed_sha256(tmp_path: Path) -> None:
     f = tmp_path / "x"
     f.write_bytes(b"abc")
-    assert sha256_file(f) == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert FileDigest.of(f).sha256 == "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     with pytest.raises(NotFound):
         FileDigest.of(tmp_path / "missing")

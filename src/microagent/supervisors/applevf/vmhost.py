@@ -188,9 +188,9 @@ class VMHost:
             self._fatal(MicroagentError(f"Virtualization.framework could not start the VM: {_describe(err)}",
                                         "see serial.log and vmm.log in the runtime directory"))
             return
-        self.state = "running"
         self.vsock = self._listen(control.VSOCK_SOCKET)
         self.sel.register(self.vsock, selectors.EVENT_READ, ("vsock",))
+        self.state = "running"  # only now: "running" promises that vsock.sock accepts
         log("running")
 
     def _guest_stopped(self) -> None:
