@@ -68,6 +68,11 @@ class Backend:
     def resume(self, request: Request) -> Response:
         raise self._unsupported("resume")
 
+    def console(self, request: Request) -> Response:
+        """No supervisor serves a console: the contract is the CLI's ``connect``."""
+        raise Unsupported(f"the {self.name} supervisor has no console command",
+                          "use 'microagent connect NAME' (a PTY shell over the guest channel)")
+
     def _unsupported(self, command: str) -> Unsupported:
         return Unsupported(f"the {self.name} supervisor does not implement {command!r} yet",
                            "see the backends table in README.md for what each backend supports")

@@ -33,7 +33,7 @@ STATES = (
 COMMANDS_NEEDING_NOTHING = frozenset({"host"})
 COMMANDS_NEEDING_FULL_CONFIG = frozenset({"check", "prepare", "start", "run"})
 COMMANDS_NEEDING_STATE_DIR = frozenset(
-    {"inspect", "halt", "quarantine", "stop", "kill", "delete", "pause", "resume"}
+    {"inspect", "halt", "quarantine", "stop", "kill", "delete", "pause", "resume", "console"}
 )
 COMMANDS = COMMANDS_NEEDING_NOTHING | COMMANDS_NEEDING_FULL_CONFIG | COMMANDS_NEEDING_STATE_DIR
 
