@@ -10,7 +10,7 @@ def vmm_processes(marker: str) -> list[str]:
 
     Zombies (state Z: exited, parent has not reaped) are not running and are skipped.
     """
-    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
     found = []
     for line in out.splitlines()[1:]:
         pid, stat, args = (line.strip().split(None, 2) + ["", ""])[:3]

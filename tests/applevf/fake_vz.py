@@ -36,6 +36,14 @@ STOPPED, RUNNING, PAUSED, ERROR, STARTING, PAUSING, RESUMING, STOPPING = 0, 1, 2
 GUEST_SOCKET = "fake-guest.sock"
 
 
+def _die_with_parent() -> None:
+    """The fake guest ends with the vmhost, as a VM ends with its process (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class FakeNSError:
     def __init__(self, message: str, code: int = 1) -> None:
         self.message = message
@@ -222,7 +230,8 @@ class FakeVM(FakeObject):
                 pass
             out = serial if serial is not None else subprocess.DEVNULL
             self.guest = subprocess.Popen([self._vz.guest_init, "--agent", "--listen", os.path.abspath(GUEST_SOCKET)],
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                          preexec_fn=_die_with_parent)
 
     def stopWithCompletionHandler_(self, handler: Callable[[Any], None]) -> None:
         self._call("stopWithCompletionHandler_", handler)

@@ -100,7 +100,7 @@ class AppleVF:
 
 def processes_mentioning(marker: str) -> list[tuple[int, str]]:
     """Live (non-zombie) processes whose arguments mention ``marker``."""
-    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
     found = []
     for line in out.splitlines()[1:]:
         pid, stat, args = (line.strip().split(None, 2) + ["", ""])[:3]

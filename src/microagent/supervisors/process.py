@@ -1,8 +1,8 @@
 """VMM processes: spawn detached, identify without PID-reuse mistakes, signal.
 
 A recorded process is ``(pid, starttime)``; ``starttime`` is field 22 of
-``/proc/<pid>/stat`` (clock ticks since boot), so a recycled PID never passes
-for our VMM.
+``/proc/<pid>/stat`` (clock ticks since boot) on Linux and the libproc start
+time on macOS, so a recycled PID never passes for our VMM.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,14 @@ class ProcessRef:
 
 
 def _starttime(pid: int) -> int | None:
+    if sys.platform == "darwin":
+        from microagent.supervisors.darwin_process import starttime
+
+        return starttime(pid)
+    return _linux_starttime(pid)
+
+
+def _linux_starttime(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

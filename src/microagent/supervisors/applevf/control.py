@@ -33,11 +33,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
 from microagent.errors import MicroagentError, Transient
+from microagent.unixsock import connect_any_length
 
 CONTROL_SOCKET = "vmhost.sock"
 VSOCK_SOCKET = "vsock.sock"
@@ -48,19 +48,6 @@ ERROR_LINE = "microagent-vmhost: error: "
 VZ_STATES = {0: "stopped", 1: "running", 2: "paused", 3: "error", 4: "starting", 5: "pausing",
              6: "resuming", 7: "stopping", 8: "saving", 9: "restoring"}
 MAX_LINE = 64 * 1024
-
-
-def connect_path(sock: socket.socket, path: str) -> None:
-    """``connect`` a Unix socket, reaching paths longer than ``sun_path`` on Linux."""
-    if len(os.fsencode(path)) <= 100 or not sys.platform.startswith("linux"):
-        sock.connect(path)
-        return
-    directory, name = os.path.split(path)
-    dirfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        sock.connect(f"/proc/self/fd/{dirfd}/{name}")
-    finally:
-        os.close(dirfd)
 
 
 def read_line(sock: socket.socket) -> bytes:
@@ -86,7 +73,7 @@ def open_control(runtime_dir: Path, op: str, timeout: float = 10.0, **fields: An
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        connect_path(sock, path)
+        connect_any_length(sock, path)
         sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
         line = read_line(sock)
     except (OSError, ValueError) as exc:

@@ -19,10 +19,8 @@ from microagent.supervisors.foreign import ForeignHostBackend
 def _factory() -> Backend:
     if host_os() != "darwin":
         return ForeignHostBackend("apple-vf", "darwin")
-    from microagent.supervisors.applevf import darwin_process
     from microagent.supervisors.applevf.backend import AppleVFBackend
 
-    darwin_process.install()  # (pid, starttime) identity through libproc: macOS has no /proc
     return AppleVFBackend()
 
 

@@ -4,9 +4,8 @@
 and its start time, read from ``/proc/<pid>/stat`` — which macOS does not
 have.  This module reads the start time through libproc
 (``proc_pidinfo(pid, PROC_PIDTBSDINFO)``: ``pbi_start_tvsec``/``pbi_start_tvusec``,
-in microseconds) and :func:`install` plugs it into that module for the
-apple-vf supervisor process.  (Until ``process.py`` does this itself on
-darwin; see docs/backends/apple-vf.md.)  Unverified here: needs macOS.
+in microseconds); :mod:`microagent.supervisors.process` uses it on darwin.
+Unverified here: needs macOS.
 """
 
 from __future__ import annotations
@@ -57,9 +56,3 @@ def starttime(pid: int) -> int | None:
         return None
     return int(info.pbi_start_tvsec) * 1_000_000 + int(info.pbi_start_tvusec)
 
-
-def install() -> None:
-    """Make :mod:`microagent.supervisors.process` identify processes through libproc."""
-    from microagent.supervisors import process
-
-    process._starttime = starttime  # noqa: SLF001 - see the module docstring
