@@ -52,7 +52,7 @@ def wait_gone(pid: int, timeout: float = 3.0) -> bool:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ")[-1].startswith("Z"):
                     return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone between open() and read()
             return True
         time.sleep(0.02)
     return False

@@ -50,8 +50,8 @@ def test_interactive_connect_runs_a_command_and_detaches(vm_state: Path) -> None
         child.close()
         assert child.exitstatus == 3
 
-        # exec -t: a real terminal in the guest, resized with the local one; -i stdin without a pty
-        child = pexpect.spawn(MICROAGENT, ["exec", "-t", name, "--", "sh", "-c", "tty; stty size; read x; echo got-$x"],
+        # exec -it: a real terminal in the guest sized like the local one; -i alone: stdin without a pty
+        child = pexpect.spawn(MICROAGENT, ["exec", "-it", name, "--", "sh", "-c", "tty; stty size; read x; echo got-$x"],
                               timeout=30, dimensions=(40, 120))
         child.expect(r"/dev/pts/\d+\r\n40 120\r\n")
         child.sendline("abc")

@@ -219,10 +219,11 @@ def exec_(name: str, command: tuple[str, ...], env: tuple[str, ...], workdir: st
             rows, cols = _terminal_size()
             req = gs.request(argv, env=env, workdir=workdir, user=user, timeout=timeout, stdin=True,
                              pty=True, rows=rows, cols=cols, term=os.environ.get("TERM") or None)
-            session = gs.start_exec(req, stdout=sys.stdout.buffer)
-            with _RawTerminal(interactive), _ResizeForwarder(session):
-                _pump_terminal(session, forward_stdin=interactive, detach_key=None)
-                result = session.wait()
+            with _RawTerminal(interactive):  # raw before the first byte of output arrives
+                session = gs.start_exec(req, stdout=sys.stdout.buffer)
+                with _ResizeForwarder(session):
+                    _pump_terminal(session, forward_stdin=interactive, detach_key=None)
+                    result = session.wait()
         else:
             req = gs.request(argv, env=env, workdir=workdir, user=user, timeout=timeout,
                              stdin=sys.stdin.buffer if interactive else None)
