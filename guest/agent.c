@@ -140,9 +140,9 @@ static bool wait_all_gone(struct agent *a, int64_t deadline, bool children_only)
     }
 }
 
-void agent_terminate_all(struct agent *a, int64_t grace_ms)
+void agent_terminate_all(struct agent *a, int sig, int64_t grace_ms)
 {
-    signal_all(a, SIGTERM);
+    signal_all(a, sig > 0 ? sig : SIGTERM);
     if (!wait_all_gone(a, now_mono_ms() + grace_ms, false)) {
         ma_log("processes still running after %lld ms; sending SIGKILL", (long long)grace_ms);
         signal_all(a, SIGKILL);
@@ -272,13 +272,16 @@ static void on_hello(struct agent *a, const struct frame *f)
 static void on_shutdown(struct agent *a, uint32_t id, const struct jv *req)
 {
     const char *action = "poweroff";
-    int64_t grace = 5000;
+    int64_t grace = 5000, sig = SIGTERM;
     if (jfield_str(req, "action", &action) < 0 ||
         jfield_int(req, "grace_ms", 0, 24 * 3600 * 1000, &grace) < 0 ||
+        jfield_int(req, "signal", 1, 64, &sig) < 0 ||
         (strcmp(action, "poweroff") != 0 && strcmp(action, "reboot") != 0)) {
-        agent_queue_error(a, id, "bad_request", "action must be poweroff or reboot, grace_ms an integer");
+        agent_queue_error(a, id, "bad_request",
+                          "action must be poweroff or reboot, grace_ms an integer, signal 1..64");
         return;
     }
+    a->stop_signal = (int)sig;
     frame_put(&a->outq, id, F_EXIT, "{\"status\":\"ok\"}", 15);
     a->shutdown = strcmp(action, "reboot") == 0 ? SD_REBOOT : a->poweroff_means;
     a->grace_ms = grace;
@@ -515,7 +518,7 @@ static int do_shutdown(struct agent *a)
         write_all_timeout(a->ch.wfd, a->outq.data + a->outq.off, buf_used(&a->outq), 2000);
     buf_clear(&a->outq);
     ma_log("shutting down (%s)", !a->pid1 ? "exit" : a->shutdown == SD_REBOOT ? "reboot" : "poweroff");
-    agent_terminate_all(a, a->grace_ms);
+    agent_terminate_all(a, a->stop_signal, a->grace_ms);
     agent_reset_sessions(a);
     if (a->pid1)
         pid1_poweroff(a->shutdown);

@@ -51,6 +51,7 @@ struct agent {
     enum shutdown_action poweroff_means;
     enum shutdown_action shutdown;
     int64_t grace_ms;
+    int stop_signal; /* sent to every process on shutdown before grace_ms (image StopSignal) */
 };
 
 /* Set up signals and the self-pipe. */
@@ -66,7 +67,7 @@ void agent_reset_sessions(struct agent *a);
 
 /* Power off / reboot as PID 1 (boot.c). Never returns. */
 void pid1_poweroff(enum shutdown_action how) __attribute__((noreturn));
-/* Terminate every process (PID 1: all; agent: sessions), waiting grace_ms. */
-void agent_terminate_all(struct agent *a, int64_t grace_ms);
+/* Terminate every process (PID 1: all; agent: sessions): sig, then SIGKILL after grace_ms. */
+void agent_terminate_all(struct agent *a, int sig, int64_t grace_ms);
 
 #endif

@@ -561,14 +561,16 @@ class ChannelConnection:
 
         return open_forward(self, port, host, timeout=timeout)
 
-    def shutdown(self, action: str = "poweroff", grace_s: float = 5, *, timeout: float | None = 10.0) -> None:
+    def shutdown(self, action: str = "poweroff", grace_s: float = 5, *, signal: int = 15,
+                 timeout: float | None = 10.0) -> None:
         """Ask the guest to power off (or reboot); returns once it acknowledged.
 
         The guest answers ``EXIT {"status":"ok"}`` at once and then goes
         down; the channel ends shortly after.
 
         :param action: ``"poweroff"`` or ``"reboot"``.
-        :param grace_s: seconds between SIGTERM and SIGKILL in the guest.
+        :param grace_s: seconds between ``signal`` and SIGKILL in the guest.
+        :param signal: what every process gets first (the image's StopSignal; default SIGTERM).
         :raises InvalidRequest: for another ``action``.
         :raises GuestError: if the guest refused.
         :raises ChannelTimeout: if there was no answer in ``timeout`` seconds.
@@ -578,7 +580,8 @@ class ChannelConnection:
 
         if action not in ("poweroff", "reboot"):
             raise InvalidRequest(f"unknown shutdown action {action!r}", "use 'poweroff' or 'reboot'")
-        with self.open_session("shutdown", action=action, grace_ms=int(grace_s * 1000)) as session:
+        with self.open_session("shutdown", action=action, grace_ms=int(grace_s * 1000),
+                               signal=signal) as session:
             session.wait_final(timeout)
 
     # ------------------------------------------------------------ internals

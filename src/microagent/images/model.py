@@ -33,6 +33,19 @@ class ImageConfig:
     user: str = ""
     stop_signal: str = ""
 
+    def stop_signal_number(self) -> int:
+        """``StopSignal`` as a number (``SIGINT``, ``INT`` or ``2``); SIGTERM when unset or unknown."""
+        import signal
+
+        text = self.stop_signal.strip().upper()
+        if text.isdigit() and 1 <= int(text) <= 64:
+            return int(text)
+        name = text if text.startswith("SIG") else f"SIG{text}"
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            return int(signal.SIGTERM)
+
     def default_argv(self) -> list[str]:
         """Entrypoint + Cmd, as ``docker run IMAGE`` with no command would run."""
         return [*self.entrypoint, *self.cmd]

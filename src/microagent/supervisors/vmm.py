@@ -405,8 +405,9 @@ class VMMBackend(Backend):
             raise Conflict(f"workspace {name} is starting: guest init has not answered, so it cannot be "
                            "halted through it", "use stop or kill")
         try:
+            stop_signal = int(((rt.runtime() or {}).get("config") or {}).get("stopSignal") or 15)
             with open_channel(rt.control_socket, hello_timeout=5.0, connect_timeout=5.0) as conn:
-                conn.shutdown("poweroff", grace_s=HALT_GRACE_S)
+                conn.shutdown("poweroff", grace_s=HALT_GRACE_S, signal=stop_signal)
         except MicroagentError as exc:
             self.record(rt, request, "failed", f"halt could not reach guest init: {exc.message}")
             raise Transient(f"halt could not reach guest init: {exc.message}; the VM is still running "

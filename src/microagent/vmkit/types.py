@@ -103,6 +103,7 @@ class Config:
     timeoutSeconds: float = 60.0
     readiness: str = "guest"
     env: tuple[str, ...] = ()  # per-boot environment, applied by guest init to every process
+    stopSignal: int = 15  # what halt sends every guest process first (the image's StopSignal)
     disks: tuple[Disk, ...] = ()
     network: Network = field(default_factory=Network)
 
@@ -309,6 +310,7 @@ def _parse_config(f: _Fields, *, full: bool) -> Config:
         "timeoutSeconds": f.number("timeoutSeconds", default=60.0, bounds=(0.1, 86400.0)),
         "readiness": f.string("readiness", default="guest", choices=READINESS_MODES),
         "env": _env_list(f, "env"),
+        "stopSignal": f.integer("stopSignal", default=15, bounds=(1, 64)),
     }
     disks = []
     names: set[str] = set()

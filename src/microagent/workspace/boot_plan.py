@@ -64,6 +64,7 @@ class BootPlan:
             hostname=self.name,
             timeoutSeconds=self.boot_timeout,
             network=self.network,
+            stopSignal=self.image.config.stop_signal_number() if hasattr(self, "image") else 15,
         )
 
 

@@ -236,7 +236,7 @@ class WorkspaceStore:
                 manifest = Manifest(
                     name=name,
                     image=ImageRecord(image, img.digest, tuple(img.config.env), img.config.working_dir,
-                                      img.config.user),
+                                      img.config.user, img.config.stop_signal_number()),
                     backend=plan.backend, profile=prof.name,
                     memoryMiB=res.memoryMiB, cpuCount=res.cpuCount, diskSizeMiB=res.diskSizeMiB,
                     createdAt=now_rfc3339(),
@@ -288,6 +288,7 @@ class WorkspaceStore:
             timeoutSeconds=boot_timeout,
             env=(*manifest.image.env, *manifest.env),
             network=Network(mode=manifest.network, portForwards=manifest.publish),
+            stopSignal=manifest.image.stop_signal,
         )
 
     # ------------------------------------------------------------ start

@@ -120,10 +120,12 @@ class ImageRecord:
     env: tuple[str, ...] = ()
     workdir: str = ""
     user: str = ""
+    stop_signal: int = 15
 
     def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "digest": self.digest,
-                "config": {"env": list(self.env), "workdir": self.workdir, "user": self.user}}
+                "config": {"env": list(self.env), "workdir": self.workdir, "user": self.user,
+                           "stopSignal": self.stop_signal}}
 
     @staticmethod
     def from_json(data: Any) -> "ImageRecord":
@@ -132,7 +134,8 @@ class ImageRecord:
         cfg: dict[str, Any] = raw_cfg if isinstance(raw_cfg, dict) else {}
         return ImageRecord(str(data.get("ref", "")), str(data.get("digest", "")),
                            tuple(str(e) for e in cfg.get("env") or ()),
-                           str(cfg.get("workdir") or ""), str(cfg.get("user") or ""))
+                           str(cfg.get("workdir") or ""), str(cfg.get("user") or ""),
+                           int(cfg.get("stopSignal") or 15))
 
 
 @dataclass(frozen=True)
