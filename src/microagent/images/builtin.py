@@ -17,13 +17,14 @@ import gzip
 import hashlib
 import io
 import json
+import dataclasses
 import os
 import subprocess
 import tarfile
 from pathlib import Path
 
-from microagent.errors import NotFound, Permanent
-from microagent.images.model import BaseImage, ImageConfig, Layer, Platform, PulledImage
+from microagent.errors import NotFound
+from microagent.images.model import BaseImage, PulledImage
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 NAMES = ("busybox",)
@@ -179,55 +180,16 @@ def ensure_busybox_layout(state_root: Path, architecture: str = "x86_64") -> Pat
     return layout
 
 
-def read_layout(layout: Path, reference: str) -> PulledImage:
-    """A :class:`PulledImage` for the single image in a layout this module wrote.
-
-    (A minimal reader: pulls of arbitrary layouts go through
-    :func:`microagent.images.pull.pull` with ``oci:PATH``.)
-
-    :raises Permanent: when the layout is damaged (blob missing or wrong digest).
-    """
-    def blob(digest: str) -> Path:
-        path = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise Permanent(f"built-in image layout {layout} is damaged: {exc}",
-                            f"delete {layout} and run again") from exc
-        if _sha256(data) != digest:
-            raise Permanent(f"built-in image layout {layout}: blob {digest} does not match its digest",
-                            f"delete {layout} and run again")
-        return path
-
-    index = json.loads((layout / "index.json").read_text())
-    desc = index["manifests"][0]
-    manifest = json.loads(blob(desc["digest"]).read_bytes())
-    config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
-    layers = tuple(Layer(digest=d["digest"], media_type=d["mediaType"], size=d["size"], path=blob(d["digest"]))
-                   for d in manifest["layers"])
-    cfg = config.get("config") or {}
-    return PulledImage(
-        reference=reference,
-        digest=desc["digest"],
-        platform=Platform(architecture=config["architecture"], os=config["os"]),
-        config=ImageConfig(entrypoint=tuple(cfg.get("Entrypoint") or ()), cmd=tuple(cfg.get("Cmd") or ()),
-                           env=tuple(cfg.get("Env") or ()), working_dir=cfg.get("WorkingDir") or "",
-                           user=cfg.get("User") or "", stop_signal=cfg.get("StopSignal") or ""),
-        layers=layers,
-        config_digest=manifest["config"]["digest"],
-        source="builtin",
-    )
-
-
 def busybox_pulled(state_root: Path, architecture: str = "x86_64") -> PulledImage:
     """``builtin:busybox`` as a pulled image (its layout written if needed).
 
     :raises NotFound: without busybox-static.
     """
+    from microagent.images.pull import pull
+
     layout = ensure_busybox_layout(state_root, architecture)
-    # The one line to switch to the general pipeline:
-    #   return pull(f"oci:{layout}:latest", state_root, architecture=architecture)
-    return read_layout(layout, "builtin:busybox")
+    pulled = pull(f"oci:{layout}:latest", state_root, architecture=architecture)  # the one pipeline
+    return dataclasses.replace(pulled, reference="builtin:busybox", source="builtin")
 
 
 def busybox_image(state_root: Path, guest_init: Path, architecture: str = "x86_64") -> BaseImage:
