@@ -101,11 +101,16 @@ def _version_of(argv: list[str]) -> tuple[str, str]:
     return (text[0].strip() if text else ""), ""
 
 
-def probe_tool(name: str, version_args: tuple[str, ...] = ("--version",), path: str | None = None) -> Tool:
+def probe_tool(name: str, version_args: tuple[str, ...] = ("--version",), path: str | None = None,
+               *, version: bool = True) -> Tool:
+    """Find ``name``; with ``version`` also run it once to read its version (costs a process)."""
     found = path or shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if not found:
         return Tool(name=name, error=f"{name} not found on PATH")
-    version, error = _version_of([found, *version_args])
+    if not version:
+        return Tool(name=name, path=found)
+    version_text, error = _version_of([found, *version_args])
+    return Tool(name=name, path=found, version=version_text, error=error)
     return Tool(name=name, path=found, version=version, error=error)
 
 
@@ -115,7 +120,7 @@ def qemu_binary_name(arch: str | None = None) -> str:
     )
 
 
-def probe_firecracker() -> Tool:
+def probe_firecracker(*, version: bool = True) -> Tool:
     from microagent.errors import MicroagentError
     from microagent.supervisors.firecracker.binary import resolve_firecracker
 
@@ -123,7 +128,7 @@ def probe_firecracker() -> Tool:
         path = resolve_firecracker()
     except MicroagentError as exc:
         return Tool(name="firecracker", error=exc.message)
-    return probe_tool("firecracker", path=str(path))
+    return probe_tool("firecracker", path=str(path), version=version)
 
 
 def probe_user_namespaces() -> bool:
@@ -133,8 +138,12 @@ def probe_user_namespaces() -> bool:
         return False
 
 
-def detect() -> HostFacts:
-    """Probe the host once."""
+def detect(*, versions: bool = True) -> HostFacts:
+    """Probe the host once.
+
+    :param versions: also run each tool for its version (``host``/``doctor``);
+        the boot path leaves this off and spawns no processes.
+    """
     facts = HostFacts(
         os=host_os(),
         architecture=host_arch(),
@@ -144,10 +153,10 @@ def detect() -> HostFacts:
         user_namespaces=probe_user_namespaces(),
     )
     if facts.os == "linux":
-        facts.tools["qemu"] = probe_tool(qemu_binary_name(facts.architecture))
-        facts.tools["firecracker"] = probe_firecracker()
-        facts.tools["pasta"] = probe_tool("pasta")
-        facts.tools["mke2fs"] = probe_tool("mke2fs", ("-V",))
-        facts.tools["debugfs"] = probe_tool("debugfs", ("-V",))
-        facts.tools["nft"] = probe_tool("nft", ("--version",))
+        facts.tools["qemu"] = probe_tool(qemu_binary_name(facts.architecture), version=versions)
+        facts.tools["firecracker"] = probe_firecracker(version=versions)
+        facts.tools["pasta"] = probe_tool("pasta", version=versions)
+        facts.tools["mke2fs"] = probe_tool("mke2fs", ("-V",), version=versions)
+        facts.tools["debugfs"] = probe_tool("debugfs", ("-V",), version=versions)
+        facts.tools["nft"] = probe_tool("nft", ("--version",), version=versions)
     return facts

@@ -188,7 +188,11 @@ def busybox_pulled(state_root: Path, architecture: str = "x86_64") -> PulledImag
     from microagent.images.pull import pull
 
     layout = ensure_busybox_layout(state_root, architecture)
-    pulled = pull(f"oci:{layout}:latest", state_root, architecture=architecture)  # the one pipeline
+    ref = f"oci:{layout}:latest"
+    try:  # the layout is ours and content-addressed: once indexed, no need to re-read it
+        pulled = pull(ref, state_root, architecture=architecture, policy="never")
+    except NotFound:
+        pulled = pull(ref, state_root, architecture=architecture)  # the one pipeline
     return dataclasses.replace(pulled, reference="builtin:busybox", source="builtin")
 
 

@@ -53,10 +53,10 @@ from microagent.images.reference import (
     LayoutReference,
     parse_reference,
 )
-from microagent.images.registry import RequestCounter, client_for
 
 if TYPE_CHECKING:
     from microagent.images.layout import BlobSource
+    from microagent.images.registry import RequestCounter
 
 __all__ = ["POLICIES", "PullProgress", "pull", "cached"]
 
@@ -228,6 +228,8 @@ def _complete(ref: str, top_digest: str, top_bytes: bytes | None, want: Platform
 def _pull_registry(ref: ImageReference, state_root: Path, store: BlobStore, want: Platform,
                    progress: PullProgress | None, allow_insecure: bool,
                    counter: RequestCounter | None) -> PulledImage:
+    from microagent.images.registry import client_for  # urllib3: only when a registry is involved
+
     client = client_for(ref.registry, ref.api_host, ref.host, state_root=state_root,
                         allow_insecure=allow_insecure, counter=counter)
     repo = ref.repository

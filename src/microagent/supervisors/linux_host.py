@@ -39,15 +39,15 @@ def host_document(backend: str, vmm: Tool, facts: HostFacts, *, vsock: bool, acc
     }
 
 
-def require_linux(backend: str) -> HostFacts:
-    """Detect the host, refusing anything but Linux.
+def require_linux(backend: str, *, versions: bool = False) -> HostFacts:
+    """Detect the host, refusing anything but Linux (tool versions only when asked: ``host``).
 
     :raises Unsupported: on a non-Linux host.
     """
     if host_os() != "linux":
         raise Unsupported(f"the {backend} backend needs a Linux host; this host runs {host_os()}",
                           "use the backend of this host OS (see 'microagent host')")
-    return detect()
+    return detect(versions=versions)
 
 
 def check_files(request: Request) -> None:

@@ -84,7 +84,7 @@ def resolve_backend(requested: str | None) -> str:
         return explicit
     from microagent.host.detect import detect
 
-    return default_backend(detect()).backend
+    return default_backend(detect(versions=False)).backend
 
 
 def find_kernel(root: Path, backend: str) -> Path:

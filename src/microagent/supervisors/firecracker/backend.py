@@ -71,7 +71,7 @@ class FirecrackerBackend(VMMBackend):
     # --- host ------------------------------------------------------------------
 
     def host(self, request: Request) -> Response:
-        facts = require_linux(self.name)
+        facts = require_linux(self.name, versions=True)
         doc = host_document(self.name, facts.tools["firecracker"], facts,
                             vsock=facts.vhost_vsock, accel="kvm")
         doc["allowNoKvm"] = allow_no_kvm()

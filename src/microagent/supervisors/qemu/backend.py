@@ -31,7 +31,7 @@ class QemuBackend(VMMBackend):
     boot_files = ("channel.sock", "qmp.sock", "qemu.pid")
 
     def host(self, request: Request) -> Response:
-        facts = require_linux(self.name)
+        facts = require_linux(self.name, versions=True)
         doc = host_document(self.name, facts.tools["qemu"], facts, vsock=True,
                             accel=accel_for(facts.kvm.kind))
         return Response(ok=True, backend=self.name, host=doc)
