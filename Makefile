@@ -30,7 +30,7 @@ guest:
 	$(MAKE) -s -C guest install DESTDIR=$(CURDIR)/src/microagent/guest
 
 firecracker: venv
-	$(BIN)/python -m microagent.supervisors.firecracker.binary install
+	$(BIN)/python -m microagent.host.firecracker_binary install
 
 kernel: venv guest
 	$(BIN)/microagent kernel install --backend qemu --if-missing

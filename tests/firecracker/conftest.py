@@ -54,7 +54,7 @@ def _cached_kernel_deb() -> Path | None:
 @pytest.fixture(scope="session")
 def fc_binary() -> Path:
     from microagent.errors import MicroagentError
-    from microagent.supervisors.firecracker import binary
+    from microagent.host import firecracker_binary as binary
 
     try:
         return binary.install_pinned()

@@ -20,7 +20,7 @@ import pytest
 
 from microagent.errors import Conflict, Transient
 from microagent.supervisors.firecracker.api import FirecrackerAPI
-from microagent.supervisors.process import ProcessRef, _starttime, is_alive
+from microagent.host.process import ProcessRef, _starttime, is_alive
 
 
 def _alive(pid: int, starttime: int) -> bool:

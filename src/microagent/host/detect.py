@@ -122,7 +122,7 @@ def qemu_binary_name(arch: str | None = None) -> str:
 
 def probe_firecracker(*, version: bool = True) -> Tool:
     from microagent.errors import MicroagentError
-    from microagent.supervisors.firecracker.binary import resolve_firecracker
+    from microagent.host.firecracker_binary import resolve_firecracker
 
     try:
         path = resolve_firecracker()

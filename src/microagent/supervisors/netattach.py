@@ -21,7 +21,7 @@ from typing import Any
 
 from microagent.errors import Permanent
 from microagent.network.plan import NetworkPlan, host_nameservers, tap_name
-from microagent.supervisors.runtime_state import RuntimeDir, read_json, write_json_atomic
+from microagent.runtime_state import RuntimeDir, read_json, write_json_atomic
 from microagent.vmkit.types import Config
 
 CONFIG_DISK_BYTES = 64 * 1024

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient
-from microagent.supervisors import netattach, process
+from microagent.host import process
+from microagent.supervisors import netattach
 from microagent.supervisors.base import Backend
-from microagent.supervisors.runtime_state import RuntimeDir, write_json_atomic
+from microagent.runtime_state import RuntimeDir, write_json_atomic
 from microagent.vmkit.types import Event, Request, Response, now_rfc3339, to_wire
 
 STOP_GRACE_S = 5.0

@@ -174,8 +174,8 @@ class WorkspaceStore:
 
         :raises NotFound: when the workspace does not exist.
         """
-        from microagent.supervisors.process import ProcessRef, is_alive
-        from microagent.supervisors.runtime_state import read_json
+        from microagent.host.process import ProcessRef, is_alive
+        from microagent.runtime_state import read_json
 
         rt = self.runtime_path(name)
         runtime = read_json(rt / "runtime.json")
@@ -419,7 +419,7 @@ class WorkspaceStore:
         try:
             return self.manifest(name).backend
         except MicroagentError:
-            from microagent.supervisors.runtime_state import read_json
+            from microagent.runtime_state import read_json
 
             runtime = read_json(self.runtime_path(name) / "runtime.json")
             if isinstance(runtime, dict) and isinstance(runtime.get("backend"), str):

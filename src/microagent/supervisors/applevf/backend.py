@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 from microagent.errors import MicroagentError, NotFound, Permanent, Transient
 from microagent.host.detect import host_os
 from microagent.paths import host_arch
-from microagent.supervisors import process
+from microagent.host import process
 from microagent.supervisors.applevf import control
 from microagent.supervisors.applevf.vzconfig import (
     SPEC_FILE,
@@ -50,7 +50,7 @@ from microagent.supervisors.applevf.vzconfig import (
 )
 from microagent.supervisors.linux_host import check_files
 from microagent.supervisors.netattach import CONFIG_DISK_BYTES
-from microagent.supervisors.runtime_state import RuntimeDir, read_json, write_json_atomic
+from microagent.runtime_state import RuntimeDir, read_json, write_json_atomic
 from microagent.supervisors.vmm import VMMBackend, runtime_dir_for
 from microagent.vmkit.types import Request, Response
 

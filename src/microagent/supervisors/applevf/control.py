@@ -31,7 +31,6 @@ side and the names shared by both ends; no PyObjC.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Any

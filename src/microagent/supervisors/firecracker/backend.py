@@ -43,7 +43,7 @@ from microagent.supervisors.firecracker.config import (
     firecracker_config,
 )
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
-from microagent.supervisors.runtime_state import RuntimeDir
+from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
 
@@ -79,7 +79,7 @@ class FirecrackerBackend(VMMBackend):
 
     def preflight(self, request: Request) -> dict[str, Any]:
         from microagent.host.detect import host_os, probe_kvm
-        from microagent.supervisors.firecracker.binary import resolve_firecracker
+        from microagent.host.firecracker_binary import resolve_firecracker
 
         if host_os() != "linux":
             require_linux(self.name)  # raises Unsupported naming the host OS

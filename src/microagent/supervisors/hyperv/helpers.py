@@ -3,7 +3,7 @@
 A helper is recorded in ``runtime.json`` as a small JSON object (``pid`` plus
 an identity stamp) so a recycled PID never passes for our helper:
 
-- POSIX: ``starttime`` from ``/proc/<pid>/stat`` (:mod:`microagent.supervisors.process`);
+- POSIX: ``starttime`` from ``/proc/<pid>/stat`` (:mod:`microagent.host.process`);
 - Windows: the process creation time from ``GetProcessTimes``.  Liveness is
   ``GetExitCodeProcess == STILL_ACTIVE`` and the kill is ``TerminateProcess``:
   ``os.kill`` is unusable for probing on Windows (any signal but CTRL_* *is*
@@ -35,7 +35,7 @@ class PosixHelpers:
     """Helpers as detached POSIX processes (also what tests here use)."""
 
     def spawn(self, argv: list[str], *, cwd: Path, log_path: Path) -> dict[str, Any]:
-        from microagent.supervisors import process
+        from microagent.host import process
 
         proc = process.spawn_detached(argv, cwd=cwd, log_path=log_path)
         try:
@@ -45,12 +45,12 @@ class PosixHelpers:
             raise Permanent(f"the helper exited at once; see {log_path.name}") from None
 
     def alive(self, ref: dict[str, Any]) -> bool:
-        from microagent.supervisors import process
+        from microagent.host import process
 
         return process.is_alive(process.ProcessRef(int(ref["pid"]), int(ref["starttime"])))
 
     def kill(self, ref: dict[str, Any]) -> None:
-        from microagent.supervisors import process
+        from microagent.host import process
 
         pref = process.ProcessRef(int(ref["pid"]), int(ref["starttime"]))
         process.send_signal(pref, signal.SIGKILL)

@@ -12,11 +12,11 @@ import subprocess
 from typing import Any
 
 from microagent.errors import MicroagentError, PolicyDenied
-from microagent.supervisors import process
+from microagent.host import process
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.supervisors.qemu.argv import qemu_argv
 from microagent.supervisors.qemu.qmp import QMPClient
-from microagent.supervisors.runtime_state import RuntimeDir
+from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
 

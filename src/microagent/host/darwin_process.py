@@ -1,10 +1,10 @@
 """Process start times on macOS, for the ``(pid, starttime)`` process identity.
 
-:mod:`microagent.supervisors.process` identifies a recorded process by its PID
+:mod:`microagent.host.process` identifies a recorded process by its PID
 and its start time, read from ``/proc/<pid>/stat`` — which macOS does not
 have.  This module reads the start time through libproc
 (``proc_pidinfo(pid, PROC_PIDTBSDINFO)``: ``pbi_start_tvsec``/``pbi_start_tvusec``,
-in microseconds); :mod:`microagent.supervisors.process` uses it on darwin.
+in microseconds); :mod:`microagent.host.process` uses it on darwin.
 Unverified here: needs macOS.
 """
 

