@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from microagent.vmkit.types import Event, to_wire
+from microagent.vmkit.types import Event, Identity, to_wire
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -83,6 +83,17 @@ class RuntimeDir:
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def record(self, identity: Identity, state: str, detail: str = "", **runtime_updates: Any) -> Event:
+        """Set the workspace's state: ``runtime.json`` updated, then the event logged."""
+        event = Event(identity=identity, state=state, detail=detail)
+        runtime = self.runtime() or {}
+        runtime.update(runtime_updates)
+        runtime["state"] = state
+        runtime["updatedAt"] = event.observedAt
+        self.write_runtime(runtime)
+        self.record_event(event)
+        return event
 
     def record_event(self, event: Event) -> None:
         """Write ``event.json`` and append the event to ``events.jsonl``."""

@@ -29,3 +29,23 @@ def connect_any_length(sock: socket.socket, path: str | os.PathLike[str]) -> Non
         sock.connect(f"/proc/self/fd/{dirfd}/{name}")
     finally:
         os.close(dirfd)
+
+
+def listen_unix(name: str, backlog: int = 64) -> socket.socket:
+    """Listen on ``name`` in the current directory, mode 0600.
+
+    Binds a temporary name and renames it into place once it accepts, so a
+    client that sees the path never finds a dead socket.  Callers ``chdir``
+    into the runtime directory first: relative names keep ``sun_path`` short.
+    """
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f".{name}.{os.getpid()}"
+    sock.bind(tmp)
+    os.chmod(tmp, 0o600)
+    sock.listen(backlog)
+    os.rename(tmp, name)
+    return sock

@@ -296,20 +296,12 @@ def connect_guest(spec: str, deadline: float) -> socket.socket:
 
 
 def bind_listener(path: str) -> socket.socket:
-    """Listen on ``path`` (relative to the runtime dir we chdir into: any length works)."""
+    """Listen on ``path``, from inside its directory (any path length works)."""
+    from microagent.unixsock import listen_unix
+
     directory, name = os.path.split(os.path.abspath(path))
     os.chdir(directory)
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = f".{name}.{os.getpid()}"
-    sock.bind(tmp)
-    os.chmod(tmp, 0o600)
-    sock.listen(64)
-    os.rename(tmp, name)  # appears only once it accepts: clients never see a dead path
-    return sock
+    return listen_unix(name)
 
 
 def start_publishers(control: str, specs: list[str]) -> None:

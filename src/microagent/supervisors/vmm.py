@@ -104,14 +104,7 @@ class VMMBackend(Backend):
     def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "",
                **runtime_updates: Any) -> Event:
         assert request.identity is not None
-        event = Event(identity=request.identity, state=state, detail=detail)
-        runtime = rt.runtime() or {}
-        runtime.update(runtime_updates)
-        runtime["state"] = state
-        runtime["updatedAt"] = event.observedAt
-        rt.write_runtime(runtime)
-        rt.record_event(event)
-        return event
+        return rt.record(request.identity, state, detail, **runtime_updates)
 
     def live_vmm(self, rt: RuntimeDir) -> process.ProcessRef | None:
         ref = _ref(rt.runtime())

@@ -13,8 +13,6 @@ Writes are atomic (temp file, fsync, rename).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,26 +35,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
     :raises Permanent: when the file cannot be written.
     """
+    from microagent.runtime_state import write_json_atomic as write_atomically
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomically(path, data)
     except OSError as exc:
         raise Permanent(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise Permanent(f"cannot write {path}: {exc.strerror}") from exc
-        raise
 
 
 @dataclass(frozen=True)

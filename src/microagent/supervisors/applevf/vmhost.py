@@ -58,6 +58,7 @@ from typing import Any, Callable, Protocol
 from microagent.errors import Conflict, MicroagentError, PolicyDenied, Transient
 from microagent.supervisors.applevf import control
 from microagent.supervisors.applevf.vzconfig import SPEC_FILE, build_configuration
+from microagent.unixsock import listen_unix
 
 STOP_WAIT_S = 3.0
 CONNECT_RETRY_S = 0.1
@@ -134,16 +135,7 @@ class VMHost:
     @staticmethod
     def _listen(name: str) -> socket.socket:
         """Listen on ``name`` in the cwd (bind a temp name, rename: it appears ready)."""
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        tmp = f".{name}.{os.getpid()}"
-        sock.bind(tmp)
-        os.chmod(tmp, 0o600)
-        sock.listen(16)
-        os.rename(tmp, name)
+        sock = listen_unix(name, backlog=16)
         sock.setblocking(False)
         return sock
 

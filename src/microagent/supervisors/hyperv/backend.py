@@ -86,14 +86,7 @@ class HyperVBackend(Backend):
 
     def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "", **updates: Any) -> Event:
         assert request.identity is not None
-        event = Event(identity=request.identity, state=state, detail=detail)
-        runtime = rt.runtime() or {}
-        runtime.update(updates)
-        runtime["state"] = state
-        runtime["updatedAt"] = event.observedAt
-        rt.write_runtime(runtime)
-        rt.record_event(event)
-        return event
+        return rt.record(request.identity, state, detail, **updates)
 
     def recorded_state(self, rt: RuntimeDir) -> str:
         return str((rt.runtime() or {}).get("state", "unknown"))
