@@ -474,6 +474,22 @@ def write_docker_archive(path: Path, images: list[tuple[list[str], BuiltImage, l
 # -- debootstrap -----------------------------------------------------------------------
 
 
+def apt_mirror() -> str | None:
+    """The Debian mirror this machine's apt uses (debootstrap's own default when none is found)."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in path.read_text().splitlines():
+            if line.startswith("URIs:") and not line.rstrip().endswith("-security"):
+                return line.split()[1]
+    try:
+        for line in Path("/etc/apt/sources.list").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
+                return parts[1]
+    except OSError:
+        pass
+    return None
+
+
 def debian_rootfs_layer(cache_dir: Path | None = None, suite: str = "bookworm") -> Path:
     """A gzip layer of ``debootstrap --variant=minbase SUITE``, built once per machine.
 
@@ -492,7 +508,8 @@ def debian_rootfs_layer(cache_dir: Path | None = None, suite: str = "bookworm") 
         shutil.rmtree(work, ignore_errors=True)
         try:
             root = work / "root"
-            subprocess.run(["debootstrap", "--variant=minbase", suite, str(root), "DEBIAN_MIRROR"],
+            mirror = apt_mirror()
+            subprocess.run(["debootstrap", "--variant=minbase", suite, str(root), *([mirror] if mirror else [])],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
                 for entry in (root / sub).glob("*"):
