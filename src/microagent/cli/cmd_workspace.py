@@ -207,7 +207,8 @@ def _status_text(d: dict[str, Any]) -> str:
         f"image:        {d['image']['ref']} ({d['image']['digest'][:19]}…)",
         f"profile:      {d['profile']}: {res['memoryMiB']} MiB, {res['cpuCount']} vCPU, disk {res['diskSizeMiB']} MiB",
         f"disk:         {d['disk']['path']}" + (f" ({d['disk'].get('allocatedMiB')} MiB used)" if "allocatedMiB" in d["disk"] else " (missing)"),
-        f"network:      {d['network']['mode']}",
+        f"network:      {d['network']['mode']}"
+        + (f", published {', '.join(d['network']['publish'])}" if d["network"].get("publish") else ""),
         "readiness:    " + ", ".join(f"{k}={'yes' if v.get('ready') else 'no'}" for k, v in rd.items()),
         f"channel:      {d['channel']['path']}",
         f"serial log:   {d['serialLog']}",

@@ -9,13 +9,14 @@ at create (``ok`` per file, and ``divergence`` listing what changed).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from microagent.digests import sha256_file
 from microagent.vmkit.types import now_rfc3339
 from microagent.workspace.channel_path import guest_channel_path, has_helper
 from microagent.workspace.lifecycle import WorkspaceStore
-from microagent.digests import sha256_file
 from microagent.workspace.manifest import Manifest
 from microagent.workspace.state import WorkspaceState
 
@@ -94,7 +95,7 @@ def workspace_status(store: WorkspaceStore, name: str, *, probe: bool = True) ->
         "profile": manifest.profile,
         "resources": manifest.resources,
         "env": list(manifest.env),
-        "network": {"mode": manifest.network},
+        "network": _network(manifest, rt),
         "createdAt": manifest.createdAt,
         "disk": disk_info,
         "runtimeDir": str(rt),
@@ -105,3 +106,14 @@ def workspace_status(store: WorkspaceStore, name: str, *, probe: bool = True) ->
                                 else None, probe),
         "verification": verify(manifest),
     }
+
+
+def _network(manifest: Manifest, rt: Path) -> dict[str, Any]:
+    """The mode and published ports, plus what the supervisor set up at the last start."""
+    out: dict[str, Any] = {"mode": manifest.network,
+                           "publish": [f"{p.host}:{p.hostPort}->{p.guestPort}/tcp" for p in manifest.publish]}
+    try:
+        out["attached"] = json.loads((rt / "network.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return out
