@@ -108,3 +108,42 @@ def test_router_gives_up_without_a_guest(tmp_path: Path) -> None:
                            "--hello-timeout", "0.5"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3 and "cannot connect to the guest" in proc.stderr
     assert not (tmp_path / "c.sock").exists()
+
+
+def test_tcp_control_endpoint_needs_the_token(agent_binary: Path, tmp_path: Path) -> None:
+    """The Windows path (no AF_UNIX): loopback TCP + a token from control.json, run here for real."""
+    import json
+    import socket
+
+    from microagent.channel.stream import SocketStream
+    from microagent.channel.mux import ChannelConnection
+    from microagent.errors import PolicyDenied
+
+    guest_sock = tmp_path / "channel.sock"
+    agent = subprocess.Popen([str(agent_binary), "--agent", "--listen", str(guest_sock)],
+                             stderr=open(tmp_path / "agent.log", "wb"))
+    router = subprocess.Popen(
+        [sys.executable, "-m", "microagent.channel.router", "--guest", f"unix:{guest_sock}",
+         "--listen", str(tmp_path / "control.sock"), "--transport", "tcp", "--hello-timeout", "10"],
+        stderr=open(tmp_path / "router.log", "wb"))
+    try:
+        control = tmp_path / "control.json"
+        deadline = time.monotonic() + 10
+        while not control.exists():
+            assert router.poll() is None and time.monotonic() < deadline, (tmp_path / "router.log").read_text()
+            time.sleep(0.01)
+        doc = json.loads(control.read_text())
+        assert doc["transport"] == "tcp" and doc["address"].startswith("127.0.0.1:") and len(doc["token"]) == 32
+        assert control.stat().st_mode & 0o077 == 0
+        assert not (tmp_path / "control.sock").exists()
+        with open_channel(control) as conn:
+            assert conn.exec(ExecRequest(argv=["echo", "via-tcp"])).stdout == b"via-tcp\n"
+        host, port = doc["address"].rsplit(":", 1)
+        for token in ("", "0" * 32):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            with pytest.raises(PolicyDenied, match="token"):
+                ChannelConnection.open(SocketStream(sock), hello_timeout=5, hello_fields={"token": token} if token else None)
+    finally:
+        for p in (router, agent):
+            p.kill()
+            p.wait(5)

@@ -49,7 +49,7 @@ from microagent.channel.frames import (
     json_frame,
 )
 from microagent.channel.stream import ByteStream
-from microagent.errors import ChannelClosed
+from microagent.errors import ChannelClosed, PolicyDenied
 
 if TYPE_CHECKING:
     from microagent.channel.exec import ExecRequest, ExecResult, ExecSession, OutputSink
@@ -364,7 +364,8 @@ class ChannelConnection:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, stream: ByteStream, *, name: str = "guest", hello_timeout: float = 10.0) -> ChannelConnection:
+    def open(cls, stream: ByteStream, *, name: str = "guest", hello_timeout: float = 10.0,
+             hello_fields: dict[str, Any] | None = None) -> ChannelConnection:
         """Start a connection on ``stream`` and perform the handshake.
 
         :raises VersionMismatch: if the guest speaks another version.
@@ -374,7 +375,7 @@ class ChannelConnection:
         conn = cls(stream, name=name)
         try:
             conn.start()
-            conn.handshake(hello_timeout)
+            conn.handshake(hello_timeout, hello_fields)
         except BaseException:
             conn.close()
             raise
@@ -394,8 +395,8 @@ class ChannelConnection:
             self._started = True
         self._reader.start()
 
-    def handshake(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Send ``HELLO`` and wait for the guest's; return its object.
+    def handshake(self, timeout: float = 10.0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send ``HELLO`` (plus ``extra`` fields, e.g. a helper's token) and wait for the guest's.
 
         A handshake on a live connection resets it (the guest kills every
         session), so every open local session is failed with
@@ -417,7 +418,8 @@ class ChannelConnection:
         for s in stale:
             s._fail(ChannelClosed(f"session {s.id} was reset by a new HELLO"))
         self._send(
-            json_frame(0, FrameType.HELLO, {"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION, "role": "host"})
+            json_frame(0, FrameType.HELLO, {**(extra or {}), "protocol": PROTOCOL_NAME,
+                                            "version": PROTOCOL_VERSION, "role": "host"})
         )
         deadline = time.monotonic() + timeout
         with self._hello_cond:
@@ -716,16 +718,20 @@ class ChannelConnection:
             if err is None and ftype is FrameType.ERROR:
                 code = str(body.get("code", ""))
                 msg = str(body.get("message", ""))
-                if code != "version_mismatch":
+                if code == "policy_denied":  # a helper refused our token
+                    err = PolicyDenied(f"{self.name} refused the connection: {msg}",
+                                       "read the token from the helper's current control.json")
+                elif code != "version_mismatch":
                     # Not an answer to HELLO (the guest answers HELLO with
                     # HELLO or version_mismatch): a late reply to something
                     # earlier on session 0. Keep waiting.
                     log.warning("%s: ERROR %s on session 0 during HELLO: %s", self.name, code, msg)
                     return
-                err = VersionMismatch(
-                    f"{self.name} rejected protocol version {PROTOCOL_VERSION}: {msg}",
-                    "install matching versions of microagent and its guest image",
-                )
+                else:
+                    err = VersionMismatch(
+                        f"{self.name} rejected protocol version {PROTOCOL_VERSION}: {msg}",
+                        "install matching versions of microagent and its guest image",
+                    )
             elif err is None:
                 if body.get("protocol") != PROTOCOL_NAME or body.get("version") != PROTOCOL_VERSION:
                     err = VersionMismatch(

@@ -25,7 +25,10 @@ Run as ``python -m microagent.channel.router --guest unix:PATH --listen PATH``
 from __future__ import annotations
 
 import argparse
+import hmac
+import json
 import os
+import secrets
 import selectors
 import signal
 import socket
@@ -69,7 +72,8 @@ class Peer:
 
 
 class Router:
-    def __init__(self, guest: socket.socket, listener: socket.socket) -> None:
+    def __init__(self, guest: socket.socket, listener: socket.socket, token: str | None = None) -> None:
+        self.token = token  # required in every client HELLO when set (the loopback-TCP endpoint)
         self.sel = selectors.DefaultSelector()
         self.guest = Peer(guest)
         self.listener = listener
@@ -241,6 +245,10 @@ class Router:
             self._error(peer, 0, "version_mismatch",
                         f"helper speaks version {PROTOCOL_VERSION}, not {body.get('version')!r}")
             return
+        if self.token is not None and not hmac.compare_digest(str(body.get("token", "")), self.token):
+            self._error(peer, 0, "policy_denied", "this control endpoint needs the token from control.json")
+            self._drop_client(peer)
+            return
         for sid in list(peer.sessions):
             self._abandon(peer, sid)  # a re-HELLO resets this client's sessions only
         peer.hello_done = True
@@ -304,6 +312,30 @@ def bind_listener(path: str) -> socket.socket:
     return listen_unix(name)
 
 
+def bind_tcp_control(listen_path: str) -> tuple[socket.socket, str]:
+    """A loopback-TCP control endpoint, for hosts without AF_UNIX (Windows' CPython).
+
+    Loopback TCP is reachable by every local user, so each client must show a
+    random token in its ``HELLO``; the address and token are written to
+    ``control.json`` beside ``listen_path`` (atomically, mode 0600), which is
+    what :func:`microagent.channel.open_channel` reads.
+
+    :returns: the listening socket and the token.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    host, port = sock.getsockname()[:2]
+    token = secrets.token_hex(16)
+    directory = os.path.dirname(os.path.abspath(listen_path))
+    tmp = os.path.join(directory, f".control.json.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"transport": "tcp", "address": f"{host}:{port}", "token": token}, fh)
+    os.replace(tmp, os.path.join(directory, "control.json"))
+    return sock, token
+
+
 def start_publishers(control: str, specs: list[str]) -> None:
     """Serve ``--publish FD:GUESTPORT`` listeners (bound by the supervisor before boot).
 
@@ -336,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guest", required=True, help="unix:PATH or fc-vsock:UDS:PORT")
     parser.add_argument("--listen", required=True, help="control socket path")
     parser.add_argument("--hello-timeout", type=float, default=60.0)
+    parser.add_argument("--transport", choices=("unix", "tcp"), default="unix" if hasattr(socket, "AF_UNIX") else "tcp",
+                        help="control endpoint: a Unix socket, or token-protected loopback TCP (control.json)")
     parser.add_argument("--publish", action="append", default=[], metavar="FD:GUESTPORT",
                         help="an inherited listening TCP socket to bridge to a guest port")
     args = parser.parse_args(argv)
@@ -347,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report and exit: the supervisor reads our status
         log(f"cannot connect to the guest: {exc}")
         return 3
-    router = Router(guest, socket.socket(socket.AF_UNIX))  # placeholder until handshake succeeds
+    router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until handshake succeeds
     try:
         router.handshake(max(0.1, deadline - time.monotonic()))
     except (OSError, ConnectionError) as exc:
@@ -355,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     listen_path = os.path.abspath(args.listen)
     router.listener.close()
-    router.listener = bind_listener(listen_path)
+    if args.transport == "tcp":
+        router.listener, router.token = bind_tcp_control(listen_path)
+        listen_path = os.path.join(os.path.dirname(listen_path), "control.json")
+    else:
+        router.listener = bind_listener(listen_path)
     router.listener.setblocking(False)
     log(f"ready: {listen_path}")
     if args.publish:
@@ -364,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         router.serve()
     finally:
         try:
-            os.unlink(os.path.basename(listen_path))
+            os.unlink(listen_path)
         except FileNotFoundError:
             pass
         router.close()

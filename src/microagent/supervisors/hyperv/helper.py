@@ -23,7 +23,6 @@ Run as ``python -m microagent.supervisors.hyperv.helper --vm-id GUID ...``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -73,40 +72,26 @@ def _connect(args: argparse.Namespace, deadline: float) -> socket.socket:
             time.sleep(0.1)
 
 
-def _listen(listen: str) -> tuple[socket.socket, str]:
-    """The control listener and how clients reach it."""
+def _listen(listen: str) -> tuple[socket.socket, str, str | None]:
+    """The control listener, how clients reach it, and the token it requires (TCP only)."""
     if hasattr(socket, "AF_UNIX"):
-        return bind_listener(listen), "unix:" + os.path.abspath(listen)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    host, port = sock.getsockname()
-    directory = os.path.dirname(os.path.abspath(listen))
-    tmp = os.path.join(directory, f".control.json.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"transport": "tcp", "address": f"{host}:{port}"}, fh)
-    os.replace(tmp, os.path.join(directory, "control.json"))
-    return sock, f"tcp:{host}:{port}"
+        return bind_listener(listen), "unix:" + os.path.abspath(listen), None
+    from microagent.channel.router import bind_tcp_control
+
+    sock, token = bind_tcp_control(listen)
+    return sock, os.path.join(os.path.dirname(os.path.abspath(listen)), "control.json"), token
 
 
 def _publish(control: str, specs: list[str]) -> None:
     """Bridge ``host:hostPort:guestPort`` listeners over our own control endpoint."""
 
     def run() -> None:
+        from microagent.channel.connect import open_channel
         from microagent.channel.forward import PortPublisher, bind_listener as bind_tcp
-        from microagent.channel.mux import ChannelConnection
-        from microagent.channel.stream import SocketStream
 
         try:
-            kind, _, rest = control.partition(":")
-            if kind == "unix":
-                from microagent.channel.stream import connect_unix
-
-                stream = connect_unix(rest)
-            else:
-                host, _, port = rest.rpartition(":")
-                stream = SocketStream(socket.create_connection((host, int(port))))
-            conn = ChannelConnection.open(stream, name="publish", hello_timeout=10.0)
+            # control is "unix:PATH" or the path of control.json (loopback TCP + token)
+            conn = open_channel(control.removeprefix("unix:"), name="publish", hello_timeout=10.0)
             for spec in specs:
                 host, host_port, guest_port = spec.rsplit(":", 2)
                 PortPublisher(conn, int(guest_port), listener=bind_tcp(host, int(host_port)))
@@ -145,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"guest did not answer HELLO: {exc}")
         return 4
     router.listener.close()
-    router.listener, control = _listen(args.listen)
+    router.listener, control, router.token = _listen(args.listen)
     router.listener.setblocking(False)
     log(f"ready: {control}")
     if args.publish:
