@@ -125,3 +125,27 @@ def test_gc_cleans_up_after_a_crash(vm_state: Path, ns: Ns) -> None:
         assert ":8099" not in ns.listening()
     finally:
         ns.ma("delete", "-f", name)
+
+
+def test_workspace_survives_its_helper_being_killed(vm_state: Path, ns: Ns) -> None:
+    name = f"ph{uuid.uuid4().hex[:6]}"
+    try:
+        assert ns.ma("create", name, "--network", "user", "-p", "8097:8080")[0] == 0
+        assert ns.ma("start", name)[0] == 0
+        runtime = json.loads((vm_state / name / "runtime.json").read_text())
+        subprocess.run(["kill", "-9", str(runtime["routerPid"])], check=True)
+        # the next command brings up a new helper (published ports included); the VM never stopped
+        out = ns.run(MICROAGENT, "exec", name, "--", "sh", "-c",
+                     "mkdir -p /www && echo again > /www/index.html && httpd -p 8080 -h /www && echo started")
+        assert out.returncode == 0 and out.stdout == "started\n", out.stderr
+        assert json.loads((vm_state / name / "runtime.json").read_text())["pid"] == runtime["pid"]
+        got = ""
+        for _ in range(50):
+            proc = ns.run(sys.executable, "-c", FETCH, "8097")
+            if proc.returncode == 0:
+                got = proc.stdout
+                break
+            time.sleep(0.1)
+        assert got.strip() == "again"
+    finally:
+        ns.ma("delete", "-f", name)

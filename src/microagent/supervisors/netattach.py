@@ -84,6 +84,25 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str) -> Attachment:
     return attachment
 
 
+def rebind_published(runtime: dict[str, Any]) -> list[tuple[socket.socket, int]]:
+    """Listeners for the published ports recorded in ``runtime.json`` (for a new helper).
+
+    A port someone else took meanwhile is skipped: the workspace keeps running.
+    """
+    from microagent.channel.forward import bind_listener
+    from microagent.errors import Conflict
+
+    out = []
+    network = (runtime.get("config") or {}).get("network") or {}
+    for fwd in network.get("portForwards") or ():
+        try:
+            out.append((bind_listener(str(fwd.get("host", "127.0.0.1")), int(fwd["hostPort"])),
+                        int(fwd["guestPort"])))
+        except (Conflict, KeyError, ValueError):
+            continue
+    return out
+
+
 def write_config_disk(rt: RuntimeDir, hostname: str, plan: NetworkPlan, env: tuple[str, ...] = ()) -> Path:
     """The per-boot config disk: one JSON object, NUL-padded (docs/protocol.md)."""
     doc = json.dumps({"hostname": hostname, "env": list(env), "network": plan.guest_config()}).encode()

@@ -360,7 +360,13 @@ class VMMBackend(Backend):
             detail = event.detail
         else:
             if state == "running" and alive and self.live_router(rt) is None:
-                self._spawn_router(rt, 10.0)  # the helper died: a new one takes over the channel
+                rt.control_socket.unlink(missing_ok=True)  # the dead helper's socket
+                listeners = netattach.rebind_published(runtime)  # its published ports died with it
+                try:
+                    self._spawn_router(rt, 10.0, listeners)  # a new helper takes over the channel
+                finally:
+                    for sock, _ in listeners:
+                        sock.close()
                 deadline = time.monotonic() + 10.0
                 while not rt.control_socket.exists() and time.monotonic() < deadline:
                     time.sleep(0.02)

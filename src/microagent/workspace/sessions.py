@@ -53,7 +53,13 @@ class GuestSession:
         self.manifest: Manifest = store.manifest(name)
         observed = store.observe(name, self.manifest.backend)
         require_state(operation, name, observed.state)
-        self.conn: ChannelConnection = _connect(store.root, name)
+        try:
+            self.conn: ChannelConnection = _connect(store.root, name)
+        except Transient:
+            # The channel helper may have died while the VM runs: the supervisor's
+            # inspect starts a new one (the guest resets its sessions); try once more.
+            store.inspect(name, self.manifest.backend)
+            self.conn = _connect(store.root, name)
 
     def __enter__(self) -> "GuestSession":
         return self
