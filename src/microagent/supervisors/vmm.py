@@ -37,7 +37,7 @@ from microagent.host import process
 from microagent.supervisors import netattach
 from microagent.supervisors.base import Backend
 from microagent.runtime_state import RuntimeDir, write_json_atomic
-from microagent.vmkit.types import Event, Request, Response, now_rfc3339, to_wire
+from microagent.vmkit.types import Config, Event, Request, Response, now_rfc3339, to_wire
 
 STOP_GRACE_S = 5.0
 HALT_TIMEOUT_S = 15.0
@@ -84,6 +84,18 @@ class VMMBackend(Backend):
     def sever(self, rt: RuntimeDir) -> list[str]:
         """Backend-specific host paths to cut on quarantine; returns their names."""
         return []
+
+    def attach_network(self, cfg: Config, rt: RuntimeDir, name: str) -> netattach.Attachment:
+        """Host-side networking before the VMM exists: published ports bound, NAT TAP and rules."""
+        return netattach.attach(cfg, rt, name)
+
+    def guest_network(self, attachment: netattach.Attachment, name: str) -> dict[str, Any]:
+        """The ``network`` object of the per-boot config (the guest's addressing)."""
+        return attachment.plan.guest_config()
+
+    def detach_network(self, rt: RuntimeDir, name: str) -> list[str]:
+        """Undo :meth:`attach_network` (published listeners close with the helper)."""
+        return netattach.detach(rt, name)
 
     def pause_vm(self, rt: RuntimeDir) -> None:
         raise self._unsupported("pause")
@@ -180,11 +192,12 @@ class VMMBackend(Backend):
         rt.create()
         for stale in (*self.boot_files, "control.sock"):
             (rt.path / stale).unlink(missing_ok=True)
-        attachment = netattach.attach(cfg, rt, name)  # ports bound, TAP up: before the VMM exists
+        attachment = self.attach_network(cfg, rt, name)  # ports bound, TAP up: before the VMM exists
         try:
             ctx["network"] = attachment.plan
             if not cfg.configDiskPath:
-                disk = netattach.write_config_disk(rt, cfg.hostname or name, attachment.plan, cfg.env)
+                disk = netattach.write_config_disk(rt, cfg.hostname or name,
+                                                   self.guest_network(attachment, name), cfg.env)
                 cfg = dataclasses.replace(cfg, configDiskPath=str(disk))
                 request = dataclasses.replace(request, config=cfg)
             with open(rt.serial_log, "ab") as log:
@@ -194,14 +207,14 @@ class VMMBackend(Backend):
             proc, argv = self.spawn(request, rt, ctx)
         except BaseException:
             attachment.close_listeners()
-            netattach.detach(rt, name)
+            self.detach_network(rt, name)
             raise
         try:
             ref = process.ref_for(proc.pid)
         except Permanent:
             proc.wait()
             attachment.close_listeners()
-            netattach.detach(rt, name)
+            self.detach_network(rt, name)
             raise Permanent(f"{self.name} exited at once: {self._vmm_log_tail(rt)}",
                             "see vmm.log in the runtime directory") from None
         self.record(rt, request, "starting", f"serial={rt.serial_log}", backend=self.name,
@@ -274,7 +287,7 @@ class VMMBackend(Backend):
         for name in (*self.boot_files, "control.sock"):
             (rt.path / name).unlink(missing_ok=True)
         if self.live_vmm(rt) is None:
-            netattach.detach(rt, rt.path.name)
+            self.detach_network(rt, rt.path.name)
 
     def _readiness(self, rt: RuntimeDir, observed_at: str, detail: str = "") -> dict[str, Any]:
         """The readiness object: the guest is ready iff the helper's control socket exists
@@ -450,7 +463,7 @@ class VMMBackend(Backend):
                 (rt.path / name).unlink()
                 severed.append(name)
         severed += self.sever(rt)
-        severed += netattach.detach(rt, self._name(request))  # TAP and firewall rules
+        severed += self.detach_network(rt, self._name(request))  # TAP and firewall rules
         event = self.record(rt, request, "quarantined",
                             f"severed: {', '.join(severed) or 'nothing left'}; pid {ref.pid} kept")
         return Response(ok=True, backend=self.name, event=event, runtime={"pid": ref.pid, "alive": True})

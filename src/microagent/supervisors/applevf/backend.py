@@ -35,9 +35,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from microagent.errors import MicroagentError, NotFound, Permanent, Transient
-from microagent.host.detect import host_os
-from microagent.paths import host_arch
 from microagent.host import process
+from microagent.host.detect import host_os
+from microagent.network.plan import NetworkPlan
+from microagent.paths import host_arch
+from microagent.runtime_state import RuntimeDir, write_json_atomic
+from microagent.supervisors import netattach
 from microagent.supervisors.applevf import control
 from microagent.supervisors.applevf.vzconfig import (
     SPEC_FILE,
@@ -49,10 +52,8 @@ from microagent.supervisors.applevf.vzconfig import (
     vm_spec,
 )
 from microagent.supervisors.linux_host import check_files
-from microagent.supervisors.netattach import CONFIG_DISK_BYTES
-from microagent.runtime_state import RuntimeDir, read_json, write_json_atomic
 from microagent.supervisors.vmm import VMMBackend, runtime_dir_for
-from microagent.vmkit.types import Request, Response
+from microagent.vmkit.types import Config, Request, Response
 
 PYTHON_ENV = "MICROAGENT_APPLEVF_PYTHON"
 #: the signed copy of the interpreter that ``sign`` makes inside a venv
@@ -79,18 +80,6 @@ def vmhost_python(env: Mapping[str, str] | None = None) -> str:
     return str(signed) if signed.is_file() else sys.executable
 
 
-def _write_config_disk(rt: RuntimeDir, path: Path, hostname: str, network: dict[str, Any],
-                       env: tuple[str, ...]) -> None:
-    """The per-boot config disk (docs/protocol.md) with apple-vf's guest addressing."""
-    doc = json.dumps({"hostname": hostname, "env": list(env), "network": network}).encode()
-    if len(doc) >= CONFIG_DISK_BYTES:
-        raise Permanent(f"the per-boot config ({len(doc)} bytes) does not fit the config disk",
-                        "pass fewer or shorter -e values")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(doc + b"\0" * (CONFIG_DISK_BYTES - len(doc)))
-    tmp.replace(path)
-
-
 class AppleVFBackend(VMMBackend):
     """``microagent-applevf-supervisor`` on macOS.
 
@@ -104,7 +93,6 @@ class AppleVFBackend(VMMBackend):
 
     def __init__(self, vmhost_command: Sequence[str] | None = None) -> None:
         self._vmhost_command = list(vmhost_command) if vmhost_command else None
-        self._requested_mode = "isolated"
 
     # --- the vmhost process ----------------------------------------------------
 
@@ -189,47 +177,38 @@ class AppleVFBackend(VMMBackend):
 
     # --- boot ------------------------------------------------------------------
 
-    def _boot(self, request: Request) -> tuple[RuntimeDir, process.ProcessRef, bool]:
-        """The shared boot, with apple-vf's network instead of the Linux one.
+    def attach_network(self, cfg: Config, rt: RuntimeDir, name: str) -> netattach.Attachment:
+        """``nat``/``user`` is ``VZNATNetworkDeviceAttachment`` inside the VM: no TAP, no rules.
 
-        The shared code sets up ``nat`` with a TAP and nftables; on macOS
-        ``nat`` (and ``user``) is ``VZNATNetworkDeviceAttachment`` inside the
-        VM instead, so the shared code is handed ``user`` (published ports
-        only) and :meth:`spawn` writes the real network records.
+        The host side is only the published ports (bound now, served by the
+        channel helper); ``network.json`` records the VZ attachment.
         """
-        cfg = request.config
-        assert cfg is not None
-        network_attachment(cfg.network.mode)
-        self._requested_mode = cfg.network.mode
-        if cfg.network.mode == "nat":
-            cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, mode="user"))
-            request = dataclasses.replace(request, config=cfg)
-        rt, ref, ready = super()._boot(request)
-        runtime = rt.runtime() or {}
-        if isinstance(runtime.get("config"), dict):
-            runtime["config"].setdefault("network", {})["mode"] = self._requested_mode
-            rt.write_runtime(runtime)
-        return rt, ref, ready
+        attachment_kind = network_attachment(cfg.network.mode)  # bridged → policy_denied
+        host_side = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, mode="isolated"
+                                                                         if not cfg.network.portForwards
+                                                                         else "user"))
+        attachment = netattach.attach(host_side, rt, name)
+        attachment.plan = NetworkPlan(mode=cfg.network.mode)
+        record: dict[str, Any] = {
+            "mode": "isolated" if attachment_kind == "none" else "vz-nat", "requestedMode": cfg.network.mode,
+            "published": [{"host": f.host, "hostPort": f.hostPort, "guestPort": f.guestPort, "protocol": "tcp"}
+                          for f in cfg.network.portForwards]}
+        if attachment_kind == "nat":
+            record.update(attachment="VZNATNetworkDeviceAttachment", macAddress=mac_address(name),
+                          guestAddress=nat_guest_address(name), gateway=VZ_NAT_GATEWAY, dns=[VZ_NAT_GATEWAY])
+        write_json_atomic(rt.path / "network.json", record)
+        return attachment
+
+    def guest_network(self, attachment: netattach.Attachment, name: str) -> dict[str, Any]:
+        return guest_network(attachment.plan.mode, name)
 
     def spawn(self, request: Request, rt: RuntimeDir,
               ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
         cfg, ident = request.config, request.identity
         assert cfg is not None and ident is not None
         name = ident.runtimeID
-        mode = self._requested_mode
-        network = guest_network(mode, name)
-        if cfg.configDiskPath == str(rt.path / "config.disk"):  # ours: rewrite with apple-vf's addressing
-            _write_config_disk(rt, Path(cfg.configDiskPath), cfg.hostname or name, network, cfg.env)
-        spec = vm_spec(dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, mode=mode)),
-                       name, str(rt.serial_log))
+        spec = vm_spec(cfg, name, str(rt.serial_log))
         write_json_atomic(rt.path / SPEC_FILE, spec)
-        recorded = read_json(rt.path / "network.json") or {}
-        record: dict[str, Any] = {"mode": "isolated" if spec["network"]["attachment"] == "none" else "vz-nat",
-                                  "requestedMode": mode, "published": recorded.get("published", [])}
-        if spec["network"]["attachment"] == "nat":
-            record.update(attachment="VZNATNetworkDeviceAttachment", macAddress=mac_address(name),
-                          guestAddress=nat_guest_address(name), gateway=VZ_NAT_GATEWAY, dns=[VZ_NAT_GATEWAY])
-        write_json_atomic(rt.path / "network.json", record)
         argv = self.vmhost_prefix() + ["--state-dir", str(rt.path.parent), "--name", name]
         return process.spawn_detached(argv, cwd=rt.path, log_path=rt.vmm_log), argv
 
