@@ -35,7 +35,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from microagent.channel.frames import (
     PROTOCOL_NAME,
@@ -363,6 +363,44 @@ def start_publishers(control: str, specs: list[str]) -> None:
     threading.Thread(target=run, daemon=True, name="publish").start()
 
 
+def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport: str,
+                after_ready: Callable[[str], None] | None = None) -> int:
+    """HELLO the guest, open the control endpoint, route until the guest goes away.
+
+    Shared by this module's ``main`` and the Hyper-V helper.  The endpoint is
+    ``listen`` (a Unix socket) or, with ``transport="tcp"``, the
+    ``control.json`` beside it; ``after_ready`` gets it once clients can connect.
+
+    :returns: the process exit status (4: the guest never answered HELLO).
+    """
+    router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until the handshake succeeds
+    try:
+        router.handshake(max(0.1, deadline - time.monotonic()))
+    except (OSError, ConnectionError) as exc:
+        log(f"guest did not answer HELLO: {exc}")
+        return 4
+    endpoint = os.path.abspath(listen)
+    router.listener.close()
+    if transport == "tcp":
+        router.listener, router.token = bind_tcp_control(endpoint)
+        endpoint = os.path.join(os.path.dirname(endpoint), "control.json")
+    else:
+        router.listener = bind_listener(endpoint)
+    router.listener.setblocking(False)
+    log(f"ready: {endpoint}")
+    if after_ready is not None:
+        after_ready(endpoint)
+    try:
+        router.serve()
+    finally:
+        try:
+            os.unlink(endpoint)
+        except FileNotFoundError:
+            pass
+        router.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microagent-router")
     parser.add_argument("--guest", required=True, help="unix:PATH or fc-vsock:UDS:PORT")
@@ -381,33 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report and exit: the supervisor reads our status
         log(f"cannot connect to the guest: {exc}")
         return 3
-    router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until handshake succeeds
-    try:
-        router.handshake(max(0.1, deadline - time.monotonic()))
-    except (OSError, ConnectionError) as exc:
-        log(f"guest did not answer HELLO: {exc}")
-        return 4
-    listen_path = os.path.abspath(args.listen)
-    router.listener.close()
-    if args.transport == "tcp":
-        router.listener, router.token = bind_tcp_control(listen_path)
-        listen_path = os.path.join(os.path.dirname(listen_path), "control.json")
-    else:
-        router.listener = bind_listener(listen_path)
-    router.listener.setblocking(False)
-    log(f"ready: {listen_path}")
-    if args.publish:
-        start_publishers(listen_path, args.publish)
-    try:
-        router.serve()
-    finally:
-        try:
-            os.unlink(listen_path)
-        except FileNotFoundError:
-            pass
-        router.close()
-    return 0
-
+    publish = (lambda endpoint: start_publishers(endpoint, args.publish)) if args.publish else None
+    return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=publish)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,13 +23,12 @@ Run as ``python -m microagent.supervisors.hyperv.helper --vm-id GUID ...``.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import threading
 import time
 
-from microagent.channel.router import Router, bind_listener, log
+from microagent.channel.router import log, serve_guest
 
 
 def _serial_copier(pipe: str, log_path: str, deadline: float) -> None:
@@ -72,16 +71,6 @@ def _connect(args: argparse.Namespace, deadline: float) -> socket.socket:
             time.sleep(0.1)
 
 
-def _listen(listen: str) -> tuple[socket.socket, str, str | None]:
-    """The control listener, how clients reach it, and the token it requires (TCP only)."""
-    if hasattr(socket, "AF_UNIX"):
-        return bind_listener(listen), "unix:" + os.path.abspath(listen), None
-    from microagent.channel.router import bind_tcp_control
-
-    sock, token = bind_tcp_control(listen)
-    return sock, os.path.join(os.path.dirname(os.path.abspath(listen)), "control.json"), token
-
-
 def _publish(control: str, specs: list[str]) -> None:
     """Bridge ``host:hostPort:guestPort`` listeners over our own control endpoint."""
 
@@ -90,8 +79,8 @@ def _publish(control: str, specs: list[str]) -> None:
         from microagent.channel.forward import PortPublisher, bind_listener as bind_tcp
 
         try:
-            # control is "unix:PATH" or the path of control.json (loopback TCP + token)
-            conn = open_channel(control.removeprefix("unix:"), name="publish", hello_timeout=10.0)
+            # control is the Unix socket or the control.json of loopback TCP + token
+            conn = open_channel(control, name="publish", hello_timeout=10.0)
             for spec in specs:
                 host, host_port, guest_port = spec.rsplit(":", 2)
                 PortPublisher(conn, int(guest_port), listener=bind_tcp(host, int(host_port)))
@@ -122,31 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - reported through our exit status and log
         log(f"cannot connect to the guest: {exc}")
         return 3
-    placeholder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    router = Router(guest, placeholder)
-    try:
-        router.handshake(max(0.1, deadline - time.monotonic()))
-    except (OSError, ConnectionError) as exc:
-        log(f"guest did not answer HELLO: {exc}")
-        return 4
-    router.listener.close()
-    router.listener, control, router.token = _listen(args.listen)
-    router.listener.setblocking(False)
-    log(f"ready: {control}")
-    if args.publish:
-        _publish(control, args.publish)
-    try:
-        router.serve()
-    finally:
-        for name in (os.path.basename(args.listen), "control.json"):
-            try:
-                os.unlink(name if hasattr(socket, "AF_UNIX") else os.path.join(
-                    os.path.dirname(os.path.abspath(args.listen)), name))
-            except FileNotFoundError:
-                pass
-        router.close()
-    return 0
-
+    transport = "unix" if hasattr(socket, "AF_UNIX") else "tcp"  # Windows' CPython has no AF_UNIX
+    publish = (lambda endpoint: _publish(endpoint, args.publish)) if args.publish else None
+    return serve_guest(guest, args.listen, deadline, transport=transport, after_ready=publish)
 
 if __name__ == "__main__":
     sys.exit(main())
