@@ -6,7 +6,7 @@ import subprocess
 
 
 def vmm_processes(marker: str) -> list[str]:
-    """``pid args`` lines of live VMM and channel-helper processes mentioning ``marker``.
+    """``pid args`` lines of live VMM, channel-helper and pasta processes mentioning ``marker``.
 
     Zombies (state Z: exited, parent has not reaped) are not running and are skipped.
     """
@@ -16,6 +16,7 @@ def vmm_processes(marker: str) -> list[str]:
         pid, stat, args = (line.strip().split(None, 2) + ["", ""])[:3]
         if stat.startswith("Z") or marker not in args:
             continue
-        if "qemu-system" in args or "firecracker" in args or "microagent.channel.router" in args:
+        if ("qemu-system" in args or "firecracker" in args or "microagent.channel.router" in args
+                or "pasta.pid" in args):  # pasta names its pid file in the runtime dir
             found.append(f"{pid} {args}")
     return found

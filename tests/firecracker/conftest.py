@@ -121,6 +121,9 @@ class FC:
     kernel: Kernel
     rootfs: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: run the supervisor inside this network namespace (``nsenter``, not ``ip netns exec``:
+    #: the namespaces it creates must be mounted where the next command sees them)
+    netns: str = ""
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         cfg: dict[str, Any] = {"stateDir": str(self.state), "kernelPath": str(self.kernel.image),
@@ -139,7 +142,8 @@ class FC:
             request["exec"] = exec_spec
         env = {**os.environ, "MICROAGENT_FIRECRACKER": str(self.binary),
                "MICROAGENT_FIRECRACKER_ALLOW_NO_KVM": "1", **self.env}
-        proc = subprocess.run([SUPERVISOR], input=json.dumps(request), capture_output=True, text=True,
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        proc = subprocess.run([*prefix, SUPERVISOR], input=json.dumps(request), capture_output=True, text=True,
                               env=env, timeout=timeout)
         assert "Traceback" not in proc.stderr, proc.stderr
         doc: dict[str, Any] = json.loads(proc.stdout)

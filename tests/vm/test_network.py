@@ -142,3 +142,50 @@ def test_nat_masquerades_and_leaves_nothing_behind(vm_state: Path, nat_world: tu
     assert seen.split() == ["198.51.100.1"]
     assert "mat" not in host.run("ip", "-br", "link").stdout
     assert host.run("nft", "list", "ruleset").stdout.strip() == ""
+
+
+def test_user_mode_through_pasta_reaches_host_and_world_and_quarantine_cuts_it(
+        vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
+    """The path firecracker takes for ``--network user`` (pasta + a namespace per workspace),
+    carrying a real QEMU guest's traffic.  The CLI runs under ``nsenter`` (not ``ip netns exec``,
+    whose private mounts would hide the workspace's namespace from the next command)."""
+    host, world = nat_world
+    host.run("ip", "route", "add", "default", "via", "198.51.100.2")  # pasta copies a routable interface
+    near, far = host.server("127.0.0.1", 8704), world.server("198.51.100.2", 8705)
+    name = f"up{uuid.uuid4().hex[:6]}"
+    enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", "env", "MICROAGENT_QEMU_USER_NETWORK=pasta",
+             MICROAGENT]
+
+    def ma(*args: str) -> tuple[int, dict]:
+        proc = subprocess.run([*enter, args[0], "--json", *args[1:]], capture_output=True, text=True, timeout=120)
+        return proc.returncode, json.loads(proc.stdout or "{}")
+
+    try:
+        assert ma("create", name, "--network", "user")[0] == 0
+        code, doc = ma("start", name)
+        assert code == 0, doc
+        net = json.loads((vm_state / name / "network.json").read_text())
+        assert net["provider"] == "pasta" and net["namespace"] in sh("ip", "netns", "list")
+        code, doc = ma("exec", name, "--", "sh", "-c", "ip -4 addr show eth0; wget -qO- http://10.0.2.2:8704/; "
+                                                        "echo; wget -qO- http://198.51.100.2:8705/")
+        assert code == 0, doc
+        out = doc["result"]["stdout"]
+        assert "inet 10.0.2.15/24" in out
+        assert "hello from 127.0.0.1" in out  # the gateway reaches the host's loopback, as with slirp
+        assert "hello from 198.51.100.1" in out  # egress leaves from the host's own address: no NAT rule
+
+        code, doc = ma("quarantine", name)
+        assert code == 0 and "pasta" in doc["detail"], doc
+        assert net["namespace"] not in sh("ip", "netns", "list")
+        assert not Path(f"/proc/{net['pastaPid']}").exists() or "pasta" not in Path(
+            f"/proc/{net['pastaPid']}/cmdline").read_text(errors="replace")
+        assert ma("kill", name)[0] == 0
+        assert ma("delete", name)[0] == 0
+    finally:
+        subprocess.run([*enter, "kill", name], capture_output=True)
+        subprocess.run([*enter, "delete", name], capture_output=True)
+        near.kill()
+        far.kill()
+    assert "127.0.0.1" in near.communicate()[0] and "198.51.100.1" in far.communicate()[0]
+    assert "microagent-" not in sh("ip", "netns", "list")
+    assert host.run("nft", "list", "ruleset").stdout.strip() == ""  # pasta needs no firewall rule

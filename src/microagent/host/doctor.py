@@ -81,16 +81,17 @@ def checks_for(backend: str, facts: HostFacts, kernel: dict[str, Any]) -> list[C
 
 def network_checks(backend: str, facts: HostFacts) -> list[Check]:
     """Readiness of each network mode on this host (none is required: isolated always works)."""
-    from microagent.network import nat
+    from microagent.network import nat, pasta
 
     out = [Check("network-isolated", True, False, "no NIC; always available")]
     if backend == "qemu":
         out.append(Check("network-user", facts.tools["qemu"].available, False,
                          "qemu built-in user networking (slirp)", "apt-get install qemu-system-x86"))
     else:
-        out.append(Check("network-user", False, False,
-                         "firecracker user networking (pasta) is not implemented yet",
-                         "use --network nat, or the qemu backend"))
+        ready, detail = pasta.readiness()
+        out.append(Check("network-user", ready, False,
+                         f"pasta in a network namespace per workspace: {detail}" if ready
+                         else detail.split("; ")[0], "" if ready else detail.split("; ", 1)[-1]))
     ready, detail = nat.readiness()
     out.append(Check("network-nat", ready, False, detail if ready else detail.split("; ")[0],
                      "" if ready else detail.split("; ", 1)[-1]))

@@ -1,8 +1,10 @@
 """What a network mode means for one workspace (pure: no I/O).
 
-``isolated``: no NIC at all, only ``lo``.  ``user``: QEMU's built-in user
-networking (slirp): egress without host changes, the guest is 10.0.2.15/24
-behind the gateway 10.0.2.2, which also reaches the host's loopback.
+``isolated``: no NIC at all, only ``lo``.  ``user``: egress without host
+firewall changes, through QEMU's built-in slirp or through pasta in a network
+namespace of the workspace's own (:mod:`.pasta`; firecracker's only way);
+either way the guest is 10.0.2.15/24 behind the gateway 10.0.2.2, which also
+reaches the host's loopback.
 ``nat``: a TAP per workspace on a /30 the project allocates; the host end is
 ``.1``, the guest ``.2``; masquerade in the project's own nftables table.
 
@@ -23,6 +25,8 @@ USER_DNS = "10.0.2.3"
 NAT_POOL = ipaddress.ip_network("10.213.0.0/16")
 NAT_PREFIX = 30
 GUEST_NIC = "eth0"
+#: where ``ip netns`` keeps named network namespaces
+NETNS_DIR = "/run/netns"
 HOST_ALIAS = "host.microagent.internal"
 
 
@@ -56,6 +60,10 @@ class NetworkPlan:
     tap: str = ""
     lease: NatLease | None = None
     dns: tuple[str, ...] = field(default_factory=tuple)
+    #: ``user`` only: ``slirp`` (QEMU's own) or ``pasta``
+    provider: str = ""
+    #: ``user`` through pasta: the named network namespace the VMM runs in
+    namespace: str = ""
 
     def guest_config(self) -> dict[str, Any]:
         """The ``network`` object of the per-boot config."""
@@ -73,17 +81,26 @@ class NetworkPlan:
 
     def qemu_args(self) -> list[str]:
         """QEMU arguments for the NIC (none for ``isolated``)."""
-        if self.mode == "user":
+        if self.mode == "user" and self.provider != "pasta":
             return ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
-        if self.mode == "nat":
+        if self.tap:
             return ["-netdev", f"tap,id=net0,ifname={self.tap},script=no,downscript=no",
                     "-device", "virtio-net-device,netdev=net0"]
         return []
 
+    def vmm_prefix(self) -> list[str]:
+        """The argv prefix that starts the VMM in the plan's namespace (``nsenter`` execs: same PID)."""
+        if not self.namespace:
+            return []
+        return ["nsenter", f"--net={NETNS_DIR}/{self.namespace}", "--"]
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode}
         if self.mode == "user":
-            out.update(guestAddress=USER_GUEST_ADDRESS, gateway=USER_GATEWAY, dns=[USER_DNS])
+            out.update(provider=self.provider or "slirp", guestAddress=USER_GUEST_ADDRESS,
+                       gateway=USER_GATEWAY, dns=[USER_DNS])
+            if self.namespace:
+                out.update(namespace=self.namespace, tap=self.tap)
         if self.lease is not None:
             out.update(tap=self.tap, subnet=self.lease.subnet, hostAddress=self.lease.host_address,
                        guestAddress=self.lease.guest_address, dns=list(self.dns))

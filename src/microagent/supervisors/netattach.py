@@ -5,8 +5,12 @@ mode's preconditions, bind every published host port (a port in use is a
 ``conflict`` before boot), set up NAT (lease, TAP, rules), and write the
 per-boot config disk carrying the guest's addressing.  The listening sockets
 are handed to the channel helper, which bridges them over the channel.
+``user`` is slirp inside QEMU (nothing to set up here) or, for a backend
+whose ``user_provider`` is ``pasta``, a network namespace with pasta attached
+(:mod:`microagent.network.pasta`); the VMM is then started inside it.
 
-Teardown removes the TAP and rules; the helper's death closes the listeners.
+Teardown removes the TAP and rules, or kills pasta and deletes the
+namespace; the helper's death closes the listeners.
 ``network.json`` in the runtime directory records what was set up, so a
 later command (or ``gc``) can clean up after a crash.
 """
@@ -31,6 +35,8 @@ CONFIG_DISK_BYTES = 64 * 1024
 class Attachment:
     plan: NetworkPlan
     listeners: list[tuple[socket.socket, int]] = field(default_factory=list)  # (socket, guest port)
+    #: extra facts for network.json (pasta's PID and start time)
+    record: dict[str, Any] = field(default_factory=dict)
 
     def close_listeners(self) -> None:
         for sock, _ in self.listeners:
@@ -38,27 +44,33 @@ class Attachment:
         self.listeners.clear()
 
 
-def check(cfg: Config) -> None:
+def check(cfg: Config, user_provider: str = "slirp") -> None:
     """Preconditions of the mode, before anything changes.
 
-    :raises PolicyDenied: nat without privilege or ip_forward.
+    :raises PolicyDenied: nat without privilege or ip_forward; pasta without root.
+    :raises NotFound: a missing tool (nft, pasta, ...).
     """
     if cfg.network.mode == "nat":
         from microagent.network import nat
 
         nat.check_preconditions()
+    elif cfg.network.mode == "user" and user_provider == "pasta":
+        from microagent.network import pasta
+
+        pasta.check_preconditions()
 
 
-def attach(cfg: Config, rt: RuntimeDir, workspace: str) -> Attachment:
+def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "slirp") -> Attachment:
     """Bind published ports and set up the network; all or nothing.
 
     :raises Conflict: a published host port is in use.
-    :raises PolicyDenied: nat preconditions.
+    :raises PolicyDenied: nat or pasta preconditions.
     """
     from microagent.channel.forward import bind_listener
 
-    check(cfg)
-    attachment = Attachment(NetworkPlan(mode=cfg.network.mode))
+    check(cfg, user_provider)
+    attachment = Attachment(NetworkPlan(mode=cfg.network.mode,
+                                        provider=user_provider if cfg.network.mode == "user" else ""))
     try:
         for fwd in cfg.network.portForwards:
             attachment.listeners.append((bind_listener(fwd.host, fwd.hostPort), fwd.guestPort))
@@ -73,15 +85,70 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str) -> Attachment:
             except OSError:
                 resolv = ""
             attachment.plan = NetworkPlan(mode="nat", tap=tap, lease=lease, dns=host_nameservers(resolv))
+        elif cfg.network.mode == "user" and user_provider == "pasta":
+            attachment.plan, attachment.record = _attach_pasta(rt, workspace)
     except BaseException:
         attachment.close_listeners()
         raise
     write_json_atomic(rt.path / "network.json", {
         **attachment.plan.describe(),
+        **attachment.record,
         "published": [{"host": f.host, "hostPort": f.hostPort, "guestPort": f.guestPort, "protocol": "tcp"}
                       for f in cfg.network.portForwards],
     })
     return attachment
+
+
+def _attach_pasta(rt: RuntimeDir, workspace: str) -> tuple[NetworkPlan, dict[str, Any]]:
+    """The workspace's namespace with the VMM's TAP, and pasta attached to it."""
+    from microagent.network import pasta
+
+    namespace = pasta.namespace_name(workspace)
+    pasta.create(namespace)
+    try:
+        record = _start_pasta(rt, namespace)
+    except BaseException:
+        pasta.delete(namespace)
+        raise
+    return NetworkPlan(mode="user", provider="pasta", namespace=namespace, tap=pasta.VMM_TAP), record
+
+
+def _start_pasta(rt: RuntimeDir, namespace: str) -> dict[str, Any]:
+    """pasta attached to ``namespace`` and wired to the VMM's TAP; its PID and start time."""
+    from microagent.host import process
+    from microagent.network import pasta
+
+    log = rt.path / "pasta.log"
+    proc = process.spawn_detached(pasta.pasta_argv(namespace, rt.path / "pasta.pid", pasta.pasta_binary() or "pasta"),
+                                  cwd=rt.path, log_path=log)
+    try:
+        pasta.wait_for_pasta(namespace, proc, log)
+        ref = process.ref_for(proc.pid)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        raise
+    return {"pastaPid": ref.pid, "pastaStarttime": ref.starttime}
+
+
+def revive(rt: RuntimeDir) -> list[str]:
+    """Restart what a running workspace's network needs and lost: a dead pasta.
+
+    Called by ``inspect`` for a running VM (as the channel helper is); returns what was restarted.
+    """
+    from microagent.host import process
+    from microagent.network import pasta
+
+    recorded: dict[str, Any] | None = read_json(rt.path / "network.json")
+    if not recorded or recorded.get("mode") != "user" or not recorded.get("namespace"):
+        return []
+    ref = process.ProcessRef(int(recorded.get("pastaPid") or 0), int(recorded.get("pastaStarttime") or 0))
+    if process.is_alive(ref) or not pasta.exists(str(recorded["namespace"])):
+        return []
+    recorded.update(_start_pasta(rt, str(recorded["namespace"])))
+    write_json_atomic(rt.path / "network.json", recorded)
+    return ["pasta"]
 
 
 def rebind_published(runtime: dict[str, Any]) -> list[tuple[socket.socket, int]]:
@@ -117,13 +184,42 @@ def write_config_disk(rt: RuntimeDir, hostname: str, network: dict[str, Any], en
 
 
 def detach(rt: RuntimeDir, workspace: str) -> list[str]:
-    """Remove the TAP and firewall rules recorded in ``network.json``; returns what went."""
+    """Remove what ``network.json`` records: TAP and firewall rules, or pasta and its
+    namespace; returns what went."""
     recorded: dict[str, Any] | None = read_json(rt.path / "network.json")
-    if not recorded or recorded.get("mode") != "nat":
+    if not recorded:
         return []
-    from microagent.network import nat
+    if recorded.get("mode") == "nat":
+        from microagent.network import nat
 
-    return nat.teardown(workspace, str(recorded.get("tap") or tap_name(workspace)))
+        return nat.teardown(workspace, str(recorded.get("tap") or tap_name(workspace)))
+    if recorded.get("mode") == "user" and recorded.get("namespace"):
+        return _detach_pasta(recorded)
+    return []
+
+
+def _detach_pasta(recorded: dict[str, Any]) -> list[str]:
+    """Kill pasta (if it is still the recorded process) and delete the namespace's name.
+
+    A VMM still inside (quarantine) keeps the namespace alive but unreachable:
+    pasta was its only way out.
+    """
+    import signal
+
+    from microagent.host import process
+    from microagent.network import pasta
+
+    removed = []
+    if recorded.get("pastaPid") is not None and recorded.get("pastaStarttime") is not None:
+        ref = process.ProcessRef(int(recorded["pastaPid"]), int(recorded["pastaStarttime"]))
+        if process.send_signal(ref, signal.SIGTERM):
+            if not process.wait_gone(ref, 2.0):
+                process.send_signal(ref, signal.SIGKILL)
+                process.wait_gone(ref, 2.0)
+            removed.append("pasta")
+    if pasta.delete(str(recorded["namespace"])):
+        removed.append(f"netns {recorded['namespace']}")
+    return removed
 
 
 def release(state_root: Path, workspace: str) -> None:

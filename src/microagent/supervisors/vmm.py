@@ -85,9 +85,14 @@ class VMMBackend(Backend):
         """Backend-specific host paths to cut on quarantine; returns their names."""
         return []
 
+    def user_provider(self) -> str:
+        """What ``--network user`` is on this backend: ``slirp`` (inside the VMM) or ``pasta``."""
+        return "slirp"
+
     def attach_network(self, cfg: Config, rt: RuntimeDir, name: str) -> netattach.Attachment:
-        """Host-side networking before the VMM exists: published ports bound, NAT TAP and rules."""
-        return netattach.attach(cfg, rt, name)
+        """Host-side networking before the VMM exists: published ports bound, NAT TAP and
+        rules, or pasta's namespace."""
+        return netattach.attach(cfg, rt, name, self.user_provider())
 
     def guest_network(self, attachment: netattach.Attachment, name: str) -> dict[str, Any]:
         """The ``network`` object of the per-boot config (the guest's addressing)."""
@@ -354,6 +359,11 @@ class VMMBackend(Backend):
         alive = vmm is not None and process.is_alive(vmm)
         detail = {"quarantined": "quarantined: every host path into the guest is severed",
                   "paused": "paused: the vcpus are stopped; resume it first"}.get(state, "")
+        if alive and state != "quarantined":
+            try:
+                netattach.revive(rt)  # a dead pasta was the guest's way out
+            except MicroagentError:
+                pass  # inspect still answers; the next one tries again (pasta.log says why)
         if not alive and self.live_router(rt) is not None:
             self._teardown(rt, kill_vmm=False)  # e.g. a "failed" stop whose VMM died later
         if state in LIVE_STATES and not alive:

@@ -3,9 +3,9 @@
 Every runtime directory in the state root is reconciled through its
 supervisor's ``inspect``, which kills an orphaned channel helper and removes
 the TAP and firewall rules of a dead VMM.  NAT leases of workspaces that no
-longer exist are freed.  TAPs or rules that look like microagent's but
-belong to no workspace of this state root are reported, never removed: they
-may belong to another state root on the same host.
+longer exist are freed.  TAPs, rules or pasta namespaces that look like
+microagent's but belong to no workspace of this state root are reported,
+never removed: they may belong to another state root on the same host.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from microagent.network.plan import tap_name
 from microagent.workspace.supervisor_client import SupervisorClient
 
 _TAP = re.compile(r"^mat[0-9a-f]{10}$")
+_NETNS = re.compile(r"^microagent-[0-9a-f]{10}$")
 
 
 def _runtime_dirs(root: Path) -> list[Path]:
@@ -66,10 +67,16 @@ def _free_stale_leases(root: Path, existing: set[str]) -> list[str]:
 
 
 def _foreign(known: set[str]) -> dict[str, list[str]]:
+    from microagent.network.pasta import namespace_name
+
     ours = {tap_name(n) for n in known}
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout.split("\n")
     taps = [line.split()[0].split("@")[0] for line in links if line.split()]
     foreign_taps = [t for t in taps if _TAP.match(t) and t not in ours]
     rules = subprocess.run(["nft", "list", "table", "inet", "microagent"], capture_output=True, text=True).stdout
     owners = set(re.findall(r'comment "microagent:([^"]+)"', rules))
-    return {"taps": foreign_taps, "ruleOwners": sorted(owners - known)}
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+    mine = {namespace_name(n) for n in known}
+    foreign_ns = [ns.split()[0] for ns in namespaces
+                  if ns.split() and _NETNS.match(ns.split()[0]) and ns.split()[0] not in mine]
+    return {"taps": foreign_taps, "ruleOwners": sorted(owners - known), "namespaces": foreign_ns}

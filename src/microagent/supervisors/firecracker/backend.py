@@ -19,6 +19,10 @@ Files in the runtime directory of a boot:
 - ``vmm.stderr.log``: firecracker's stderr (appended), kept apart from
   ``vmm.log`` so the two writers cannot overwrite each other.
 
+``--network user`` runs firecracker inside a network namespace of the
+workspace's own, joined to the host by pasta (:mod:`microagent.network.pasta`):
+the guest's NIC is the namespace's TAP ``vmtap0``.
+
 Without hardware KVM a Firecracker guest cannot boot (DESIGN.md §2); the
 supervisor refuses such hosts unless ``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1``
 is set, which starts the VMM process anyway so the process model (config
@@ -33,7 +37,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
-from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient, Unsupported
+from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient
 from microagent.supervisors.firecracker.config import (
     API_SOCKET,
     CHANNEL_PORT,
@@ -93,10 +97,6 @@ class FirecrackerBackend(VMMBackend):
             raise PolicyDenied(f"firecracker cannot boot guests here: {kvm.detail}",
                                f"use --backend qemu on this host (or set {ALLOW_NO_KVM_ENV}=1 to start the "
                                "VMM process anyway, for process-model checks)")
-        assert request.config is not None
-        if request.config.network.mode == "user":
-            raise Unsupported("firecracker --network user (pasta) is not implemented yet",
-                              "use --network nat (root) or --network isolated, or the qemu backend")
         check_files(request)
         return {"binary": str(binary), "kvm": kvm.kind}
 
@@ -108,6 +108,9 @@ class FirecrackerBackend(VMMBackend):
             return ""
         return f"no hardware KVM here ({kvm.detail}), so the guest cannot boot"
 
+    def user_provider(self) -> str:
+        return "pasta"  # firecracker has no user-mode network of its own
+
     # --- process ---------------------------------------------------------------
 
     def spawn(self, request: Request, rt: RuntimeDir,
@@ -117,14 +120,14 @@ class FirecrackerBackend(VMMBackend):
         hostname = cfg.hostname or ident.runtimeID
         doc = firecracker_config(cfg, hostname)
         plan = ctx.get("network")
-        if plan is not None and plan.mode == "nat":
+        if plan is not None and plan.tap:  # nat's host TAP, or the TAP in pasta's namespace
             doc["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": plan.tap}]
         (rt.path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         # firecracker writes its log from offset 0 of an existing file: one fresh file per boot
         if rt.vmm_log.exists():
             os.replace(rt.vmm_log, rt.path / "vmm.log.1")
         rt.vmm_log.touch()
-        argv = firecracker_argv(ctx["binary"], ident.runtimeID)
+        argv = (plan.vmm_prefix() if plan is not None else []) + firecracker_argv(ctx["binary"], ident.runtimeID)
         serial = open(rt.serial_log, "ab")
         stderr = open(rt.path / STDERR_LOG, "ab")  # panics and the final error; not vmm.log (see above)
         try:
@@ -200,7 +203,9 @@ class FirecrackerBackend(VMMBackend):
 
         The API socket stays: it is our control path to the VMM (status,
         pause), not a path into the guest.  The console has no input
-        (firecracker's stdin is ``/dev/null``) and there is no network device.
+        (firecracker's stdin is ``/dev/null``).  The network is cut by
+        ``detach_network`` right after: nat's TAP and rules go, or pasta (the
+        namespace's only way out) is killed.
         """
         severed = []
         for path in sorted(rt.path.glob(f"{VSOCK_UDS}*")):

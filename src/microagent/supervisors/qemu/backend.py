@@ -4,10 +4,16 @@ The lifecycle is :class:`~microagent.supervisors.vmm.VMMBackend`'s; this
 module supplies the host checks, the command line (:mod:`.argv`), the
 channel transport (QEMU's virtio-serial chardev socket) and pause/resume
 through QMP.
+
+``--network user`` is QEMU's slirp unless ``MICROAGENT_QEMU_USER_NETWORK=pasta``
+is set: then QEMU runs in a namespace joined to the host by pasta, the path
+firecracker always takes (:mod:`microagent.network.pasta`), so that path can
+be exercised with a real guest on hosts where firecracker cannot boot one.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
@@ -19,6 +25,9 @@ from microagent.supervisors.qemu.qmp import QMPClient
 from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
+
+
+USER_NETWORK_ENV = "MICROAGENT_QEMU_USER_NETWORK"
 
 
 def accel_for(kvm_kind: str) -> str:
@@ -36,6 +45,13 @@ class QemuBackend(VMMBackend):
                             accel=accel_for(facts.kvm.kind))
         return Response(ok=True, backend=self.name, host=doc)
 
+    def user_provider(self) -> str:
+        provider = os.environ.get(USER_NETWORK_ENV, "") or "slirp"
+        if provider not in ("slirp", "pasta"):
+            raise PolicyDenied(f"{USER_NETWORK_ENV}={provider!r} is not a user network provider",
+                               "set it to slirp or pasta, or unset it")
+        return provider
+
     def preflight(self, request: Request) -> dict[str, Any]:
         facts = require_linux(self.name)
         qemu = facts.tools["qemu"]
@@ -52,6 +68,8 @@ class QemuBackend(VMMBackend):
         argv = qemu_argv(ctx["binary"], request.config,
                          hostname=request.config.hostname or request.identity.runtimeID, accel=ctx["accel"],
                          nic_args=plan.qemu_args() if plan is not None else [])
+        if plan is not None:
+            argv = plan.vmm_prefix() + argv  # inside pasta's namespace, when there is one
         return process.spawn_detached(argv, cwd=rt.path, log_path=rt.vmm_log), argv
 
     def guest_spec(self, rt: RuntimeDir) -> str:

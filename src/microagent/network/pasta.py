@@ -1,0 +1,186 @@
+"""User networking through pasta: a network namespace per workspace, joined to the host by pasta.
+
+Firecracker has no built-in user-mode network (QEMU has slirp), so for
+``--network user`` its VMM runs inside a network namespace of its own::
+
+    guest eth0 ── VMM ── TAP vmtap0 ══ tc mirred ══ pasta0 ── pasta ── host sockets
+                  └────── netns microagent-<hash> ──────┘
+
+- The namespace is a named one (``ip netns add``): operators see it in
+  ``ip netns list``, and pasta (which drops most capabilities) can join it by
+  name where it could not open ``/proc/<pid>/ns/net``.
+- pasta owns ``pasta0`` and turns the guest's frames into ordinary sockets of
+  the host: no host TAP, no firewall rule, no sysctl.  It is given the
+  addressing QEMU's slirp uses (guest 10.0.2.15/24, gateway 10.0.2.2 which
+  reaches the host's loopback, DNS 10.0.2.3 forwarded to the host's
+  resolver), so the guest's per-boot config is the same for both.
+- The VMM's TAP and ``pasta0`` are joined at layer 2 by two tc ``mirred``
+  redirects: the namespace has no address and routes nothing; the guest talks
+  to pasta directly.
+- pasta forwards no port in either direction (``-t/-u/-T/-U none``):
+  published ports go over the guest channel, as on every backend.
+
+Deleting the namespace's name makes pasta exit; the supervisor also kills it
+by its recorded PID.  Creating a named namespace needs root (CAP_SYS_ADMIN and
+CAP_NET_ADMIN): without it :func:`check_preconditions` fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from microagent.errors import NotFound, Permanent, PolicyDenied, Transient
+from microagent.network.plan import NETNS_DIR, USER_DNS, USER_GATEWAY, USER_GUEST_ADDRESS
+
+#: the VMM's TAP inside the namespace (names there cannot clash with the host's)
+VMM_TAP = "vmtap0"
+#: pasta's own TAP inside the namespace
+PASTA_IF = "pasta0"
+#: how long pasta may take to create its interface in the namespace
+PASTA_READY_TIMEOUT_S = 5.0
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+
+
+def namespace_name(workspace: str) -> str:
+    """``microagent-`` + 10 hex chars of the workspace name's hash (stable, ``ip netns`` safe)."""
+    return "microagent-" + hashlib.sha256(workspace.encode()).hexdigest()[:10]
+
+
+def namespace_path(namespace: str) -> Path:
+    return Path(NETNS_DIR) / namespace
+
+
+def pasta_argv(namespace: str, pid_file: Path, binary: str = "pasta") -> list[str]:
+    """pasta attached to ``namespace``, in the foreground (the supervisor detaches it).
+
+    ``pid_file`` sits in the runtime directory, so pasta's command line names
+    the workspace it serves (pasta itself changes to ``/``).
+    """
+    return [binary, "--foreground", "--quiet", "--runas", "0", "--netns", namespace, "--pid", str(pid_file),
+            "--ns-ifname", PASTA_IF,
+            "--address", USER_GUEST_ADDRESS, "--netmask", "24", "--gateway", USER_GATEWAY,
+            "--dns-forward", USER_DNS,
+            # no port forwarding either way: published ports use the guest channel
+            "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none"]
+
+
+def _caps(status: str | None = None) -> int:
+    text = status if status is not None else Path("/proc/self/status").read_text()
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def pasta_binary() -> str | None:
+    return shutil.which("pasta") or shutil.which("pasta", path="/usr/bin:/usr/sbin:/sbin")
+
+
+def check_preconditions(status: str | None = None) -> None:
+    """Everything :func:`create` needs, checked before any change.
+
+    :raises NotFound: pasta, ``ip``, ``tc``, ``nsenter`` or ``/dev/net/tun`` missing.
+    :raises PolicyDenied: no CAP_SYS_ADMIN + CAP_NET_ADMIN (root).
+    """
+    if pasta_binary() is None:
+        raise NotFound("user networking for this backend needs pasta, which is not installed",
+                       "apt-get install passt (or run 'make install'), or use --network nat")
+    for tool, package in (("ip", "iproute2"), ("tc", "iproute2"), ("nsenter", "util-linux")):
+        if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
+            raise NotFound(f"user networking needs {tool}, which is not installed", f"apt-get install {package}")
+    if not Path("/dev/net/tun").exists():
+        raise NotFound("/dev/net/tun is missing", "modprobe tun")
+    caps = _caps(status)
+    if not (caps >> CAP_SYS_ADMIN) & 1 or not (caps >> CAP_NET_ADMIN) & 1:
+        raise PolicyDenied("user networking through pasta needs root here: the workspace gets its own "
+                           "named network namespace (CAP_SYS_ADMIN, CAP_NET_ADMIN)",
+                           "run as root, use --network isolated, or the qemu backend (slirp needs no privilege)")
+
+
+def readiness() -> tuple[bool, str]:
+    """Whether pasta user networking can work here, and if not, what to do (for doctor)."""
+    try:
+        check_preconditions()
+    except (NotFound, PolicyDenied) as exc:
+        return False, f"{exc.message}; {exc.remediation}"
+    return True, "pasta, root, /dev/net/tun, ip, tc and nsenter present"
+
+
+def _ip(*args: str, what: str) -> str:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Permanent(f"{what} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def _tc(namespace: str, *args: str) -> None:
+    proc = subprocess.run(["ip", "netns", "exec", namespace, "tc", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Permanent(f"tc {' '.join(args[:3])} in {namespace} failed: {proc.stderr.strip()}",
+                        "the kernel needs the ingress qdisc, the u32 classifier and the mirred action")
+
+
+def exists(namespace: str) -> bool:
+    return namespace_path(namespace).exists()
+
+
+def create(namespace: str) -> None:
+    """The namespace with ``lo`` up and the VMM's TAP; a stale one of the same name is replaced."""
+    if exists(namespace):
+        delete(namespace)
+    _ip("netns", "add", namespace, what=f"creating network namespace {namespace}")
+    try:
+        _ip("-n", namespace, "link", "set", "lo", "up", what="bringing lo up")
+        _ip("-n", namespace, "tuntap", "add", "dev", VMM_TAP, "mode", "tap", what=f"creating {VMM_TAP}")
+        _ip("-n", namespace, "link", "set", VMM_TAP, "up", what=f"bringing {VMM_TAP} up")
+    except BaseException:
+        delete(namespace)
+        raise
+
+
+def wait_for_pasta(namespace: str, pasta: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until pasta's interface exists in the namespace, then join it to the VMM's TAP.
+
+    :raises Permanent: pasta exited (its log says why).  :raises Transient: it took too long.
+    """
+    deadline = time.monotonic() + PASTA_READY_TIMEOUT_S
+    while True:
+        probe = subprocess.run(["ip", "-n", namespace, "link", "show", PASTA_IF], capture_output=True)
+        if probe.returncode == 0:
+            break
+        if pasta.poll() is not None:
+            raise Permanent(f"pasta exited with status {pasta.returncode}: {_tail(log)}",
+                            f"pasta needs a host interface with a default route to copy; see {log}")
+        if time.monotonic() >= deadline:
+            raise Transient(f"pasta did not create {PASTA_IF} within {PASTA_READY_TIMEOUT_S:.0f}s: {_tail(log)}",
+                            f"see {log}")
+        time.sleep(0.02)
+    _ip("-n", namespace, "link", "set", PASTA_IF, "up", what=f"bringing {PASTA_IF} up")
+    for src, dst in ((PASTA_IF, VMM_TAP), (VMM_TAP, PASTA_IF)):
+        # a restarted pasta: drop the old redirect (to a device that is gone) with its qdisc
+        subprocess.run(["ip", "netns", "exec", namespace, "tc", "qdisc", "del", "dev", src, "ingress"],
+                       capture_output=True)
+        _tc(namespace, "qdisc", "add", "dev", src, "ingress")
+        _tc(namespace, "filter", "add", "dev", src, "parent", "ffff:", "protocol", "all",
+            "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", dst)
+
+
+def _tail(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines()
+                 if ln.strip() and "syslog" not in ln]  # pasta complains when there is no syslog
+    except OSError:
+        return "no log output"
+    return " | ".join(lines[-3:]) or "no log output"
+
+
+def delete(namespace: str) -> bool:
+    """Remove the namespace's name (pasta exits; the TAPs go with the last process inside)."""
+    if not exists(namespace):
+        return False
+    subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+    return True
