@@ -1,7 +1,10 @@
-"""Benchmark: guest→host TCP throughput through nat, user and --publish.
+"""Benchmark: guest→host TCP throughput through nat, user (slirp and pasta) and --publish.
 
 Runs entirely inside a network namespace this script creates (ip_forward=1
-inside it only), with a counting TCP sink on the namespace's addresses. For
+inside it only; a veth with a default route for pasta to copy),
+with a counting TCP sink on the namespace's addresses. ``user`` through pasta
+is the path firecracker takes, measured here with QEMU
+(``MICROAGENT_QEMU_USER_NETWORK=pasta``). For
 each path the guest (or the published port) sends SIZE MiB of zeros; the
 host side times first byte to EOF. The baseline is the same transfer over
 the namespace's loopback, measured in the same run.
@@ -56,6 +59,17 @@ class Ns:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.run("ip", "link", "set", "lo", "up")
         self.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for cmd in (["link", "add", "mab0", "type", "veth", "peer", "name", "mab1"],
+                    ["addr", "add", "198.51.100.1/24", "dev", "mab0"], ["link", "set", "mab0", "up"],
+                    ["link", "set", "mab1", "up"], ["route", "add", "default", "via", "198.51.100.2"]):
+            self.run("ip", *cmd)
+
+    def enter(self, *argv: str) -> str:
+        """Like :meth:`run` but through ``nsenter`` (no private mounts): pasta's namespaces
+        must stay visible to the next command."""
+        return subprocess.run(["nsenter", f"--net=/run/netns/{self.name}", "--", "env",
+                               "MICROAGENT_QEMU_USER_NETWORK=pasta", *argv],
+                              capture_output=True, text=True, check=True, timeout=600).stdout
 
     def run(self, *argv: str, check: bool = True) -> str:
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
@@ -78,10 +92,10 @@ def result(p: subprocess.Popen[str]) -> float:
     return int(out[0]) / 2**20 / float(out[1])
 
 
-def guest_send(ns: Ns, name: str, target: str, port: int, mib: int) -> float:
+def guest_send(ns: Ns, name: str, target: str, port: int, mib: int, pasta: bool = False) -> float:
     sink = ns.sink(port)
-    ns.run(MICROAGENT, "exec", name, "--", "sh", "-c",
-           f"dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | nc {target} {port}")
+    (ns.enter if pasta else ns.run)(MICROAGENT, "exec", name, "--", "sh", "-c",
+                                     f"dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | nc {target} {port}")
     return result(sink)
 
 
@@ -113,9 +127,15 @@ def main() -> None:
                 time.sleep(0.5)
                 out = ns.run(sys.executable, "-c", SOURCE, "127.0.0.1", "9100", "0", "recv").split()
                 rates["guest→host via --publish (channel)"] = int(out[0]) / 2**20 / float(out[1])
+        name = f"bench-pasta-{uuid.uuid4().hex[:4]}"
+        names.append(name)
+        ns.enter(MICROAGENT, "create", name, "--network", "user")
+        ns.enter(MICROAGENT, "start", name)
+        rates["guest→host via user (pasta)"] = guest_send(ns, name, "10.0.2.2", 9003, args.mib, pasta=True)
     finally:
         for name in names:
-            ns.run(MICROAGENT, "delete", "-f", name, check=False)
+            subprocess.run(["nsenter", f"--net=/run/netns/{ns.name}", "--", MICROAGENT, "delete", "-f", name],
+                           capture_output=True)
         ns.close()
     base = rates["host loopback (baseline)"]
     print(f"TCP throughput, {args.mib} MiB per path (MiB/s)")

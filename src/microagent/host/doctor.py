@@ -8,6 +8,8 @@ required check fails, ``degraded`` when only optional ones do, else ``ok``.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,10 @@ def network_checks(backend: str, facts: HostFacts) -> list[Check]:
     from microagent.network import nat, pasta
 
     out = [Check("network-isolated", True, False, "no NIC; always available")]
-    if backend == "qemu":
+    if backend == "qemu" and os.environ.get("MICROAGENT_QEMU_USER_NETWORK", "") != "pasta":
         out.append(Check("network-user", facts.tools["qemu"].available, False,
                          "qemu built-in user networking (slirp)", "apt-get install qemu-system-x86"))
-    else:
+    else:  # firecracker, or qemu told to take firecracker's path
         ready, detail = pasta.readiness()
         out.append(Check("network-user", ready, False,
                          f"pasta in a network namespace per workspace: {detail}" if ready

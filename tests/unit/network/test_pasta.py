@@ -60,3 +60,16 @@ def test_preconditions_name_a_missing_pasta(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(NotFound) as exc:
         pasta.check_preconditions(ROOT_CAPS)
     assert "pasta" in exc.value.message and "apt-get install passt" in exc.value.remediation
+
+
+def test_qemu_user_provider_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from microagent.supervisors.firecracker.backend import FirecrackerBackend
+    from microagent.supervisors.qemu.backend import QemuBackend
+
+    monkeypatch.delenv("MICROAGENT_QEMU_USER_NETWORK", raising=False)
+    assert QemuBackend().user_provider() == "slirp" and FirecrackerBackend().user_provider() == "pasta"
+    monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "pasta")
+    assert QemuBackend().user_provider() == "pasta"
+    monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "vde")
+    with pytest.raises(PolicyDenied, match="not a user network provider"):
+        QemuBackend().user_provider()
