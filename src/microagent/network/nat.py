@@ -139,7 +139,9 @@ def release(state_root: Path, workspace: str) -> None:
 
 
 def link_exists(name: str) -> bool:
-    return Path(f"/sys/class/net/{name}").exists()
+    # asked through netlink, not /sys/class/net: sysfs shows the network namespace
+    # that mounted it, which is not ours under `nsenter --net`
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
 
 
 def create_tap(tap: str, lease: NatLease) -> None:

@@ -1,4 +1,4 @@
-"""``--network user`` on Firecracker: the real firecracker inside pasta's namespace.
+"""Firecracker networking with the real binary: ``user`` (pasta's namespace) and ``nat`` (a host TAP).
 
 No guest boots here (no hardware KVM), so these tests check what can be
 checked for real: the namespace and its TAP exist, pasta runs attached to it,
@@ -30,7 +30,7 @@ from microagent.host.process import ProcessRef, is_alive
 from microagent.supervisors.firecracker.api import FirecrackerAPI
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pasta user networking needs root (named namespaces)")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network tests need root (namespaces, TAPs, nftables)")
 
 
 def ip(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -168,3 +168,26 @@ def test_gc_cleans_up_after_a_crash_and_reports_foreign_namespaces(fc, host_netn
         assert doc["foreign"]["namespaces"] == [stranger] and stranger in names  # reported, never removed
     finally:
         ip("netns", "delete", stranger)
+
+
+def test_nat_gives_firecracker_a_host_tap_and_kill_removes_it(fc, host_netns: str) -> None:
+    fc.netns = host_netns
+    inside = ["nsenter", f"--net=/run/netns/{host_netns}", "--"]
+    subprocess.run([*inside, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    fc.ok("start", network={"mode": "nat"})
+    rt, net = fc.runtime_dir(), _network_json(fc.runtime_dir())
+    assert net["mode"] == "nat" and net["tap"].startswith("mat") and net["subnet"].startswith("10.213.")
+    assert fc.runtime()["argv"][0] == str(fc.binary)  # nat: firecracker stays in the supervisor's namespace
+    live = FirecrackerAPI(rt / "firecracker.sock").vm_config()
+    assert [(n["iface_id"], n["host_dev_name"]) for n in live["network-interfaces"]] == [("eth0", net["tap"])]
+    assert f"{net['hostAddress']}/30" in ip("-n", host_netns, "addr", "show", "dev", net["tap"]).stdout
+    rules = subprocess.run([*inside, "nft", "list", "table", "inet", "microagent"], capture_output=True,
+                           text=True).stdout
+    assert "masquerade" in rules and 'comment "microagent:ws"' in rules
+    config = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
+    assert config["network"]["interfaces"][0]["address"] == net["guestAddress"]
+
+    assert fc.ok("kill")["event"]["state"] == "stopped"
+    assert net["tap"] not in ip("-n", host_netns, "-br", "link").stdout
+    assert subprocess.run([*inside, "nft", "list", "ruleset"], capture_output=True, text=True).stdout.strip() == ""
+    fc.ok("delete")
