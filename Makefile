@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GUEST := src/microagent/guest/x86_64/microagent-init
 
-.PHONY: demo test install host-deps venv guest firecracker kernel clean bench
+.PHONY: demo test install host-deps venv guest firecracker pasta kernel clean bench
 
 demo: install
 	$(BIN)/microagent run builtin:busybox -- uname -a
@@ -14,7 +14,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-install: host-deps venv guest firecracker kernel
+install: host-deps venv guest firecracker pasta kernel
 
 host-deps:
 	@scripts/host-deps.sh
@@ -31,6 +31,10 @@ guest:
 
 firecracker: venv
 	$(BIN)/python -m microagent.host.firecracker_binary install
+
+# pasta 2025-05-03 built from Debian's source (Debian 12's resets long uploads): a no-op once built
+pasta: venv
+	$(BIN)/python -m microagent.host.pasta_binary install
 
 kernel: venv guest
 	$(BIN)/microagent kernel install --backend qemu --if-missing

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from microagent.host.apt_sources import apt_mirror
+
 AUTH_USER = ("tester", "s3cret-pass")  # the htpasswd user of an auth registry in tests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -472,22 +474,6 @@ def write_docker_archive(path: Path, images: list[tuple[list[str], BuiltImage, l
 
 
 # -- debootstrap -----------------------------------------------------------------------
-
-
-def apt_mirror() -> str | None:
-    """The Debian mirror this machine's apt uses (debootstrap's own default when none is found)."""
-    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        for line in path.read_text().splitlines():
-            if line.startswith("URIs:") and not line.rstrip().endswith("-security"):
-                return line.split()[1]
-    try:
-        for line in Path("/etc/apt/sources.list").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
-                return parts[1]
-    except OSError:
-        pass
-    return None
 
 
 def debian_rootfs_layer(cache_dir: Path | None = None, suite: str = "bookworm") -> Path:

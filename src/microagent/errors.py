@@ -110,3 +110,12 @@ _BY_KIND: dict[str, type[MicroagentError]] = {
     "policy_denied": PolicyDenied,
     "resource_exhausted": ResourceExhausted,
 }
+
+
+def print_error(exc: MicroagentError) -> None:
+    """``error: <message>`` and ``hint: <remediation>`` on stderr (the ``python -m`` tools' format)."""
+    import sys
+
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.remediation:
+        print(f"hint: {exc.remediation}", file=sys.stderr)

@@ -131,12 +131,17 @@ def test_inspect_restarts_a_dead_pasta_and_kill_removes_it(fc, host_netns: str) 
     assert not is_alive(second) and net["namespace"] not in ip("netns", "list").stdout
 
 
-def test_a_host_pasta_cannot_use_fails_closed_and_leaves_nothing(fc) -> None:
-    """In a namespace with only ``lo`` pasta finds no interface to copy: a clear error, nothing left."""
+def test_a_pasta_that_exits_at_start_fails_closed_and_leaves_nothing(fc) -> None:
+    """Debian 12's own pasta (chosen through ``MICROAGENT_PASTA``) exits at once in a namespace
+    with only ``lo`` (no interface to copy): a clear error with pasta's reason, nothing left."""
+    distro = Path("/usr/bin/pasta")
+    if not distro.is_file():
+        pytest.skip("Debian's passt package is not installed (scripts/host-deps.sh installs it)")
     lonely = f"mafl-{uuid.uuid4().hex[:6]}"
     ip("netns", "add", lonely)
     try:
         fc.netns = lonely
+        fc.env["MICROAGENT_PASTA"] = str(distro)
         doc = fc.call("start", network={"mode": "user"})
         assert doc["ok"] is False and doc["error"]["kind"] == "permanent"
         assert "pasta exited" in doc["error"]["message"] and "routable interface" in doc["error"]["message"]

@@ -90,7 +90,12 @@ def network_checks(backend: str, facts: HostFacts) -> list[Check]:
         out.append(Check("network-user", facts.tools["qemu"].available, False,
                          "qemu built-in user networking (slirp)", "apt-get install qemu-system-x86"))
     else:  # firecracker, or qemu told to take firecracker's path
+        from microagent.host import pasta_binary
+
         ready, detail = pasta.readiness()
+        if ready and not pasta_binary.is_pinned(pasta.pasta_binary()):
+            detail += ("; not the pinned pasta: Debian 12's resets a connection on which the host sent "
+                       "nothing for 24 s (long uploads); run 'make install' to build the pinned one")
         out.append(Check("network-user", ready, False,
                          f"pasta in a network namespace per workspace: {detail}" if ready
                          else detail.split("; ")[0], "" if ready else detail.split("; ", 1)[-1]))

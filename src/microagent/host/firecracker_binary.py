@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from microagent.errors import MicroagentError, NotFound, Permanent, Transient
+from microagent.errors import MicroagentError, NotFound, Permanent, Transient, print_error
 
 __all__ = [
     "ENV_VAR",
@@ -223,9 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = resolve_firecracker()
             print(f"{path} (firecracker {firecracker_version(path)})")
     except MicroagentError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.remediation:
-            print(f"hint: {exc.remediation}", file=sys.stderr)
+        print_error(exc)
         return 1
     return 0
 

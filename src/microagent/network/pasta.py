@@ -28,14 +28,18 @@ CAP_NET_ADMIN): without it :func:`check_preconditions` fails closed.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from microagent.errors import NotFound, Permanent, PolicyDenied, Transient
 from microagent.network.plan import NETNS_DIR, USER_DNS, USER_GATEWAY, USER_GUEST_ADDRESS
 
+ENV_VAR = "MICROAGENT_PASTA"
 #: the VMM's TAP inside the namespace (names there cannot clash with the host's)
 VMM_TAP = "vmtap0"
 #: pasta's own TAP inside the namespace
@@ -76,8 +80,26 @@ def _caps(status: str | None = None) -> int:
     return 0
 
 
-def pasta_binary() -> str | None:
-    return shutil.which("pasta") or shutil.which("pasta", path="/usr/bin:/usr/sbin:/sbin")
+def installed_path(prefix: str | None = None) -> Path:
+    """Where ``python -m microagent.host.pasta_binary install`` puts the pinned build."""
+    return Path(prefix if prefix is not None else sys.prefix) / "libexec" / "pasta"
+
+
+def pasta_binary(env: Mapping[str, str] | None = None) -> str | None:
+    """``$MICROAGENT_PASTA`` → the pinned build in ``<venv>/libexec`` → ``PATH``.
+
+    The pinned build comes before ``PATH`` on purpose: Debian 12's pasta
+    (2023-03-09) resets a TCP connection 24 s after it opened when the host
+    side has sent nothing on it (a long one-way upload).
+    """
+    env = os.environ if env is None else env
+    override = env.get(ENV_VAR)
+    if override:
+        return override if Path(override).is_file() else None
+    pinned = installed_path()
+    if pinned.is_file() and os.access(pinned, os.X_OK):
+        return str(pinned)
+    return shutil.which("pasta", path=env.get("PATH", os.defpath)) or shutil.which("pasta", path="/usr/bin:/usr/sbin")
 
 
 def check_preconditions(status: str | None = None) -> None:
@@ -87,8 +109,10 @@ def check_preconditions(status: str | None = None) -> None:
     :raises PolicyDenied: no CAP_SYS_ADMIN + CAP_NET_ADMIN (root).
     """
     if pasta_binary() is None:
-        raise NotFound("user networking for this backend needs pasta, which is not installed",
-                       "apt-get install passt (or run 'make install'), or use --network nat")
+        raise NotFound("user networking for this backend needs pasta, which is not installed"
+                       + (f" (${ENV_VAR} names no file)" if os.environ.get(ENV_VAR) else ""),
+                       "run 'python -m microagent.host.pasta_binary install' (or 'make install'), "
+                       "or apt-get install passt; or use --network nat")
     for tool, package in (("ip", "iproute2"), ("tc", "iproute2"), ("nsenter", "util-linux")):
         if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
             raise NotFound(f"user networking needs {tool}, which is not installed", f"apt-get install {package}")
@@ -107,7 +131,7 @@ def readiness() -> tuple[bool, str]:
         check_preconditions()
     except (NotFound, PolicyDenied) as exc:
         return False, f"{exc.message}; {exc.remediation}"
-    return True, "pasta, root, /dev/net/tun, ip, tc and nsenter present"
+    return True, f"{pasta_binary()}, root, /dev/net/tun, ip, tc and nsenter present"
 
 
 def _ip(*args: str, what: str) -> str:
@@ -172,7 +196,8 @@ def wait_for_pasta(namespace: str, pasta: subprocess.Popen[bytes], log: Path) ->
 def _tail(log: Path) -> str:
     try:
         lines = [ln for ln in log.read_text(errors="replace").splitlines()
-                 if ln.strip() and "syslog" not in ln]  # pasta complains when there is no syslog
+                 if ln.strip() and "syslog" not in ln  # pasta complains when there is no syslog
+                 and "AVX2" not in ln]  # ...and that the pinned build has no AVX2 twin
     except OSError:
         return "no log output"
     return " | ".join(lines[-3:]) or "no log output"
