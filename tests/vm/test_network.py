@@ -125,17 +125,24 @@ def test_nat_fails_closed_without_ip_forward(vm_state: Path, nat_world: tuple[Ne
     assert host.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"  # never flipped for us
 
 
-def test_nat_masquerades_and_leaves_nothing_behind(vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
-    host, world = nat_world
+def run_nat_against_world(host: Netns, world: Netns, port: int, script: str) -> tuple[dict, str]:
+    """``run --network nat`` of ``script`` (ip_forward on in ``host``) while ``world`` serves HTTP
+    on ``port``; returns the answer and the addresses the server saw."""
     host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-    server = world.server("198.51.100.2", 8703)
+    server = world.server("198.51.100.2", port)
     try:
-        code, doc = run_json(host, "--network", "nat", "builtin:busybox", "--", "sh", "-c",
-                             "ip -4 addr show eth0; ip route; timeout 20 wget -qO- http://198.51.100.2:8703/")
+        code, doc = run_json(host, "--network", "nat", "builtin:busybox", "--", "sh", "-c", script)
     finally:
         server.kill()
         seen = server.communicate()[0]
     assert code == 0, doc
+    return doc, seen
+
+
+def test_nat_masquerades_and_leaves_nothing_behind(vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
+    host, world = nat_world
+    doc, seen = run_nat_against_world(host, world, 8703, "ip -4 addr show eth0; ip route; "
+                                                         "timeout 20 wget -qO- http://198.51.100.2:8703/")
     out = doc["result"]["stdout"]
     assert "inet 10.213." in out and "default via 10.213." in out
     assert "hello from 198.51.100.1" in out  # masqueraded behind the host end of the veth
@@ -189,3 +196,16 @@ def test_user_mode_through_pasta_reaches_host_and_world_and_quarantine_cuts_it(
     assert "127.0.0.1" in near.communicate()[0] and "198.51.100.1" in far.communicate()[0]
     assert "microagent-" not in sh("ip", "netns", "list")
     assert host.run("nft", "list", "ruleset").stdout.strip() == ""  # pasta needs no firewall rule
+
+
+def test_nat_on_a_host_whose_forward_policy_drops(vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
+    """A Docker-like host (iptables FORWARD policy DROP): an accept in our own nft table could not
+    override that drop, so nat's rules go first in FORWARD through our iptables chains instead."""
+    host, world = nat_world
+    assert host.run("iptables", "-P", "FORWARD", "DROP").returncode == 0
+    doc, seen = run_nat_against_world(host, world, 8706, "timeout 20 wget -qO- http://198.51.100.2:8706/")
+    assert "hello from 198.51.100.1" in doc["result"]["stdout"] and seen.split() == ["198.51.100.1"]
+    saved = host.run("iptables-save").stdout
+    assert "MICROAGENT" not in saved and "microagent" not in saved  # chains, jumps and rules gone
+    assert ":FORWARD DROP" in saved  # the host's policy is the host's: never changed
+    assert "mat" not in host.run("ip", "-br", "link").stdout

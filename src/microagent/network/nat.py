@@ -1,13 +1,14 @@
-"""NAT networking: /30 leases, a TAP per workspace, and our own nftables table.
+"""NAT networking: /30 leases, a TAP per workspace, and firewall rules of our own.
 
 Everything this module creates is named so it can be found and removed
 without touching anything else: TAPs are ``mat<hash>``, firewall state lives
-only in the ``inet microagent`` table, and every rule carries the comment
-``microagent:<workspace>``.  Leases persist in ``<state>/network/leases.json``
-(under a lock) and are freed on delete.
+only in our own nftables table or iptables chains (:mod:`.firewall`), and
+every rule carries the comment ``microagent:<workspace>``.  Leases persist in
+``<state>/network/leases.json`` (under a lock) and are freed on delete.
 
 Preconditions are checked before any change and fail closed: CAP_NET_ADMIN,
-``net.ipv4.ip_forward=1`` (never flipped by us), ``/dev/net/tun``, ``nft``.
+``net.ipv4.ip_forward=1`` (never flipped by us), ``/dev/net/tun``, and
+``nft`` or ``iptables``.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import fcntl
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from microagent.errors import NotFound, Permanent, PolicyDenied, ResourceExhausted
+from microagent.network import firewall
+from microagent.network.firewall import run_checked
 from microagent.network.plan import NAT_POOL, NAT_PREFIX, NatLease
 
-TABLE = "microagent"
 CAP_NET_ADMIN = 12
 
 
@@ -50,7 +51,7 @@ def readiness() -> tuple[bool, str]:
         check_preconditions()
     except (PolicyDenied, NotFound) as exc:
         return False, f"{exc.message}; {exc.remediation}"
-    return True, "CAP_NET_ADMIN, ip_forward=1, /dev/net/tun and nft present"
+    return True, f"CAP_NET_ADMIN, ip_forward=1, /dev/net/tun; rules through {firewall.choose()}"
 
 
 def check_preconditions() -> None:
@@ -63,19 +64,7 @@ def check_preconditions() -> None:
                            "sysctls by itself", "run 'sysctl -w net.ipv4.ip_forward=1' or use --network user")
     if not Path("/dev/net/tun").exists():
         raise NotFound("/dev/net/tun is missing", "modprobe tun")
-    if not shutil.which("nft") and not shutil.which("nft", path="/usr/sbin:/sbin"):
-        raise NotFound("nft is not installed", "apt-get install nftables, or use --network user")
-
-
-def _run(argv: list[str], what: str, *, input: str | None = None) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, input=input)
-    if proc.returncode != 0:
-        raise Permanent(f"{what} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
-def _nft() -> str:
-    return shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin") or "nft"
+    firewall.choose()  # nft or iptables present (NotFound otherwise)
 
 
 # --- leases -------------------------------------------------------------------
@@ -148,10 +137,10 @@ def create_tap(tap: str, lease: NatLease) -> None:
     """A TAP with the host end of the /30; replaces a stale one of the same name."""
     if link_exists(tap):
         delete_tap(tap)
-    _run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], f"creating {tap}")
+    run_checked(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], f"creating {tap}")
     try:
-        _run(["ip", "addr", "add", f"{lease.host_address}/{NAT_PREFIX}", "dev", tap], f"addressing {tap}")
-        _run(["ip", "link", "set", tap, "up"], f"bringing {tap} up")
+        run_checked(["ip", "addr", "add", f"{lease.host_address}/{NAT_PREFIX}", "dev", tap], f"addressing {tap}")
+        run_checked(["ip", "link", "set", tap, "up"], f"bringing {tap} up")
     except Permanent:
         delete_tap(tap)
         raise
@@ -164,57 +153,21 @@ def delete_tap(tap: str) -> bool:
     return True
 
 
-def add_rules(workspace: str, tap: str, lease: NatLease) -> None:
-    """Masquerade and forward rules for one workspace in the ``inet microagent`` table."""
-    comment = f"microagent:{workspace}"
-    script = f"""
-table inet {TABLE} {{
-  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
-  chain forward {{ type filter hook forward priority filter; policy accept; }}
-}}
-add rule inet {TABLE} postrouting ip saddr {lease.subnet} oifname != "{tap}" masquerade comment "{comment}"
-add rule inet {TABLE} forward iifname "{tap}" accept comment "{comment}"
-add rule inet {TABLE} forward oifname "{tap}" ct state established,related accept comment "{comment}"
-"""
-    _run([_nft(), "-f", "-"], "adding nftables rules", input=script)
-
-
-def remove_rules(workspace: str) -> int:
-    """Delete this workspace's rules (by handle); drop the table when it is empty."""
-    proc = subprocess.run([_nft(), "-j", "-a", "list", "table", "inet", TABLE], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return 0  # no table: nothing of ours exists
-    comment = f"microagent:{workspace}"
-    removed, remaining = 0, 0
-    for item in json.loads(proc.stdout).get("nftables", []):
-        rule = item.get("rule")
-        if not rule:
-            continue
-        if rule.get("comment") == comment:
-            subprocess.run([_nft(), "delete", "rule", "inet", TABLE, rule["chain"], "handle",
-                            str(rule["handle"])], capture_output=True)
-            removed += 1
-        else:
-            remaining += 1
-    if remaining == 0:
-        subprocess.run([_nft(), "delete", "table", "inet", TABLE], capture_output=True)
-    return removed
-
-
-def setup(state_root: Path, workspace: str, tap: str) -> NatLease:
-    """Lease, TAP and rules, all or nothing.
+def setup(state_root: Path, workspace: str, tap: str) -> tuple[NatLease, str]:
+    """Lease, TAP and rules, all or nothing; returns the lease and the firewall used.
 
     :raises PolicyDenied: missing privilege or ip_forward (nothing changed).
     """
     check_preconditions()
+    kind = firewall.choose()
     lease = allocate(state_root, workspace)
     try:
         create_tap(tap, lease)
-        add_rules(workspace, tap, lease)
+        firewall.add_rules(workspace, tap, lease, kind)
     except BaseException:
         teardown(workspace, tap)
         raise
-    return lease
+    return lease, kind
 
 
 def teardown(workspace: str, tap: str) -> list[str]:
@@ -222,6 +175,6 @@ def teardown(workspace: str, tap: str) -> list[str]:
     removed = []
     if delete_tap(tap):
         removed.append(f"tap {tap}")
-    if remove_rules(workspace):
-        removed.append("nftables rules")
+    if firewall.remove_rules(workspace):
+        removed.append("firewall rules")
     return removed

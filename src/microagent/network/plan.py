@@ -64,6 +64,8 @@ class NetworkPlan:
     provider: str = ""
     #: ``user`` through pasta: the named network namespace the VMM runs in
     namespace: str = ""
+    #: ``nat``: the tool holding the rules (``nft`` or ``iptables``)
+    firewall: str = ""
 
     def guest_config(self) -> dict[str, Any]:
         """The ``network`` object of the per-boot config."""
@@ -103,7 +105,7 @@ class NetworkPlan:
                 out.update(namespace=self.namespace, tap=self.tap)
         if self.lease is not None:
             out.update(tap=self.tap, subnet=self.lease.subnet, hostAddress=self.lease.host_address,
-                       guestAddress=self.lease.guest_address, dns=list(self.dns))
+                       guestAddress=self.lease.guest_address, dns=list(self.dns), firewall=self.firewall)
         return out
 
 

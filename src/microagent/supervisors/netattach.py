@@ -79,12 +79,13 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
 
             tap = tap_name(workspace)
             state_root = Path(cfg.stateDir)
-            lease = nat.setup(state_root, workspace, tap)
+            lease, kind = nat.setup(state_root, workspace, tap)
             try:
                 resolv = Path("/etc/resolv.conf").read_text()
             except OSError:
                 resolv = ""
-            attachment.plan = NetworkPlan(mode="nat", tap=tap, lease=lease, dns=host_nameservers(resolv))
+            attachment.plan = NetworkPlan(mode="nat", tap=tap, lease=lease, dns=host_nameservers(resolv),
+                                          firewall=kind)
         elif cfg.network.mode == "user" and user_provider == "pasta":
             attachment.plan, attachment.record = _attach_pasta(rt, workspace)
     except BaseException:

@@ -73,8 +73,9 @@ def _foreign(known: set[str]) -> dict[str, list[str]]:
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout.split("\n")
     taps = [line.split()[0].split("@")[0] for line in links if line.split()]
     foreign_taps = [t for t in taps if _TAP.match(t) and t not in ours]
-    rules = subprocess.run(["nft", "list", "table", "inet", "microagent"], capture_output=True, text=True).stdout
-    owners = set(re.findall(r'comment "microagent:([^"]+)"', rules))
+    from microagent.network.firewall import rule_owners
+
+    owners = rule_owners()
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
     mine = {namespace_name(n) for n in known}
     foreign_ns = [ns.split()[0] for ns in namespaces
