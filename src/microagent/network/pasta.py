@@ -49,9 +49,14 @@ PASTA_READY_TIMEOUT_S = 5.0
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 
 
-def namespace_name(workspace: str) -> str:
-    """``microagent-`` + 10 hex chars of the workspace name's hash (stable, ``ip netns`` safe)."""
-    return "microagent-" + hashlib.sha256(workspace.encode()).hexdigest()[:10]
+def namespace_name(runtime_dir: Path) -> str:
+    """``microagent-`` + 10 hex chars of the hash of the workspace's runtime directory.
+
+    The path, not the name: two state roots (or users) on one host may both
+    have a workspace ``ws``, and :func:`create` replaces a namespace of the
+    same name (a crashed boot's leftover).
+    """
+    return "microagent-" + hashlib.sha256(str(runtime_dir.absolute()).encode()).hexdigest()[:10]
 
 
 def namespace_path(namespace: str) -> Path:

@@ -104,7 +104,7 @@ def _attach_pasta(rt: RuntimeDir, workspace: str) -> tuple[NetworkPlan, dict[str
     """The workspace's namespace with the VMM's TAP, and pasta attached to it."""
     from microagent.network import pasta
 
-    namespace = pasta.namespace_name(workspace)
+    namespace = pasta.namespace_name(rt.path)
     pasta.create(namespace)
     try:
         record = _start_pasta(rt, namespace)

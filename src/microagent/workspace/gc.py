@@ -46,7 +46,7 @@ def collect(root: Path, supervisor: str | None = None) -> dict[str, Any]:
             errors.append({"workspace": rt.name, "error": getattr(exc, "message", str(exc))})
     freed = _free_stale_leases(root, known | _manifest_names(root))
     return {"ok": not errors, "reconciled": reconciled, "errors": errors, "freedLeases": freed,
-            "foreign": _foreign(known)}
+            "foreign": _foreign(root, known)}
 
 
 def _manifest_names(root: Path) -> set[str]:
@@ -66,7 +66,7 @@ def _free_stale_leases(root: Path, existing: set[str]) -> list[str]:
     return stale
 
 
-def _foreign(known: set[str]) -> dict[str, list[str]]:
+def _foreign(root: Path, known: set[str]) -> dict[str, list[str]]:
     from microagent.network.pasta import namespace_name
 
     ours = {tap_name(n) for n in known}
@@ -77,7 +77,7 @@ def _foreign(known: set[str]) -> dict[str, list[str]]:
 
     owners = rule_owners()
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
-    mine = {namespace_name(n) for n in known}
+    mine = {namespace_name(root / n) for n in known}
     foreign_ns = [ns.split()[0] for ns in namespaces
                   if ns.split() and _NETNS.match(ns.split()[0]) and ns.split()[0] not in mine]
     return {"taps": foreign_taps, "ruleOwners": sorted(owners - known), "namespaces": foreign_ns}

@@ -15,9 +15,10 @@ NO_CAPS = "CapEff:\t0000000000000000\n"
 NET_ADMIN_ONLY = "CapEff:\t0000000000001000\n"
 
 
-def test_namespace_names_are_stable_and_per_workspace() -> None:
-    name = pasta.namespace_name("ws")
-    assert name == pasta.namespace_name("ws") != pasta.namespace_name("ws2")
+def test_namespace_names_are_stable_and_per_runtime_dir() -> None:
+    name = pasta.namespace_name(Path("/state/ws"))
+    assert name == pasta.namespace_name(Path("/state/ws")) != pasta.namespace_name(Path("/state/ws2"))
+    assert name != pasta.namespace_name(Path("/other-state/ws"))  # same workspace name, another state root
     assert name.startswith("microagent-") and len(name) == len("microagent-") + 10
     assert str(pasta.namespace_path(name)) == f"/run/netns/{name}"
 
