@@ -188,7 +188,7 @@ def test_nat_gives_firecracker_a_host_tap_and_kill_removes_it(fc, host_netns: st
     assert f"{net['hostAddress']}/30" in ip("-n", host_netns, "addr", "show", "dev", net["tap"]).stdout
     rules = subprocess.run([*inside, "nft", "list", "table", "inet", "microagent"], capture_output=True,
                            text=True).stdout
-    assert "masquerade" in rules and 'comment "microagent:ws"' in rules
+    assert "masquerade" in rules and f'comment "microagent:ws:{net["tap"]}"' in rules
     config = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
     assert config["network"]["interfaces"][0]["address"] == net["guestAddress"]
 
@@ -196,3 +196,32 @@ def test_nat_gives_firecracker_a_host_tap_and_kill_removes_it(fc, host_netns: st
     assert net["tap"] not in ip("-n", host_netns, "-br", "link").stdout
     assert subprocess.run([*inside, "nft", "list", "ruleset"], capture_output=True, text=True).stdout.strip() == ""
     fc.ok("delete")
+
+
+def test_same_named_workspaces_of_two_state_roots_keep_their_own_network(fc, host_netns: str,
+                                                                         tmp_path: Path) -> None:
+    """Another state root's ``ws`` (another user, another project) gets its own TAP, rules and
+    namespace: starting or killing one never touches the other's."""
+    import dataclasses
+
+    other_state = tmp_path / "other-state"
+    other_state.mkdir()
+    other = dataclasses.replace(fc, state=other_state, env={})
+    inside = ["nsenter", f"--net=/run/netns/{host_netns}", "--"]
+    subprocess.run([*inside, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    fc.netns = other.netns = host_netns
+    try:
+        fc.ok("start", network={"mode": "nat"})
+        other.ok("start", network={"mode": "nat"})
+        mine, theirs = _network_json(fc.runtime_dir()), _network_json(other.runtime_dir())
+        assert mine["tap"] != theirs["tap"] and mine["subnet"] != theirs["subnet"]
+        fc.ok("kill")
+        links = ip("-n", host_netns, "-br", "link").stdout
+        assert mine["tap"] not in links and theirs["tap"] in links
+        rules = subprocess.run([*inside, "nft", "list", "table", "inet", "microagent"], capture_output=True,
+                               text=True).stdout
+        assert f'microagent:ws:{theirs["tap"]}' in rules and mine["tap"] not in rules
+        assert FirecrackerAPI(other.runtime_dir() / "firecracker.sock").instance_info().state == "Running"
+    finally:
+        other.call("kill")
+        assert not other.leftovers()

@@ -1,7 +1,8 @@
 """NAT's firewall rules: masquerade + forward, in nftables or in iptables chains of our own.
 
 Two implementations of one job; every rule carries the comment
-``microagent:<workspace>`` and lives only in state microagent created:
+``microagent:<owner>`` (``<workspace>:<tap>``, see :func:`microagent.network.nat.rule_owner`)
+and lives only in state microagent created:
 
 - ``nft``: the table ``inet microagent`` (chains ``postrouting``, ``forward``);
   dropped when its last rule goes.
@@ -47,8 +48,8 @@ def run_checked(argv: list[str], what: str, *, input: str | None = None) -> str:
     return proc.stdout
 
 
-def comment(workspace: str) -> str:
-    return f"microagent:{workspace}"
+def comment(owner: str) -> str:
+    return f"microagent:{owner}"
 
 
 def forward_policy_drops() -> bool:
@@ -81,21 +82,21 @@ def choose() -> str:
     raise NotFound("nat needs nft or iptables, and neither is installed", "apt-get install nftables")
 
 
-def add_rules(workspace: str, tap: str, lease: NatLease, kind: str) -> None:
-    """Masquerade and forward rules for one workspace, with ``kind``'s tool."""
+def add_rules(owner: str, tap: str, lease: NatLease, kind: str) -> None:
+    """Masquerade and forward rules for one workspace's TAP, with ``kind``'s tool."""
     if kind == "iptables":
-        _iptables_add(workspace, tap, lease)
+        _iptables_add(owner, tap, lease)
     else:
-        _nft_add(workspace, tap, lease)
+        _nft_add(owner, tap, lease)
 
 
-def remove_rules(workspace: str) -> int:
-    """Delete this workspace's rules wherever they are (both tools); returns how many went."""
-    return _nft_remove(workspace) + _iptables_remove(workspace)
+def remove_rules(owner: str) -> int:
+    """Delete ``owner``'s rules wherever they are (both tools); returns how many went."""
+    return _nft_remove(owner) + _iptables_remove(owner)
 
 
 def rule_owners() -> set[str]:
-    """Workspaces that have rules of ours (for ``gc``'s report)."""
+    """The owners that have rules of ours (for ``gc``'s report)."""
     owners = set()
     nft = _tool("nft")
     if nft:
@@ -110,15 +111,15 @@ def rule_owners() -> set[str]:
 
 
 def _comments(text: str) -> list[str]:
-    """Workspace names in ``microagent:<name>`` comments (nft quotes them, iptables may not)."""
+    """Owners in ``microagent:<owner>`` comments (nft quotes them, iptables may not)."""
     return re.findall(r'microagent:([^"\s]+)', text)
 
 
 # --- nftables --------------------------------------------------------------------
 
 
-def _nft_add(workspace: str, tap: str, lease: NatLease) -> None:
-    note = comment(workspace)
+def _nft_add(owner: str, tap: str, lease: NatLease) -> None:
+    note = comment(owner)
     script = f"""
 table inet {TABLE} {{
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
@@ -131,15 +132,15 @@ add rule inet {TABLE} forward oifname "{tap}" ct state established,related accep
     run_checked([_tool("nft") or "nft", "-f", "-"], "adding nftables rules", input=script)
 
 
-def _nft_remove(workspace: str) -> int:
-    """Delete this workspace's rules (by handle); drop the table when it is empty."""
+def _nft_remove(owner: str) -> int:
+    """Delete ``owner``'s rules (by handle); drop the table when it is empty."""
     nft = _tool("nft")
     if nft is None:
         return 0
     proc = subprocess.run([nft, "-j", "-a", "list", "table", "inet", TABLE], capture_output=True, text=True)
     if proc.returncode != 0:
         return 0  # no table: nothing of ours exists
-    note = comment(workspace)
+    note = comment(owner)
     removed, remaining = 0, 0
     for item in json.loads(proc.stdout).get("nftables", []):
         rule = item.get("rule")
@@ -163,7 +164,7 @@ def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([_tool("iptables") or "iptables", "-w", *args], capture_output=True, text=True)
 
 
-def _iptables_add(workspace: str, tap: str, lease: NatLease) -> None:
+def _iptables_add(owner: str, tap: str, lease: NatLease) -> None:
     for table, (builtin, chain) in CHAINS.items():
         if _iptables("-t", table, "-S", chain).returncode != 0:
             _iptables("-t", table, "-N", chain)
@@ -172,7 +173,7 @@ def _iptables_add(workspace: str, tap: str, lease: NatLease) -> None:
             proc = _iptables("-t", table, "-I", builtin, "1", *jump)
             if proc.returncode != 0:
                 raise Permanent(f"adding the jump to {chain} failed: {proc.stderr.strip()}")
-    note = ["-m", "comment", "--comment", comment(workspace)]
+    note = ["-m", "comment", "--comment", comment(owner)]
     rules = [("nat", ["-s", lease.subnet, "!", "-o", tap, "-j", "MASQUERADE"]),
              ("filter", ["-i", tap, "-j", "ACCEPT"]),
              ("filter", ["-o", tap, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"])]
@@ -182,8 +183,8 @@ def _iptables_add(workspace: str, tap: str, lease: NatLease) -> None:
             raise Permanent(f"adding an iptables rule failed: {proc.stderr.strip()}")
 
 
-def _iptables_remove(workspace: str) -> int:
-    """Delete this workspace's rules; drop a chain (and its jump) when it is empty."""
+def _iptables_remove(owner: str) -> int:
+    """Delete ``owner``'s rules; drop a chain (and its jump) when it is empty."""
     if _tool("iptables") is None:
         return 0
     removed = 0
@@ -196,7 +197,7 @@ def _iptables_remove(workspace: str) -> int:
             words = shlex.split(line)
             if not words or words[0] != "-A":
                 continue
-            if comment(workspace) in words:
+            if comment(owner) in words:
                 _iptables("-t", table, "-D", *words[1:])
                 removed += 1
             else:

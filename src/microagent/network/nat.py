@@ -3,7 +3,7 @@
 Everything this module creates is named so it can be found and removed
 without touching anything else: TAPs are ``mat<hash>``, firewall state lives
 only in our own nftables table or iptables chains (:mod:`.firewall`), and
-every rule carries the comment ``microagent:<workspace>``.  Leases persist in
+every rule carries the comment ``microagent:<workspace>:<tap>``.  Leases persist in
 ``<state>/network/leases.json`` (under a lock) and are freed on delete.
 
 Preconditions are checked before any change and fail closed: CAP_NET_ADMIN,
@@ -153,6 +153,12 @@ def delete_tap(tap: str) -> bool:
     return True
 
 
+def rule_owner(workspace: str, tap: str) -> str:
+    """What the rules' ``microagent:<owner>`` comments name: the workspace, and its TAP to tell
+    apart same-named workspaces of different state roots."""
+    return f"{workspace}:{tap}"
+
+
 def setup(state_root: Path, workspace: str, tap: str) -> tuple[NatLease, str]:
     """Lease, TAP and rules, all or nothing; returns the lease and the firewall used.
 
@@ -163,7 +169,7 @@ def setup(state_root: Path, workspace: str, tap: str) -> tuple[NatLease, str]:
     lease = allocate(state_root, workspace)
     try:
         create_tap(tap, lease)
-        firewall.add_rules(workspace, tap, lease, kind)
+        firewall.add_rules(rule_owner(workspace, tap), tap, lease, kind)
     except BaseException:
         teardown(workspace, tap)
         raise
@@ -175,6 +181,6 @@ def teardown(workspace: str, tap: str) -> list[str]:
     removed = []
     if delete_tap(tap):
         removed.append(f"tap {tap}")
-    if firewall.remove_rules(workspace):
+    if firewall.remove_rules(rule_owner(workspace, tap)):
         removed.append("firewall rules")
     return removed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +31,10 @@ NETNS_DIR = "/run/netns"
 HOST_ALIAS = "host.microagent.internal"
 
 
-def tap_name(workspace: str) -> str:
-    """A stable TAP name within IFNAMSIZ (15): ``mat`` + 10 hex chars of the name's hash."""
-    return "mat" + hashlib.sha256(workspace.encode()).hexdigest()[:10]
+def tap_name(runtime_dir: Path) -> str:
+    """A stable TAP name within IFNAMSIZ (15): ``mat`` + 10 hex chars of the hash of the
+    workspace's runtime directory (not its name: two state roots may both have ``ws``)."""
+    return "mat" + hashlib.sha256(str(runtime_dir.absolute()).encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)

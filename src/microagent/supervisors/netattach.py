@@ -77,7 +77,7 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
         if cfg.network.mode == "nat":
             from microagent.network import nat
 
-            tap = tap_name(workspace)
+            tap = tap_name(rt.path)
             state_root = Path(cfg.stateDir)
             lease, kind = nat.setup(state_root, workspace, tap)
             try:
@@ -193,7 +193,7 @@ def detach(rt: RuntimeDir, workspace: str) -> list[str]:
     if recorded.get("mode") == "nat":
         from microagent.network import nat
 
-        return nat.teardown(workspace, str(recorded.get("tap") or tap_name(workspace)))
+        return nat.teardown(workspace, str(recorded.get("tap") or tap_name(rt.path)))
     if recorded.get("mode") == "user" and recorded.get("namespace"):
         return _detach_pasta(recorded)
     return []

@@ -69,15 +69,17 @@ def _free_stale_leases(root: Path, existing: set[str]) -> list[str]:
 def _foreign(root: Path, known: set[str]) -> dict[str, list[str]]:
     from microagent.network.pasta import namespace_name
 
-    ours = {tap_name(n) for n in known}
+    ours = {tap_name(root / n) for n in known}
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout.split("\n")
     taps = [line.split()[0].split("@")[0] for line in links if line.split()]
     foreign_taps = [t for t in taps if _TAP.match(t) and t not in ours]
     from microagent.network.firewall import rule_owners
+
+    from microagent.network.nat import rule_owner
 
     owners = rule_owners()
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
     mine = {namespace_name(root / n) for n in known}
     foreign_ns = [ns.split()[0] for ns in namespaces
                   if ns.split() and _NETNS.match(ns.split()[0]) and ns.split()[0] not in mine]
-    return {"taps": foreign_taps, "ruleOwners": sorted(owners - known), "namespaces": foreign_ns}
+    return {"taps": foreign_taps, "ruleOwners": sorted(owners - {rule_owner(n, tap_name(root / n)) for n in known}), "namespaces": foreign_ns}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from microagent.network.nat import has_cap_net_admin
 from microagent.network.plan import NatLease, NetworkPlan, host_nameservers, tap_name
 
@@ -26,7 +28,9 @@ def test_nat_lease_addresses_and_tap_args() -> None:
 
 
 def test_tap_names_fit_ifnamsiz_and_are_stable() -> None:
-    assert len(tap_name("x" * 63)) <= 15 and tap_name("ws") == tap_name("ws") != tap_name("ws2")
+    assert len(tap_name(Path("/s/" + "x" * 63))) <= 15
+    assert tap_name(Path("/s/ws")) == tap_name(Path("/s/ws")) != tap_name(Path("/s/ws2"))
+    assert tap_name(Path("/s/ws")) != tap_name(Path("/other/ws"))  # same name, another state root
 
 
 def test_loopback_nameservers_are_dropped() -> None:
