@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# bytecode up front: an editable install compiles on first import, which a
+# PYTHONDONTWRITEBYTECODE environment never keeps (every CLI call recompiles)
 venv: $(STAMP)
+	@$(BIN)/python -m compileall -q src/microagent
 
 guest:
 	$(MAKE) -s -C guest install DESTDIR=$(CURDIR)/src/microagent/guest
