@@ -27,7 +27,7 @@ import shlex
 import shutil
 import subprocess
 
-from microagent.errors import NotFound, Permanent
+from microagent.errors import NotFound, Permanent, PolicyDenied
 from microagent.network.plan import NatLease
 
 ENV_VAR = "MICROAGENT_NAT_FIREWALL"
@@ -65,11 +65,11 @@ def choose() -> str:
     """``nft`` or ``iptables`` (see the module docstring).
 
     :raises NotFound: the asked-for tool, or both, are missing.
-    :raises Permanent: an unknown ``MICROAGENT_NAT_FIREWALL``.
+    :raises PolicyDenied: an unknown ``MICROAGENT_NAT_FIREWALL``.
     """
     wanted = os.environ.get(ENV_VAR, "") or "auto"
     if wanted not in ("auto", "nft", "iptables"):
-        raise Permanent(f"{ENV_VAR}={wanted!r} is not a firewall", "set it to auto, nft or iptables")
+        raise PolicyDenied(f"{ENV_VAR}={wanted!r} is not a firewall", "set it to auto, nft or iptables")
     if wanted != "auto":
         if _tool(wanted) is None:
             raise NotFound(f"{ENV_VAR}={wanted} but {wanted} is not installed",
