@@ -173,6 +173,8 @@ def test_user_mode_through_pasta_reaches_host_and_world_and_quarantine_cuts_it(
         assert code == 0, doc
         net = json.loads((vm_state / name / "network.json").read_text())
         assert net["provider"] == "pasta" and net["namespace"] in sh("ip", "netns", "list")
+        status = subprocess.run([*enter, "status", name], capture_output=True, text=True).stdout
+        assert f"attached:   guest 10.0.2.15 via 10.0.2.2, pasta in netns {net['namespace']}" in status
         code, doc = ma("exec", name, "--", "sh", "-c", "ip -4 addr show eth0; wget -qO- http://10.0.2.2:8704/; "
                                                         "echo; wget -qO- http://198.51.100.2:8705/")
         assert code == 0, doc

@@ -195,6 +195,18 @@ ls = _list_command("ls", False, "List every workspace with its state (alias of l
 ps = _list_command("ps", True, "List workspaces whose VM is running.")
 
 
+
+def _attached(att: dict[str, Any]) -> str:
+    """One line of what the supervisor set up for the running VM's network ('' for none)."""
+    if att.get("mode") == "user":
+        where = (f" in netns {att['namespace']} (pasta pid {att.get('pastaPid')})"
+                 if att.get("namespace") else "")
+        return f"guest {att.get('guestAddress')} via {att.get('gateway')}, {att.get('provider', 'slirp')}{where}"
+    if att.get("mode") == "nat":
+        return (f"guest {att.get('guestAddress')} via {att.get('hostAddress')} on TAP {att.get('tap')}, "
+                f"rules in {att.get('firewall') or 'nft'}")
+    return ""
+
 def _status_text(d: dict[str, Any]) -> str:
     res = d["resources"]
     rd = d["readiness"]
@@ -208,7 +220,9 @@ def _status_text(d: dict[str, Any]) -> str:
         f"profile:      {d['profile']}: {res['memoryMiB']} MiB, {res['cpuCount']} vCPU, disk {res['diskSizeMiB']} MiB",
         f"disk:         {d['disk']['path']}" + (f" ({d['disk'].get('allocatedMiB')} MiB used)" if "allocatedMiB" in d["disk"] else " (missing)"),
         f"network:      {d['network']['mode']}"
-        + (f", published {', '.join(d['network']['publish'])}" if d["network"].get("publish") else ""),
+        + (f", published {', '.join(d['network']['publish'])}" if d["network"].get("publish") else "")
+        + (f"\n  attached:   {_attached(d['network']['attached'])}"
+           if d.get("alive") and _attached(d["network"].get("attached") or {}) else ""),
         "readiness:    " + ", ".join(f"{k}={'yes' if v.get('ready') else 'no'}" for k, v in rd.items()),
         f"channel:      {d['channel']['path']}",
         f"serial log:   {d['serialLog']}",
