@@ -1,12 +1,15 @@
 /* PID 1 only: the "network" object of the per-boot config disk.
  *
  *   {"interfaces": [{"name": "eth0", "address": "10.0.2.15", "prefix": 24,
- *                    "gateway": "10.0.2.2", "mtu": 1500}],
+ *                    "gateway": "10.0.2.2", "mtu": 1500}],     (or {"name": "eth0", "dhcp": true})
  *    "dns": ["10.0.2.3"],
  *    "hosts": [{"address": "10.0.2.2", "names": ["host.microagent.internal"]}]}
  *
  * Everything is done with plain ioctls on one AF_INET datagram socket
- * (SIOCSIFMTU, SIOCSIFADDR, SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT).
+ * (SIOCSIFMTU, SIOCSIFADDR, SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT). An
+ * interface with "dhcp": true (and no address, prefix or gateway) gets its
+ * address, netmask, default route and nameservers from a DHCP server
+ * (dhcp.c); those nameservers are used when "dns" is empty.
  *
  * Validation is per entry: an interface, dns or hosts entry with a missing
  * or mistyped field, or a value out of range, is logged and skipped as a
@@ -31,10 +34,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dhcp.h"
 #include "json.h"
 #include "util.h"
 
 #define WAIT_IFACE_MS 5000
+#define DHCP_MS 10000
 #define HOSTS_PATH "/etc/hosts"
 #define RESOLV_PATH "/etc/resolv.conf"
 
@@ -46,7 +51,12 @@ struct iface_cfg {
     bool has_gw;
     struct in_addr gw;
     int mtu; /* 0: leave alone */
+    bool dhcp;
 };
+
+/* Nameservers learnt by DHCP, for /etc/resolv.conf when the config has none. */
+static struct in_addr dhcp_dns[DHCP_MAX_DNS];
+static int dhcp_ndns;
 
 /* A printable, bounded copy of untrusted text for log lines. */
 static const char *printable(char *dst, size_t n, const char *s)
@@ -232,6 +242,21 @@ static bool parse_iface(const struct jv *v, size_t idx, struct iface_cfg *out)
     }
     out->mtu = (int)mtu;
 
+    bool dhcp = false;
+    if (jfield_bool(v, "dhcp", &dhcp) < 0) {
+        ma_log("net: %s: \"dhcp\" must be a boolean; interface skipped", out->name);
+        return false;
+    }
+    out->dhcp = dhcp;
+    if (dhcp) {
+        if (jget(v, "address") || jget(v, "prefix") || jget(v, "gateway")) {
+            ma_log("net: %s: \"dhcp\" excludes \"address\", \"prefix\" and \"gateway\"; "
+                   "interface skipped", out->name);
+            return false;
+        }
+        return true;
+    }
+
     const char *addr = NULL, *gw = NULL;
     int ra = jfield_str(v, "address", &addr);
     if (ra < 0 || (ra == 1 && (inet_pton(AF_INET, addr, &out->addr) != 1 ||
@@ -276,6 +301,28 @@ static bool wait_iface(const char *name, int64_t deadline)
     }
 }
 
+/* Bring the interface up, ask DHCP, apply address, netmask and route. */
+static void configure_dhcp(int s, const struct iface_cfg *c, bool *have_gw)
+{
+    struct dhcp_lease lease;
+    if (set_up(s, c->name) < 0 || dhcp_acquire(c->name, now_mono_ms() + DHCP_MS, &lease) < 0) {
+        ma_log("net: %s up without an address (DHCP failed)", c->name);
+        return;
+    }
+    int prefix = __builtin_popcount(ntohl(lease.mask.s_addr));
+    char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN] = "";
+    inet_ntop(AF_INET, &lease.addr, a, sizeof a);
+    if (set_ipv4(s, c->name, lease.addr, prefix) < 0)
+        return;
+    if (lease.has_router && !*have_gw && add_default_route(s, c->name, lease.router) == 0) {
+        *have_gw = true;
+        inet_ntop(AF_INET, &lease.router, g, sizeof g);
+    }
+    for (int i = 0; i < lease.ndns && dhcp_ndns < DHCP_MAX_DNS; i++)
+        dhcp_dns[dhcp_ndns++] = lease.dns[i];
+    ma_log("net: %s up %s/%d%s%s (dhcp)", c->name, a, prefix, g[0] ? " via " : "", g);
+}
+
 static void configure_iface(int s, const struct iface_cfg *c, int64_t deadline, bool *have_gw)
 {
     if (!wait_iface(c->name, deadline)) {
@@ -285,6 +332,10 @@ static void configure_iface(int s, const struct iface_cfg *c, int64_t deadline, 
     }
     if (c->mtu)
         set_mtu(s, c->name, c->mtu);
+    if (c->dhcp) {
+        configure_dhcp(s, c, have_gw);
+        return;
+    }
     bool addressed = c->has_addr && set_ipv4(s, c->name, c->addr, c->prefix) == 0;
     if (set_up(s, c->name) < 0)
         return;
@@ -366,8 +417,23 @@ static int write_file_atomic(const char *path, const char *text, size_t len)
     return 0;
 }
 
+/* The nameservers DHCP gave, when the config names none. */
+static void write_dhcp_resolv_conf(void)
+{
+    struct buf b = { 0 };
+    for (int i = 0; i < dhcp_ndns; i++)
+        sb_printf(&b, "nameserver %s\n", inet_ntoa(dhcp_dns[i]));
+    if (sb_cstr(&b))
+        write_file_atomic(RESOLV_PATH, sb_cstr(&b), buf_used(&b));
+    buf_free(&b);
+}
+
 static void write_resolv_conf(const struct jv *dns)
 {
+    if ((!dns || dns->type == J_NULL || (dns->type == J_ARR && dns->len == 0)) && dhcp_ndns > 0) {
+        write_dhcp_resolv_conf();
+        return;
+    }
     if (!dns || dns->type == J_NULL)
         return;
     if (dns->type != J_ARR) {

@@ -120,7 +120,8 @@ def test_stop_is_sigterm_and_stops_the_vm(applevf: AppleVF) -> None:
     network = json.loads((rt / "network.json").read_text())
     assert network["mode"] == "vz-nat" and network["attachment"] == "VZNATNetworkDeviceAttachment"
     config_disk = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
-    assert config_disk["network"]["interfaces"][0]["address"] == network["guestAddress"]
+    assert config_disk["network"]["interfaces"] == [{"name": "eth0", "dhcp": True}]  # vmnet's DHCP
+    assert network["addressing"] == "dhcp (vmnet)"
     stopped = applevf.call("stop")
     assert stopped["event"]["state"] == "stopped" and stopped["event"]["detail"] == "SIGTERM"
     log = (rt / "vmm.log").read_text()

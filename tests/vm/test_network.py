@@ -211,3 +211,36 @@ def test_nat_on_a_host_whose_forward_policy_drops(vm_state: Path, nat_world: tup
     assert "MICROAGENT" not in saved and "microagent" not in saved  # chains, jumps and rules gone
     assert ":FORWARD DROP" in saved  # the host's policy is the host's: never changed
     assert "mat" not in host.run("ip", "-br", "link").stdout
+
+
+@pytest.mark.parametrize("provider", ["slirp", "pasta"])
+def test_guest_dhcp_client_against_slirp_and_pasta(vm_state: Path, nat_world: tuple[Netns, Netns],
+                                                    provider: str) -> None:
+    """Guest init's DHCP client (what apple-vf's nat uses with vmnet) against two real DHCP
+    servers: the per-boot config says only ``{"name": "eth0", "dhcp": true}``."""
+    host, _ = nat_world
+    host.run("ip", "route", "add", "default", "via", "198.51.100.2")
+    name = f"dh{uuid.uuid4().hex[:6]}"
+    enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", "env", f"MICROAGENT_QEMU_USER_NETWORK={provider}"]
+    try:
+        sh(MICROAGENT, "create", name, "--network", "user")
+        rt = vm_state / name
+        cfg = json.loads((rt / "runtime.json").read_text())["config"]
+        disk = rt / "dhcp-config.disk"
+        doc = json.dumps({"hostname": name, "network": {"interfaces": [{"name": "eth0", "dhcp": True}]}}).encode()
+        disk.write_bytes(doc + b"\0" * (64 * 1024 - len(doc)))
+        cfg.update(configDiskPath=str(disk), readiness="guest")
+        request = {"command": "start", "config": cfg,
+                   "identity": {"requestID": "t-dhcp", "runtimeID": name, "role": "workload", "backend": "qemu"}}
+        supervisor = str(Path(MICROAGENT).parent / "microagent-qemu-supervisor")
+        started = subprocess.run([*enter, supervisor], input=json.dumps(request), capture_output=True, text=True,
+                                 timeout=120)
+        assert json.loads(started.stdout)["ok"], started.stdout
+        out = subprocess.run([*enter, MICROAGENT, "exec", name, "--", "sh", "-c",
+                              "ip -4 addr show eth0; ip route; cat /etc/resolv.conf"],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "inet 10.0.2.15/24" in out and "default via 10.0.2.2" in out and "nameserver 10.0.2.3" in out
+        assert "net: eth0 up 10.0.2.15/24 via 10.0.2.2 (dhcp)" in (rt / "serial.log").read_text(errors="replace")
+    finally:
+        subprocess.run([*enter, MICROAGENT, "delete", "-f", name], capture_output=True)
+    assert "microagent-" not in sh("ip", "netns", "list")

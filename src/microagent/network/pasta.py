@@ -72,7 +72,8 @@ def pasta_argv(namespace: str, pid_file: Path, binary: str = "pasta") -> list[st
     return [binary, "--foreground", "--quiet", "--runas", "0", "--netns", namespace, "--pid", str(pid_file),
             "--ns-ifname", PASTA_IF,
             "--address", USER_GUEST_ADDRESS, "--netmask", "24", "--gateway", USER_GATEWAY,
-            "--dns-forward", USER_DNS,
+            # the guest's resolver is 10.0.2.3 (also in pasta's DHCP answers), forwarded to the host's
+            "--dns", USER_DNS, "--dhcp-dns", "--dns-forward", USER_DNS,
             # no port forwarding either way: published ports use the guest channel
             "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none"]
 

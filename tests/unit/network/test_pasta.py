@@ -30,7 +30,7 @@ def test_pasta_forwards_no_port_and_uses_slirps_addressing() -> None:
     assert pairs["--netns"] == "microagent-0123456789" and pairs["--ns-ifname"] == pasta.PASTA_IF
     assert pairs["--pid"] == "/state/ws/pasta.pid"  # names the workspace in pasta's command line
     assert (pairs["--address"], pairs["--netmask"], pairs["--gateway"]) == ("10.0.2.15", "24", "10.0.2.2")
-    assert pairs["--dns-forward"] == "10.0.2.3"
+    assert pairs["--dns-forward"] == "10.0.2.3" and pairs["--dns"] == "10.0.2.3" and "--dhcp-dns" in argv
     for flag in ("--tcp-ports", "--udp-ports", "--tcp-ns", "--udp-ns"):
         assert pairs[flag] == "none"  # published ports go over the channel, never through pasta
     assert "--config-net" not in argv  # the namespace itself gets no address: it only passes frames

@@ -47,7 +47,6 @@ from microagent.supervisors.applevf.vzconfig import (
     VZ_NAT_GATEWAY,
     guest_network,
     mac_address,
-    nat_guest_address,
     network_attachment,
     vm_spec,
 )
@@ -195,7 +194,7 @@ class AppleVFBackend(VMMBackend):
                           for f in cfg.network.portForwards]}
         if attachment_kind == "nat":
             record.update(attachment="VZNATNetworkDeviceAttachment", macAddress=mac_address(name),
-                          guestAddress=nat_guest_address(name), gateway=VZ_NAT_GATEWAY, dns=[VZ_NAT_GATEWAY])
+                          addressing="dhcp (vmnet)", hostAlias=VZ_NAT_GATEWAY)
         write_json_atomic(rt.path / "network.json", record)
         return attachment
 

@@ -51,8 +51,8 @@ SPEC_VERSION = 1
 MIB = 1024 * 1024
 #: ``console=hvc0``: the virtio console (``VZVirtioConsoleDeviceSerialPortConfiguration``)
 BASE_CMDLINE = "console=hvc0"
-#: vmnet's default shared (NAT) network; the guest init has no DHCP client, so
-#: the guest takes a static address in it (see docs/backends/apple-vf.md)
+#: vmnet's default shared (NAT) network: the guest gets its address by DHCP
+#: from vmnet; the gateway is only assumed for the host alias in /etc/hosts
 VZ_NAT_SUBNET = "192.168.64"
 VZ_NAT_GATEWAY = f"{VZ_NAT_SUBNET}.1"
 NETWORK_ATTACHMENTS = {"isolated": "none", "user": "nat", "nat": "nat"}
@@ -83,19 +83,17 @@ def mac_address(name: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
-def nat_guest_address(name: str) -> str:
-    """The static guest address in vmnet's default shared subnet (.2 .. .254)."""
-    digest = hashlib.sha256(b"microagent-applevf-ip:" + name.encode()).digest()
-    return f"{VZ_NAT_SUBNET}.{2 + digest[0] % 253}"
-
-
 def guest_network(mode: str, name: str) -> dict[str, Any]:
-    """The ``network`` object of the per-boot config for an apple-vf guest."""
+    """The ``network`` object of the per-boot config for an apple-vf guest.
+
+    ``nat``/``user``: DHCP from vmnet (address, route and nameserver), so a
+    Mac whose vmnet subnet was changed works too; only the host alias
+    assumes vmnet's default gateway.
+    """
     if NETWORK_ATTACHMENTS.get(mode) != "nat":
         return {"interfaces": [], "dns": [], "hosts": []}
-    return {"interfaces": [{"name": "eth0", "address": nat_guest_address(name), "prefix": 24,
-                            "gateway": VZ_NAT_GATEWAY}],
-            "dns": [VZ_NAT_GATEWAY],
+    return {"interfaces": [{"name": "eth0", "dhcp": True}],
+            "dns": [],
             "hosts": [{"address": VZ_NAT_GATEWAY, "names": ["host.microagent.internal"]}]}
 
 
