@@ -86,7 +86,7 @@ def network_checks(backend: str, facts: HostFacts) -> list[Check]:
     from microagent.network import nat, pasta
 
     out = [Check("network-isolated", True, False, "no NIC; always available")]
-    if backend == "qemu" and os.environ.get("MICROAGENT_QEMU_USER_NETWORK", "") != "pasta":
+    if backend == "qemu" and os.environ.get(pasta.QEMU_USER_NETWORK_ENV, "") != "pasta":
         out.append(Check("network-user", facts.tools["qemu"].available, False,
                          "qemu built-in user networking (slirp)", "apt-get install qemu-system-x86"))
     else:  # firecracker, or qemu told to take firecracker's path

@@ -40,6 +40,8 @@ from microagent.errors import NotFound, Permanent, PolicyDenied, Transient
 from microagent.network.plan import NETNS_DIR, USER_DNS, USER_GATEWAY, USER_GUEST_ADDRESS
 
 ENV_VAR = "MICROAGENT_PASTA"
+#: ``pasta`` makes the QEMU backend take this path for ``user`` instead of slirp
+QEMU_USER_NETWORK_ENV = "MICROAGENT_QEMU_USER_NETWORK"
 #: the VMM's TAP inside the namespace (names there cannot clash with the host's)
 VMM_TAP = "vmtap0"
 #: pasta's own TAP inside the namespace

@@ -19,15 +19,13 @@ from typing import Any
 
 from microagent.errors import MicroagentError, PolicyDenied
 from microagent.host import process
+from microagent.network.pasta import QEMU_USER_NETWORK_ENV as USER_NETWORK_ENV
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.supervisors.qemu.argv import qemu_argv
 from microagent.supervisors.qemu.qmp import QMPClient
 from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
-
-
-USER_NETWORK_ENV = "MICROAGENT_QEMU_USER_NETWORK"
 
 
 def accel_for(kvm_kind: str) -> str:
