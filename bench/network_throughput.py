@@ -114,8 +114,10 @@ def main() -> None:
             name = f"bench-{mode}-{uuid.uuid4().hex[:4]}"
             names.append(name)
             extra = ["-p", "9100:8080"] if mode == "user" else []
-            ns.run(MICROAGENT, "create", name, "--network", mode, *extra)
-            ns.run(MICROAGENT, "start", name)
+            # the guest sends to the host: opted in; slirp (unfiltered) asked for by name
+            env = ["env", "MICROAGENT_QEMU_USER_NETWORK=slirp"] if mode == "user" else []
+            ns.run(*env, MICROAGENT, "create", name, "--network", mode, "--allow-host-loopback", *extra)
+            ns.run(*env, MICROAGENT, "start", name)
             if mode == "nat":
                 gw = ns.run(MICROAGENT, "exec", name, "--", "sh", "-c", "ip route | awk '/default/ {print $3}'").strip()
                 rates["guest→host via nat"] = guest_send(ns, name, gw, 9001, args.mib)
@@ -129,7 +131,7 @@ def main() -> None:
                 rates["guest→host via --publish (channel)"] = int(out[0]) / 2**20 / float(out[1])
         name = f"bench-pasta-{uuid.uuid4().hex[:4]}"
         names.append(name)
-        ns.enter(MICROAGENT, "create", name, "--network", "user")
+        ns.enter(MICROAGENT, "create", name, "--network", "user", "--allow-host-loopback")
         ns.enter(MICROAGENT, "start", name)
         rates["guest→host via user (pasta)"] = guest_send(ns, name, "10.0.2.2", 9003, args.mib, pasta=True)
     finally:

@@ -266,6 +266,10 @@ static struct jv *parse_container(struct parser *ps, int depth, bool is_obj)
             size_t klen;
             if (ps->p >= ps->end || *ps->p != '"' || parse_string(ps, &key, &klen) < 0)
                 return NULL;
+            /* Lookups compare names as C strings: "kind\u0000x" would
+             * answer for "kind". */
+            if (strlen(key) != klen)
+                return NULL;
             skip_ws(ps);
             if (ps->p >= ps->end || *ps->p != ':')
                 return NULL;

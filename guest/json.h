@@ -19,7 +19,7 @@ struct jv {
     int64_t i;      /* J_INT (integers that fit int64) */
     char *s;        /* J_STR: decoded, NUL-terminated */
     size_t len;     /* J_STR: byte length (may contain NULs); J_ARR/J_OBJ: count */
-    char *key;      /* member name when inside an object */
+    char *key;      /* member name when inside an object (never holds a NUL) */
     struct jv *child, *next;
 };
 

@@ -24,6 +24,7 @@ struct session *session_new(struct agent *a, uint32_t id, enum session_kind kind
     s->kind = kind;
     s->in_fd = -1;
     s->file_fd = -1;
+    s->dir_fd = -1;
     for (int i = 0; i < 3; i++) {
         s->out_fd[i] = -1;
         s->credit[i] = INITIAL_WINDOW;

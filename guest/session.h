@@ -57,7 +57,8 @@ struct session {
 
     /* put */
     int file_fd;
-    char *path, *tmp_path;
+    int dir_fd;          /* the destination's directory, reached without foreign symlinks */
+    char *path, *tmp_path; /* tmp_path: a name in dir_fd */
     uint32_t mode;
     int64_t uid, gid;
     uint64_t bytes;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -36,32 +37,125 @@ static void fail_errno(struct session *s, const char *what, int err)
     session_fail(s, errno_code(err), msg);
 }
 
-static int mkdir_p(const char *dir)
+/* Symlinks a put may follow on its way to the destination's directory:
+ * those owned by root (merged /usr's /bin, /var/run) or by guest init's own
+ * user. A link owned by anyone else could have been planted by an
+ * unprivileged guest process to steer a root write elsewhere. */
+static bool trusted_link(const struct stat *st)
 {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s", dir) >= (int)sizeof tmp) {
+    return st->st_uid == 0 || st->st_uid == geteuid();
+}
+
+#define MAX_LINKS 40
+
+/* Opens absolute directory path `dir` as an O_PATH fd, one component at a
+ * time, never following a symlink that is not trusted_link(); with mkdirs,
+ * missing components are created (0755). Returns -1 with errno set, and
+ * *refused = true when an untrusted symlink was in the way. */
+static int open_dir_walk(const char *dir, bool mkdirs, bool *refused)
+{
+    const int dflags = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    char rest[PATH_MAX];
+    int links = 0;
+    *refused = false;
+    if (snprintf(rest, sizeof rest, "%s", dir) >= (int)sizeof rest) {
         errno = ENAMETOOLONG;
         return -1;
     }
-    for (char *p = tmp + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-                return -1;
-            *p = c;
-            if (!c)
+    int fd = open("/", dflags);
+    if (fd < 0)
+        return -1;
+    char *p = rest;
+    for (;;) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            return fd;
+        size_t len = strcspn(p, "/");
+        char name[NAME_MAX + 1];
+        if (len > NAME_MAX) {
+            errno = ENAMETOOLONG;
+            break;
+        }
+        memcpy(name, p, len);
+        name[len] = 0;
+        p += len;
+        if (strcmp(name, ".") == 0)
+            continue;
+        int next = openat(fd, name, dflags);
+        if (next < 0 && errno == ENOENT && mkdirs) {
+            if (mkdirat(fd, name, 0755) < 0 && errno != EEXIST)
                 break;
+            next = openat(fd, name, dflags);
+        }
+        if (next >= 0) {
+            close(fd);
+            fd = next;
+            continue;
+        }
+        if (errno != ENOTDIR && errno != ELOOP)
+            break;
+        /* Not a directory: a symlink we may follow, or a real error. The
+         * link is opened itself, so its owner and target are one object. */
+        int lfd = openat(fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        struct stat st;
+        if (lfd < 0)
+            break;
+        if (fstat(lfd, &st) < 0 || !S_ISLNK(st.st_mode)) {
+            close(lfd);
+            errno = ENOTDIR;
+            break;
+        }
+        if (!trusted_link(&st)) {
+            close(lfd);
+            *refused = true;
+            errno = ELOOP;
+            break;
+        }
+        char target[PATH_MAX];
+        ssize_t n = readlinkat(lfd, "", target, sizeof target - 1);
+        close(lfd);
+        if (n < 0)
+            break;
+        target[n] = 0;
+        if (++links > MAX_LINKS) {
+            errno = ELOOP;
+            break;
+        }
+        char joined[PATH_MAX];
+        if (snprintf(joined, sizeof joined, "%s/%s", target, p) >= (int)sizeof joined) {
+            errno = ENAMETOOLONG;
+            break;
+        }
+        memcpy(rest, joined, strlen(joined) + 1);
+        p = rest;
+        if (target[0] == '/') {
+            close(fd);
+            if ((fd = open("/", dflags)) < 0)
+                return -1;
         }
     }
-    struct stat st;
-    if (stat(dir, &st) < 0)
-        return -1;
-    if (!S_ISDIR(st.st_mode)) {
-        errno = ENOTDIR;
-        return -1;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+/* A fresh temporary file beside `base` in dir_fd; its name goes to name. */
+static int create_temp(int dir_fd, const char *base, char *name, size_t size)
+{
+    static uint32_t counter;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint32_t r = (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (++counter * 2654435761u);
+        snprintf(name, size, ".%.200s.microagent-%08x", base, r);
+        int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
     }
-    return 0;
+    errno = EEXIST;
+    return -1;
 }
 
 void put_open(struct session *s, const struct jv *req)
@@ -89,22 +183,36 @@ void put_open(struct session *s, const struct jv *req)
         session_fail(s, "io_error", "path too long");
         return;
     }
-    struct stat st;
-    if (path[plen - 1] == '/' || (stat(path, &st) == 0 && S_ISDIR(st.st_mode))) {
+    const char *slash = strrchr(path, '/');
+    const char *base = slash + 1;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0) {
         session_fail(s, "is_directory", "path is a directory");
         return;
     }
-    const char *slash = strrchr(path, '/');
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%.*s", (int)(slash == path ? 1 : slash - path), path);
-    const char *base = slash + 1;
-    if (mkdirs && mkdir_p(dir) < 0) {
-        fail_errno(s, dir, errno);
+    bool refused;
+    int dir_fd = open_dir_walk(dir, mkdirs, &refused);
+    if (dir_fd < 0) {
+        if (refused) {
+            char msg[PATH_MAX + 128];
+            snprintf(msg, sizeof msg, "%s: a symlink on the way is not owned by root", dir);
+            session_fail(s, "symlink_refused", msg);
+        } else {
+            fail_errno(s, dir, errno);
+        }
         return;
     }
-    char tmp[PATH_MAX + 256];
-    snprintf(tmp, sizeof tmp, "%s/.%.200s.microagent-XXXXXX", strcmp(dir, "/") == 0 ? "" : dir, base);
-    int fd = mkostemp(tmp, O_CLOEXEC);
+    s->dir_fd = dir_fd;
+    struct stat st;
+    /* Following a last-component link here only stats it; the file itself
+     * replaces the link on rename. */
+    if (fstatat(dir_fd, base, &st, 0) == 0 && S_ISDIR(st.st_mode)) {
+        session_fail(s, "is_directory", "path is a directory");
+        return;
+    }
+    char tmp[NAME_MAX + 1];
+    int fd = create_temp(dir_fd, base, tmp, sizeof tmp);
     if (fd < 0) {
         fail_errno(s, dir, errno);
         return;
@@ -116,6 +224,8 @@ void put_open(struct session *s, const struct jv *req)
     s->uid = uid;
     s->gid = gid;
     if (!s->path || !s->tmp_path) {
+        if (!s->tmp_path)
+            unlinkat(dir_fd, tmp, 0);
         session_fail(s, "io_error", "out of memory");
         return;
     }
@@ -156,7 +266,7 @@ void put_on_data(struct session *s, const uint8_t *p, size_t n)
         fail_errno(s, s->path, errno);
         return;
     }
-    if (rename(s->tmp_path, s->path) < 0) {
+    if (renameat(s->dir_fd, s->tmp_path, s->dir_fd, strrchr(s->path, '/') + 1) < 0) {
         fail_errno(s, s->path, errno);
         return;
     }
@@ -176,9 +286,14 @@ void put_abort(struct session *s)
         s->file_fd = -1;
     }
     if (s->tmp_path) {
-        unlink(s->tmp_path);
+        if (s->dir_fd >= 0)
+            unlinkat(s->dir_fd, s->tmp_path, 0);
         free(s->tmp_path);
         s->tmp_path = NULL;
+    }
+    if (s->dir_fd >= 0) {
+        close(s->dir_fd);
+        s->dir_fd = -1;
     }
 }
 

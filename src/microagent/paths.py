@@ -1,16 +1,21 @@
-"""Where microagent keeps its state (DESIGN.md §4).
+"""Where microagent keeps its state (DESIGN.md §4, docs/state.md).
 
-Owns path arithmetic only: no I/O beyond ``mkdir`` on request.  The state
+Owns path arithmetic, plus the one check every entry point makes: the state
 root is ``--state-dir`` → ``MICROAGENT_STATE_DIR`` → ``~/.microagent``
-(``$TMPDIR/microagent`` when there is no home).
+(``$TMPDIR/microagent`` when there is no home), and it must be a directory
+of the current user that nobody else can write (created 0700 when missing).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import stat
 import tempfile
 from pathlib import Path
+
+from microagent.errors import PolicyDenied
+from microagent.fsutil import PRIVATE_DIR_MODE, private_dir
 
 ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -21,17 +26,72 @@ def host_arch() -> str:
     return ARCH_ALIASES.get(machine, machine)
 
 
+#: What the state root holds besides workspaces' runtime directories (never a runtime dir).
+STATE_ROOT_ENTRIES = frozenset({"auth.json", "cache", "images", "kernels", "locks", "network", "run",
+                                "workspaces"})
+
+
 def state_root(override: str | os.PathLike[str] | None = None) -> Path:
-    """The state directory root."""
+    """The state directory root, checked (and created) by :func:`require_private_root`.
+
+    :raises PolicyDenied: when another user owns it or can write to it.
+    """
     if override:
-        return Path(override).expanduser().absolute()
-    env = os.environ.get("MICROAGENT_STATE_DIR")
-    if env:
-        return Path(env).expanduser().absolute()
-    home = os.environ.get("HOME")
-    if home:
-        return Path(home) / ".microagent"
-    return Path(tempfile.gettempdir()) / "microagent"
+        root = Path(override).expanduser().absolute()
+    elif os.environ.get("MICROAGENT_STATE_DIR"):
+        root = Path(os.environ["MICROAGENT_STATE_DIR"]).expanduser().absolute()
+    elif os.environ.get("HOME"):
+        root = Path(os.environ["HOME"]) / ".microagent"
+    else:
+        root = Path(tempfile.gettempdir()) / "microagent"
+    return require_private_root(root)
+
+
+def require_private_root(root: Path) -> Path:
+    """Refuse a state root another user owns or can write to; create a missing one 0700
+    and tighten one of ours that others can read.
+
+    Another user's directory (or symlink) there could feed us planted workspaces and
+    sockets, or read ours.  Not checked where there are no POSIX owners (Windows).
+
+    :raises PolicyDenied: naming the path and the fix.
+    """
+    if not hasattr(os, "geteuid"):
+        return root
+    me = os.geteuid()
+    pick_another = "use a state directory of your own: --state-dir DIR or MICROAGENT_STATE_DIR=DIR"
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        try:
+            private_dir(root)
+        except OSError:
+            pass  # lost a race, or no permission: the checks below say which
+        try:
+            st = os.lstat(root)
+        except OSError as exc:
+            raise PolicyDenied(f"cannot create the state directory {root}: {exc.strerror}", pick_another) from None
+    if stat.S_ISLNK(st.st_mode):
+        if st.st_uid != me:
+            raise PolicyDenied(f"the state directory {root} is a symlink owned by uid {st.st_uid}, not by you "
+                               f"(uid {me})", f"remove it if it is not yours, or {pick_another}")
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            raise PolicyDenied(f"the state directory {root} is a symlink to nowhere ({exc.strerror})",
+                               pick_another) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise PolicyDenied(f"the state directory {root} is not a directory", pick_another)
+    if st.st_uid != me:
+        raise PolicyDenied(f"the state directory {root} is owned by uid {st.st_uid}, not by you (uid {me})",
+                           f"remove it if it is not yours, or {pick_another}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise PolicyDenied(f"the state directory {root} is writable by other users (mode {mode:04o})",
+                           f"check what is in it, then 'chmod 700 {root}'; or {pick_another}")
+    if mode != PRIVATE_DIR_MODE:
+        os.chmod(root, PRIVATE_DIR_MODE)
+    return root
 
 
 def kernel_dir(root: Path, backend: str, arch: str | None = None) -> Path:
@@ -45,7 +105,15 @@ def workspace_dir(root: Path, name: str) -> Path:
 
 
 def runtime_dir(root: Path, name: str) -> Path:
-    """``<root>/<name>``: runtime state, sockets, serial.log, events."""
+    """``<root>/run/<name>``: runtime state, sockets, serial.log, events.
+
+    A subtree of its own, so no workspace name can alias ``images``, ``workspaces``, ...
+    """
+    return root / "run" / name
+
+
+def legacy_runtime_dir(root: Path, name: str) -> Path:
+    """``<root>/<name>``: where earlier versions kept the runtime directory."""
     return root / name
 
 

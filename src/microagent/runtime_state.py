@@ -1,39 +1,61 @@
-"""The runtime directory of one workspace: ``<stateDir>/<name>/``.
+"""The runtime directory of one workspace: ``<stateDir>/run/<name>/``.
 
 Owns the files a supervisor writes there (DESIGN.md §4, docs/state.md):
 ``runtime.json`` (pid, sockets, config), ``event.json`` (latest event),
 ``events.jsonl`` (append-only timeline), ``serial.log``, ``result.json``.
-Every JSON write is atomic (temp file + fsync + rename).
+Every JSON write is atomic (temp file + fsync + rename); the directory is
+0700 and every file 0600 whatever the umask.  :func:`locate_runtime_dir`
+moves a directory of the earlier ``<stateDir>/<name>/`` layout forward.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from microagent.fsutil import atomic_write, open_private_append, private_dir
+from microagent.paths import STATE_ROOT_ENTRIES, legacy_runtime_dir, runtime_dir, workspace_dir
 from microagent.vmkit.types import Event, Identity, to_wire
+
+#: Recorded states in which a VMM may be running from the directory (it must not move then).
+_VMM_MAY_RUN = frozenset({"starting", "running", "paused", "stopping", "quarantined", "failed"})
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``data`` as JSON in ``path`` (0600), atomically; the directory is created 0700."""
+    private_dir(path.parent)
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def locate_runtime_dir(root: Path, name: str) -> Path:
+    """The runtime directory of workspace ``name``: ``<root>/run/<name>``.
+
+    A workspace of an earlier version has it at ``<root>/<name>``.  Such a
+    directory (only for a workspace whose manifest exists, never one of the
+    root's own folders) is renamed into place the first time it is looked up
+    at rest.  While its record says a VMM may run there it is used where it
+    is: the VMM's relative sockets would survive a rename, but recorded paths,
+    the helper's arguments and TAP/namespace names derived from the path would
+    not.  The first stop, halt, kill or reconciliation puts it at rest.
+    """
+    current = runtime_dir(root, name)
+    old = legacy_runtime_dir(root, name)
+    if (current.exists() or name in STATE_ROOT_ENTRIES or not (old / "runtime.json").is_file()
+            or not (workspace_dir(root, name) / "workspace.json").is_file()):
+        return current
+    recorded = read_json(old / "runtime.json")
+    state = recorded.get("state") if isinstance(recorded, dict) else None
+    if state in _VMM_MAY_RUN:
+        return old
+    private_dir(current.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        os.rename(old, current)
+    except OSError:
+        return current if current.exists() else old  # another process moved it first, or cannot
+    return current
 
 
 def read_json(path: Path) -> Any:
@@ -82,7 +104,7 @@ class RuntimeDir:
         return self.path / "control.sock"
 
     def create(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path)
 
     def record(self, identity: Identity, state: str, detail: str = "", **runtime_updates: Any) -> Event:
         """Set the workspace's state: ``runtime.json`` updated, then the event logged."""
@@ -99,8 +121,11 @@ class RuntimeDir:
         """Write ``event.json`` and append the event to ``events.jsonl``."""
         doc = to_wire(event)
         write_json_atomic(self.event_json, doc)
-        with open(self.events_log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(doc, sort_keys=True) + "\n")
+        fd = open_private_append(self.events_log)
+        try:
+            os.write(fd, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
 
     def runtime(self) -> dict[str, Any] | None:
         data = read_json(self.runtime_json)

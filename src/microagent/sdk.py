@@ -34,7 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
+from microagent.durations import optional_seconds, seconds
 from microagent.workspace.lifecycle import DEFAULT_IMAGE, WorkspaceStore
+from microagent.workspace.sessions import DEFAULT_OUTPUT_LIMIT
 from microagent.workspace.state import WorkspaceState, require_state
 
 if TYPE_CHECKING:
@@ -100,7 +102,8 @@ class Workspace:
     @classmethod
     def create(cls, name: str, image: str = DEFAULT_IMAGE, *, profile: str | None = None,
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
-               env: EnvArg = None, network: str = "isolated", backend: str | None = None,
+               env: EnvArg = None, network: str = "isolated", allow_host_loopback: bool = False,
+               backend: str | None = None,
                start: bool = True, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
                supervisor: str | None = None) -> "Workspace":
         """Create workspace ``name`` from ``image`` and (unless ``start=False``) boot it.
@@ -108,15 +111,19 @@ class Workspace:
         :param profile: ``tiny``, ``small`` (default), ``medium`` or ``large``.
         :param env: environment every process in the guest gets.
         :param start: boot it now (``False``: leave it ``prepared``).
+        :param allow_host_loopback: let the guest reach the host through its gateway (``user``:
+            the host's loopback); off by default (docs/network.md).
         :raises InvalidRequest: unsafe name, unknown profile, bad env.
         :raises Conflict: a workspace of that name exists.
         :raises NotFound: kernel, guest init or host tool missing.
         :raises Transient: the guest did not come up in ``boot_timeout`` (the
             workspace is left ``failed``; it is not deleted).
         """
+        boot_timeout = seconds(boot_timeout, "boot_timeout")  # before anything is built
         ws = cls(name, state_dir=state_dir, supervisor=supervisor)
         ws._store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
-                         disk_size_mib=disk_size_mib, env=_env_list(env), network=network, backend=backend)
+                         disk_size_mib=disk_size_mib, env=_env_list(env), network=network,
+                         allow_host_loopback=allow_host_loopback, backend=backend)
         if start:
             ws.start(boot_timeout=boot_timeout)
         return ws
@@ -161,7 +168,9 @@ class Workspace:
         """Block until the VM is no longer running; returns the state it ended in.
 
         :raises ResourceExhausted: when ``timeout`` seconds pass first.
+        :raises Permanent: for a ``timeout`` that is not a finite, non-negative number.
         """
+        timeout = optional_seconds(timeout, "timeout")
         self.close()
         return self._store.wait(self.name, timeout=timeout).state
 
@@ -233,20 +242,28 @@ class Workspace:
 
     def exec(self, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: str | None = None,
              user: str | None = None, stdin: bytes | IO[bytes] | None = None, timeout: float | None = None,
-             stdout: "OutputSink | None" = None, stderr: "OutputSink | None" = None) -> "ExecResult":
+             stdout: "OutputSink | None" = None, stderr: "OutputSink | None" = None,
+             output_limit: int | None = DEFAULT_OUTPUT_LIMIT) -> "ExecResult":
         """Run a command in the running workspace and wait for it.
 
         :param argv: the program and its arguments; a string runs through ``/bin/sh -c``.
         :param stdin: bytes or a binary file fed to the command's stdin.
         :param timeout: seconds; then the result is ``timed_out`` with exit code 124.
         :param stdout: stream stdout here as it arrives (else it is collected in the result).
+        :param output_limit: bytes kept of each collected stream (default 16 MiB;
+            the rest is dropped and ``stdout_truncated``/``stderr_truncated`` say
+            so); ``None`` keeps everything. Streams given a sink are not limited.
         :returns: :class:`~microagent.channel.ExecResult` (``exit_code``,
             ``stdout``, ``stderr``, ``status``, ``ok``).
         :raises Conflict: unless the workspace is running.
         :raises ChannelClosed: when the guest went away mid-command.
+        :raises ChannelTimeout: when the guest goes silent (the command never
+            starts, or is not ended well after ``timeout``).
         """
+        timeout = optional_seconds(timeout, "timeout")
         return self._guest().exec(_argv(argv), env=_env_list(env), workdir=workdir, user=user,
-                                  timeout=timeout, stdin=stdin, stdout=stdout, stderr=stderr)
+                                  timeout=timeout, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  output_limit=output_limit)
 
     def put(self, guest_path: str, source: bytes | str | os.PathLike[str] | IO[bytes], *,
             mode: int | None = None, mkdirs: bool = False) -> int:
@@ -256,14 +273,20 @@ class Workspace:
         """
         return self._guest().put(guest_path, source, mode=mode, mkdirs=mkdirs)
 
-    def read_file(self, guest_path: str, dest: str | os.PathLike[str] | None = None) -> "bytes | FileStat":
+    def read_file(self, guest_path: str, dest: str | os.PathLike[str] | None = None, *,
+                  max_bytes: int | None = DEFAULT_OUTPUT_LIMIT) -> "bytes | FileStat":
         """A guest file's bytes, or (with ``dest``) copy it to a local path and return its stat.
 
-        ``ws.get(path)`` is the same call.
+        ``ws.get(path)`` is the same call. A local copy gets the guest file's
+        ``rwx`` bits less the umask (never setuid/setgid/sticky).
 
+        :param max_bytes: when reading into memory, refuse a larger file
+            (default 16 MiB); ``None`` = no limit.
         :raises GuestNotFound: when the file does not exist.
+        :raises ResourceExhausted: when the file is larger than ``max_bytes``.
+        :raises ChannelTimeout: when the guest sends nothing for 60 s.
         """
-        return self._guest().get(guest_path, dest)
+        return self._guest().get(guest_path, dest, max_bytes=max_bytes)
 
     get = _ClassOrInstanceMethod(open, read_file)
     """``Workspace.get(name)`` on the class (an existing workspace, like :meth:`open`);
@@ -271,6 +294,7 @@ class Workspace:
 
     def send(self, line: str, *, timeout: float | None = None) -> "ExecResult":
         """Run one line in the guest user's shell on a pty (like ``connect --send``)."""
+        timeout = optional_seconds(timeout, "timeout")
         return self._guest().send_line(line, timeout=timeout)
 
 

@@ -92,7 +92,7 @@ class AppleVF:
         return invoke(self.backend, raw)
 
     def runtime(self, name: str | None = None) -> Path:
-        return self.state_dir / (name or self.name)
+        return self.state_dir / "run" / (name or self.name)
 
     def runtime_json(self, name: str | None = None) -> dict[str, Any]:
         return json.loads((self.runtime(name) / "runtime.json").read_text())  # type: ignore[no-any-return]
@@ -122,7 +122,7 @@ def kill_leftovers(marker: str) -> list[str]:
 
 def find_guest_init() -> Path | None:
     """The built guest init for this host's architecture (the fake guest runs it)."""
-    from microagent.errors import InvalidRequest, MicroagentError
+    from microagent.errors import MicroagentError
     from microagent.guestinit import find_guest_init as find
     from microagent.paths import host_arch
 

@@ -47,7 +47,7 @@ def test_lifecycle_start_inspect_pause_quarantine_kill_delete(applevf: AppleVF) 
     runtime = applevf.runtime_json()
     assert runtime["pid"] == pid and runtime["backend"] == "apple-vf"
     assert runtime["argv"][:2] == [sys.executable, str(FAKE_VMHOST)]
-    assert runtime["argv"][-4:] == ["--state-dir", str(applevf.state_dir), "--name", "ws1"]
+    assert runtime["argv"][-4:] == ["--state-dir", str(applevf.state_dir / "run"), "--name", "ws1"]
     spec = json.loads((rt / "applevf.json").read_text())
     assert spec["commandLine"].endswith("microagent.config=/dev/vdb")
     assert [d["name"] for d in spec["disks"]] == ["rootfs", "config"]

@@ -36,21 +36,21 @@ def test_create_with_a_bad_name_is_refused(tmp_path: Path, name: str) -> None:
     code, doc = cli(tmp_path, "create", "--json", "--", name) if name.startswith("-") else \
         cli(tmp_path, "create", "--json", name)
     err = _error(doc, "permanent")
-    assert code == 1 and "is not a safe name" in err["message"]
+    assert code == 2 and "is not a safe name" in err["message"]
     assert not (tmp_path / "workspaces").exists()
 
 
 def test_unknown_profile_lists_the_choices(tmp_path: Path) -> None:
     code, doc = cli(tmp_path, "create", "--json", "ws1", "--profile", "huge")
     err = _error(doc, "permanent")
-    assert code == 1 and "unknown profile 'huge'" in err["message"]
+    assert code == 2 and "unknown profile 'huge'" in err["message"]
     assert "tiny, small, medium, large" in err["remediation"]
     assert not (tmp_path / "workspaces").exists()
 
 
 def test_unknown_network_mode(tmp_path: Path) -> None:
     code, doc = cli(tmp_path, "create", "--json", "ws1", "--network", "bridged")
-    assert code == 1 and "unknown network mode 'bridged'" in _error(doc, "permanent")["message"]
+    assert code == 2 and "unknown network mode 'bridged'" in _error(doc, "permanent")["message"]
     assert not (tmp_path / "workspaces" / "ws1").exists()
 
 
@@ -63,7 +63,7 @@ def test_unknown_network_mode(tmp_path: Path) -> None:
 ])
 def test_bad_publish_specs_are_refused_before_anything(tmp_path: Path, args: list[str], fragment: str) -> None:
     code, doc = cli(tmp_path, "create", "--json", "ws1", *args)
-    assert code == 1 and fragment in _error(doc, "permanent")["message"]
+    assert code == 2 and fragment in _error(doc, "permanent")["message"]
     assert not (tmp_path / "workspaces" / "ws1").exists()
 
 
@@ -99,11 +99,11 @@ def test_list_and_ps_when_empty(tmp_path: Path) -> None:
 
 def test_connect_interactive_refuses_json(tmp_path: Path) -> None:
     code, doc = cli(tmp_path, "connect", "--json", "ws1")
-    assert code == 1 and "interactive" in _error(doc, "permanent")["message"]
+    assert code == 2 and "interactive" in _error(doc, "permanent")["message"]
 
 
 def test_cp_needs_exactly_one_workspace_side(tmp_path: Path) -> None:
     code, doc = cli(tmp_path, "cp", "--json", "a.txt", "b.txt")
-    assert code == 1 and "NAME:/path" in _error(doc, "permanent")["message"]
+    assert code == 2 and "NAME:/path" in _error(doc, "permanent")["message"]
     code, doc = cli(tmp_path, "cp", "--json", "ws:/a", "ws:/b")
     _error(doc, "permanent")

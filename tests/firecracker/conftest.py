@@ -156,7 +156,7 @@ class FC:
         return doc
 
     def runtime_dir(self, name: str = "ws") -> Path:
-        return self.state / name
+        return self.state / "run" / name
 
     def runtime(self, name: str = "ws") -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.runtime_dir(name) / "runtime.json").read_text())

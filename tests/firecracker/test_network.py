@@ -27,6 +27,7 @@ from typing import Iterator
 import pytest
 
 from microagent.host.process import ProcessRef, is_alive
+from microagent.network import pasta as pasta_net
 from microagent.supervisors.firecracker.api import FirecrackerAPI
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
@@ -85,6 +86,7 @@ def test_firecracker_runs_in_pastas_namespace_and_quarantine_cuts_it(fc, host_ne
     filters = subprocess.run(["ip", "netns", "exec", namespace, "tc", "filter", "show", "dev", "vmtap0", "ingress"],
                              capture_output=True, text=True).stdout
     assert "mirred" in filters and "pasta0" in filters
+    assert "0a000000/ff000000" in filters  # 10.0.0.0/8 never reaches pasta (default egress policy)
     # the guest is told slirp's addressing, which pasta serves
     config = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
     assert config["network"]["interfaces"] == [{"name": "eth0", "address": "10.0.2.15", "prefix": 24,
@@ -95,6 +97,7 @@ def test_firecracker_runs_in_pastas_namespace_and_quarantine_cuts_it(fc, host_ne
     assert is_alive(pasta) and int((rt / "pasta.pid").read_text()) == pasta.pid
     cmdline = Path(f"/proc/{pasta.pid}/cmdline").read_bytes().split(b"\0")
     assert namespace.encode() in cmdline and str(rt / "pasta.pid").encode() in cmdline
+    assert b"--no-map-gw" in cmdline  # the gateway is not the host's loopback by default
 
     # quarantine: pasta (the only way out) is gone, the name too; firecracker keeps running
     q = fc.ok("quarantine")
@@ -125,7 +128,8 @@ def test_inspect_restarts_a_dead_pasta_and_kill_removes_it(fc, host_netns: str) 
     assert second != first and is_alive(second)
     filters = subprocess.run(["ip", "netns", "exec", net["namespace"], "tc", "filter", "show", "dev", "vmtap0",
                               "ingress"], capture_output=True, text=True).stdout
-    assert filters.count("mirred") == 1 and "pasta0" in filters  # rewired to the new pasta's interface
+    redirects = sum("mirred" in " ".join(f) for f in pasta_net.guest_filters(allow_gateway=False))
+    assert filters.count("mirred") == redirects and "pasta0" in filters  # rewired once to the new pasta
 
     assert fc.ok("kill")["event"]["state"] == "stopped"
     assert not is_alive(second) and net["namespace"] not in ip("netns", "list").stdout

@@ -46,7 +46,7 @@ def env(tmp_path: Path, seed: Path):
 
 
 def runtime(state: Path) -> dict:
-    return json.loads((state / "ws1" / "runtime.json").read_text())
+    return json.loads((state / "run" / "ws1" / "runtime.json").read_text())
 
 
 def test_start_isolated_sequence_and_state(env) -> None:
@@ -56,16 +56,16 @@ def test_start_isolated_sequence_and_state(env) -> None:
     sid = d.compute_system_id(str(state), "ws1")
     assert hcs.names() == ["grant_vm_access"] * 4 + ["create_compute_system", "start_compute_system"]
     granted = [c[2] for c in hcs.calls if c[0] == "grant_vm_access"]
-    assert granted[2] == str(state / "workspaces" / "ws1" / "rootfs.vhd") and granted[3] == str(state / "ws1" / "config.vhd")
+    assert granted[2] == str(state / "workspaces" / "ws1" / "rootfs.vhd") and granted[3] == str(state / "run" / "ws1" / "config.vhd")
     doc = hcs.documents[f"compute_system:{sid}"]
-    assert doc == json.loads((state / "ws1" / "hcs-document.json").read_text())
+    assert doc == json.loads((state / "run" / "ws1" / "hcs-document.json").read_text())
     assert "NetworkAdapters" not in doc["VirtualMachine"]["Devices"]
     assert doc["VirtualMachine"]["ComputeTopology"] == {"Memory": {"SizeInMB": 256}, "Processor": {"Count": 1}}
     rt = runtime(state)
     assert rt["systemId"] == sid and rt["vmId"] == hcs.systems[sid]["RuntimeId"] and rt["state"] == "running"
     argv = helpers.spawned[0]
     assert argv[argv.index("--vm-id") + 1] == rt["vmId"] and argv[argv.index("--port") + 1] == "1024"
-    config = json.loads((state / "ws1" / "config.disk").read_bytes().rstrip(b"\0"))
+    config = json.loads((state / "run" / "ws1" / "config.disk").read_bytes().rstrip(b"\0"))
     assert config == {"hostname": "ws1", "env": [], "network": {"interfaces": [], "dns": [], "hosts": []}}
     with pytest.raises(Conflict, match="already running"):
         backend.start(req("start"))
@@ -80,7 +80,7 @@ def test_nat_endpoint_config_disk_publish_and_quarantine(env) -> None:
     sid = runtime(state)["systemId"]
     adapters = hcs.documents[f"compute_system:{sid}"]["VirtualMachine"]["Devices"]["NetworkAdapters"]
     assert adapters == {"eth0": {"EndpointId": endpoint_id, "MacAddress": "00-15-5D-00-00-02"}}
-    config = json.loads((state / "ws1" / "config.disk").read_bytes().rstrip(b"\0"))
+    config = json.loads((state / "run" / "ws1" / "config.disk").read_bytes().rstrip(b"\0"))
     assert config["network"]["interfaces"] == [{"name": "eth0", "address": "192.168.127.2", "prefix": 24,
                                                 "gateway": "192.168.127.1"}]
     assert "--publish" in helpers.spawned[0] and "127.0.0.1:18080:80" in helpers.spawned[0]
@@ -89,7 +89,7 @@ def test_nat_endpoint_config_disk_publish_and_quarantine(env) -> None:
     assert resp.event.state == "quarantined" and "HNS endpoint" in resp.event.detail
     assert hcs.names() == ["delete_endpoint"]  # no shutdown, no terminate: the VM is kept
     assert sid in hcs.systems and hcs.systems[sid]["State"] == "Running"
-    assert helpers.killed and not (state / "ws1" / "control.sock").exists()
+    assert helpers.killed and not (state / "run" / "ws1" / "control.sock").exists()
     with pytest.raises(Conflict, match="quarantined"):
         backend.start(req("start", mode="nat"))
     with pytest.raises(Conflict, match="running"):
@@ -124,7 +124,7 @@ def test_stop_and_delete(env) -> None:
     with pytest.raises(Conflict, match="not running"):
         backend.kill(req("kill"))
     assert backend.delete(req("delete")).event.detail == "deleted"
-    assert not (state / "ws1").exists() and not (state / "workspaces" / "ws1").exists()
+    assert not (state / "run" / "ws1").exists() and not (state / "workspaces" / "ws1").exists()
 
 
 def test_inspect_reconciles_a_vanished_compute_system(env) -> None:

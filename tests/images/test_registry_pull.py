@@ -25,7 +25,6 @@ from support_registry import (
     free_port,
     push_image,
     push_index,
-    push_manifest,
     sha256,
     tar_layer,
 )

@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "microagent"
 
 # Lower rank = lower layer.  A module may import its own package or any lower rank.
 RANK = {
-    "errors": 0,
-    "paths": 1, "digests": 1, "unixsock": 1,
+    "errors": 0, "fsutil": 0,
+    "paths": 1, "digests": 1, "unixsock": 1, "serial_log": 1, "durations": 1,
     "guestinit": 2, "vmkit": 2,
     "runtime_state": 3, "channel": 3,
     "network": 4, "kernels": 4, "images": 4,

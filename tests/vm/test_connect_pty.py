@@ -64,4 +64,4 @@ def test_interactive_connect_runs_a_command_and_detaches(vm_state: Path) -> None
         assert proc.returncode == 0 and proc.stdout == b"PIPED\n"
     finally:
         subprocess.run([MICROAGENT, "delete", "-f", name], capture_output=True, timeout=120)
-    assert not (vm_state / name).exists()
+    assert not (vm_state / "run" / name).exists()

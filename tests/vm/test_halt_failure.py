@@ -22,7 +22,7 @@ def test_halt_of_a_frozen_vm_is_failed_with_the_vmm_left_running(vm_state: Path)
     assert ma("create", name, "--profile", "tiny")[0] == 0
     code, doc = ma("start", name)
     assert code == 0, doc
-    pid = json.loads((vm_state / name / "runtime.json").read_text())["pid"]
+    pid = json.loads((vm_state / "run" / name / "runtime.json").read_text())["pid"]
     try:
         os.kill(pid, signal.SIGSTOP)  # the VM can no longer run guest init's shutdown
         code, doc = ma("halt", name)
@@ -35,4 +35,4 @@ def test_halt_of_a_frozen_vm_is_failed_with_the_vmm_left_running(vm_state: Path)
         os.kill(pid, signal.SIGCONT)
         ma("kill", name)
         ma("delete", "-f", name)
-    assert not (vm_state / name).exists()
+    assert not (vm_state / "run" / name).exists()

@@ -84,20 +84,28 @@ def test_isolated_guest_has_only_lo_and_cannot_connect(vm_state: Path, netns: Ne
     assert "REACHED" not in doc["result"]["stdout"]
 
 
-def test_user_mode_reaches_the_host(vm_state: Path, netns: Netns) -> None:
+@pytest.mark.parametrize("allow", [False, True], ids=["default", "allow-host-loopback"])
+def test_user_mode_reaches_the_hosts_loopback_only_when_allowed(vm_state: Path, nat_world: tuple[Netns, Netns],
+                                                                 allow: bool) -> None:
+    """``user`` is pasta (QEMU's default now): the gateway maps to the host's loopback only with
+    ``--allow-host-loopback`` (more targets: tests/security/test_network_egress.py).  pasta needs a
+    host with a routable interface to reach even the loopback (measured), hence the world."""
+    netns, _ = nat_world
+    netns.run("ip", "route", "add", "default", "via", "198.51.100.2")
     server = netns.server("127.0.0.1", 8702)
     try:
-        code, doc = run_json(netns, "--network", "user", "builtin:busybox", "--", "sh", "-c",
-                             "timeout 20 wget -qO- http://10.0.2.2:8702/; echo; cat /etc/resolv.conf; "
+        code, doc = run_json(netns, "--network", "user", *(["--allow-host-loopback"] if allow else []),
+                             "builtin:busybox", "--", "sh", "-c",
+                             "timeout 8 wget -qO- http://10.0.2.2:8702/; echo; cat /etc/resolv.conf; "
                              "grep host.microagent.internal /etc/hosts")
     finally:
         server.kill()
         seen = server.communicate()[0]
     assert code == 0, doc
     out = doc["result"]["stdout"]
-    assert "hello from 127.0.0.1" in out and "nameserver 10.0.2.3" in out
+    assert ("hello from 127.0.0.1" in out) is allow and "nameserver 10.0.2.3" in out
     assert "10.0.2.2 host.microagent.internal" in out
-    assert "127.0.0.1" in seen  # the server saw the guest's connection
+    assert ("127.0.0.1" in seen) is allow  # the server saw the guest's connection only when allowed
 
 
 @pytest.fixture
@@ -153,26 +161,27 @@ def test_nat_masquerades_and_leaves_nothing_behind(vm_state: Path, nat_world: tu
 
 def test_user_mode_through_pasta_reaches_host_and_world_and_quarantine_cuts_it(
         vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
-    """The path firecracker takes for ``--network user`` (pasta + a namespace per workspace),
-    carrying a real QEMU guest's traffic.  The CLI runs under ``nsenter`` (not ``ip netns exec``,
-    whose private mounts would hide the workspace's namespace from the next command)."""
+    """The path firecracker takes for ``--network user`` (pasta + a namespace per workspace, QEMU's
+    default too), carrying a real QEMU guest's traffic, with the host's loopback opted in.  The CLI
+    runs under ``nsenter`` (not ``ip netns exec``, whose private mounts would hide the workspace's
+    namespace from the next command)."""
     host, world = nat_world
     host.run("ip", "route", "add", "default", "via", "198.51.100.2")  # pasta copies a routable interface
     near, far = host.server("127.0.0.1", 8704), world.server("198.51.100.2", 8705)
     name = f"up{uuid.uuid4().hex[:6]}"
-    enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", "env", "MICROAGENT_QEMU_USER_NETWORK=pasta",
-             MICROAGENT]
+    enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", MICROAGENT]
 
     def ma(*args: str) -> tuple[int, dict]:
         proc = subprocess.run([*enter, args[0], "--json", *args[1:]], capture_output=True, text=True, timeout=120)
         return proc.returncode, json.loads(proc.stdout or "{}")
 
     try:
-        assert ma("create", name, "--network", "user")[0] == 0
+        assert ma("create", name, "--network", "user", "--allow-host-loopback")[0] == 0
         code, doc = ma("start", name)
         assert code == 0, doc
-        net = json.loads((vm_state / name / "network.json").read_text())
+        net = json.loads((vm_state / "run" / name / "network.json").read_text())
         assert net["provider"] == "pasta" and net["namespace"] in sh("ip", "netns", "list")
+        assert net["allowHostLoopback"] is True and net["filtered"] is True
         status = subprocess.run([*enter, "status", name], capture_output=True, text=True).stdout
         assert f"attached:   guest 10.0.2.15 via 10.0.2.2, pasta in netns {net['namespace']}" in status
         code, doc = ma("exec", name, "--", "sh", "-c", "ip -4 addr show eth0; wget -qO- http://10.0.2.2:8704/; "
@@ -180,7 +189,7 @@ def test_user_mode_through_pasta_reaches_host_and_world_and_quarantine_cuts_it(
         assert code == 0, doc
         out = doc["result"]["stdout"]
         assert "inet 10.0.2.15/24" in out
-        assert "hello from 127.0.0.1" in out  # the gateway reaches the host's loopback, as with slirp
+        assert "hello from 127.0.0.1" in out  # the gateway reaches the host's loopback: opted in
         assert "hello from 198.51.100.1" in out  # egress leaves from the host's own address: no NAT rule
 
         code, doc = ma("quarantine", name)
@@ -224,7 +233,7 @@ def test_guest_dhcp_client_against_slirp_and_pasta(vm_state: Path, nat_world: tu
     enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", "env", f"MICROAGENT_QEMU_USER_NETWORK={provider}"]
     try:
         sh(MICROAGENT, "create", name, "--network", "user")
-        rt = vm_state / name
+        rt = vm_state / "run" / name
         cfg = json.loads((rt / "runtime.json").read_text())["config"]
         disk = rt / "dhcp-config.disk"
         doc = json.dumps({"hostname": name, "network": {"interfaces": [{"name": "eth0", "dhcp": True}]}}).encode()

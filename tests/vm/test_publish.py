@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -112,7 +111,7 @@ def test_gc_cleans_up_after_a_crash(vm_state: Path, ns: Ns) -> None:
     try:
         assert ns.ma("create", name, "--network", "nat", "-p", "8099:80")[0] == 0
         assert ns.ma("start", name)[0] == 0
-        runtime = json.loads((vm_state / name / "runtime.json").read_text())
+        runtime = json.loads((vm_state / "run" / name / "runtime.json").read_text())
         # the VMM and its helper die while nobody watches
         subprocess.run(["kill", "-9", str(runtime["pid"]), str(runtime["routerPid"])], check=True)
         time.sleep(0.5)
@@ -132,13 +131,13 @@ def test_workspace_survives_its_helper_being_killed(vm_state: Path, ns: Ns) -> N
     try:
         assert ns.ma("create", name, "--network", "user", "-p", "8097:8080")[0] == 0
         assert ns.ma("start", name)[0] == 0
-        runtime = json.loads((vm_state / name / "runtime.json").read_text())
+        runtime = json.loads((vm_state / "run" / name / "runtime.json").read_text())
         subprocess.run(["kill", "-9", str(runtime["routerPid"])], check=True)
         # the next command brings up a new helper (published ports included); the VM never stopped
         out = ns.run(MICROAGENT, "exec", name, "--", "sh", "-c",
                      "mkdir -p /www && echo again > /www/index.html && httpd -p 8080 -h /www && echo started")
         assert out.returncode == 0 and out.stdout == "started\n", out.stderr
-        assert json.loads((vm_state / name / "runtime.json").read_text())["pid"] == runtime["pid"]
+        assert json.loads((vm_state / "run" / name / "runtime.json").read_text())["pid"] == runtime["pid"]
         got = ""
         for _ in range(50):
             proc = ns.run(sys.executable, "-c", FETCH, "8097")

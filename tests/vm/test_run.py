@@ -46,7 +46,7 @@ def test_json_reports_the_same(vm_state: Path) -> None:
     assert result["stdout"] == f"bar /tmp {doc['workspace']}\n" and result["stderr"] == "e\n"
     assert result["started_at"].endswith("Z") and result["completed_at"] >= result["started_at"]
     assert doc["timings"]["boot"] > 0 and doc["timings"]["total"] >= doc["timings"]["boot"]
-    assert not (vm_state / doc["workspace"]).exists(), "one-shot state must be deleted"
+    assert not (vm_state / "run" / doc["workspace"]).exists(), "one-shot state must be deleted"
 
 
 def test_missing_command_is_127(vm_state: Path) -> None:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
 
@@ -46,13 +45,13 @@ def pid_alive(pid: int) -> bool:
 def leftovers(root: Path, name: str) -> list[str]:
     """Processes (VMM, channel helper) still mentioning this workspace's paths."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    needles = (str(root / "workspaces" / name) + "/", str(root / name) + "/", f"{root}/{name} ")
+    needles = (str(root / "workspaces" / name) + "/", str(root / "run" / name) + "/", f"{root}/run/{name} ")
     return [line for line in out.splitlines() if any(n in line + " " for n in needles)
             and "pytest" not in line]
 
 
 def assert_gone(root: Path, name: str) -> None:
-    assert not (root / name).exists(), "runtime directory (sockets, logs) left behind"
+    assert not (root / "run" / name).exists(), "runtime directory (sockets, logs) left behind"
     assert not (root / "workspaces" / name).exists(), "disk/manifest left behind"
     deadline = time.monotonic() + 5
     while leftovers(root, name) and time.monotonic() < deadline:
@@ -121,7 +120,7 @@ def test_full_lifecycle(vm_state: Path) -> None:
     sdk_ws.close()
 
     # ... and a concurrent pair of CLI processes: needs the multi-client channel helper
-    if (vm_state / name / "control.sock").exists():
+    if (vm_state / "run" / name / "control.sock").exists():
         procs = [subprocess.Popen([MICROAGENT, "exec", name, "--", "sh", "-c",
                                    f"touch /tmp/p{i}; sleep 2; ls /tmp"], stdout=subprocess.PIPE)
                  for i in (1, 2)]
@@ -179,7 +178,7 @@ def test_full_lifecycle(vm_state: Path) -> None:
         assert refused["error"]["kind"] == "conflict", args
         assert "quarantined" in refused["error"]["message"], args
     assert pid_alive(pid)
-    assert not (vm_state / name / "channel.sock").exists() and not (vm_state / name / "control.sock").exists()
+    assert not (vm_state / "run" / name / "channel.sock").exists() and not (vm_state / "run" / name / "control.sock").exists()
     status = cli_json("status", name)
     assert status["state"] == "quarantined" and status["pid"] == pid and status["alive"] is True
     refused = cli_json("delete", name, expect=1)

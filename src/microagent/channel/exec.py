@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol, TypeAlias
 
 from microagent.channel.errors import ChannelTimeout, SessionEnded
 from microagent.channel.frames import STDERR, STDIN, STDOUT
+from microagent.channel.limits import EXIT_GRACE_S, START_TIMEOUT_S
 from microagent.channel.mux import ChannelConnection, ControlEvent, DataEvent, ErrorEvent, ExitEvent, Session
 from microagent.errors import ChannelClosed, InvalidRequest
 
@@ -67,7 +69,10 @@ class ExecRequest:
     :param timeout_s: guest-side timeout; ``None``/0 = none. On expiry the
         result is ``timed_out`` with exit code 124.
     :param stdout_limit: keep at most this many stdout bytes (0 = unlimited).
-    :param stderr_limit: keep at most this many stderr bytes (0 = unlimited).
+        Enforced by the guest and again by the host (whatever the guest
+        sends past it is dropped and the result says ``stdout_truncated``),
+        for collected output and sinks alike.
+    :param stderr_limit: the same for stderr.
     """
 
     argv: Sequence[str]
@@ -228,6 +233,12 @@ class ExecSession:
     Created by :func:`start` (or :meth:`ChannelConnection.start_exec`).
     Output goes to the sinks as it arrives (called from the pump thread);
     streams without a sink are collected into the result.
+
+    A silent guest cannot hang it: if the guest does not report the process
+    started within ``start_timeout`` seconds, or (with a guest-side
+    ``timeout_s``) does not end it within ``exit_grace`` seconds after that
+    timeout, the session is closed and :meth:`wait` raises
+    :class:`ChannelTimeout`. ``None`` disables either check.
     """
 
     def __init__(
@@ -236,9 +247,18 @@ class ExecSession:
         request: ExecRequest,
         stdout: OutputSink | None = None,
         stderr: OutputSink | None = None,
+        *,
+        start_timeout: float | None = START_TIMEOUT_S,
+        exit_grace: float | None = EXIT_GRACE_S,
     ) -> None:
         self.session = session
         self.request = request
+        self._opened = time.monotonic()
+        self._start_timeout = start_timeout
+        self._exit_grace = exit_grace
+        self._limit = {STDOUT: request.stdout_limit, STDERR: request.stderr_limit}
+        self._kept = {STDOUT: 0, STDERR: 0}
+        self._cut = {STDOUT: False, STDERR: False}
         self._out: dict[int, Callable[[bytes], object] | None] = {
             STDOUT: _writer(stdout) if stdout is not None else None,
             STDERR: _writer(stderr) if stderr is not None else None,
@@ -371,17 +391,53 @@ class ExecSession:
                 self._error = error
             self._cond.notify_all()
 
+    def _deadline(self) -> tuple[float, str] | None:
+        """When the guest must next have said something, and what it failed to say."""
+        if self._pid is None and self._start_timeout is not None:
+            return (self._opened + self._start_timeout,
+                    f"the guest did not start exec session {self.id} within {self._start_timeout:g} s")
+        if self.request.timeout_s and self._exit_grace is not None:
+            limit = self.request.timeout_s + self._exit_grace
+            return (self._opened + limit,
+                    f"the guest did not report the end of exec session {self.id} within {limit:g} s "
+                    f"(its timeout was {self.request.timeout_s:g} s)")
+        return None
+
+    def _recv(self) -> Any:
+        due = self._deadline()
+        if due is None:
+            return self.session.recv()
+        try:
+            return self.session.recv(max(0.0, due[0] - time.monotonic()))
+        except ChannelTimeout:
+            if self._deadline() != due:  # the deadline moved on (e.g. started) in the meantime
+                return self._recv()
+            raise ChannelTimeout(due[1], "check the guest with 'microagent status' and 'microagent logs'") from None
+
+    def _keep(self, stream: int, data: bytes) -> bytes:
+        """The part of ``data`` within the stream's limit (the host enforces it too)."""
+        limit = self._limit.get(stream, 0)
+        if not limit:
+            return data
+        room = max(0, limit - self._kept[stream])
+        if len(data) > room:
+            self._cut[stream] = True
+            data = data[:room]
+        self._kept[stream] += len(data)
+        return data
+
     def _run_pump(self) -> None:
         try:
             while True:
-                event = self.session.recv()
+                event = self._recv()
                 if isinstance(event, DataEvent):
-                    if event.data:
+                    data = self._keep(event.stream, event.data) if event.data else b""
+                    if data:
                         out = self._out.get(event.stream)
                         if out is not None:
-                            out(event.data)
+                            out(data)
                         elif event.stream in self._collected:
-                            self._collected[event.stream] += event.data
+                            self._collected[event.stream] += data
                 elif isinstance(event, ControlEvent):
                     started = event.body.get("started")
                     if isinstance(started, Mapping) and isinstance(started.get("pid"), int):
@@ -392,6 +448,8 @@ class ExecSession:
                     result = ExecResult.from_exit(
                         event.body, bytes(self._collected[STDOUT]), bytes(self._collected[STDERR]), self.pid
                     )
+                    result.stdout_truncated |= self._cut[STDOUT]
+                    result.stderr_truncated |= self._cut[STDERR]
                     self._finish(result, None)
                     return
                 elif isinstance(event, ErrorEvent):
@@ -400,6 +458,9 @@ class ExecSession:
         except SessionEnded as exc:
             self._finish(None, exc)
         except ChannelClosed as exc:
+            self._finish(None, exc)
+        except ChannelTimeout as exc:  # the guest went silent: abandon the session
+            self.session.close()
             self._finish(None, exc)
         except BaseException as exc:  # a sink failed (e.g. BrokenPipeError)
             self.session.close()
@@ -430,18 +491,22 @@ def start(
     stdout: OutputSink | None = None,
     stderr: OutputSink | None = None,
     kind: str = "exec",
+    start_timeout: float | None = START_TIMEOUT_S,
+    exit_grace: float | None = EXIT_GRACE_S,
 ) -> ExecSession:
     """Open an exec session and return its handle at once.
 
     :param stdout: sink for stdout (and pty output); ``None`` = collect.
     :param stderr: sink for stderr; ``None`` = collect.
     :param kind: ``exec`` or ``shell``.
+    :param start_timeout: see :class:`ExecSession`.
+    :param exit_grace: see :class:`ExecSession`.
     :raises InvalidRequest: if the request is malformed.
     :raises ChannelClosed: if the channel is closed.
     """
     body = request.to_open(kind)
     session = conn.open_session(kind, **body)
-    return ExecSession(session, request, stdout, stderr)
+    return ExecSession(session, request, stdout, stderr, start_timeout=start_timeout, exit_grace=exit_grace)
 
 
 def run(conn: ChannelConnection, request: ExecRequest, *, timeout: float | None = None) -> ExecResult:

@@ -48,6 +48,7 @@ from microagent.channel.frames import (
     encode_window,
     json_frame,
 )
+from microagent.channel.limits import MAX_QUEUED_CONTROL_BYTES, MAX_QUEUED_CONTROLS
 from microagent.channel.stream import ByteStream
 from microagent.errors import ChannelClosed, PolicyDenied
 
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 _READ_SIZE = 256 << 10
 _GRANT_THRESHOLD = INITIAL_WINDOW // 2
 _STREAMS = (0, 1, 2)
+_GUEST_STREAMS = (1, 2)  # the guest sends DATA on stdout and stderr only
+_MAX_LOGGED_OOB = 20  # session-0 chatter lines logged per connection (a guest can send endless ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +91,10 @@ class DataEvent:
 
 @dataclass(frozen=True, slots=True)
 class ControlEvent:
-    """A CONTROL frame's JSON object."""
+    """A CONTROL frame's JSON object (``size``: its payload length, for queue bounds)."""
 
     body: dict[str, Any]
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,9 @@ class Session:
         self._send_credit = dict.fromkeys(_STREAMS, INITIAL_WINDOW)
         self._recv_used = dict.fromkeys(_STREAMS, 0)  # received minus granted back
         self._consumed = dict.fromkeys(_STREAMS, 0)  # consumed, not yet granted
+        self._guest_eof: set[int] = set()  # streams the guest ended
+        self._control_count = 0  # queued, unconsumed CONTROL events
+        self._control_bytes = 0
         self._guest_done = False  # EXIT/ERROR arrived (or local protocol error)
         self._host_closed = False  # CLOSE sent
         self._final_delivered = False
@@ -186,6 +193,9 @@ class Session:
             event = self._events.popleft()
             if isinstance(event, (ExitEvent, ErrorEvent)):
                 self._final_delivered = True
+            elif isinstance(event, ControlEvent):
+                self._control_count -= 1
+                self._control_bytes -= event.size
             elif isinstance(event, DataEvent) and event.data and event.stream in self._consumed:
                 self._consumed[event.stream] += len(event.data)
                 if self._consumed[event.stream] >= _GRANT_THRESHOLD and not self._guest_done:
@@ -226,12 +236,13 @@ class Session:
         Empty ``data`` sends nothing (use :meth:`send_eof`).
 
         :raises SessionEnded: if the session ends before all data is sent.
-        :raises ChannelTimeout: if credit did not arrive within ``timeout``.
+        :raises ChannelTimeout: if no credit arrived within ``timeout``
+            seconds (the wait restarts after every chunk sent).
         :raises ChannelClosed: if the channel went away.
         """
         view = memoryview(data).cast("B")
-        deadline = None if timeout is None else time.monotonic() + timeout
         while view:
+            deadline = None if timeout is None else time.monotonic() + timeout
             with self._cond:
                 while True:
                     self._check_sendable()
@@ -304,19 +315,44 @@ class Session:
                 self._events.append(event)
             self._cond.notify_all()
 
-    def _on_data(self, stream: int, data: bytes) -> bool:
-        """Queue received DATA; False if it overran the credit we granted."""
+    def _on_data(self, stream: int, data: bytes) -> tuple[str, str] | None:
+        """Queue received DATA; ``(code, message)`` if it broke the protocol.
+
+        Every way of growing the queue is bounded: data by the credit we
+        granted, EOF to once per stream, and only on the guest's streams.
+        """
         with self._cond:
             if self._guest_done:
-                return True
-            if data and stream in self._recv_used:
+                return None
+            if stream not in _GUEST_STREAMS:
+                return "bad_request", f"DATA on stream {stream}, which the guest does not send on"
+            if stream in self._guest_eof:
+                return "bad_request", f"DATA on stream {stream} after its end"
+            if data:
                 self._recv_used[stream] += len(data)
                 if self._recv_used[stream] > INITIAL_WINDOW:
-                    return False
+                    return "flow_control", f"guest overran the credit on stream {stream}"
+            else:
+                self._guest_eof.add(stream)
             if not self._host_closed:
                 self._events.append(DataEvent(stream, data))
             self._cond.notify_all()
-            return True
+            return None
+
+    def _on_control(self, event: ControlEvent) -> tuple[str, str] | None:
+        """Queue a CONTROL event; ``(code, message)`` if too many are unconsumed."""
+        with self._cond:
+            if self._guest_done or self._host_closed:
+                return None
+            if (self._control_count >= MAX_QUEUED_CONTROLS
+                    or self._control_bytes + event.size > MAX_QUEUED_CONTROL_BYTES):
+                return "flow_control", (f"more than {MAX_QUEUED_CONTROLS} CONTROL frames or "
+                                        f"{MAX_QUEUED_CONTROL_BYTES} bytes of them unconsumed")
+            self._control_count += 1
+            self._control_bytes += event.size
+            self._events.append(event)
+            self._cond.notify_all()
+            return None
 
     def _on_window(self, stream: int, increment: int) -> None:
         with self._cond:
@@ -356,6 +392,7 @@ class ChannelConnection:
         self._hello_reply: dict[str, Any] | None = None
         self._hello_error: Exception | None = None
         self._hello_pending = False
+        self._oob_logged = 0
         self.guest_hello: dict[str, Any] | None = None
         """The guest's ``HELLO`` object once the handshake succeeded."""
         self._reader = threading.Thread(target=self._read_loop, name=f"microagent-channel-{name}", daemon=True)
@@ -518,11 +555,13 @@ class ChannelConnection:
         *,
         stdout: OutputSink | None = None,
         stderr: OutputSink | None = None,
+        **timeouts: float | None,
     ) -> ExecSession:
-        """Start a command with streaming output; see :func:`microagent.channel.exec.start`."""
+        """Start a command with streaming output; see :func:`microagent.channel.exec.start`
+        (``timeouts``: its ``start_timeout`` and ``exit_grace``)."""
         from microagent.channel.exec import start
 
-        return start(self, request, stdout=stdout, stderr=stderr)
+        return start(self, request, stdout=stdout, stderr=stderr, **timeouts)
 
     def shell(self, **kwargs: Any) -> ExecSession:
         """Open a pty shell; see :func:`microagent.channel.shell.open_shell`."""
@@ -637,6 +676,14 @@ class ChannelConnection:
             self._fail_all(ChannelClosed(reason, "check that the guest is running; reconnect to continue"))
             self._stream.close()
 
+    def _log_oob(self, fmt: str, *args: Any) -> None:
+        """Log session-0 chatter, a bounded number of times per connection."""
+        self._oob_logged += 1
+        if self._oob_logged <= _MAX_LOGGED_OOB:
+            log.warning("%s: " + fmt, self.name, *args)
+        elif self._oob_logged == _MAX_LOGGED_OOB + 1:
+            log.warning("%s: further unexpected session-0 frames are not logged", self.name)
+
     def _answer_error(self, sid: int, code: str, message: str) -> None:
         """Send ERROR from a helper thread: the reader must never block on a write.
 
@@ -654,9 +701,11 @@ class ChannelConnection:
 
     def _end_locally(self, sid: int, code: str, message: str) -> None:
         """The guest broke the protocol on ``sid``: answer ERROR, end it."""
-        log.warning("%s session %d: %s (%s)", self.name, sid, message, code)
         with self._lock:
             session = self._sessions.pop(sid, None)
+        if session is None:
+            return  # not ours (or already ended): nothing to answer, nothing to log
+        log.warning("%s session %d: %s (%s)", self.name, sid, message, code)
         if sid != 0:
             self._answer_error(sid, code, message)
         if session is not None:
@@ -677,15 +726,14 @@ class ChannelConnection:
             return
         ftype = frame.known_type
         try:
+            problem: tuple[str, str] | None = None
             if ftype is FrameType.DATA:
-                stream, data = decode_data(frame.payload)
-                if not session._on_data(stream, data):
-                    self._end_locally(frame.session, "flow_control", f"guest overran the credit on stream {stream}")
+                problem = session._on_data(*decode_data(frame.payload))
             elif ftype is FrameType.WINDOW:
                 stream, inc = decode_window(frame.payload)
                 session._on_window(stream, inc)
             elif ftype is FrameType.CONTROL:
-                session._deliver(ControlEvent(decode_json(frame.payload)))
+                problem = session._on_control(ControlEvent(decode_json(frame.payload), len(frame.payload)))
             elif ftype is FrameType.EXIT:
                 body = decode_json(frame.payload)
                 self._forget(frame.session)
@@ -695,14 +743,16 @@ class ChannelConnection:
                 self._forget(frame.session)
                 session._deliver(ErrorEvent(str(body.get("code", "")), str(body.get("message", "")), body))
             else:
-                self._end_locally(frame.session, "unknown_frame", f"unexpected frame type {frame.type} from guest")
+                problem = "unknown_frame", f"unexpected frame type {frame.type} from guest"
+            if problem is not None:
+                self._end_locally(frame.session, *problem)
         except ProtocolError as exc:
             self._end_locally(frame.session, "bad_request", exc.message)
 
     def _dispatch_connection(self, frame: Frame) -> None:
         ftype = frame.known_type
         if ftype not in (FrameType.HELLO, FrameType.ERROR):
-            log.warning("%s: ignoring frame type %d on session 0", self.name, frame.type)
+            self._log_oob("ignoring frame type %d on session 0", frame.type)
             return
         try:
             body = decode_json(frame.payload)
@@ -713,7 +763,7 @@ class ChannelConnection:
             err = None
         with self._hello_cond:
             if not self._hello_pending:
-                log.warning("%s: unexpected %s on session 0: %r", self.name, ftype.name, body)
+                self._log_oob("unexpected %s on session 0: %.200r", ftype.name, body)
                 return
             if err is None and ftype is FrameType.ERROR:
                 code = str(body.get("code", ""))

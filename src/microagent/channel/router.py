@@ -17,6 +17,11 @@ Routing rules (docs/protocol.md, "The helper"):
 - A client that disconnects has its open sessions ``CLOSE``d in the guest.
 - When the guest connection ends (the VM powered off or died) every client
   is disconnected and the helper exits.
+- Every buffer is bounded: the helper checks both windows of every session
+  (an overrun ends that session), stops reading the guest while a client is
+  not reading its output (and drops that client if it stays so), stops
+  reading clients while the guest is not reading, and drops clients that do
+  not HELLO in time or get it wrong.
 
 Run as ``python -m microagent.channel.router --guest unix:PATH --listen PATH``
 (or ``--guest fc-vsock:UDS:PORT``).  Single-threaded: one ``selectors`` loop.
@@ -37,21 +42,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from microagent.channel.errors import ProtocolError
 from microagent.channel.frames import (
+    INITIAL_WINDOW,
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
+    STDERR,
+    STDIN,
+    STDOUT,
     Frame,
     FrameDecoder,
     FrameType,
     OversizedFrame,
+    decode_data,
     decode_json,
+    decode_window,
     encode_frame,
     json_frame,
 )
+from microagent.fsutil import restrict_umask
 
 READ_CHUNK = 256 * 1024
 # Ends a session; the mapping is dropped once the guest sends one of these.
 _FINAL = (FrameType.EXIT, FrameType.ERROR)
+_GUEST_STREAMS = (STDOUT, STDERR)
+_MAX_WARNINGS = 200  # protocol-violation log lines per helper run (a peer can provoke endless ones)
 
 
 def log(message: str) -> None:
@@ -69,21 +84,60 @@ class Peer:
     hello_done: bool = False
     # client session id -> guest session id (clients only)
     sessions: dict[int, int] = field(default_factory=dict)
+    accepted_at: float = field(default_factory=time.monotonic)
+    stalled_since: float | None = None  # out has been above the high mark since
+    events: int = 0  # selector interest currently registered (0 = unregistered)
+
+
+@dataclass
+class Route:
+    """One guest session and the credit the helper has seen granted each way.
+
+    The helper checks the windows itself, so a peer that sends DATA past
+    the credit it was given loses that session before its bytes are queued.
+    """
+
+    client: Peer
+    client_sid: int
+    to_client: dict[int, int] = field(default_factory=lambda: dict.fromkeys(_GUEST_STREAMS, INITIAL_WINDOW))
+    to_guest: int = INITIAL_WINDOW
+    ended_streams: set[int] = field(default_factory=set)
 
 
 class Router:
+    # Bounds (instance attributes may be lowered, e.g. by tests).
+    client_out_high = 1 << 20
+    """Bytes queued for one client above which the helper stops reading the guest and that client."""
+    guest_out_high = 1 << 20
+    """Bytes queued for the guest above which the helper stops reading every client."""
+    client_stall_s = 10.0
+    """Seconds a client may stay above ``client_out_high`` (not reading) before it is disconnected."""
+    hello_timeout_s = 5.0
+    """Seconds a new client has to complete its HELLO."""
+    max_clients = 64
+    max_sessions_per_client = 256
+
     def __init__(self, guest: socket.socket, listener: socket.socket, token: str | None = None) -> None:
         self.token = token  # required in every client HELLO when set (the loopback-TCP endpoint)
         self.sel = selectors.DefaultSelector()
         self.guest = Peer(guest)
         self.listener = listener
         self.clients: dict[int, Peer] = {}  # fileno -> peer
-        self.routes: dict[int, tuple[Peer, int]] = {}  # guest sid -> (client, client sid)
+        self.routes: dict[int, Route] = {}  # guest sid -> route
         self.next_sid = 1
         self.guest_hello: bytes = b""
         self.running = True
+        self._warnings = 0
         guest.setblocking(False)
         listener.setblocking(False)
+
+    def _warn(self, message: str) -> None:
+        """Log a peer's misbehaviour, a bounded number of times."""
+        self._warnings += 1
+        if self._warnings <= _MAX_WARNINGS:
+            log(message)
+        elif self._warnings == _MAX_WARNINGS + 1:
+            log("further protocol violations are not logged")
 
     # --- guest handshake -----------------------------------------------------
 
@@ -115,28 +169,86 @@ class Router:
     # --- event loop ----------------------------------------------------------
 
     def serve(self) -> None:
-        self.sel.register(self.guest.sock, selectors.EVENT_READ, self.guest)
         self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self._set_events(self.guest, selectors.EVENT_READ)
         while self.running:
-            for key, events in self.sel.select(timeout=1.0):
+            for key, events in self.sel.select(timeout=0.25):
                 peer = key.data
                 if peer is None:
                     self._accept()
                     continue
+                if peer is not self.guest and peer.sock.fileno() not in self.clients:
+                    continue  # dropped earlier in this round
                 if events & selectors.EVENT_WRITE:
                     self._flush(peer)
-                if events & selectors.EVENT_READ and self.running:
+                if events & selectors.EVENT_READ and self.running and peer.events & selectors.EVENT_READ:
                     self._read(peer)
+            self._expire_clients()
+            self._update_interest()
+
+    def _set_events(self, peer: Peer, events: int) -> None:
+        if events == peer.events:
+            return
+        try:
+            if not events:
+                self.sel.unregister(peer.sock)
+            elif not peer.events:
+                self.sel.register(peer.sock, events, peer)
+            else:
+                self.sel.modify(peer.sock, events, peer)
+        except (KeyError, ValueError, OSError):
+            return
+        peer.events = events
+
+    def _update_interest(self) -> None:
+        """Backpressure: read only from peers whose output has somewhere to go.
+
+        A client that stops reading holds up the guest (so the helper never
+        buffers more than ``client_out_high`` for it) until it drains or
+        :meth:`_expire_clients` drops it; a guest that stops reading holds up
+        every client's input the same way.
+        """
+        clients_ok = all(len(c.out) <= self.client_out_high for c in self.clients.values())
+        guest_ok = len(self.guest.out) <= self.guest_out_high
+        self._set_events(self.guest, (selectors.EVENT_READ if clients_ok else 0)
+                         | (selectors.EVENT_WRITE if self.guest.out else 0))
+        for c in list(self.clients.values()):
+            readable = guest_ok and len(c.out) <= self.client_out_high
+            self._set_events(c, (selectors.EVENT_READ if readable else 0)
+                             | (selectors.EVENT_WRITE if c.out else 0))
+
+    def _expire_clients(self) -> None:
+        now = time.monotonic()
+        for c in list(self.clients.values()):
+            if not c.hello_done and now - c.accepted_at > self.hello_timeout_s:
+                self._warn(f"client sent no HELLO within {self.hello_timeout_s:g} s; disconnected")
+                self._drop_client(c)
+            elif len(c.out) > self.client_out_high:
+                if c.stalled_since is None:
+                    c.stalled_since = now
+                elif now - c.stalled_since > self.client_stall_s:
+                    self._warn(f"client stopped reading ({len(c.out)} bytes queued for "
+                               f"{self.client_stall_s:g} s); disconnected")
+                    self._drop_client(c)
+            else:
+                c.stalled_since = None
 
     def _accept(self) -> None:
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as exc:  # e.g. out of file descriptors: keep serving the others
+            self._warn(f"accept failed: {exc}")
+            return
+        if len(self.clients) >= self.max_clients:
+            self._warn(f"more than {self.max_clients} clients; connection refused")
+            sock.close()
+            return
         sock.setblocking(False)
         peer = Peer(sock)
         self.clients[sock.fileno()] = peer
-        self.sel.register(sock, selectors.EVENT_READ, peer)
+        self._set_events(peer, selectors.EVENT_READ)
 
     def _read(self, peer: Peer) -> None:
         try:
@@ -179,52 +291,95 @@ class Router:
                     self._drop_client(peer)
                 return
             del peer.out[:n]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.out else 0)
-        try:
-            self.sel.modify(peer.sock, events, peer)
-        except (KeyError, ValueError):
-            pass
 
     # --- routing -------------------------------------------------------------
 
     def _from_guest(self, item: Frame | OversizedFrame) -> None:
-        if isinstance(item, OversizedFrame):
-            log(f"guest sent an oversized frame on session {item.session}; dropped")
-            return
         if item.session == 0:
             return  # connection-level chatter from the guest is for us only
         route = self.routes.get(item.session)
         if route is None:
             return  # a session its client already abandoned
-        client, client_sid = route
+        if isinstance(item, OversizedFrame):
+            self._guest_broke(item.session, route, "frame_too_large", f"frame of {item.length} bytes exceeds 1 MiB")
+            return
+        problem = self._check_from_guest(route, item)
+        if problem is not None:
+            self._guest_broke(item.session, route, *problem)
+            return
         if item.type in _FINAL:
             del self.routes[item.session]
-            client.sessions.pop(client_sid, None)
-        self._send(client, encode_frame(client_sid, item.type, item.payload))
+            route.client.sessions.pop(route.client_sid, None)
+        self._send(route.client, encode_frame(route.client_sid, item.type, item.payload))
+
+    @staticmethod
+    def _check_from_guest(route: Route, item: Frame) -> tuple[str, str] | None:
+        """Keep the guest to the windows its client granted; ``(code, message)`` if it broke them."""
+        try:
+            if item.type == FrameType.DATA:
+                stream, data = decode_data(item.payload)
+                if stream not in route.to_client or stream in route.ended_streams:
+                    return "bad_request", f"DATA on stream {stream}, which is not open for the guest"
+                if not data:
+                    route.ended_streams.add(stream)
+                    return None
+                route.to_client[stream] -= len(data)
+                if route.to_client[stream] < 0:
+                    return "flow_control", f"guest overran the client's credit on stream {stream}"
+            elif item.type == FrameType.WINDOW:
+                stream, increment = decode_window(item.payload)
+                if stream == STDIN:
+                    route.to_guest += increment
+        except ProtocolError as exc:
+            return "bad_request", exc.message
+        return None
+
+    def _guest_broke(self, gsid: int, route: Route, code: str, message: str) -> None:
+        """End a session whose guest side broke the protocol: tell both ends."""
+        self._warn(f"guest session {gsid}: {message}")
+        del self.routes[gsid]
+        route.client.sessions.pop(route.client_sid, None)
+        self._error(self.guest, gsid, code, message)
+        self._error(route.client, route.client_sid, code, message)
 
     def _error(self, peer: Peer, sid: int, code: str, message: str) -> None:
         self._send(peer, json_frame(sid, FrameType.ERROR, {"code": code, "message": message}))
 
+    def _refuse(self, peer: Peer, sid: int, code: str, message: str) -> None:
+        """Answer a client that never completed HELLO, then hang up on it."""
+        self._warn(f"client refused ({code}): {message}")
+        self._error(peer, sid, code, message)
+        self._drop_client(peer)
+
     def _from_client(self, peer: Peer, item: Frame | OversizedFrame) -> None:
         if isinstance(item, OversizedFrame):
+            if not peer.hello_done:
+                self._refuse(peer, item.session, "frame_too_large", "send HELLO first")
+                return
             self._error(peer, item.session, "frame_too_large", f"frame of {item.length} bytes exceeds 1 MiB")
             self._abandon(peer, item.session)
             return
         if item.session == 0:
             if item.type == FrameType.HELLO:
                 self._client_hello(peer, item)
+            elif not peer.hello_done:
+                self._refuse(peer, 0, "no_hello", "send HELLO first")
             return
         if not peer.hello_done:
-            self._error(peer, item.session, "no_hello", "send HELLO first")
+            self._refuse(peer, item.session, "no_hello", "send HELLO first")
             return
         if item.type == FrameType.OPEN:
             if item.session in peer.sessions:
                 self._error(peer, item.session, "session_exists", f"session {item.session} is already open")
                 return
+            if len(peer.sessions) >= self.max_sessions_per_client:
+                self._error(peer, item.session, "too_many_sessions",
+                            f"a client may have at most {self.max_sessions_per_client} sessions open")
+                return
             gsid = self.next_sid
             self.next_sid += 1
             peer.sessions[item.session] = gsid
-            self.routes[gsid] = (peer, item.session)
+            self.routes[gsid] = Route(peer, item.session)
             self._send(self.guest, encode_frame(gsid, item.type, item.payload))
             return
         mapped = peer.sessions.get(item.session)
@@ -233,21 +388,44 @@ class Router:
         if item.type in (FrameType.CLOSE, FrameType.ERROR):
             self._abandon(peer, item.session)
             return
+        problem = self._check_from_client(self.routes[mapped], item)
+        if problem is not None:
+            self._error(peer, item.session, *problem)
+            self._abandon(peer, item.session)
+            return
         self._send(self.guest, encode_frame(mapped, item.type, item.payload))
+
+    @staticmethod
+    def _check_from_client(route: Route, item: Frame) -> tuple[str, str] | None:
+        """Keep a client to the window the guest granted; ``(code, message)`` if it broke it."""
+        try:
+            if item.type == FrameType.DATA:
+                stream, data = decode_data(item.payload)
+                if stream != STDIN:
+                    return "bad_request", f"DATA on stream {stream}; clients send on stream 0 only"
+                route.to_guest -= len(data)
+                if route.to_guest < 0:
+                    return "flow_control", "client overran the guest's credit on stream 0"
+            elif item.type == FrameType.WINDOW:
+                stream, increment = decode_window(item.payload)
+                if stream in route.to_client:
+                    route.to_client[stream] += increment
+        except ProtocolError as exc:
+            return "bad_request", exc.message
+        return None
 
     def _client_hello(self, peer: Peer, item: Frame) -> None:
         try:
             body: dict[str, Any] = decode_json(item.payload)
-        except Exception:  # noqa: BLE001 - any malformed HELLO gets the same answer
-            self._error(peer, 0, "bad_request", "HELLO payload is not a JSON object")
+        except ProtocolError:
+            self._refuse(peer, 0, "bad_request", "HELLO payload is not a JSON object")
             return
         if body.get("version") != PROTOCOL_VERSION:
-            self._error(peer, 0, "version_mismatch",
-                        f"helper speaks version {PROTOCOL_VERSION}, not {body.get('version')!r}")
+            self._refuse(peer, 0, "version_mismatch",
+                         f"helper speaks version {PROTOCOL_VERSION}, not {body.get('version')!r}")
             return
-        if self.token is not None and not hmac.compare_digest(str(body.get("token", "")), self.token):
-            self._error(peer, 0, "policy_denied", "this control endpoint needs the token from control.json")
-            self._drop_client(peer)
+        if self.token is not None and not _token_matches(body.get("token"), self.token):
+            self._refuse(peer, 0, "policy_denied", "this control endpoint needs the token from control.json")
             return
         for sid in list(peer.sessions):
             self._abandon(peer, sid)  # a re-HELLO resets this client's sessions only
@@ -262,13 +440,11 @@ class Router:
 
     def _drop_client(self, peer: Peer) -> None:
         fileno = peer.sock.fileno()
+        if self.clients.pop(fileno, None) is None:
+            return
         for sid in list(peer.sessions):
             self._abandon(peer, sid)
-        self.clients.pop(fileno, None)
-        try:
-            self.sel.unregister(peer.sock)
-        except (KeyError, ValueError):
-            pass
+        self._set_events(peer, 0)
         peer.sock.close()
 
     def close(self) -> None:
@@ -276,6 +452,13 @@ class Router:
             self._drop_client(peer)
         self.guest.sock.close()
         self.listener.close()
+
+
+def _token_matches(given: object, token: str) -> bool:
+    """Constant-time token check on bytes (``compare_digest`` refuses non-ASCII str)."""
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
 def connect_guest(spec: str, deadline: float) -> socket.socket:
@@ -410,7 +593,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="control endpoint: a Unix socket, or token-protected loopback TCP (control.json)")
     parser.add_argument("--publish", action="append", default=[], metavar="FD:GUESTPORT",
                         help="an inherited listening TCP socket to bridge to a guest port")
+    parser.add_argument("--serial-log", default=None, help="the guest console log to keep under the cap")
+    parser.add_argument("--serial-log-max-bytes", type=int, default=None)
     args = parser.parse_args(argv)
+    restrict_umask()  # our sockets and logs are the user's alone
+    if args.serial_log:
+        from pathlib import Path
+
+        from microagent.serial_log import cap_bytes, start_guard
+
+        start_guard(Path(args.serial_log), args.serial_log_max_bytes or cap_bytes())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     deadline = time.monotonic() + args.hello_timeout

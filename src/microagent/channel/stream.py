@@ -15,10 +15,12 @@ established stream raise :class:`ChannelClosed` too.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 from typing import Protocol, runtime_checkable
 
+from microagent.channel.limits import WRITE_STALL_TIMEOUT_S
 from microagent.unixsock import connect_any_length
 from microagent.errors import ChannelClosed, Permanent
 
@@ -63,11 +65,15 @@ class SocketStream:
 
     :param sock: a connected ``SOCK_STREAM`` socket in blocking mode; the
         stream owns it from now on.
+    :param write_stall_timeout: seconds a write may make no progress (the
+        peer stopped reading) before it fails; ``None`` waits forever.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *,
+                 write_stall_timeout: float | None = WRITE_STALL_TIMEOUT_S) -> None:
         sock.settimeout(None)
         self._sock = sock
+        self._stall = write_stall_timeout
         self._closed = False
         self._lock = threading.Lock()
 
@@ -96,9 +102,29 @@ class SocketStream:
         if self._closed:
             raise ChannelClosed("channel is closed")
         try:
-            self._sock.sendall(data)
-        except OSError as exc:
+            if self._stall is None or not hasattr(socket, "MSG_DONTWAIT") or not hasattr(select, "poll"):
+                self._sock.sendall(data)
+            else:
+                self._send_or_give_up(memoryview(data).cast("B"), self._stall)
+        except (OSError, ValueError) as exc:  # ValueError: closed by another thread meanwhile
             raise ChannelClosed(f"channel write failed: {exc}", "check that the guest is running") from exc
+
+    def _send_or_give_up(self, view: memoryview, stall: float) -> None:
+        # The socket stays blocking for the reader thread; writes are
+        # non-blocking per call so a peer that stopped reading cannot hang us.
+        poller = None
+        while view:
+            try:
+                view = view[self._sock.send(view, socket.MSG_DONTWAIT):]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            if poller is None:
+                poller = select.poll()
+                poller.register(self._sock.fileno(), select.POLLOUT)
+            if not poller.poll(stall * 1000):
+                raise ChannelClosed(f"channel write made no progress for {stall:g} s (the peer stopped reading)",
+                                    "check that the guest (or its channel helper) is still running")
 
     def close(self) -> None:
         """Shut the socket down (waking a blocked reader) and close it."""

@@ -21,8 +21,9 @@ from typing import Any
 
 import click
 
-from microagent.cli.main import json_option, state_dir_option
+from microagent.cli.main import json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit_json
+from microagent.cli.params import SECONDS
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 
@@ -188,30 +189,37 @@ class _OptionsAroundName(click.Command):
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment variable")
 @click.option("--workdir", "-w", default=None, help="working directory in the guest")
 @click.option("--user", "-u", default=None, help="user in the guest (name, UID or UID:GID)")
-@click.option("--timeout", type=float, default=None, help="kill the command after S seconds (exit 124)")
+@click.option("--timeout", type=SECONDS, default=None, help="kill the command after S seconds (exit 124)")
 @click.option("-i", "--interactive", is_flag=True, help="forward stdin to the command")
 @click.option("-t", "--tty", is_flag=True, help="run on a guest pty; local terminal in raw mode")
+@click.option("--output-limit", type=click.IntRange(min=0), default=16 << 20, metavar="BYTES",
+              help="with --json: bytes kept of stdout and of stderr (default 16 MiB, 0 = all)")
 @click.option("--supervisor", default=None, help="path of the supervisor executable to use")
 @state_dir_option
 @json_option
 def exec_(name: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None, user: str | None,
-          timeout: float | None, interactive: bool, tty: bool, supervisor: str | None,
+          timeout: float | None, interactive: bool, tty: bool, output_limit: int, supervisor: str | None,
           state_dir: str | None, as_json: bool) -> int:
     """Run COMMAND in running workspace NAME; exit with its exit code.
 
     Options go before or after NAME; the command starts at -- or at the first word
     after NAME that is not an option.
     """
-    from microagent.workspace.sessions import GuestSession
+    from microagent.workspace.lifecycle import check_env
+    from microagent.workspace.sessions import GuestSession, check_command_size
 
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    with usage_errors():
+        check_env(env)
+        check_command_size(argv, env)
     store = _store(state_dir, supervisor)
     with GuestSession(store, name, "exec") as gs:
         if as_json:
             req = gs.request(argv, env=env, workdir=workdir, user=user, timeout=timeout,
-                             stdin=sys.stdin.buffer if interactive else None, pty=tty)
+                             stdin=sys.stdin.buffer if interactive else None, pty=tty,
+                             stdout_limit=output_limit, stderr_limit=output_limit)
             result = gs.start_exec(req).wait()
             emit_json({"ok": True, "workspace": name, "result": result.to_dict()})
             return int(result.exit_code)
@@ -254,7 +262,7 @@ def _wait_forwarding_interrupt(session: Any) -> Any:
 @click.argument("name")
 @click.option("--send", "line", default=None, metavar="LINE",
               help="run LINE in the guest shell on a pty, print its output, exit with its status")
-@click.option("--timeout", type=float, default=None, help="with --send: kill the line after S seconds (exit 124)")
+@click.option("--timeout", type=SECONDS, default=None, help="with --send: kill the line after S seconds (exit 124)")
 @click.option("--user", "-u", default=None, help="user in the guest")
 @click.option("--supervisor", default=None, help="path of the supervisor executable to use")
 @state_dir_option
@@ -265,11 +273,12 @@ def connect(name: str, line: str | None, timeout: float | None, user: str | None
     from microagent.errors import InvalidRequest
     from microagent.workspace.sessions import GuestSession
 
-    if line is None and as_json:
-        raise InvalidRequest("connect is interactive and cannot print JSON",
-                             "use 'connect NAME --send LINE --json', or exec --json")
-    if line is None and timeout is not None:
-        raise InvalidRequest("--timeout needs --send", "pass --send LINE")
+    with usage_errors():
+        if line is None and as_json:
+            raise InvalidRequest("connect is interactive and cannot print JSON",
+                                 "use 'connect NAME --send LINE --json', or exec --json")
+        if line is None and timeout is not None:
+            raise InvalidRequest("--timeout needs --send", "pass --send LINE")
     store = _store(state_dir, supervisor)
     with GuestSession(store, name, "connect") as gs:
         if line is not None:

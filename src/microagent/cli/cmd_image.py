@@ -85,18 +85,28 @@ def image() -> None:
 @click.option("--arch", default=None, help="x86_64 or aarch64 (default: this host)")
 @click.option("--pull", "policy", type=click.Choice(["always", "missing", "never"]), default="always",
               show_default=True, help="re-resolve tags (always), use the cache when present (missing), or only the cache")
-def pull(ref: str, state_dir: str | None, as_json: bool, insecure: bool, arch: str | None, policy: str) -> int:
+@click.option("--max-document-bytes", "max_document", default=None, metavar="SIZE",
+              help="largest manifest, index or config accepted, e.g. 16M "
+                   "(default 4M, or $MICROAGENT_IMAGE_MAX_DOCUMENT_BYTES)")
+@click.option("--max-blob-bytes", "max_blob", default=None, metavar="SIZE",
+              help="largest layer blob accepted, e.g. 100G (default 32G, or $MICROAGENT_IMAGE_MAX_BLOB_BYTES)")
+def pull(ref: str, state_dir: str | None, as_json: bool, insecure: bool, arch: str | None, policy: str,
+         max_document: str | None, max_blob: str | None) -> int:
     """Pull REF (registry image, oci:DIR[:TAG] or docker-archive:FILE[:REF]) into the cache."""
+    from microagent.images.limits import Limits, parse_size
     from microagent.images.pull import describe
     from microagent.images.pull import pull as do_pull
     from microagent.images.registry import RequestCounter
     from microagent.paths import state_root
 
+    limits = Limits.from_env().with_overrides(
+        document_bytes=parse_size(max_document, "--max-document-bytes") if max_document else None,
+        blob_bytes=parse_size(max_blob, "--max-blob-bytes") if max_blob else None)
     progress = pull_progress(as_json)
     counter = RequestCounter()
     try:
         img = do_pull(ref, state_root(state_dir), architecture=_arch(arch), progress=progress,
-                      allow_insecure=insecure, policy=policy, counter=counter)
+                      allow_insecure=insecure, policy=policy, counter=counter, limits=limits)
     finally:
         if progress is not None:
             progress.close()

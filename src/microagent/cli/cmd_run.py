@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from microagent.cli.main import backend_option, json_option, state_dir_option
+from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit_json
+from microagent.cli.params import SECONDS
 
 
 def _writer(stream: Any) -> Any:
@@ -25,39 +26,46 @@ def _writer(stream: Any) -> Any:
 @click.option("--supervisor", default=None, help="path of the supervisor executable to use")
 @state_dir_option
 @json_option
-@click.option("--timeout", type=float, default=None, help="kill the command after S seconds")
-@click.option("--boot-timeout", type=float, default=60.0, show_default=True,
+@click.option("--timeout", type=SECONDS, default=None, help="kill the command after S seconds")
+@click.option("--boot-timeout", type=SECONDS, default=60.0, show_default=True,
               help="give up if the guest is not up after S seconds")
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment variable")
 @click.option("--workdir", "-w", default=None, help="working directory in the guest")
 @click.option("--user", "-u", default=None, help="user in the guest (name, UID or UID:GID)")
-@click.option("--memory", type=click.IntRange(64, 1 << 20), default=512, show_default=True, help="MiB")
-@click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--memory", type=int, default=512, show_default=True, help="MiB (at most this host's memory)")
+@click.option("--cpus", type=int, default=1, show_default=True, help="vCPUs (at most this host's CPUs)")
 @click.option("--keep", is_flag=True, help="keep the workspace's disk and state afterwards")
 @click.option("--network", default="isolated", show_default=True,
-              help="isolated (no NIC) | user (QEMU user networking) | nat (TAP + masquerade; root)")
+              help="isolated (no NIC) | user (pasta: internet only; root) | nat (TAP + masquerade; root)")
 @click.option("-p", "--publish", multiple=True, metavar="[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]",
               help="publish a guest TCP port on the host while the command runs")
+@click.option("--allow-host-loopback", is_flag=True,
+              help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
 def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: str | None,
         state_dir: str | None, as_json: bool, timeout: float | None, boot_timeout: float,
         env: tuple[str, ...], workdir: str | None, user: str | None, memory: int, cpus: int,
-        keep: bool, network: str, publish: tuple[str, ...]) -> int:
+        keep: bool, network: str, publish: tuple[str, ...], allow_host_loopback: bool) -> int:
     """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
     """
     from microagent.cli.cmd_image import pull_progress
+    from microagent.workspace.oneshot import check_run_input
     from microagent.workspace.oneshot import run as run_oneshot
 
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    with usage_errors():
+        check_run_input(argv, env=env, timeout=timeout, memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout,
+                        network=network, publish=publish, allow_host_loopback=allow_host_loopback)
     progress = pull_progress(as_json)  # layer progress on a TTY only
     try:
         outcome = run_oneshot(
             image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
             memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
             supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
+            allow_host_loopback=allow_host_loopback,
             stdout=None if as_json else _writer(sys.stdout.buffer),
             stderr=None if as_json else _writer(sys.stderr.buffer),
         )

@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 import click
 
-from microagent.cli.main import backend_option, json_option, state_dir_option
+from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit, emit_json
+from microagent.cli.params import SECONDS
 
 #: ``start --wait`` and ``wait``: exit 0 when the workspace ended in one of these.
 CLEAN_END_STATES = ("stopped", "halted")
@@ -52,19 +53,26 @@ def _mib(value: Any) -> str:
 @click.option("--disk-size", type=int, default=None, help="root disk size in MiB (overrides the profile)")
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment for every process in the guest")
 @click.option("--network", default="isolated", show_default=True,
-              help="isolated (no NIC) | user (QEMU user networking) | nat (TAP + masquerade; root)")
+              help="isolated (no NIC) | user (pasta: internet only; root) | nat (TAP + masquerade; root)")
 @click.option("-p", "--publish", multiple=True, metavar="[HOST_IP:]HOST_PORT:GUEST_PORT[/tcp]",
               help="publish a guest TCP port on the host (default host IP 127.0.0.1)")
+@click.option("--allow-host-loopback", is_flag=True,
+              help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
 @backend_option
 @common
 def create(name: str, image: str, profile: str | None, cpus: int | None, memory: int | None,
            disk_size: int | None, env: tuple[str, ...], network: str, publish: tuple[str, ...],
-           backend: str | None, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+           allow_host_loopback: bool, backend: str | None, as_json: bool, state_dir: str | None,
+           supervisor: str | None) -> int:
     """Create workspace NAME: build its disk and manifest (state prepared); boot nothing."""
     store = _store(state_dir, supervisor)
+    with usage_errors():
+        store.check_create_input(name, profile=profile, memory_mib=memory, cpus=cpus, disk_size_mib=disk_size,
+                                 env=env, network=network, publish=publish,
+                                 allow_host_loopback=allow_host_loopback)
     manifest = store.create(name, image=image, profile=profile, cpus=cpus, memory_mib=memory,
                             disk_size_mib=disk_size, env=env, network=network, publish=publish,
-                            backend=backend)
+                            allow_host_loopback=allow_host_loopback, backend=backend)
     doc = {"ok": True, "state": "prepared", "diskPath": str(store.disk_path(name)),
            "workspace": manifest.to_json()}
 
@@ -88,7 +96,7 @@ def _end_code(state: str) -> int:
 @click.argument("name")
 @click.option("--wait", "wait_", is_flag=True,
               help="after it is running, block until it stops; exit 0 if stopped/halted, 1 if failed/quarantined")
-@click.option("--boot-timeout", type=float, default=60.0, show_default=True,
+@click.option("--boot-timeout", type=SECONDS, default=60.0, show_default=True,
               help="give up (and kill the VM) if the guest is not ready after S seconds")
 @common
 def start(name: str, wait_: bool, boot_timeout: float, as_json: bool, state_dir: str | None,
@@ -115,7 +123,7 @@ def start(name: str, wait_: bool, boot_timeout: float, as_json: bool, state_dir:
 
 @click.command()
 @click.argument("name")
-@click.option("--timeout", type=float, default=None, help="give up after S seconds")
+@click.option("--timeout", type=SECONDS, default=None, help="give up after S seconds")
 @common
 def wait(name: str, timeout: float | None, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
     """Block until NAME is no longer running; exit 0 if stopped/halted, 1 otherwise."""
@@ -256,20 +264,33 @@ def _follow_help(what: str) -> Callable[[Any], Any]:
 @click.command()
 @click.argument("name")
 @_follow_help("output")
+@click.option("--tail", "tail_lines", type=click.IntRange(min=0), default=None, metavar="LINES",
+              help="only the last LINES lines")
+@click.option("--bytes", "max_bytes", type=click.IntRange(min=1), default=None, metavar="BYTES",
+              help="read at most the last BYTES of the log (default 1 MiB)")
 @common
-def logs(name: str, follow: bool, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
-    """The guest serial console log of NAME."""
+def logs(name: str, follow: bool, tail_lines: int | None, max_bytes: int | None, as_json: bool,
+         state_dir: str | None, supervisor: str | None) -> int:
+    """The guest serial console log of NAME (its end: the log itself is capped, see docs/state.md)."""
     from microagent.errors import InvalidRequest
+    from microagent.workspace.lifecycle import DEFAULT_LOG_TAIL_BYTES
 
-    store = _store(state_dir, supervisor)
-    if as_json:
-        if follow:
+    if as_json and follow:
+        with usage_errors():
             raise InvalidRequest("logs -f cannot be combined with --json", "drop -f, or drop --json")
-        text = b"".join(store.logs(name)).decode("utf-8", "replace")
-        emit_json({"ok": True, "name": name, "path": str(store.runtime_path(name) / "serial.log"), "log": text})
+    store = _store(state_dir, supervisor)
+    chunks = store.logs(name, follow=follow, max_bytes=max_bytes or DEFAULT_LOG_TAIL_BYTES)
+    head = next(chunks)  # the bounded tail first; with -f, what the guest writes next
+    if tail_lines is not None:
+        head = b"".join(head.splitlines(keepends=True)[-tail_lines:]) if tail_lines else b""
+    if as_json:
+        emit_json({"ok": True, "name": name, "path": str(store.runtime_path(name) / "serial.log"),
+                   "log": head.decode("utf-8", "replace")})
         return 0
     out = sys.stdout.buffer
-    for chunk in store.logs(name, follow=follow):
+    out.write(head)
+    out.flush()
+    for chunk in chunks:  # only with -f
         out.write(chunk)
         out.flush()
     return 0
@@ -304,8 +325,10 @@ def events(name: str, follow: bool, as_json: bool, state_dir: str | None, superv
 @common
 def cp(src: str, dst: str, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
     """Copy a file into or out of a running workspace: one side is NAME:/abs/path."""
-    from microagent.workspace.sessions import copy
+    from microagent.workspace.sessions import check_cp_args, copy
 
+    with usage_errors():
+        check_cp_args(src, dst)
     out = copy(_store(state_dir, supervisor), src, dst)
     emit({"ok": True, **out}, as_json,
          lambda d: f"copied {d['bytes']} bytes: {d['source']} -> "

@@ -4,6 +4,10 @@ Subcommands live in ``cli/cmd_*.py`` and are imported only when invoked, so
 ``microagent --help`` stays cheap.  This module is the one catch site for
 :class:`~microagent.errors.MicroagentError`: it renders the error (text or
 the JSON envelope) and exits with a named code; no traceback for user errors.
+
+One exit-code rule for a wrong command line (docs/cli.md): a bad flag value,
+a bad argument or a bad combination exits 2 (``USAGE``) in every command,
+whether click or the library's own input checks found it; nothing was done.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from microagent.cli import exitcodes
+from microagent.fsutil import restrict_umask
 
 #: subcommand -> "module:function"
 COMMANDS = {
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     as_json = _json_requested(argv)
+    restrict_umask()  # everything under the state root, and every socket a VMM opens, is the user's alone
     try:
         code: Any = cli.main(args=argv, prog_name="microagent", standalone_mode=False)
     except MicroagentError as err:
@@ -91,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.stderr.write("aborted\n")
         sys.exit(130)
+    except BadInput as exc:
+        from microagent.cli.output import print_error
+
+        print_error(exc.error.to_dict(), as_json)
+        sys.exit(exitcodes.USAGE)
     except click.ClickException as exc:
         if as_json:
             from microagent.cli.output import print_error
@@ -107,6 +120,25 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"microagent: internal error: {exc}\n")
         sys.exit(_failure_code(argv))
     sys.exit(code if isinstance(code, int) else exitcodes.OK)
+
+
+class BadInput(click.UsageError):
+    """A wrong command line found by the library's input checks: exit 2, its message and hint kept."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Around input checks that run before any side effect: their errors are usage errors."""
+    from microagent.errors import Permanent
+
+    try:
+        yield
+    except Permanent as exc:
+        raise BadInput(exc) from exc
 
 
 def json_option(f: Any) -> Any:

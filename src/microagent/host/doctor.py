@@ -86,10 +86,12 @@ def network_checks(backend: str, facts: HostFacts) -> list[Check]:
     from microagent.network import nat, pasta
 
     out = [Check("network-isolated", True, False, "no NIC; always available")]
-    if backend == "qemu" and os.environ.get(pasta.QEMU_USER_NETWORK_ENV, "") != "pasta":
-        out.append(Check("network-user", facts.tools["qemu"].available, False,
-                         "qemu built-in user networking (slirp)", "apt-get install qemu-system-x86"))
-    else:  # firecracker, or qemu told to take firecracker's path
+    if backend == "qemu" and os.environ.get(pasta.QEMU_USER_NETWORK_ENV, "") == "slirp":
+        out.append(Check("network-user", False, False,
+                         f"qemu built-in slirp ({pasta.QEMU_USER_NETWORK_ENV}=slirp): unfiltered, the guest "
+                         "reaches the host's loopback, the LAN and cloud metadata",
+                         f"unset {pasta.QEMU_USER_NETWORK_ENV} to use pasta, which filters (needs root)"))
+    else:  # pasta: firecracker's only way, qemu's default
         from microagent.host import pasta_binary
 
         ready, detail = pasta.readiness()

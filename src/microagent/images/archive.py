@@ -37,7 +37,9 @@ from microagent.images.manifest import (
     Index,
     parse_config,
 )
+from microagent.images.limits import Limits, resolve
 from microagent.images.reference import ImageReference, parse_image_reference
+from microagent.images.tarstream import BoundedTarInfo
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -51,15 +53,29 @@ def _clean(name: str) -> str:
 class TarSource:
     """Files of a tarball, by normalised member name (a :class:`~.layout.BlobSource`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: Limits | None = None) -> None:
         self.path = Path(path)
         self.description = f"docker archive {self.path}"
+        self.limits = resolve(limits)
         if not self.path.is_file():
             raise NotFound(f"docker archive {self.path} does not exist", "give the path of a 'docker save' tarball")
         try:
-            self._tar = tarfile.open(self.path, "r:*")
-            self._members = {_clean(m.name): m for m in self._tar.getmembers() if m.isfile()}
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            self._tar = tarfile.open(self.path, "r:*", tarinfo=BoundedTarInfo)
+        except Exception as exc:
+            raise Permanent(f"{self.path} is not a readable tar archive: {exc}",
+                            "give a tarball written by 'docker save'") from exc
+        try:
+            self._members = {}
+            for count, member in enumerate(self._tar, 1):
+                if count > self.limits.entries:
+                    raise self.limits.exceeded("entries", f"{self.description}: its number of entries")
+                if member.isfile():
+                    self._members[_clean(member.name)] = member
+        except Permanent:
+            self._tar.close()
+            raise
+        except Exception as exc:
+            self._tar.close()
             raise Permanent(f"{self.path} is not a readable tar archive: {exc}",
                             "give a tarball written by 'docker save'") from exc
 
@@ -110,8 +126,9 @@ def read_entries(src: TarSource) -> list[ArchiveEntry]:
         raise Permanent(f"{src.description} has no manifest.json: it is not a 'docker save' archive",
                         "create it with 'docker save IMAGE -o FILE', or use oci:DIR for an OCI layout")
     with src.open_file("manifest.json") as fh:
+        raw = src.limits.read_document(fh, f"{src.description}: manifest.json")
         try:
-            doc = json.load(fh)
+            doc = json.loads(raw)
             return [ArchiveEntry(str(e["Config"]), tuple(str(t) for t in (e.get("RepoTags") or ())),
                                  tuple(str(p) for p in e["Layers"])) for e in doc]
         except (ValueError, KeyError, TypeError) as exc:
@@ -209,7 +226,7 @@ def import_legacy(src: TarSource, entry: ArchiveEntry, store: BlobStore,
         does not match the config's ``diff_ids`` (the layer is not kept).
     """
     with src.open_file(entry.config) as fh:
-        config_bytes = fh.read()
+        config_bytes = src.limits.read_document(fh, f"{src.description}: config {entry.config}")
     config_digest = digest_of(config_bytes)
     stem = posixpath.basename(entry.config).removesuffix(".json")
     named = stem if len(stem) == 64 else ""
@@ -228,6 +245,7 @@ def import_legacy(src: TarSource, entry: ArchiveEntry, store: BlobStore,
         with src.open_file(name) as fh:
             media_type = _sniff(fh)
         size = src.size(name)
+        src.limits.check("blob_bytes", size, f"{src.description}: layer {name}")
         expected: str | None = None
         clean = _clean(name)
         if clean.startswith("blobs/sha256/"):

@@ -94,13 +94,18 @@ class BlobStore:
             return False
         return size is None or size < 0 or st.st_size == size
 
-    def read_bytes(self, digest: str) -> bytes:
+    def read_bytes(self, digest: str, *, max_bytes: int | None = None) -> bytes:
         """A small blob's bytes (manifests, configs), re-verified on read.
 
-        :raises Permanent: when the blob is missing or corrupt on disk.
+        :param max_bytes: refuse a larger blob without reading it (a digest of
+            a layer named where a manifest belongs).
+        :raises Permanent: when the blob is missing, corrupt on disk or too large.
         """
         path = self.path(digest)
         try:
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise Permanent(f"blob {digest} is larger than the {max_bytes} bytes a manifest or config may have",
+                                "this digest names a layer or other large blob, not an image manifest")
             data = path.read_bytes()
         except FileNotFoundError as exc:
             raise Permanent(f"blob {digest} is not in the image cache",
@@ -176,7 +181,7 @@ class BlobStore:
                                      "the source served corrupt or tampered content; nothing was cached")
             final = self.root / alg / actual.split(":", 1)[1]
             try:
-                os.chmod(tmp, 0o444)
+                os.chmod(tmp, 0o400)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
             except OSError as exc:

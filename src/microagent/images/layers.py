@@ -24,8 +24,12 @@ Rules (decisions written down in docs/images.md, "Building root disks"):
 * A ``.wh.`` name used as a directory (``.wh.x/y``) is refused: markers
   never reach the tree.
 * Names containing a newline or carriage return are refused (debugfs, which
-  applies the metadata, cannot address them); so are components over 255
-  bytes and paths over :data:`MAX_PATH_BYTES`.
+  applies the metadata, cannot address them), and so are a NUL byte,
+  components over 255 bytes and paths over :data:`MAX_PATH_BYTES`.
+* The number of entries and the apparent size of all files, over all
+  layers, are charged to :class:`~.limits.Limits` before each entry is
+  written; tar headers are read through :mod:`.tarstream` (bounded headers,
+  sparse files kept sparse, hostile values refused).
 * The staging tree holds regular files, directories and symlinks with safe
   modes (owner read/write(/search) added, no setuid/setgid/sticky); device
   nodes and FIFOs exist only in the ledger.
@@ -46,14 +50,16 @@ import stat
 import tarfile
 import zlib
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote
 
 from microagent.errors import Permanent, ResourceExhausted
+from microagent.images import tarstream
+from microagent.images.limits import Limits, resolve
 from microagent.images.metadata import NS, Entry, Ledger
 from microagent.images.model import Layer
+from microagent.images.tarstream import BadValue, Broken, Refused
 
 MAX_PATH_BYTES = 4000
 MAX_NAME_BYTES = 255
@@ -64,10 +70,6 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _FD_CACHE = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class _Corrupt(Exception):
-    """The layer stream itself is broken (decompression or tar framing)."""
 
 
 def layer_kind(layer: Layer) -> str:
@@ -96,7 +98,7 @@ def layer_kind(layer: Layer) -> str:
 
 
 class _Guarded(io.RawIOBase):
-    """A read-only stream that turns decompression errors into :class:`_Corrupt`."""
+    """A read-only stream that turns decompression errors into :class:`~.tarstream.Broken`."""
 
     def __init__(self, inner: IO[bytes]) -> None:
         self._inner = inner
@@ -108,7 +110,7 @@ class _Guarded(io.RawIOBase):
         try:
             data = self._inner.read(len(buf))
         except Exception as exc:  # zlib.error, EOFError, gzip.BadGzipFile, ZstdError, ...
-            raise _Corrupt(str(exc) or type(exc).__name__) from exc
+            raise Broken(str(exc) or type(exc).__name__) from exc
         n = len(data)
         buf[:n] = data
         return n
@@ -147,11 +149,16 @@ class Extractor:
     """Applies layers in order to one staging root and its ledger.
 
     :param root: an existing, empty directory (made ``0700``).
+    :param limits: entry count and extracted bytes allowed over all layers
+        (default: :meth:`~.limits.Limits.from_env`).
     """
 
-    def __init__(self, root: Path, ledger: Ledger | None = None) -> None:
+    def __init__(self, root: Path, ledger: Ledger | None = None, limits: Limits | None = None) -> None:
         self.root = Path(root)
         self.ledger = ledger if ledger is not None else Ledger()
+        self.limits = resolve(limits)
+        self.entries = 0
+        self.extracted_bytes = 0  # apparent sizes: a sparse file counts whole
         os.chmod(self.root, 0o700)
         self._root_fd = os.open(self.root, _DIR_FLAGS)
         self._fds: dict[str, int] = {}
@@ -173,7 +180,8 @@ class Extractor:
     def apply(self, layer: Layer, on_bytes: Callable[[int], None] | None = None) -> None:
         """Extract one layer on top of what is there.
 
-        :raises Permanent: corrupt/truncated layer, or a refused entry (names both).
+        :raises Permanent: corrupt/truncated layer, a refused entry (names both),
+            or a limit exceeded (names the limit and how to raise it).
         :raises ResourceExhausted: the staging filesystem is full.
         """
         ctx = _Ctx(layer, set())
@@ -181,16 +189,29 @@ class Extractor:
             try:
                 if not stream.peek(1):
                     return  # an empty blob is an empty layer
-                with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tf:
-                    while True:
-                        member = tf.next()
-                        if member is None:
-                            break
+                with tarstream.open_stream(stream) as tf:
+                    while (member := tarstream.next_member(tf)) is not None:
+                        self._count(ctx, member)
                         self._entry(tf, member, ctx)
-            except (_Corrupt, tarfile.TarError, EOFError, zlib.error) as exc:
+            except Refused as exc:
+                raise Permanent(f"layer {layer.digest} refused: it has {exc}",
+                                "the image is malformed or hostile; rebuild it", layer=layer.digest) from exc
+            except (Broken, tarfile.TarError, EOFError, zlib.error) as exc:
                 raise Permanent(f"layer {layer.digest} is truncated or corrupt: {exc}",
                                 "pull the image again; if it persists the image itself is broken",
                                 layer=layer.digest) from exc
+
+    def _count(self, ctx: _Ctx, member: tarfile.TarInfo) -> None:
+        """Charge one entry (and a file's apparent size) to the limits, before anything is written."""
+        self.entries += 1
+        if self.entries > self.limits.entries:
+            raise self.limits.exceeded("entries", f"layer {ctx.layer.digest}: the image's number of tar entries")
+        if member.isreg():
+            self.extracted_bytes += max(member.size, 0)
+            if self.extracted_bytes > self.limits.extracted_bytes:
+                raise self.limits.exceeded(
+                    "extracted_bytes", f"layer {ctx.layer.digest}: the image's extracted size, at {member.name!r},",
+                    self.extracted_bytes)
 
     def finish(self) -> Ledger:
         """Set staged timestamps from the ledger (after the last layer) and return it."""
@@ -219,6 +240,8 @@ class Extractor:
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise self._refuse(ctx, name, f"{'it' if what == 'its' else 'its link target'} contains a '..' component")
+        if "\x00" in path:
+            raise self._refuse(ctx, name, f"{what} name contains a NUL byte")
         if any(p.startswith(WHITEOUT) for p in parts[:-1]):
             raise self._refuse(ctx, name, "a whiteout marker (.wh.) is used as a directory")
         for p in parts:
@@ -301,7 +324,9 @@ class Extractor:
         name = member.name
         try:
             self._entry_inner(tf, member, ctx)
-        except (Permanent, _Corrupt, tarfile.TarError):
+        except BadValue as exc:
+            raise self._refuse(ctx, name, str(exc)) from None
+        except (Permanent, Broken, Refused, tarfile.TarError):
             raise
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -349,7 +374,7 @@ class Extractor:
                 elif kind == "symlink":
                     if not member.linkname:
                         raise self._refuse(ctx, name, "symlink with an empty target")
-                    os.symlink(member.linkname, base, dir_fd=pfd)
+                    os.symlink(tarstream.check_text(member.linkname, "its link target"), base, dir_fd=pfd)
                 # char/block/fifo: the ledger alone holds them
             self.ledger.put(rel, entry)
             ctx.touched.update("/".join(parts[: i + 1]) for i in range(len(parts)))
@@ -360,16 +385,7 @@ class Extractor:
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=pfd)
         try:
-            src = tf.extractfile(member)
-            if src is not None:
-                while True:
-                    chunk = src.read(_CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
+            tarstream.copy_member(tf, member, fd)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
@@ -481,16 +497,6 @@ def _staged_mode(entry: Entry) -> int:
     return (entry.mode & 0o777) | 0o600
 
 
-def _pax_time(member: tarfile.TarInfo, key: str) -> int | None:
-    value = member.pax_headers.get(key)
-    if value is None:
-        return None
-    try:
-        return int(Decimal(value) * NS)
-    except (InvalidOperation, ValueError):
-        return None
-
-
 def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for key, value in member.pax_headers.items():
@@ -501,31 +507,37 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
                 out[unquote(key[len("LIBARCHIVE.xattr."):])] = base64.b64decode(value + "=" * (-len(value) % 4))
             except ValueError:
                 continue
+    for name, data in out.items():
+        tarstream.check_xattr(name, data)
     return out
 
 
 def _meta(member: tarfile.TarInfo, kind: str) -> Entry:
-    mtime = _pax_time(member, "mtime")
-    if mtime is None:
-        mtime = int(member.mtime) * NS
+    """The ledger entry of ``member``.
+
+    :raises BadValue: a time, id, device number or xattr that cannot be stored.
+    """
+    mtime = tarstream.time_ns(member, "mtime")
+    assert mtime is not None
     mode = 0o777 if kind == "symlink" else member.mode & 0o7777
-    return Entry(kind=kind, mode=mode, uid=member.uid, gid=member.gid, mtime_ns=mtime,
-                 atime_ns=_pax_time(member, "atime"),
-                 major=member.devmajor if kind in ("char", "block") else 0,
-                 minor=member.devminor if kind in ("char", "block") else 0,
+    uid, gid = tarstream.owner(member)
+    major, minor = tarstream.device(member) if kind in ("char", "block") else (0, 0)
+    return Entry(kind=kind, mode=mode, uid=uid, gid=gid, mtime_ns=mtime,
+                 atime_ns=tarstream.time_ns(member, "atime"), major=major, minor=minor,
                  xattrs=_xattrs(member))
 
 
 def extract_layers(layers: Iterable[Layer], root: Path, *,
-                   on_layer: Callable[[int, Layer], None] | None = None) -> Ledger:
+                   on_layer: Callable[[int, Layer], None] | None = None, limits: Limits | None = None) -> Ledger:
     """Extract ``layers`` in order into the empty directory ``root``.
 
     :param on_layer: called with (index, layer) before each layer (progress).
     :returns: the ledger of every path's exact metadata.
-    :raises Permanent: a corrupt layer, an unsupported media type or a refused entry.
+    :raises Permanent: a corrupt layer, an unsupported media type, a refused
+        entry or a limit exceeded.
     :raises ResourceExhausted: the staging filesystem is full.
     """
-    with Extractor(root) as ex:
+    with Extractor(root, limits=limits) as ex:
         for i, layer in enumerate(layers):
             if on_layer is not None:
                 on_layer(i, layer)
@@ -570,5 +582,5 @@ def resolve_in_root(root: Path, rel: str, *, max_hops: int = 40) -> str | None:
 
 def iter_members(layer: Layer) -> Iterator[tarfile.TarInfo]:
     """The tar headers of ``layer`` (for tests and diagnostics)."""
-    with open_layer(layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tf:
+    with open_layer(layer) as stream, tarstream.open_stream(stream) as tf:
         yield from tf

@@ -11,12 +11,16 @@ read by the same code.  Blobs are copied into the blob store, verified there.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import IO, Protocol
 
 from microagent.errors import NotFound, Permanent
+from microagent.images.limits import Limits, resolve
 from microagent.images.manifest import Descriptor, Index, parse_index
 from microagent.images.reference import parse_image_reference, valid_digest
+from microagent.images.untrusted import HOSTILE_HINT, inside
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -56,24 +60,33 @@ class DirectorySource:
                             "point oci: at a directory written by skopeo/buildah/umoci ('oci:DIR[:TAG]')")
 
     def open_file(self, name: str) -> IO[bytes]:
-        path = self.root / name
+        """Open a regular file inside the layout (a symlink out of it, a FIFO or a device is refused)."""
+        path = inside(self.root, self.root / name, f"{self.description}: {name}")
         try:
-            return path.open("rb")
+            # non-blocking so that a FIFO planted in the layout cannot hang the open
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise NotFound(f"{self.description} is missing {name}", "the layout is incomplete; re-export it") from exc
         except OSError as exc:
             raise Permanent(f"cannot read {path}: {exc.strerror}", "check its permissions") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise Permanent(f"{self.description}: {name} is not a regular file", HOSTILE_HINT)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
 
-def read_index(source: BlobSource) -> Index:
+def read_index(source: BlobSource, limits: Limits | None = None) -> Index:
     """The layout's ``index.json``.
 
-    :raises Permanent: it is missing or malformed.
+    :raises Permanent: it is missing, malformed or larger than the document limit.
     """
+    limits = resolve(limits)
     with source.open_file("index.json") as fh:
-        data = fh.read()
+        data = limits.read_document(fh, f"{source.description} index.json")
     try:
-        layout = json.loads(_read(source, "oci-layout"))
+        with source.open_file("oci-layout") as fh:
+            layout = json.loads(limits.read_document(fh, f"{source.description} oci-layout"))
         if layout.get("imageLayoutVersion") not in ("1.0.0", "1.0.1", "1.1.0"):
             raise Permanent(f"{source.description}: unsupported imageLayoutVersion "
                             f"{layout.get('imageLayoutVersion')!r}", "re-export it with a current tool")
@@ -82,11 +95,6 @@ def read_index(source: BlobSource) -> Index:
     except (ValueError, AttributeError) as exc:
         raise Permanent(f"{source.description}: oci-layout is not valid JSON", "re-export the layout") from exc
     return parse_index(data, f"{source.description} index.json")
-
-
-def _read(source: BlobSource, name: str) -> bytes:
-    with source.open_file(name) as fh:
-        return fh.read()
 
 
 def _names(desc: Descriptor) -> set[str]:

@@ -16,6 +16,7 @@ from typing import Any
 from microagent.errors import NotFound, Permanent
 from microagent.images.model import ImageConfig, Platform
 from microagent.images.reference import valid_digest
+from microagent.images.untrusted import check_platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -110,6 +111,15 @@ def _load(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+def _platform(doc: dict[str, Any]) -> Platform:
+    """os/architecture/variant of an index entry or a config (checked by the caller)."""
+    def field(key: str) -> Any:
+        value = doc.get(key)
+        return "" if value is None else value
+
+    return Platform(architecture=field("architecture"), os=field("os"), variant=field("variant"))
+
+
 def _descriptor(raw: Any, what: str) -> Descriptor:
     if not isinstance(raw, dict):
         raise Permanent(f"{what}: a descriptor is not an object", "the image is malformed")
@@ -123,8 +133,7 @@ def _descriptor(raw: Any, what: str) -> Descriptor:
     plat = raw.get("platform")
     platform = None
     if isinstance(plat, dict):
-        platform = Platform(architecture=str(plat.get("architecture", "")), os=str(plat.get("os", "")),
-                            variant=str(plat.get("variant", "") or ""))
+        platform = check_platform(_platform(plat), f"{what}: descriptor {digest}")
     annotations = raw.get("annotations") or {}
     urls = raw.get("urls") or ()
     return Descriptor(str(media_type), digest, size, platform,
@@ -264,8 +273,7 @@ def parse_config(data: bytes, what: str = "image config") -> tuple[ImageConfig, 
         user=str(cfg.get("User") or ""),
         stop_signal=str(cfg.get("StopSignal") or ""),
     )
-    platform = Platform(architecture=str(doc.get("architecture") or ""), os=str(doc.get("os") or ""),
-                        variant=str(doc.get("variant") or ""))
+    platform = check_platform(_platform(doc), what)
     rootfs = doc.get("rootfs") or {}
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     return config, platform, [str(d) for d in diff_ids] if isinstance(diff_ids, list) else []

@@ -45,7 +45,9 @@ from microagent.images.manifest import (
     select_platform,
     sniff_media_type,
 )
+from microagent.images.limits import Limits, resolve
 from microagent.images.model import Platform, PulledImage
+from microagent.images.untrusted import check_platform
 from microagent.images.reference import (
     ArchiveReference,
     BuiltinReference,
@@ -74,7 +76,7 @@ class _NotCached(Exception):
 
 def pull(ref: str, state_root: Path, *, architecture: str, progress: PullProgress | None = None,
          allow_insecure: bool = False, policy: str = "missing", variant: str = "",
-         counter: RequestCounter | None = None) -> PulledImage:
+         counter: RequestCounter | None = None, limits: Limits | None = None) -> PulledImage:
     """Make ``ref`` available in the local cache and describe it.
 
     :param ref: a registry reference, ``oci:PATH[:TAG]`` or ``docker-archive:PATH[:REF]``.
@@ -83,10 +85,12 @@ def pull(ref: str, state_root: Path, *, architecture: str, progress: PullProgres
     :param allow_insecure: plain HTTP to this registry even if not loopback.
     :param policy: ``missing`` | ``always`` | ``never`` (see the module docstring).
     :param counter: counts registry HTTP requests made (for tests and stats).
+    :param limits: document and blob size caps (default: :meth:`~.limits.Limits.from_env`).
     :raises NotFound: unknown image/tag, no manifest for the platform, or not
         cached under ``never``.
     :raises Permanent: invalid reference, unsupported media type, corrupt
-        content (:class:`~.blobs.DigestMismatch`; nothing is cached).
+        content (:class:`~.blobs.DigestMismatch`; nothing is cached), a
+        document or blob over its size limit, or a hostile platform string.
     :raises PolicyDenied: the registry needs credentials we lack or rejects ours.
     :raises Transient: the registry is unreachable or failing (after retries).
     :raises ResourceExhausted: the disk filled up.
@@ -95,7 +99,8 @@ def pull(ref: str, state_root: Path, *, architecture: str, progress: PullProgres
     if policy not in POLICIES:
         raise Permanent(f"unknown pull policy {policy!r}", f"use one of: {', '.join(POLICIES)}")
     parsed = parse_reference(ref)
-    want = platform_for(architecture, variant)
+    want = check_platform(platform_for(architecture, variant), "requested platform", required=True)
+    limits = resolve(limits)
     state_root = Path(state_root)
     store = BlobStore.for_state(state_root)
     if isinstance(parsed, BuiltinReference):
@@ -103,17 +108,17 @@ def pull(ref: str, state_root: Path, *, architecture: str, progress: PullProgres
                           "built-in images are built by microagent itself; run it directly")
     with index.pull_guard(state_root):
         if policy != "always" or (isinstance(parsed, ImageReference) and parsed.digest):
-            hit = _cached(parsed, state_root, store, want)
+            hit = _cached(parsed, state_root, store, want, limits)
             if hit is not None:
                 return hit
         if policy == "never":
             raise NotFound(f"image {parsed} is not in the cache for {want}",
                            f"pull it first: microagent image pull {ref}")
         if isinstance(parsed, ImageReference):
-            return _pull_registry(parsed, state_root, store, want, progress, allow_insecure, counter)
+            return _pull_registry(parsed, state_root, store, want, progress, allow_insecure, counter, limits)
         if isinstance(parsed, LayoutReference):
-            return _pull_layout(parsed, state_root, store, want, progress)
-        return _pull_archive(parsed, state_root, store, want, progress)
+            return _pull_layout(parsed, state_root, store, want, progress, limits)
+        return _pull_archive(parsed, state_root, store, want, progress, limits)
 
 
 def cached(ref: str, state_root: Path, *, architecture: str, variant: str = "") -> PulledImage | None:
@@ -128,7 +133,7 @@ def cached(ref: str, state_root: Path, *, architecture: str, variant: str = "") 
 
 
 def _cached(parsed: ImageReference | LayoutReference | ArchiveReference, state_root: Path, store: BlobStore,
-            want: Platform) -> PulledImage | None:
+            want: Platform, limits: Limits) -> PulledImage | None:
     """Serve from the cache alone: a recorded reference, or a digest whose blobs are all here."""
     ref = str(parsed)
     rec = index.lookup(state_root, ref, want)
@@ -137,18 +142,18 @@ def _cached(parsed: ImageReference | LayoutReference | ArchiveReference, state_r
         return rec.to_pulled(store)
     if isinstance(parsed, ImageReference) and parsed.digest:
         try:
-            return _complete(ref, parsed.digest, None, want, _offline_doc(store), _offline_blob(store),
-                             store, state_root, None, "registry", str(parsed))
+            return _complete(ref, parsed.digest, None, want, _offline_doc(store, limits), _offline_blob(store),
+                             store, state_root, None, "registry", str(parsed), limits)
         except _NotCached:
             return None
     return None
 
 
-def _offline_doc(store: BlobStore) -> FetchDoc:
+def _offline_doc(store: BlobStore, limits: Limits) -> FetchDoc:
     def fetch(desc: Descriptor) -> bytes:
         if not store.has(desc.digest):
             raise _NotCached(desc.digest)
-        return store.read_bytes(desc.digest)
+        return store.read_bytes(desc.digest, max_bytes=limits.document_bytes)
 
     return fetch
 
@@ -166,8 +171,11 @@ def _offline_blob(store: BlobStore) -> FetchBlob:
 
 def _complete(ref: str, top_digest: str, top_bytes: bytes | None, want: Platform, fetch_doc: FetchDoc,
               fetch_blob: FetchBlob, store: BlobStore, state_root: Path, progress: PullProgress | None,
-              source: str, what: str, top_media_type: str = "") -> PulledImage:
-    """Walk from the top document to the layers, fetch what is missing, record the image."""
+              source: str, what: str, limits: Limits, top_media_type: str = "") -> PulledImage:
+    """Walk from the top document to the layers, fetch what is missing, record the image.
+
+    Every descriptor's size is checked against its limit before it is fetched.
+    """
     if top_bytes is None:
         top_bytes = fetch_doc(Descriptor(top_media_type, top_digest, -1))
     media_type = sniff_media_type(top_bytes, top_media_type)
@@ -181,6 +189,7 @@ def _complete(ref: str, top_digest: str, top_bytes: bytes | None, want: Platform
             raise Permanent(f"{what}: image indexes nest too deeply", "the image is malformed")
         idx = parse_index(manifest_bytes, f"image index of {what}")
         desc = select_platform(idx, want, what)
+        limits.check("document_bytes", desc.size, f"manifest {desc.digest} of {what}")
         store.put_bytes(manifest_bytes, manifest_digest)
         index_digest = index_digest or manifest_digest
         manifest_bytes = fetch_doc(desc)
@@ -188,8 +197,11 @@ def _complete(ref: str, top_digest: str, top_bytes: bytes | None, want: Platform
         media_type = sniff_media_type(manifest_bytes, desc.media_type)
         check_supported(media_type, what)
     manifest = parse_manifest(manifest_bytes, f"manifest of {what}")
+    limits.check("document_bytes", manifest.config.size, f"config {manifest.config.digest} of {what}")
+    for layer in manifest.layers:
+        limits.check("blob_bytes", layer.size, f"layer blob {layer.digest} of {what}")
     fetch_blob(manifest.config, None)
-    config_bytes = store.read_bytes(manifest.config.digest)
+    config_bytes = store.read_bytes(manifest.config.digest, max_bytes=limits.document_bytes)
     config, platform, _diff_ids = parse_config(config_bytes, f"config of {what}")
     if platform.architecture and (platform.architecture != want.architecture or
                                   (platform.os and platform.os != want.os)):
@@ -227,17 +239,17 @@ def _complete(ref: str, top_digest: str, top_bytes: bytes | None, want: Platform
 
 def _pull_registry(ref: ImageReference, state_root: Path, store: BlobStore, want: Platform,
                    progress: PullProgress | None, allow_insecure: bool,
-                   counter: RequestCounter | None) -> PulledImage:
+                   counter: RequestCounter | None, limits: Limits) -> PulledImage:
     from microagent.images.registry import client_for  # urllib3: only when a registry is involved
 
     client = client_for(ref.registry, ref.api_host, ref.host, state_root=state_root,
-                        allow_insecure=allow_insecure, counter=counter)
+                        allow_insecure=allow_insecure, counter=counter, limits=limits)
     repo = ref.repository
     what = str(ref)
 
     def fetch_doc(desc: Descriptor) -> bytes:
         if store.has(desc.digest):
-            return store.read_bytes(desc.digest)
+            return store.read_bytes(desc.digest, max_bytes=limits.document_bytes)
         body, content_type, _ = client.get_manifest(repo, desc.digest)
         _verify_doc(body, desc.digest, what)
         store.put_bytes(body, desc.digest)
@@ -249,15 +261,15 @@ def _pull_registry(ref: ImageReference, state_root: Path, store: BlobStore, want
 
     if ref.digest:
         return _complete(str(ref), ref.digest, None, want, fetch_doc, fetch_blob, store, state_root, progress,
-                         "registry", what)
+                         "registry", what, limits)
     tag = ref.tag or "latest"
     if index.lookup(state_root, str(ref), want) is not None:
         # re-resolve cheaply: HEAD names the digest; if it is complete here, no more requests
         head_digest = client.head_manifest(repo, tag)
         if head_digest:
             try:
-                return _complete(str(ref), head_digest, None, want, _offline_doc(store), _offline_blob(store),
-                                 store, state_root, progress, "registry", what)
+                return _complete(str(ref), head_digest, None, want, _offline_doc(store, limits),
+                                 _offline_blob(store), store, state_root, progress, "registry", what, limits)
             except _NotCached:
                 pass
     body, content_type, header_digest = client.get_manifest(repo, tag)
@@ -266,7 +278,7 @@ def _pull_registry(ref: ImageReference, state_root: Path, store: BlobStore, want
         raise DigestMismatch(f"manifest of {what} hashes to {digest}, the registry says {header_digest}",
                              "the registry or a proxy altered the manifest; nothing was cached")
     return _complete(str(ref), digest, body, want, fetch_doc, fetch_blob, store, state_root, progress,
-                     "registry", what, content_type)
+                     "registry", what, limits, content_type)
 
 
 def _verify_doc(body: bytes, digest: str, what: str) -> None:
@@ -280,14 +292,16 @@ def _verify_doc(body: bytes, digest: str, what: str) -> None:
 # -- local sources ----------------------------------------------------------------
 
 
-def _source_fetchers(src: "BlobSource", store: BlobStore, what: str) -> tuple[FetchDoc, FetchBlob]:
+def _source_fetchers(src: "BlobSource", store: BlobStore, what: str,
+                     limits: Limits) -> tuple[FetchDoc, FetchBlob]:
     from microagent.images.layout import blob_name
 
     def fetch_doc(desc: Descriptor) -> bytes:
+        limits.check("document_bytes", desc.size, f"manifest {desc.digest} of {what}")
         if store.has(desc.digest):
-            return store.read_bytes(desc.digest)
+            return store.read_bytes(desc.digest, max_bytes=limits.document_bytes)
         with src.open_file(blob_name(desc.digest)) as fh:
-            body = fh.read()
+            body = limits.read_document(fh, f"manifest {desc.digest} of {what}")
         _verify_doc(body, desc.digest, what)
         store.put_bytes(body, desc.digest)
         return body
@@ -302,25 +316,25 @@ def _source_fetchers(src: "BlobSource", store: BlobStore, what: str) -> tuple[Fe
 
 
 def _pull_layout(ref: LayoutReference, state_root: Path, store: BlobStore, want: Platform,
-                 progress: PullProgress | None) -> PulledImage:
+                 progress: PullProgress | None, limits: Limits) -> PulledImage:
     from microagent.images.layout import DirectorySource, read_index, select_manifest
 
     src = DirectorySource(ref.path)
     what = str(ref)
-    desc = select_manifest(read_index(src), ref.tag, what)
-    fetch_doc, fetch_blob = _source_fetchers(src, store, what)
+    desc = select_manifest(read_index(src, limits), ref.tag, what)
+    fetch_doc, fetch_blob = _source_fetchers(src, store, what, limits)
     top = fetch_doc(desc)
     return _complete(str(ref), desc.digest, top, want, fetch_doc, fetch_blob, store, state_root, progress,
-                     "oci-layout", what, desc.media_type)
+                     "oci-layout", what, limits, desc.media_type)
 
 
 def _pull_archive(ref: ArchiveReference, state_root: Path, store: BlobStore, want: Platform,
-                  progress: PullProgress | None) -> PulledImage:
+                  progress: PullProgress | None, limits: Limits) -> PulledImage:
     from microagent.images.archive import TarSource, import_legacy, oci_index, read_entries, select_entry
     from microagent.images.layout import select_manifest
 
     what = str(ref)
-    with TarSource(ref.path) as src:
+    with TarSource(ref.path, limits) as src:
         idx = oci_index(src)
         has_manifest_json = src.has("manifest.json")
         entry = select_entry(src, read_entries(src), ref.ref) if (has_manifest_json or idx is None) else None
@@ -334,14 +348,14 @@ def _pull_archive(ref: ArchiveReference, state_root: Path, store: BlobStore, wan
                 if len(idx.manifests) == 1:
                     desc = idx.manifests[0]
             if desc is not None:
-                fetch_doc, fetch_blob = _source_fetchers(src, store, what)
+                fetch_doc, fetch_blob = _source_fetchers(src, store, what, limits)
                 top = fetch_doc(desc)
                 return _complete(str(ref), desc.digest, top, want, fetch_doc, fetch_blob, store, state_root,
-                                 progress, "docker-archive", what, desc.media_type)
+                                 progress, "docker-archive", what, limits, desc.media_type)
         assert entry is not None
         manifest_bytes, digest = import_legacy(src, entry, store, progress)
-        return _complete(str(ref), digest, manifest_bytes, want, _offline_doc(store), _offline_blob(store),
-                         store, state_root, None, "docker-archive", what, OCI_MANIFEST)
+        return _complete(str(ref), digest, manifest_bytes, want, _offline_doc(store, limits), _offline_blob(store),
+                         store, state_root, None, "docker-archive", what, limits, OCI_MANIFEST)
 
 
 def describe(image: PulledImage) -> dict[str, object]:

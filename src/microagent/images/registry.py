@@ -43,6 +43,7 @@ import urllib3
 from microagent.errors import MicroagentError, NotFound, Permanent, PolicyDenied, Transient
 from microagent.images.auth import Challenge, Credentials, parse_challenges
 from microagent.images.blobs import BlobStore
+from microagent.images.limits import Limits, resolve
 from microagent.images.manifest import ACCEPT
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ INSECURE_ENV = "MICROAGENT_INSECURE_REGISTRIES"
 USER_AGENT = "microagent (+oci-distribution)"
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 _CHUNK = 1 << 20
+_ERROR_BODY = 64 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -88,11 +90,12 @@ class RegistryClient:
     :param credentials: for ``Basic`` auth and for the token endpoint.
     :param insecure: use plain HTTP (decided by :func:`insecure_allowed`).
     :param attempts: total tries for a transient failure (bounded).
+    :param limits: the cap on manifests (and token responses) read into memory.
     """
 
     def __init__(self, registry: str, api_host: str | None = None, *, credentials: Credentials | None = None,
                  insecure: bool = False, attempts: int = 3, backoff: float = 0.5, timeout: float = 30.0,
-                 counter: RequestCounter | None = None) -> None:
+                 counter: RequestCounter | None = None, limits: Limits | None = None) -> None:
         self.registry = registry
         self.api_host = api_host or registry
         self.credentials = credentials
@@ -101,6 +104,7 @@ class RegistryClient:
         self.backoff = backoff
         self.timeout = urllib3.Timeout(connect=min(10.0, timeout), read=timeout)
         self.counter = counter or RequestCounter()
+        self.limits = resolve(limits)
         self._pool = urllib3.PoolManager(num_pools=4, headers={"User-Agent": USER_AGENT})
         self._tokens: dict[str, str] = {}
         self._scheme_hint: str | None = None  # "bearer" or "basic" once the registry told us
@@ -118,8 +122,8 @@ class RegistryClient:
         what = f"{self.registry}/{repository}:{reference}" if ":" not in reference else \
             f"{self.registry}/{repository}@{reference}"
         resp = self._request("GET", repository, f"/v2/{repository}/manifests/{reference}",
-                             {"Accept": ACCEPT}, what=what)
-        body = resp.data
+                             {"Accept": ACCEPT}, what=what, stream=True)
+        body = _read_capped(resp, self.limits, f"manifest {what}")
         return body, _content_type(resp), resp.headers.get("Docker-Content-Digest")
 
     def head_manifest(self, repository: str, reference: str) -> str | None:
@@ -278,13 +282,14 @@ class RegistryClient:
         resp: urllib3.BaseHTTPResponse | None = None
         for attempt in range(self.attempts):
             try:
-                resp = self._send("GET", url, headers, stream=False)
+                resp = self._send("GET", url, headers, stream=True)
             except urllib3.exceptions.HTTPError as exc:
                 if attempt + 1 >= self.attempts:
                     raise _unreachable(f"token service of {self.registry}", url, exc) from exc
                 self._sleep(attempt, None)
                 continue
             if resp.status in _RETRY_STATUS and attempt + 1 < self.attempts:
+                resp.close()
                 self._sleep(attempt, resp.headers.get("Retry-After"))
                 continue
             break
@@ -301,7 +306,7 @@ class RegistryClient:
             raise Permanent(f"token service of {self.registry} answered HTTP {resp.status}",
                             "check the registry address and your credentials")
         try:
-            doc = json.loads(resp.data)
+            doc = json.loads(_read_capped(resp, self.limits, f"token response of {self.registry}"))
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -353,6 +358,30 @@ def _content_type(resp: urllib3.BaseHTTPResponse) -> str:
     return (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip()
 
 
+def _read_capped(resp: urllib3.BaseHTTPResponse, limits: Limits, what: str) -> bytes:
+    """A streamed response's body, refused once it passes the document cap (not read whole first).
+
+    :raises Permanent: the body (or its Content-Length) is over the cap.
+    """
+    cap = limits.document_bytes
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        resp.close()
+        raise limits.exceeded("document_bytes", what, int(length))
+    body = bytearray()
+    try:
+        for chunk in resp.stream(64 * 1024):
+            body += chunk
+            if len(body) > cap:
+                resp.close()
+                raise limits.exceeded("document_bytes", what)
+    except urllib3.exceptions.HTTPError as exc:
+        resp.close()
+        raise Transient(f"reading {what} broke off: {exc}", "retry the pull") from exc
+    resp.release_conn()
+    return bytes(body)
+
+
 def _stream(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
     yield from resp.stream(_CHUNK)
 
@@ -367,7 +396,8 @@ def _drain(resp: urllib3.BaseHTTPResponse) -> None:
 
 def _registry_errors(resp: urllib3.BaseHTTPResponse) -> tuple[set[str], str]:
     try:
-        doc = json.loads(resp.data or b"{}")
+        # an error body only feeds a message: a bounded prefix is enough
+        doc = json.loads(resp.read(_ERROR_BODY) or b"{}")
         errors = doc.get("errors") or []
         codes = {str(e.get("code", "")) for e in errors if isinstance(e, dict)}
         messages = [str(e.get("message", "")) for e in errors if isinstance(e, dict) and e.get("message")]

@@ -36,8 +36,10 @@ from microagent.digests import sha256_file
 from microagent.errors import Permanent, ResourceExhausted
 from microagent.images.ext4 import build_ext4
 from microagent.images.layers import Extractor, resolve_in_root
+from microagent.images.limits import Limits
 from microagent.images.metadata import Entry, Ledger
 from microagent.images.model import BaseImage, ImageConfig, Platform, PulledImage
+from microagent.images.untrusted import check_platform, digest_hex, inside
 
 #: Bump when the disk format or build steps change: old disks are rebuilt.
 BUILD_FORMAT = 1
@@ -60,10 +62,18 @@ def disks_dir(state_root: Path) -> Path:
 
 
 def disk_path(state_root: Path, digest: str, platform: Platform) -> Path:
-    """Where the base disk of ``digest`` for ``platform`` lives."""
-    hexpart = digest.split(":", 1)[-1]
+    """Where the base disk of ``digest`` for ``platform`` lives.
+
+    :raises Permanent: the digest or a platform field is not safe in a file
+        name, or the result would lie outside the disks directory.
+    """
+    hexpart = digest_hex(digest, "base disk")
+    check_platform(platform, f"base disk of {digest}", required=True)
     plat = f"{platform.os}-{platform.architecture}" + (f"-{platform.variant}" if platform.variant else "")
-    return disks_dir(state_root) / f"{hexpart}-{plat}.ext4"
+    base = disks_dir(state_root)
+    path = base / f"{hexpart}-{plat}.ext4"
+    inside(base, path, f"base disk of {digest}")
+    return path
 
 
 @contextlib.contextmanager
@@ -123,12 +133,14 @@ def cached_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
 
 
 def build_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
-                    size_bytes: int | None = None, progress: BuildProgress | None = None) -> BaseImage:
+                    size_bytes: int | None = None, progress: BuildProgress | None = None,
+                    limits: Limits | None = None) -> BaseImage:
     """The bootable base disk of ``image``, built once and cached.
 
     :param size_bytes: exact disk size; default: content plus headroom.
-    :raises Permanent: a refused layer entry, a corrupt layer, an image user
-        that does not exist, or a non-Linux image.
+    :param limits: extraction limits (default: :meth:`~.limits.Limits.from_env`).
+    :raises Permanent: a refused layer entry, a corrupt layer, an extraction
+        limit exceeded, an image user that does not exist, or a non-Linux image.
     :raises ResourceExhausted: the content does not fit ``size_bytes``, or the disk is full.
     :raises NotFound: mke2fs/debugfs missing.
     """
@@ -153,7 +165,7 @@ def build_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
                 progress.on_build_start(image.reference, len(image.layers))
             tree = staging / "root"
             tree.mkdir()
-            with Extractor(tree) as ex:
+            with Extractor(tree, limits=limits) as ex:
                 for i, layer in enumerate(image.layers):
                     if progress is not None:
                         progress.on_build_layer(i, layer.digest)

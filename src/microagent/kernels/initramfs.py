@@ -218,7 +218,7 @@ def build_initramfs(init_binary: Path, module_files: Sequence[Path], out_path: P
             write_cpio(entries, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, out_path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -307,7 +307,7 @@ def kernel_release(path: Path) -> str:
     return data[at + len(marker) : end].decode("ascii", "replace") if end > 0 else ""
 
 
-def _atomic_write(out: Path, data: bytes, mode: int = 0o644) -> None:
+def _atomic_write(out: Path, data: bytes, mode: int = 0o600) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     try:

@@ -1,9 +1,11 @@
 """NAT networking: /30 leases, a TAP per workspace, and firewall rules of our own.
 
 Everything this module creates is named so it can be found and removed
-without touching anything else: TAPs are ``mat<hash>``, firewall state lives
-only in our own nftables table or iptables chains (:mod:`.firewall`), and
-every rule carries the comment ``microagent:<workspace>:<tap>``.  Leases persist in
+without touching anything else: TAPs are ``mat<hash>`` (IPv6 disabled on
+them), firewall state lives only in our own nftables table or iptables
+chains (:mod:`.firewall`, default deny: the guest reaches public IPv4 and its
+DNS servers only), and every rule carries the comment
+``microagent:<workspace>:<tap>``.  Leases persist in
 ``<state>/network/leases.json`` (under a lock) and are freed on delete.
 
 Preconditions are checked before any change and fail closed: CAP_NET_ADMIN,
@@ -139,11 +141,20 @@ def create_tap(tap: str, lease: NatLease) -> None:
         delete_tap(tap)
     run_checked(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], f"creating {tap}")
     try:
+        _disable_ipv6(tap)
         run_checked(["ip", "addr", "add", f"{lease.host_address}/{NAT_PREFIX}", "dev", tap], f"addressing {tap}")
         run_checked(["ip", "link", "set", tap, "up"], f"bringing {tap} up")
     except Permanent:
         delete_tap(tap)
         raise
+
+
+def _disable_ipv6(tap: str) -> None:
+    """No IPv6 on our TAP (its own setting, not a host-wide one): the kernel then drops every
+    IPv6 packet the guest sends before any firewall sees it, for nft and iptables alike."""
+    knob = Path("/proc/sys/net/ipv6/conf") / tap / "disable_ipv6"
+    if knob.parent.parent.is_dir():  # a kernel without IPv6 has nothing to disable
+        knob.write_text("1")
 
 
 def delete_tap(tap: str) -> bool:
@@ -159,8 +170,11 @@ def rule_owner(workspace: str, tap: str) -> str:
     return f"{workspace}:{tap}"
 
 
-def setup(state_root: Path, workspace: str, tap: str) -> tuple[NatLease, str]:
+def setup(state_root: Path, workspace: str, tap: str, *, dns: tuple[str, ...] = (),
+          allow_host: bool = False) -> tuple[NatLease, str]:
     """Lease, TAP and rules, all or nothing; returns the lease and the firewall used.
+
+    ``dns`` (the guest's nameservers) and ``allow_host`` shape the rules (:mod:`.firewall`).
 
     :raises PolicyDenied: missing privilege or ip_forward (nothing changed).
     """
@@ -169,7 +183,7 @@ def setup(state_root: Path, workspace: str, tap: str) -> tuple[NatLease, str]:
     lease = allocate(state_root, workspace)
     try:
         create_tap(tap, lease)
-        firewall.add_rules(rule_owner(workspace, tap), tap, lease, kind)
+        firewall.add_rules(rule_owner(workspace, tap), tap, lease, kind, dns=dns, allow_host=allow_host)
     except BaseException:
         teardown(workspace, tap)
         raise

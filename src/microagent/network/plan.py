@@ -1,12 +1,12 @@
 """What a network mode means for one workspace (pure: no I/O).
 
 ``isolated``: no NIC at all, only ``lo``.  ``user``: egress without host
-firewall changes, through QEMU's built-in slirp or through pasta in a network
-namespace of the workspace's own (:mod:`.pasta`; firecracker's only way);
-either way the guest is 10.0.2.15/24 behind the gateway 10.0.2.2, which also
-reaches the host's loopback.
+firewall changes, through pasta in a network namespace of the workspace's
+own (:mod:`.pasta`), or QEMU's built-in slirp when asked for (unfiltered);
+either way the guest is 10.0.2.15/24 behind the gateway 10.0.2.2.
 ``nat``: a TAP per workspace on a /30 the project allocates; the host end is
 ``.1``, the guest ``.2``; masquerade in the project's own nftables table.
+What either may reach: :mod:`.egress`.
 
 The guest learns its addressing from the per-boot config (docs/protocol.md);
 this module produces that ``network`` object.
@@ -68,6 +68,8 @@ class NetworkPlan:
     namespace: str = ""
     #: ``nat``: the tool holding the rules (``nft`` or ``iptables``)
     firewall: str = ""
+    #: the guest may reach the host through its gateway (network/egress.py)
+    allow_host_loopback: bool = False
 
     def guest_config(self) -> dict[str, Any]:
         """The ``network`` object of the per-boot config."""
@@ -100,6 +102,10 @@ class NetworkPlan:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode}
+        if self.mode != "isolated":
+            # slirp cannot filter: its guest reaches the host's loopback and every network
+            out.update(allowHostLoopback=self.allow_host_loopback or self.provider == "slirp",
+                       filtered=self.provider != "slirp")
         if self.mode == "user":
             out.update(provider=self.provider or "slirp", guestAddress=USER_GUEST_ADDRESS,
                        gateway=USER_GATEWAY, dns=[USER_DNS])

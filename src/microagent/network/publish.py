@@ -49,10 +49,14 @@ def parse_publish(spec: str) -> PortForward:
     return PortForward(hostPort=ports[0], guestPort=ports[1], host=host, protocol="tcp")
 
 
-def check_network(mode: str, publish: tuple[PortForward, ...]) -> None:
-    """:raises InvalidRequest: unknown mode, duplicate host ports, or publishing from isolated."""
+def check_network(mode: str, publish: tuple[PortForward, ...], allow_host_loopback: bool = False) -> None:
+    """:raises InvalidRequest: unknown mode, duplicate host ports, or publishing (or host access)
+    from isolated."""
     if mode not in NETWORK_MODES:
         raise InvalidRequest(f"unknown network mode {mode!r}", f"use one of: {', '.join(NETWORK_MODES)}")
+    if allow_host_loopback and mode == "isolated":
+        raise InvalidRequest("--allow-host-loopback needs a network: an isolated workspace has no path in "
+                             "or out", "add --network user (or nat)")
     if publish and mode == "isolated":
         raise InvalidRequest("published ports cannot be used with network mode isolated: an isolated "
                              "workspace has no path in or out", "use --network user or --network nat")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from microagent.errors import Permanent
+from microagent.fsutil import atomic_write
 from microagent.network.plan import NetworkPlan, host_nameservers, tap_name
 from microagent.runtime_state import RuntimeDir, read_json, write_json_atomic
 from microagent.vmkit.types import Config
@@ -70,24 +71,22 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
 
     check(cfg, user_provider)
     attachment = Attachment(NetworkPlan(mode=cfg.network.mode,
-                                        provider=user_provider if cfg.network.mode == "user" else ""))
+                                        provider=user_provider if cfg.network.mode == "user" else "",
+                                        allow_host_loopback=cfg.network.allowHostLoopback))
     try:
         for fwd in cfg.network.portForwards:
             attachment.listeners.append((bind_listener(fwd.host, fwd.hostPort), fwd.guestPort))
+        allow_host = cfg.network.allowHostLoopback
         if cfg.network.mode == "nat":
             from microagent.network import nat
 
             tap = tap_name(rt.path)
-            state_root = Path(cfg.stateDir)
-            lease, kind = nat.setup(state_root, workspace, tap)
-            try:
-                resolv = Path("/etc/resolv.conf").read_text()
-            except OSError:
-                resolv = ""
-            attachment.plan = NetworkPlan(mode="nat", tap=tap, lease=lease, dns=host_nameservers(resolv),
-                                          firewall=kind)
+            dns = host_nameservers(_resolv_conf())
+            lease, kind = nat.setup(Path(cfg.stateDir), workspace, tap, dns=dns, allow_host=allow_host)
+            attachment.plan = NetworkPlan(mode="nat", tap=tap, lease=lease, dns=dns, firewall=kind,
+                                          allow_host_loopback=allow_host)
         elif cfg.network.mode == "user" and user_provider == "pasta":
-            attachment.plan, attachment.record = _attach_pasta(rt, workspace)
+            attachment.plan, attachment.record = _attach_pasta(rt, workspace, allow_host)
     except BaseException:
         attachment.close_listeners()
         raise
@@ -100,30 +99,32 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
     return attachment
 
 
-def _attach_pasta(rt: RuntimeDir, workspace: str) -> tuple[NetworkPlan, dict[str, Any]]:
+def _attach_pasta(rt: RuntimeDir, workspace: str, allow_host: bool) -> tuple[NetworkPlan, dict[str, Any]]:
     """The workspace's namespace with the VMM's TAP, and pasta attached to it."""
     from microagent.network import pasta
 
     namespace = pasta.namespace_name(rt.path)
     pasta.create(namespace)
     try:
-        record = _start_pasta(rt, namespace)
+        record = _start_pasta(rt, namespace, allow_host)
     except BaseException:
         pasta.delete(namespace)
         raise
-    return NetworkPlan(mode="user", provider="pasta", namespace=namespace, tap=pasta.VMM_TAP), record
+    return NetworkPlan(mode="user", provider="pasta", namespace=namespace, tap=pasta.VMM_TAP,
+                       allow_host_loopback=allow_host), record
 
 
-def _start_pasta(rt: RuntimeDir, namespace: str) -> dict[str, Any]:
+def _start_pasta(rt: RuntimeDir, namespace: str, allow_host: bool) -> dict[str, Any]:
     """pasta attached to ``namespace`` and wired to the VMM's TAP; its PID and start time."""
     from microagent.host import process
     from microagent.network import pasta
 
     log = rt.path / "pasta.log"
-    proc = process.spawn_detached(pasta.pasta_argv(namespace, rt.path / "pasta.pid", pasta.pasta_binary() or "pasta"),
-                                  cwd=rt.path, log_path=log)
+    argv = pasta.pasta_argv(namespace, rt.path / "pasta.pid", pasta.pasta_binary() or "pasta",
+                            map_host_loopback=allow_host, dns_host=pasta.host_resolver(_resolv_conf()))
+    proc = process.spawn_detached(argv, cwd=rt.path, log_path=log)
     try:
-        pasta.wait_for_pasta(namespace, proc, log)
+        pasta.wait_for_pasta(namespace, proc, log, allow_gateway=allow_host)
         ref = process.ref_for(proc.pid)
     except BaseException:
         if proc.poll() is None:
@@ -131,6 +132,13 @@ def _start_pasta(rt: RuntimeDir, namespace: str) -> dict[str, Any]:
         proc.wait()
         raise
     return {"pastaPid": ref.pid, "pastaStarttime": ref.starttime}
+
+
+def _resolv_conf() -> str:
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
 
 
 def revive(rt: RuntimeDir) -> list[str]:
@@ -147,7 +155,7 @@ def revive(rt: RuntimeDir) -> list[str]:
     ref = process.ProcessRef(int(recorded.get("pastaPid") or 0), int(recorded.get("pastaStarttime") or 0))
     if process.is_alive(ref) or not pasta.exists(str(recorded["namespace"])):
         return []
-    recorded.update(_start_pasta(rt, str(recorded["namespace"])))
+    recorded.update(_start_pasta(rt, str(recorded["namespace"]), bool(recorded.get("allowHostLoopback"))))
     write_json_atomic(rt.path / "network.json", recorded)
     return ["pasta"]
 
@@ -178,9 +186,7 @@ def write_config_disk(rt: RuntimeDir, hostname: str, network: dict[str, Any], en
         raise Permanent(f"the per-boot config ({len(doc)} bytes) does not fit the {CONFIG_DISK_BYTES // 1024} KiB "
                         "config disk", "pass fewer or shorter -e values")
     path = rt.path / "config.disk"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(doc + b"\0" * (CONFIG_DISK_BYTES - len(doc)))
-    tmp.replace(path)
+    atomic_write(path, doc + b"\0" * (CONFIG_DISK_BYTES - len(doc)))  # 0600: it carries -e values
     return path
 
 

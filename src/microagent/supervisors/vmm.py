@@ -32,11 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import microagent.serial_log as serial_log
 from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient
 from microagent.host import process
+from microagent.paths import require_private_root, workspace_dir
 from microagent.supervisors import netattach
 from microagent.supervisors.base import Backend
-from microagent.runtime_state import RuntimeDir, write_json_atomic
+from microagent.runtime_state import RuntimeDir, locate_runtime_dir, write_json_atomic
 from microagent.vmkit.types import Config, Event, Request, Response, now_rfc3339, to_wire
 
 STOP_GRACE_S = 5.0
@@ -46,8 +48,13 @@ LIVE_STATES = ("starting", "running", "quarantined", "paused", "stopping")
 
 
 def runtime_dir_for(request: Request) -> RuntimeDir:
+    """``<stateDir>/run/<name>`` (an earlier layout's directory moved there when at rest).
+
+    :raises PolicyDenied: when another user owns or can write to the state directory.
+    """
     assert request.config is not None and request.identity is not None
-    return RuntimeDir(Path(request.config.stateDir) / request.identity.runtimeID)
+    root = require_private_root(Path(request.config.stateDir))
+    return RuntimeDir(locate_runtime_dir(root, request.identity.runtimeID))
 
 
 def _ref(runtime: dict[str, Any] | None, pid_key: str = "pid",
@@ -164,7 +171,8 @@ class VMMBackend(Backend):
                       listeners: list[tuple[socket.socket, int]] | None = None) -> process.ProcessRef:
         """The channel helper; it inherits the published ports' listening sockets."""
         argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
-                "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}"]
+                "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
+                "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes())]
         for sock, guest_port in listeners or []:
             argv += ["--publish", f"{sock.fileno()}:{guest_port}"]
         proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log",
@@ -205,8 +213,7 @@ class VMMBackend(Backend):
                                                    self.guest_network(attachment, name), cfg.env)
                 cfg = dataclasses.replace(cfg, configDiskPath=str(disk))
                 request = dataclasses.replace(request, config=cfg)
-            with open(rt.serial_log, "ab") as log:
-                log.write(f"\n[microagent] boot {now_rfc3339()} backend={self.name}\n".encode())
+            serial_log.start_new_boot(rt.serial_log, f"[microagent] boot {now_rfc3339()} backend={self.name}\n")
             started = time.monotonic()
             deadline = started + cfg.timeoutSeconds
             proc, argv = self.spawn(request, rt, ctx)
@@ -474,6 +481,9 @@ class VMMBackend(Backend):
                 severed.append(name)
         severed += self.sever(rt)
         severed += self.detach_network(rt, self._name(request))  # TAP and firewall rules
+        # the helper kept serial.log capped; the guest still writes to it
+        process.spawn_detached(serial_log.watcher_argv(sys.executable, rt.serial_log, serial_log.cap_bytes(), ref.pid),
+                               cwd=rt.path, log_path=rt.path / "router.log")
         event = self.record(rt, request, "quarantined",
                             f"severed: {', '.join(severed) or 'nothing left'}; pid {ref.pid} kept")
         return Response(ok=True, backend=self.name, event=event, runtime={"pid": ref.pid, "alive": True})
@@ -508,7 +518,7 @@ class VMMBackend(Backend):
                            "stop or kill it before delete", "use kill, or delete -f")
         self._teardown(rt, kill_vmm=False)
         assert request.config is not None and request.identity is not None
-        ws = Path(request.config.stateDir) / "workspaces" / name
+        ws = workspace_dir(Path(request.config.stateDir), name)
         existed = rt.path.exists() or ws.exists()
         shutil.rmtree(rt.path, ignore_errors=True)
         shutil.rmtree(ws, ignore_errors=True)

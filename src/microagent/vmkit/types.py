@@ -39,12 +39,12 @@ COMMANDS = COMMANDS_NEEDING_NOTHING | COMMANDS_NEEDING_FULL_CONFIG | COMMANDS_NE
 
 MEMORY_MIB_RANGE = (64, 1024 * 1024)
 CPU_RANGE = (1, 64)
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def is_safe_name(name: str) -> bool:
     """A workspace/runtime name usable as a path basename and hostname stem."""
-    return bool(_SAFE_NAME.match(name)) and name not in (".", "..")
+    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name))
 
 
 def now_rfc3339() -> str:
@@ -87,6 +87,8 @@ class PortForward:
 class Network:
     mode: str = "isolated"
     portForwards: tuple[PortForward, ...] = ()
+    #: the guest may reach the host through its gateway (off: see network/egress.py)
+    allowHostLoopback: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,8 +294,14 @@ def _parse_network(f: _Fields | None) -> Network:
             "network.portForwards cannot be used with network mode isolated",
             "use --network user or nat to publish ports",
         )
+    allow_host = f.get("allowHostLoopback")
+    if allow_host is not None and not isinstance(allow_host, bool):
+        raise InvalidRequest(f"{f.where}.allowHostLoopback must be a boolean, got {_type_name(allow_host)}")
+    if allow_host and mode == "isolated":
+        raise InvalidRequest("network.allowHostLoopback cannot be used with network mode isolated",
+                             "use --network user or nat")
     f.done()
-    return Network(mode=mode, portForwards=tuple(forwards))
+    return Network(mode=mode, portForwards=tuple(forwards), allowHostLoopback=bool(allow_host))
 
 
 def _parse_config(f: _Fields, *, full: bool) -> Config:

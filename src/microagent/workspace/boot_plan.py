@@ -47,8 +47,10 @@ class BootPlan:
 
     def materialize_disk(self, progress: "PullProgress | None" = None) -> Path:
         """Pull and build (or reuse) the base disk and copy it for this workspace."""
+        from microagent.fsutil import private_dir
         from microagent.images.ext4 import copy_disk
 
+        private_dir(self.disk_path.parent)
         self.image = resolve_image(self.image_ref, self.state_root, self.guest_init, progress=progress)
         return copy_disk(self.image.disk, self.disk_path)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from microagent.paths import runtime_dir
+from microagent.runtime_state import locate_runtime_dir
 
 CONTROL_SOCKET = "control.sock"
 CONTROL_JSON = "control.json"
@@ -20,7 +20,7 @@ CHANNEL_SOCKET = "channel.sock"
 
 def guest_channel_path(state_root: Path, name: str) -> Path:
     """The helper's ``control.sock`` or ``control.json`` when it serves one, else ``channel.sock``."""
-    rt = runtime_dir(state_root, name)
+    rt = locate_runtime_dir(state_root, name)
     for endpoint in (CONTROL_SOCKET, CONTROL_JSON):
         if (rt / endpoint).exists():
             return rt / endpoint
@@ -29,5 +29,5 @@ def guest_channel_path(state_root: Path, name: str) -> Path:
 
 def has_helper(state_root: Path, name: str) -> bool:
     """Whether a host helper endpoint (many concurrent clients) is present."""
-    rt = runtime_dir(state_root, name)
+    rt = locate_runtime_dir(state_root, name)
     return (rt / CONTROL_SOCKET).exists() or (rt / CONTROL_JSON).exists()

@@ -18,16 +18,19 @@ is gone, so a dead VMM is never reported as running.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microagent.durations import optional_seconds, seconds
 from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound
 from microagent.network.publish import check_network, parse_publish
-from microagent.paths import runtime_dir, state_root, workspace_dir
+from microagent.paths import state_root, workspace_dir
 from microagent.vmkit.types import Config, Network, is_safe_name, now_rfc3339
+from microagent.workspace import staging
 from microagent.workspace.lock import WorkspaceLock
 from microagent.workspace.manifest import (
     FileDigest,
@@ -44,6 +47,8 @@ from microagent.workspace.supervisor_client import SupervisorClient
 
 DEFAULT_IMAGE = "builtin:busybox"
 DEFAULT_BOOT_TIMEOUT_S = 60.0
+#: ``logs`` reads at most this much of the end of serial.log unless asked for more.
+DEFAULT_LOG_TAIL_BYTES = 1024 * 1024
 
 
 def check_name(name: str) -> str:
@@ -57,10 +62,14 @@ def check_name(name: str) -> str:
 
 
 def check_env(env: Sequence[str]) -> tuple[str, ...]:
-    """:raises InvalidRequest: for an entry that is not ``K=V``."""
+    """The one check of ``-e`` entries (create, run, exec, SDK).
+
+    :raises InvalidRequest: for an entry that is not ``K=V``.
+    """
     for item in env:
         if "=" not in item or item.startswith("="):
-            raise InvalidRequest(f"environment entry {item!r} is not K=V", "pass -e KEY=VALUE")
+            raise InvalidRequest(f"environment entry {item!r} is not K=V",
+                                 "pass -e KEY=VALUE (an empty value is KEY=)")
     return tuple(env)
 
 
@@ -140,7 +149,9 @@ class WorkspaceStore:
 
 
     def runtime_path(self, name: str) -> Path:
-        return runtime_dir(self.root, name)
+        from microagent.runtime_state import locate_runtime_dir
+
+        return locate_runtime_dir(self.root, name)
 
     # ------------------------------------------------------------ observing
 
@@ -199,11 +210,16 @@ class WorkspaceStore:
     def create(self, name: str, *, image: str = DEFAULT_IMAGE, profile: str | None = None,
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
                env: Sequence[str] = (), network: str = "isolated", publish: Sequence[str] = (),
-               backend: str | None = None) -> Manifest:
+               allow_host_loopback: bool = False, backend: str | None = None) -> Manifest:
         """Build the workspace's disk and manifest and prepare it (state ``prepared``).
 
         Nothing is built until every input checked out: name, profile,
         overrides, env, network mode, backend, image reference, kernel, guest init.
+
+        All or nothing: the disk and manifest are built in a staging directory and
+        published with one rename after the supervisor prepared the runtime state;
+        a create killed midway leaves only a staging dir that the next create,
+        ``list`` or ``gc`` removes (see :mod:`.staging`).
 
         :raises InvalidRequest: unsafe name, unknown profile, bad env or range.
         :raises Conflict: when a workspace (or runtime state) of that name exists.
@@ -212,46 +228,96 @@ class WorkspaceStore:
         :raises NotFound: kernel, guest init or host tool missing.
         """
         from microagent.workspace.boot_plan import plan_boot
-        from microagent.workspace.disk import grow_rootfs, size_mib
-        from microagent.workspace.profiles import check_overrides, get_profile, resolve_resources
 
-        check_name(name)
-        prof = get_profile(profile)
-        check_overrides(memory_mib, cpus, disk_size_mib)
-        env = check_env(env)
-        published = tuple(parse_publish(p) for p in publish)
-        check_network(network, published)
+        prof, env, published = self.check_create_input(
+            name, profile=profile, memory_mib=memory_mib, cpus=cpus, disk_size_mib=disk_size_mib, env=env,
+            network=network, publish=publish, allow_host_loopback=allow_host_loopback)
         plan = plan_boot(image, name, backend=backend, state_dir=self.root,
                          memory_mib=memory_mib or prof.memory_mib, cpus=cpus or prof.cpus,
                          boot_timeout=DEFAULT_BOOT_TIMEOUT_S)
-        with self.lock(name, "create"):
-            self._refuse_clash(name)
-            client = self.client(plan.backend)
+        lock = self.lock(name, "create")
+        with lock:
             try:
-                plan.materialize_disk()
-                res = resolve_resources(prof, size_mib(plan.image.disk), memory_mib=memory_mib,
-                                        cpus=cpus, disk_size_mib=disk_size_mib)
-                grow_rootfs(plan.disk_path, res.diskSizeMiB)
-                img = plan.image
-                manifest = Manifest(
-                    name=name,
-                    image=ImageRecord(image, img.digest, tuple(img.config.env), img.config.working_dir,
-                                      img.config.user, img.config.stop_signal_number()),
-                    backend=plan.backend, profile=prof.name,
-                    memoryMiB=res.memoryMiB, cpuCount=res.cpuCount, diskSizeMiB=res.diskSizeMiB,
-                    createdAt=now_rfc3339(),
-                    verification=Verification(kernel=FileDigest.of(plan.kernel_path),
-                                              rootfsBase=FileDigest.of(img.disk),
-                                              init=FileDigest.of(plan.guest_init)),
-                    env=env, network=network, publish=published,
-                )
-                config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
-                client.send("prepare", name, config, timeout=120)
-                save_manifest(self.root, manifest)
+                return self._create_locked(name, plan, prof, env, published, image, memory_mib, cpus,
+                                           disk_size_mib, network, allow_host_loopback)
             except BaseException:
-                self._remove_quietly(client, name)
+                lock.unlink_on_release = not self.exists(name)  # a failed create leaves no lock file
                 raise
+
+    def _create_locked(self, name: str, plan: Any, prof: Any, env: tuple[str, ...], published: tuple[Any, ...],
+                       image: str, memory_mib: int | None, cpus: int | None, disk_size_mib: int | None,
+                       network: str, allow_host_loopback: bool) -> Manifest:
+        from microagent.workspace.disk import grow_rootfs, size_mib
+        from microagent.workspace.profiles import check_host_fit, resolve_resources
+
+        staging.reap(self.root, name, locked=True)
+        self._refuse_clash(name)
+        client = self.client(plan.backend)
+        # Built out of sight and published with one rename: a create killed at any
+        # point leaves a staging dir (reaped later), never a half-made workspace.
+        stage = staging.make(self.root, name)
+        prepared = False
+        try:
+            disk = self._stage_disk(plan, stage)
+            res = resolve_resources(prof, size_mib(plan.image.disk), memory_mib=memory_mib,
+                                    cpus=cpus, disk_size_mib=disk_size_mib)
+            check_host_fit(None, None, res.diskSizeMiB, self.root)
+            grow_rootfs(disk, res.diskSizeMiB)
+            img = plan.image
+            manifest = Manifest(
+                name=name,
+                image=ImageRecord(image, img.digest, tuple(img.config.env), img.config.working_dir,
+                                  img.config.user, img.config.stop_signal_number()),
+                backend=plan.backend, profile=prof.name,
+                memoryMiB=res.memoryMiB, cpuCount=res.cpuCount, diskSizeMiB=res.diskSizeMiB,
+                createdAt=now_rfc3339(),
+                verification=Verification(kernel=FileDigest.of(plan.kernel_path),
+                                          rootfsBase=FileDigest.of(img.disk),
+                                          init=FileDigest.of(plan.guest_init)),
+                env=env, network=network, publish=published, allowHostLoopback=allow_host_loopback,
+            )
+            save_manifest(self.root, manifest, directory=stage)
+            config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
+            prepared = True
+            # The supervisor checks the disk it is given; every start passes the published path.
+            client.send("prepare", name, dataclasses.replace(config, rootfsPath=str(disk)), timeout=120)
+            staging.publish(stage, workspace_dir(self.root, name))
+        except BaseException:
+            if prepared and not self.exists(name):
+                self._remove_quietly(client, name)
+            staging.remove(stage)
+            raise
         return manifest
+
+    def check_create_input(self, name: str, *, profile: str | None = None, memory_mib: int | None = None,
+                           cpus: int | None = None, disk_size_mib: int | None = None, env: Sequence[str] = (),
+                           network: str = "isolated", publish: Sequence[str] = (),
+                           allow_host_loopback: bool = False) -> tuple[Any, tuple[str, ...], tuple[Any, ...]]:
+        """Every check of a create's input that needs no image, kernel or backend.
+
+        :returns: the profile, the env and the parsed port publications.
+        :raises InvalidRequest: unsafe name, unknown profile, bad env, a resource
+            this host cannot give, bad network mode or publication.
+        """
+        from microagent.workspace.profiles import check_host_fit, get_profile
+
+        check_name(name)
+        prof = get_profile(profile)
+        check_host_fit(memory_mib if memory_mib is not None else prof.memory_mib,
+                       cpus if cpus is not None else prof.cpus, disk_size_mib, self.root)
+        env = check_env(env)
+        published = tuple(parse_publish(p) for p in publish)
+        check_network(network, published, allow_host_loopback)
+        return prof, env, published
+
+    @staticmethod
+    def _stage_disk(plan: Any, stage: Path) -> Path:
+        """The image's base disk (pulled and built, or cached), copied into ``stage``."""
+        from microagent.images.ext4 import copy_disk
+        from microagent.images.resolve import resolve_image
+
+        plan.image = resolve_image(plan.image_ref, plan.state_root, plan.guest_init)
+        return copy_disk(plan.image.disk, stage / plan.disk_path.name)
 
     def _refuse_clash(self, name: str) -> None:
         if manifest_path(self.root, name).exists():
@@ -287,7 +353,8 @@ class WorkspaceStore:
             hostname=manifest.name,
             timeoutSeconds=boot_timeout,
             env=(*manifest.image.env, *manifest.env),
-            network=Network(mode=manifest.network, portForwards=manifest.publish),
+            network=Network(mode=manifest.network, portForwards=manifest.publish,
+                            allowHostLoopback=manifest.allowHostLoopback),
             stopSignal=manifest.image.stop_signal,
         )
 
@@ -299,11 +366,13 @@ class WorkspaceStore:
         :raises NotFound: unknown workspace, or its kernel/guest init is gone.
         :raises Conflict: when its state does not allow a start (naming it).
         :raises Transient: when the guest does not come up in time (VM killed).
+        :raises Permanent: for a ``boot_timeout`` that is not a finite, non-negative number.
         """
         from microagent.guestinit import find_guest_init
         from microagent.kernels import ensure_initramfs
         from microagent.paths import host_arch
 
+        boot_timeout = seconds(boot_timeout, "boot_timeout")
         manifest = self.manifest(name)
         kernel = Path(manifest.verification.kernel.path)
         if not kernel.is_file():
@@ -338,12 +407,32 @@ class WorkspaceStore:
                 raise Conflict(f"workspace {name} is failed and its VMM is not running; nothing to {op}",
                                f"start it again, or delete it with 'microagent delete {name}'",
                                state="failed", operation=op)
-            resp = self.client(manifest.backend).send(op, name, timeout=timeout)
+            try:
+                resp = self.client(manifest.backend).send(op, name, timeout=timeout)
+            except Conflict as exc:
+                raise self._went_down_meanwhile(name, op, manifest.backend, observed) or exc from exc
         runtime = dict(resp.runtime or {})
         return Transition(name, op, observed.state,
                           WorkspaceState.parse(resp.event.state if resp.event else "unknown"),
                           detail=resp.event.detail if resp.event else "",
                           pid=runtime.get("pid", observed.pid), runtime=runtime or None)
+
+    def _went_down_meanwhile(self, name: str, op: str, backend: str, before: Observed) -> Conflict | None:
+        """When the VM ended on its own between our inspect and the supervisor's command
+        (a guest poweroff, a crash), say so: the supervisor only saw "not running"."""
+        if not before.alive:
+            return None
+        try:
+            now = self.inspect(name, backend)
+        except MicroagentError:
+            return None
+        if now.alive:
+            return None
+        why = f" ({now.detail})" if now.detail else ""
+        return Conflict(f"workspace {name} went down on its own while {op} was starting: its VMM "
+                        f"(pid {before.pid}) exited and it is {now.state.value} now{why}; nothing to {op}",
+                        f"see why with 'microagent logs {name}'; start it again with 'microagent start {name}'",
+                        state=now.state.value, operation=op)
 
     def halt(self, name: str) -> Transition:
         """Clean shutdown through guest init (disk flushed): ``halted``.
@@ -389,6 +478,7 @@ class WorkspaceStore:
         check_name(name)
         lock = self.lock(name, "delete")
         with lock:
+            staging.reap(self.root, name, locked=True)
             has_manifest = manifest_path(self.root, name).is_file()
             has_runtime = self.runtime_path(name).exists()
             has_dir = workspace_dir(self.root, name).exists()
@@ -431,7 +521,12 @@ class WorkspaceStore:
     # ------------------------------------------------------------ list, wait
 
     def list(self, *, running_only: bool = False) -> list[dict[str, Any]]:
-        """Every workspace with its reconciled state (``running_only``: live VMs only)."""
+        """Every workspace with its reconciled state (``running_only``: live VMs only).
+
+        Also removes what killed creates left (:func:`.staging.reap`), so a name
+        that no workspace shows is a name ``create`` accepts.
+        """
+        staging.reap(self.root)
         out = []
         for m in list_manifests(self.root):
             try:
@@ -453,6 +548,8 @@ class WorkspaceStore:
         """
         from microagent.errors import ResourceExhausted
 
+        timeout = optional_seconds(timeout, "timeout")
+        poll_s = seconds(poll_s, "poll_s")
         manifest = self.manifest(name)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -487,18 +584,25 @@ class WorkspaceStore:
             if isinstance(doc, dict):
                 yield doc
 
-    def logs(self, name: str, *, follow: bool = False, poll_s: float = 0.2) -> Iterator[bytes]:
-        """The guest serial console log (``serial.log``) in chunks.
+    def logs(self, name: str, *, follow: bool = False, poll_s: float = 0.2,
+             max_bytes: int = DEFAULT_LOG_TAIL_BYTES) -> Iterator[bytes]:
+        """The guest serial console log (``serial.log``) in chunks: first (always) at most
+        its last ``max_bytes``, from a line start; then, with ``follow``, what the guest writes next.
 
         :raises NotFound: when the workspace does not exist.
         """
+        from microagent.serial_log import read_tail
+
         self.manifest(name)
         path = self.runtime_path(name) / "serial.log"
-        yield from _follow_bytes(path, follow, poll_s, lambda: manifest_path(self.root, name).is_file())
+        tail, size = read_tail(path, max_bytes)
+        yield tail
+        if follow:
+            yield from _follow_bytes(path, True, poll_s, lambda: manifest_path(self.root, name).is_file(),
+                                     offset=size)
 
 
-def _follow_bytes(path: Path, follow: bool, poll_s: float, still_there: Any) -> Iterator[bytes]:
-    offset = 0
+def _follow_bytes(path: Path, follow: bool, poll_s: float, still_there: Any, offset: int = 0) -> Iterator[bytes]:
     while True:
         try:
             with open(path, "rb") as fh:

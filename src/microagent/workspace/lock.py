@@ -62,8 +62,10 @@ class WorkspaceLock:
 
     def _open(self) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            from microagent.fsutil import PRIVATE_FILE_MODE, private_dir
+
+            private_dir(self.path.parent)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         except OSError as exc:
             raise Permanent(f"cannot open lock file {self.path}: {exc.strerror}",
                             "check permissions of the state directory") from exc

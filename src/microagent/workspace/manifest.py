@@ -5,7 +5,7 @@ Lives at ``<root>/workspaces/<name>/workspace.json`` beside the workspace's
 profile and resources, the per-boot env, the network mode, the creation
 time, and the verification record (path and sha256 of the kernel, the base
 root disk and the guest init) that ``status`` recomputes. Runtime facts
-(pid, state, sockets) are the supervisor's and live in ``<root>/<name>/``.
+(pid, state, sockets) are the supervisor's and live in ``<root>/run/<name>/``.
 
 Writes are atomic (temp file, fsync, rename).
 """
@@ -138,6 +138,7 @@ class Manifest:
     env: tuple[str, ...] = ()
     network: str = "isolated"
     publish: tuple[PortForward, ...] = ()
+    allowHostLoopback: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -153,7 +154,8 @@ class Manifest:
             "profile": self.profile,
             "resources": self.resources,
             "env": list(self.env),
-            "network": {"mode": self.network, "publish": [to_wire(p) for p in self.publish]},
+            "network": {"mode": self.network, "publish": [to_wire(p) for p in self.publish],
+                        **({"allowHostLoopback": True} if self.allowHostLoopback else {})},
             "createdAt": self.createdAt,
             "verification": self.verification.to_json(),
             **self.extra,
@@ -188,6 +190,7 @@ class Manifest:
                 publish=tuple(PortForward(hostPort=int(p["hostPort"]), guestPort=int(p["guestPort"]),
                                           host=str(p.get("host", "127.0.0.1")))
                               for p in net.get("publish") or ()),
+                allowHostLoopback=net.get("allowHostLoopback") is True,
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (TypeError, ValueError, KeyError) as exc:
@@ -195,12 +198,14 @@ class Manifest:
                             "delete the workspace and create it again") from exc
 
 
-def save_manifest(state_root: Path, manifest: Manifest) -> Path:
+def save_manifest(state_root: Path, manifest: Manifest, directory: Path | None = None) -> Path:
     """Write ``workspace.json`` atomically; returns its path.
 
+    :param directory: where to write it instead of the workspace's directory
+        (a create's staging directory, published later by a rename).
     :raises Permanent: when it cannot be written.
     """
-    path = manifest_path(state_root, manifest.name)
+    path = (directory / MANIFEST_NAME) if directory is not None else manifest_path(state_root, manifest.name)
     write_json_atomic(path, manifest.to_json())
     return path
 
@@ -227,7 +232,10 @@ def load_manifest(state_root: Path, name: str) -> Manifest:
 
 
 def list_manifests(state_root: Path) -> list[Manifest]:
-    """Every workspace with a readable manifest, sorted by name (others are skipped)."""
+    """Every workspace with a readable manifest, sorted by name (others are skipped).
+
+    Dot-directories (a create's staging place) are never workspaces.
+    """
     base = state_root / "workspaces"
     out = []
     try:
@@ -235,7 +243,7 @@ def list_manifests(state_root: Path) -> list[Manifest]:
     except FileNotFoundError:
         return []
     for entry in entries:
-        if (entry / MANIFEST_NAME).is_file():
+        if not entry.name.startswith(".") and (entry / MANIFEST_NAME).is_file():
             try:
                 out.append(load_manifest(state_root, entry.name))
             except (NotFound, Permanent):

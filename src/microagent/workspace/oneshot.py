@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from microagent.errors import InvalidRequest, MicroagentError
-from microagent.vmkit.types import Network
+from microagent.vmkit.types import Network, PortForward
 from microagent.workspace.boot_plan import BootPlan, plan_boot
 from microagent.workspace.channel_path import guest_channel_path
 from microagent.workspace.supervisor_client import SupervisorClient
@@ -69,7 +70,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         state_dir: str | Path | None = None, supervisor: str | None = None,
         stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False,
         network: str = "isolated", publish: list[str] | None = None,
-        progress: "PullProgress | None" = None) -> RunOutcome:
+        progress: "PullProgress | None" = None, allow_host_loopback: bool = False) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
 
     With an empty ``argv`` the image's Entrypoint + Cmd run, as ``docker run IMAGE`` does.
@@ -84,13 +85,12 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
 
     watch = _Stopwatch()
     name = f"run-{secrets.token_hex(4)}"
-    from microagent.network.publish import check_network, parse_publish
-
-    published = tuple(parse_publish(p) for p in publish or ())
-    check_network(network, published)
+    timeout, boot_timeout, published = check_run_input(
+        argv, env=env or (), timeout=timeout, memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout,
+        network=network, publish=publish or (), allow_host_loopback=allow_host_loopback)
     plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
                                memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout)
-    plan.network = Network(mode=network, portForwards=published)
+    plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback)
     watch.mark("prepare")
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)
     started = False
@@ -123,6 +123,33 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         client.send("delete", name)
         watch.mark("cleanup")
     return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total())
+
+
+def check_run_input(argv: Sequence[str], *, env: Sequence[str] = (), timeout: float | None = None,
+                    memory_mib: int = 512, cpus: int = 1, boot_timeout: float = 60.0,
+                    network: str = "isolated", publish: Sequence[str] = (),
+                    allow_host_loopback: bool = False) -> tuple[float | None, float, tuple[PortForward, ...]]:
+    """Every check of a run's input that needs no image, kernel or backend (the same
+    ranges and messages as ``create``).
+
+    :returns: the validated ``timeout`` and ``boot_timeout``, and the parsed publications.
+    :raises Permanent: a bad duration, env entry, resource, network mode or publication,
+        or an argv + env too large to send.
+    """
+    from microagent.durations import optional_seconds, seconds
+    from microagent.network.publish import check_network, parse_publish
+    from microagent.workspace.lifecycle import check_env
+    from microagent.workspace.profiles import check_host_fit
+    from microagent.workspace.sessions import check_command_size
+
+    checked_timeout = optional_seconds(timeout, "timeout")
+    checked_boot = seconds(boot_timeout, "boot_timeout")
+    check_host_fit(memory_mib, cpus)
+    env = check_env(env)
+    check_command_size(argv, env)
+    published = tuple(parse_publish(p) for p in publish)
+    check_network(network, published, allow_host_loopback)
+    return checked_timeout, checked_boot, published
 
 
 def _force_stop(client: SupervisorClient, name: str) -> None:

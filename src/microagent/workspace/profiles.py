@@ -12,11 +12,19 @@ large      4096        4     16384
 ``small`` is the default. Explicit ``--memory``/``--cpus``/``--disk-size``
 override the profile's value. A disk smaller than the image's base disk is
 refused (the root filesystem would not fit).
+
+Every entry point (``create``, ``run``, the SDK) checks the same ranges
+before it builds anything: :func:`check_overrides` for the values a profile
+may be overridden with, :func:`check_host_fit` for what this host can give
+(its memory, its CPUs, the size of the state filesystem), so a workspace
+that could never boot is refused at create, not at start.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from microagent.errors import InvalidRequest, ResourceExhausted
 
@@ -71,17 +79,72 @@ def get_profile(name: str | None) -> Profile:
                              f"use one of: {', '.join(PROFILES)}") from None
 
 
+MIN_MEMORY_MIB = 64
+#: The most vCPUs any backend accepts.
+MAX_CPUS = 64
+#: ext4 with 4 KiB blocks holds at most 16 TiB.
+MAX_DISK_MIB = 16 << 20
+
+
+def host_memory_mib() -> int:
+    """This host's physical memory in MiB (MemTotal): no VM can be given more."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    except (AttributeError, ValueError, OSError):
+        return 1 << 20
+
+
+def host_cpus() -> int:
+    """CPUs this process may run on: no VM gets more vCPUs than that."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check(what: str, value: int | None, low: int, high: int, unit: str = "") -> None:
+    if value is not None and not low <= value <= high:
+        raise InvalidRequest(f"{what} {value}{unit} is out of range", f"use {low}..{high}{unit}")
+
+
 def check_overrides(memory_mib: int | None, cpus: int | None, disk_size_mib: int | None) -> None:
-    """Range-check explicit overrides before anything is built.
+    """Range-check explicit overrides against the fixed limits (any host).
 
     :raises InvalidRequest: for out-of-range values.
     """
-    if memory_mib is not None and not 64 <= memory_mib <= 1 << 20:
-        raise InvalidRequest(f"memory {memory_mib} MiB is out of range", "use 64..1048576 MiB")
-    if cpus is not None and not 1 <= cpus <= 64:
-        raise InvalidRequest(f"cpu count {cpus} is out of range", "use 1..64")
-    if disk_size_mib is not None and disk_size_mib < 1:
-        raise InvalidRequest(f"disk size {disk_size_mib} MiB is out of range", "give a positive size in MiB")
+    _check("memory", memory_mib, MIN_MEMORY_MIB, 1 << 20, " MiB")
+    _check("cpu count", cpus, 1, MAX_CPUS)
+    _check("disk size", disk_size_mib, 1, MAX_DISK_MIB, " MiB")
+
+
+def filesystem_mib(path: Path) -> int:
+    """Total size of the filesystem holding ``path`` (its nearest existing ancestor), in MiB."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize // 2**20
+
+
+def check_host_fit(memory_mib: int | None, cpus: int | None, disk_size_mib: int | None = None,
+                   state_root: Path | None = None) -> None:
+    """Check resources against what this host can give, before anything is built.
+
+    Memory above MemTotal, more vCPUs than usable CPUs, or a (sparse) disk larger
+    than the whole state filesystem could never be served: refused here, with the range.
+
+    :raises InvalidRequest: naming the resource and the range this host allows.
+    """
+    _check("memory", memory_mib, MIN_MEMORY_MIB, max(MIN_MEMORY_MIB, min(1 << 20, host_memory_mib())), " MiB")
+    _check("cpu count", cpus, 1, min(MAX_CPUS, host_cpus()))
+    disk_max = MAX_DISK_MIB if state_root is None else min(MAX_DISK_MIB, filesystem_mib(state_root))
+    _check("disk size", disk_size_mib, 1, disk_max, " MiB")
 
 
 def resolve_resources(profile: Profile, base_disk_mib: int, *, memory_mib: int | None = None,

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from microagent.errors import InvalidRequest, MicroagentError, NotFound, Permanent, Transient
+from microagent.durations import optional_seconds
+from microagent.errors import InvalidRequest, MicroagentError, NotFound, Permanent, ResourceExhausted, Transient
 from microagent.vmkit.types import is_safe_name
 from microagent.workspace.channel_path import CHANNEL_SOCKET, guest_channel_path
 from microagent.workspace.lifecycle import WorkspaceStore
@@ -30,6 +31,31 @@ if TYPE_CHECKING:
     from microagent.channel.exec import OutputSink, StdinSource
 
 HELLO_TIMEOUT_S = 10.0
+MAX_COMMAND_BYTES = 256 << 10
+"""The most a command's argv and env may take (as sent, JSON-encoded): well inside one
+1 MiB channel frame, and inside what the guest kernel's execve takes. Larger input
+belongs on stdin or in a file."""
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def check_command_size(argv: Sequence[str], env: Mapping[str, str] | Sequence[str] = ()) -> None:
+    """Refuse an argv + env too large to send, before anything is sent.
+
+    :raises InvalidRequest: naming the size, the limit and the remedy.
+    """
+    import json
+
+    items = [f"{k}={v}" for k, v in env.items()] if isinstance(env, Mapping) else list(env)
+    size = len(json.dumps([*map(str, argv), *map(str, items)], ensure_ascii=False).encode())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidRequest(f"the command's argv and env are {_size(size)}; the limit is "
+                             f"{_size(MAX_COMMAND_BYTES)}",
+                             "pass large input on stdin (exec -i) or in a file "
+                             "(microagent cp FILE NAME:/path, then read it in the guest)")
+DEFAULT_OUTPUT_LIMIT = 16 << 20  # = microagent.channel.limits.DEFAULT_OUTPUT_LIMIT (not imported: CLI import cost)
 
 
 class GuestSession:
@@ -80,18 +106,23 @@ class GuestSession:
     def request(self, argv: Sequence[str], *, env: Mapping[str, str] | Sequence[str] = (),
                 workdir: str | None = None, user: str | None = None, timeout: float | None = None,
                 stdin: "StdinSource" = None, pty: bool = False, rows: int = 24, cols: int = 80,
-                term: str | None = None) -> "ExecRequest":
+                term: str | None = None, stdout_limit: int = 0, stderr_limit: int = 0) -> "ExecRequest":
         """An :class:`~microagent.channel.ExecRequest` with the image's defaults filled in.
 
+        :param stdout_limit: keep at most this many stdout bytes (0 = all).
+        :param stderr_limit: keep at most this many stderr bytes (0 = all).
         :raises InvalidRequest: for an empty argv or a malformed env entry.
         """
         from microagent.channel import ExecRequest
 
         if not argv:
             raise InvalidRequest("no command given", "put the command after --, e.g. exec NAME -- uname -a")
+        check_command_size(argv, env)
+        timeout = optional_seconds(timeout, "timeout")
         req = ExecRequest(argv=list(argv), env=env, cwd=workdir or self.manifest.image.workdir or None,
                           user=user or self.manifest.image.user or None, stdin=stdin, pty=pty,
-                          rows=rows, cols=cols, timeout_s=timeout or None)
+                          rows=rows, cols=cols, timeout_s=timeout or None,
+                          stdout_limit=stdout_limit, stderr_limit=stderr_limit)
         if term:
             req.term = term
         req.env_list()
@@ -107,25 +138,36 @@ class GuestSession:
     def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | Sequence[str] = (),
              workdir: str | None = None, user: str | None = None, timeout: float | None = None,
              stdin: "StdinSource" = None, stdout: "OutputSink | None" = None,
-             stderr: "OutputSink | None" = None) -> "ExecResult":
+             stderr: "OutputSink | None" = None,
+             output_limit: int | None = DEFAULT_OUTPUT_LIMIT) -> "ExecResult":
         """Run a command to completion.
 
         A command that cannot start is a result (``failed_to_start``, 126/127),
         one that runs out of ``timeout`` is ``timed_out`` (124).
 
+        :param output_limit: bytes kept of each stream collected in the
+            result (the rest is dropped, ``*_truncated`` says so); streams
+            given a sink are not limited; ``None`` or 0 keeps everything.
         :raises InvalidRequest: for an empty argv or a malformed env entry.
         :raises ChannelClosed: when the guest went away mid-command.
+        :raises ChannelTimeout: when the guest does not start the command, or
+            does not end it after ``timeout``, in time (a silent guest).
         """
-        req = self.request(argv, env=env, workdir=workdir, user=user, timeout=timeout, stdin=stdin)
+        limit = output_limit or 0
+        req = self.request(argv, env=env, workdir=workdir, user=user, timeout=timeout, stdin=stdin,
+                           stdout_limit=limit if stdout is None else 0,
+                           stderr_limit=limit if stderr is None else 0)
         return self.start_exec(req, stdout=stdout, stderr=stderr).wait()
 
     # ------------------------------------------------------------ files
 
     def put(self, guest_path: str, source: bytes | str | os.PathLike[str] | IO[bytes], *,
-            mode: int | None = None, mkdirs: bool = False) -> int:
+            mode: int | None = None, mkdirs: bool = False, idle_timeout: float | None = 60.0) -> int:
         """Write a guest file from bytes, a local path or a binary file; returns bytes written.
 
         :param mode: permission bits (default: the local file's, else 0644).
+        :param idle_timeout: seconds the guest may make no progress before
+            the copy fails with ``ChannelTimeout`` (``None``: wait forever).
         :raises NotFound: when a local source path is missing.
         :raises GuestError: when the guest refused (e.g. missing parent directory).
         """
@@ -138,18 +180,28 @@ class GuestSession:
                     mode = os.stat(source).st_mode & 0o7777
                 except FileNotFoundError:
                     raise NotFound(f"local file {os.fspath(source)} does not exist") from None
-        return put(self.conn, guest_path, source, mode=mode, mkdirs=mkdirs)
+        idle_timeout = optional_seconds(idle_timeout, "idle_timeout")
+        return put(self.conn, guest_path, source, mode=mode, mkdirs=mkdirs, idle_timeout=idle_timeout)
 
-    def get(self, guest_path: str, dest: str | os.PathLike[str] | None = None) -> "bytes | FileStat":
+    def get(self, guest_path: str, dest: str | os.PathLike[str] | None = None, *,
+            max_bytes: int | None = DEFAULT_OUTPUT_LIMIT, idle_timeout: float | None = 60.0) -> "bytes | FileStat":
         """Read a guest file: its bytes when ``dest`` is ``None``, else copy it to ``dest``.
 
+        The local copy gets the guest file's ``rwx`` bits less the umask
+        (never setuid, setgid or sticky); a symlink at ``dest`` is replaced.
+
+        :param max_bytes: without ``dest``, refuse files larger than this
+            (``ResourceExhausted``); ``None`` = no limit.
+        :param idle_timeout: seconds the guest may send nothing before the
+            copy fails with ``ChannelTimeout`` (``None``: wait forever).
         :raises GuestError: e.g. ``GuestNotFound``, or code ``is_directory``.
         """
         from microagent.channel.files import get, get_bytes
 
+        idle_timeout = optional_seconds(idle_timeout, "idle_timeout")
         if dest is None:
-            return get_bytes(self.conn, guest_path)
-        return get(self.conn, guest_path, dest)
+            return get_bytes(self.conn, guest_path, max_bytes=max_bytes, idle_timeout=idle_timeout)
+        return get(self.conn, guest_path, dest, idle_timeout=idle_timeout)
 
     # ------------------------------------------------------------ shells
 
@@ -160,8 +212,8 @@ class GuestSession:
 
         who = user or self.manifest.image.user or "root"
         try:
-            passwd = self.get("/etc/passwd")
-        except GuestError:
+            passwd = self.get("/etc/passwd", max_bytes=1 << 20)
+        except (GuestError, ResourceExhausted):
             return "/bin/sh"
         assert isinstance(passwd, bytes)
         for line in passwd.decode("utf-8", "replace").splitlines():
@@ -191,9 +243,12 @@ class GuestSession:
         from microagent.channel import ChannelTimeout, ExecRequest, ExecResult
 
         shell = self.user_shell(user)
+        timeout = optional_seconds(timeout, "timeout")
+        check_command_size([shell, "-c", line])
         req = ExecRequest(argv=[shell, "-c", line], stdin=True, pty=True, rows=rows, cols=cols,
                           user=user or self.manifest.image.user or None,
-                          cwd=self.manifest.image.workdir or None, timeout_s=timeout or None)
+                          cwd=self.manifest.image.workdir or None, timeout_s=timeout or None,
+                          stdout_limit=DEFAULT_OUTPUT_LIMIT if output is None else 0)
         collected = bytearray()
         sink = CRLFToLF(output if output is not None else collected.extend)
         handle = self.start_exec(req, stdout=sink, kind="shell")
@@ -268,6 +323,18 @@ def parse_cp_arg(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
+def check_cp_args(src: str, dst: str) -> tuple[tuple[str | None, str], tuple[str | None, str]]:
+    """Both sides of a ``cp`` parsed.
+
+    :raises InvalidRequest: for a relative guest path, or unless exactly one side names a workspace.
+    """
+    src_side, dst_side = parse_cp_arg(src), parse_cp_arg(dst)
+    if (src_side[0] is None) == (dst_side[0] is None):
+        raise InvalidRequest("cp needs exactly one side written as NAME:/path",
+                             "e.g. microagent cp ./file.txt ws1:/tmp/file.txt")
+    return src_side, dst_side
+
+
 def copy(store: WorkspaceStore, src: str, dst: str) -> dict[str, Any]:
     """``cp SRC DST`` with ``NAME:/path`` on exactly one side; regular files only.
 
@@ -278,11 +345,7 @@ def copy(store: WorkspaceStore, src: str, dst: str) -> dict[str, Any]:
     :raises NotFound: for a missing local source or guest file.
     :raises Conflict: unless the workspace is running.
     """
-    src_ws, src_path = parse_cp_arg(src)
-    dst_ws, dst_path = parse_cp_arg(dst)
-    if (src_ws is None) == (dst_ws is None):
-        raise InvalidRequest("cp needs exactly one side written as NAME:/path",
-                             "e.g. microagent cp ./file.txt ws1:/tmp/file.txt")
+    (src_ws, src_path), (dst_ws, dst_path) = check_cp_args(src, dst)
     if dst_ws is not None:
         local = Path(src_path)
         if not local.exists():

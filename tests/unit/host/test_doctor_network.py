@@ -28,9 +28,13 @@ def test_firecracker_user_is_pasta_with_its_fix(monkeypatch: pytest.MonkeyPatch)
     assert ok and detail.startswith("pasta in a network namespace per workspace")
 
 
-def test_qemu_user_is_slirp_unless_told_pasta(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qemu_user_is_pasta_and_slirp_is_flagged_unfiltered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pasta, "readiness", lambda: (False, "needs root; run as root"))
     monkeypatch.delenv("MICROAGENT_QEMU_USER_NETWORK", raising=False)
-    assert user_check("qemu")[:2] == (True, "qemu built-in user networking (slirp)")
+    assert user_check("qemu") == (False, "needs root", "run as root")
     monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "pasta")
     assert user_check("qemu") == (False, "needs root", "run as root")
+    monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "slirp")
+    ok, detail, fix = user_check("qemu")
+    assert not ok and "unfiltered" in detail and "host's loopback" in detail
+    assert "unset MICROAGENT_QEMU_USER_NETWORK" in fix

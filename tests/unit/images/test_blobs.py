@@ -29,7 +29,7 @@ def test_write_and_read(tmp_path: Path) -> None:
     assert list(store.digests()) == [_d(data)]
     assert store.put_bytes(b"x") == _d(b"x")
     assert store.write(None, [b"computed"]) == store.path(_d(b"computed"))
-    assert oct(path.stat().st_mode & 0o777) == oct(0o444)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o400)
 
 
 def test_mismatch_leaves_nothing(tmp_path: Path) -> None:

@@ -93,3 +93,41 @@ def test_hostile_layers_never_write_outside_the_root(spec: list[list[E]], compre
             st_ = os.lstat(root / p)
             assert not st_.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
             assert not p.rsplit("/", 1)[-1].startswith(".wh.")  # markers are never staged
+
+
+PAX_KEYS = ["mtime", "atime", "uid", "gid", "size", "path", "linkpath", "SCHILY.xattr.user.x",
+            "LIBARCHIVE.xattr.user.y", "GNU.sparse.map", "GNU.sparse.realsize", "GNU.sparse.size",
+            "GNU.sparse.major", "GNU.sparse.minor", "hdrcharset"]
+PAX_VALUES = ["0", "1", "-1", "inf", "-inf", "nan", "1e400", "-1e30", "9" * 400, "1.5", "", "a\x00b", "\udcff",
+              "0,4,2,4", "0,x", "1", "BINARY", "../x", "/etc/passwd", "x" * 300, "4294967295", "4294967296"]
+
+
+@st.composite
+def pax_entries(draw: st.DrawFn) -> E:
+    records = draw(st.dictionaries(st.sampled_from(PAX_KEYS), st.sampled_from(PAX_VALUES), max_size=4))
+    kind = draw(st.sampled_from(["file", "dir", "symlink", "char"]))
+    return E(draw(st.sampled_from(["f", "d/f", "x"])), kind, data=b"data" if kind == "file" else b"",
+             link="f" if kind == "symlink" else "", major=1, minor=3, pax=records)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(pax_entries(), min_size=1, max_size=6), st.sampled_from(["tar", "gzip"]))
+def test_hostile_pax_records_extract_or_refuse_cleanly(spec: list[E], compression: str) -> None:
+    """Whatever PAX records an entry carries: extracted, or a Permanent naming the layer; never a traceback."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        root = base / "root"
+        root.mkdir()
+        try:
+            lay = layer(base / "blobs", spec, compression)
+        except (ValueError, UnicodeError, OverflowError):
+            return  # tarfile itself refuses to write this header; nothing to read
+        try:
+            ledger = extract_layers([lay], root)
+        except Permanent as exc:
+            assert exc.kind == "permanent" and exc.remediation and lay.digest in exc.message
+            return
+        for rel in ledger.paths():
+            entry = ledger.get(rel)
+            assert entry is not None and 0 <= entry.uid < 2**32 and 0 <= entry.gid < 2**32
+        assert sorted(p.name for p in base.iterdir()) == ["blobs", "root"]

@@ -34,6 +34,27 @@ def test_pasta_forwards_no_port_and_uses_slirps_addressing() -> None:
     for flag in ("--tcp-ports", "--udp-ports", "--tcp-ns", "--udp-ns"):
         assert pairs[flag] == "none"  # published ports go over the channel, never through pasta
     assert "--config-net" not in argv  # the namespace itself gets no address: it only passes frames
+    assert "--no-map-gw" in argv and "--ipv4-only" in argv  # the gateway is not the host's loopback
+    opted_in = pasta.pasta_argv("microagent-0123456789", Path("/state/ws/pasta.pid"), map_host_loopback=True)
+    assert "--no-map-gw" not in opted_in and "--ipv4-only" in opted_in
+
+
+def test_guest_filters_let_through_dns_and_dhcp_then_refuse_private_ranges() -> None:
+    """The order is the policy: allows first, denied ranges next, then everything else (IPv4, ARP)."""
+    rules = [" ".join(f) for f in pasta.guest_filters(allow_gateway=False)]
+    redirected = [r for r in rules if "redirect dev pasta0" in r]
+    assert [r.split(" prio ")[1].split()[0] for r in rules] == sorted(
+        (r.split(" prio ")[1].split()[0] for r in rules), key=int)
+    assert "match ip dst 10.0.2.3/32 match ip dport 53 0xffff" in redirected[0]
+    assert all("match u8 0x45 0xff at 0 match u16 0 0x3fff at 6" in r for r in redirected[:3])
+    assert "match ip dst 10.0.2.2/32" not in " ".join(rules)
+    denied = [r.split("match ip dst ")[1].split()[0] for r in rules if "flowid" in r]
+    assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12",
+            "192.168.0.0/16", "224.0.0.0/4"} <= set(denied)
+    assert rules[-2].startswith("protocol ip prio 20") and rules[-1].startswith("protocol arp prio 21")
+    assert not any(r.startswith("protocol all") or "ipv6" in r for r in rules)  # IPv6 is never passed
+    opted_in = [" ".join(f) for f in pasta.guest_filters(allow_gateway=True)]
+    assert any("match ip dst 10.0.2.2/32 action mirred" in r for r in opted_in)
 
 
 def test_pasta_plan_starts_the_vmm_inside_the_namespace() -> None:
@@ -68,9 +89,22 @@ def test_qemu_user_provider_comes_from_the_environment(monkeypatch: pytest.Monke
     from microagent.supervisors.qemu.backend import QemuBackend
 
     monkeypatch.delenv("MICROAGENT_QEMU_USER_NETWORK", raising=False)
-    assert QemuBackend().user_provider() == "slirp" and FirecrackerBackend().user_provider() == "pasta"
-    monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "pasta")
-    assert QemuBackend().user_provider() == "pasta"
+    assert QemuBackend().user_provider() == "pasta" and FirecrackerBackend().user_provider() == "pasta"
+    monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "slirp")  # the unfiltered fallback, asked for
+    assert QemuBackend().user_provider() == "slirp"
     monkeypatch.setenv("MICROAGENT_QEMU_USER_NETWORK", "vde")
     with pytest.raises(PolicyDenied, match="not a user network provider"):
         QemuBackend().user_provider()
+
+
+def test_pasta_is_told_the_hosts_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--dns`` given, pasta reads no resolver itself: the guest's queries went nowhere.
+    (Only a pasta that knows ``--dns-host`` is told: Debian 12's would refuse to start.)"""
+    monkeypatch.setattr(pasta, "knows_option", lambda binary, option: True)
+    assert pasta.host_resolver("# x\nnameserver fe80::1\nnameserver 127.0.0.53\nnameserver 10.0.0.2\n") == "127.0.0.53"
+    assert pasta.host_resolver("search example\n") == ""
+    argv = pasta.pasta_argv("microagent-0123456789", Path("/p.pid"), dns_host="127.0.0.53")
+    assert argv[argv.index("--dns-host") + 1] == "127.0.0.53"
+    assert "--dns-host" not in pasta.pasta_argv("microagent-0123456789", Path("/p.pid"))
+    monkeypatch.setattr(pasta, "knows_option", lambda binary, option: False)
+    assert "--dns-host" not in pasta.pasta_argv("microagent-0123456789", Path("/p.pid"), dns_host="127.0.0.53")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from microagent.fsutil import restrict_umask
 from microagent.host.detect import host_os
 from microagent.supervisors.base import Backend, serve
 from microagent.supervisors.foreign import ForeignHostBackend
@@ -25,4 +26,5 @@ def _factory() -> Backend:
 
 
 def main() -> None:
+    restrict_umask()  # the VMM's sockets and logs inherit it: the user's alone
     sys.exit(serve(_factory, "apple-vf"))

@@ -40,7 +40,7 @@ from microagent.supervisors.base import Backend
 from microagent.supervisors.hyperv import documents as docs
 from microagent.supervisors.hyperv.hcs import ComputeCore, HcsApi
 from microagent.supervisors.hyperv.helpers import HelperLauncher, default_launcher
-from microagent.runtime_state import RuntimeDir, read_json, write_json_atomic
+from microagent.runtime_state import RuntimeDir, locate_runtime_dir, read_json, write_json_atomic
 from microagent.vmkit.types import Event, Request, Response, now_rfc3339, to_wire
 
 STOP_GRACE_S = 5.0
@@ -69,7 +69,7 @@ class HyperVBackend(Backend):
 
     def _rt(self, request: Request) -> RuntimeDir:
         assert request.config is not None and request.identity is not None
-        return RuntimeDir(Path(request.config.stateDir) / request.identity.runtimeID)
+        return RuntimeDir(locate_runtime_dir(Path(request.config.stateDir), request.identity.runtimeID))
 
     def _name(self, request: Request) -> str:
         assert request.identity is not None

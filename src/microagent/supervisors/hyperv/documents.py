@@ -220,10 +220,10 @@ def endpoint_address(properties: dict[str, Any]) -> tuple[str, int, str]:
     configs = properties.get("IpConfigurations") or []
     for item in configs:
         ip = str(item.get("IpAddress", ""))
-        if re.match(r"^\d+\.\d+\.\d+\.\d+$", ip):
+        if re.fullmatch(r"^\d+\.\d+\.\d+\.\d+$", ip):
             prefix = int(item.get("PrefixLength") or NAT_PREFIX)
             mac = str(properties.get("MacAddress", "")).upper().replace(":", "-")
-            if not _MAC.match(mac):
+            if not _MAC.fullmatch(mac):
                 raise ValueError(f"HNS endpoint has no usable MAC address: {mac!r}")
             return ip, prefix, mac
     raise ValueError("HNS endpoint has no IPv4 address")
@@ -343,7 +343,7 @@ def check_shape(value: Any, shape: Any, where: str = "$") -> None:
         if not isinstance(value, dict) or not value:
             raise ShapeError(f"{where} must be a non-empty object")
         for key, sub in value.items():
-            if not re.match(shape.key, key):
+            if not re.fullmatch(shape.key, key):
                 raise ShapeError(f"{where} key {key!r} does not match {shape.key}")
             check_shape(sub, shape.value, f"{where}.{key}")
     elif isinstance(shape, ListOf):
@@ -355,7 +355,7 @@ def check_shape(value: Any, shape: Any, where: str = "$") -> None:
         if value not in shape.values:
             raise ShapeError(f"{where} must be one of {', '.join(shape.values)}, got {value!r}")
     elif isinstance(shape, Pattern):
-        if not isinstance(value, str) or not re.match(shape.regex, value):
+        if not isinstance(value, str) or not re.fullmatch(shape.regex, value):
             raise ShapeError(f"{where} must match {shape.regex}, got {value!r}")
     elif shape is int:
         if not isinstance(value, int) or isinstance(value, bool):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from microagent.fsutil import restrict_umask
 from microagent.host.detect import host_os
 from microagent.supervisors.base import Backend, serve
 from microagent.supervisors.foreign import ForeignHostBackend
@@ -23,4 +24,5 @@ def _factory() -> Backend:
 
 
 def main() -> None:
+    restrict_umask()  # the VMM's sockets and logs inherit it: the user's alone
     sys.exit(serve(_factory, "windows-hyperv"))

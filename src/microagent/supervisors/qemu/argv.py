@@ -4,9 +4,16 @@
 hardware KVM, TCG otherwise (DESIGN.md §2).  Paths of sockets and logs are
 relative: QEMU runs with the runtime directory as its cwd, which keeps Unix
 socket paths short whatever the state directory is.
+
+Disks are ``-blockdev`` JSON, never ``-drive``: QEMU's option syntax splits
+on commas (a path containing ``,file=/etc/shadow`` would open that file) and
+reads ``proto:`` prefixes; in JSON a path is only a file name.  ``-kernel``
+and ``-initrd`` take plain file names.
 """
 
 from __future__ import annotations
+
+import json
 
 from microagent.vmkit.types import Config
 
@@ -27,6 +34,15 @@ def kernel_cmdline(cfg: Config, hostname: str) -> str:
     return " ".join(parts)
 
 
+def blockdev(node: str, path: str, *, read_only: bool, discard: bool = False) -> list[str]:
+    """A raw disk image as a ``-blockdev`` JSON argument (node ``node``, for ``drive=``)."""
+    file: dict[str, object] = {"driver": "file", "filename": path, "read-only": read_only}
+    spec: dict[str, object] = {"driver": "raw", "node-name": node, "read-only": read_only, "file": file}
+    if discard:
+        file["discard"] = spec["discard"] = "unmap"
+    return ["-blockdev", json.dumps(spec), "-device", f"virtio-blk-device,drive={node}"]
+
+
 def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
               nic_args: list[str] | None = None) -> list[str]:
     """Every argument QEMU gets, in order; ``nic_args`` come from the network plan."""
@@ -43,18 +59,15 @@ def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
         "-append", kernel_cmdline(cfg, hostname),
         "-chardev", "file,id=serial0,path=serial.log,append=on",
         "-serial", "chardev:serial0",
-        "-drive", f"id=rootfs,file={cfg.rootfsPath},format=raw,if=none,cache=writeback,discard=unmap",
-        "-device", "virtio-blk-device,drive=rootfs",
+        *blockdev("rootfs", cfg.rootfsPath, read_only=False, discard=True),  # writeback cache: the default
     ]
     if cfg.initrdPath:
         argv += ["-initrd", cfg.initrdPath]
-    for disk in cfg.disks:
-        ro = ",readonly=on" if disk.mode == "ro" else ""
-        argv += ["-drive", f"id=disk-{disk.name},file={disk.path},format=raw,if=none{ro}",
-                 "-device", f"virtio-blk-device,drive=disk-{disk.name}"]
+    for index, disk in enumerate(cfg.disks):
+        # numbered, not named: a disk's name is the caller's text, and -device splits on commas
+        argv += blockdev(f"disk{index}", disk.path, read_only=disk.mode == "ro")
     if cfg.configDiskPath:
-        argv += ["-drive", f"id=config,file={cfg.configDiskPath},format=raw,if=none,readonly=on",
-                 "-device", "virtio-blk-device,drive=config"]
+        argv += blockdev("config", cfg.configDiskPath, read_only=True)
     argv += nic_args or []
     argv += [
         "-device", "virtio-serial-device,max_ports=2",

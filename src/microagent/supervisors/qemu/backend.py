@@ -5,10 +5,12 @@ module supplies the host checks, the command line (:mod:`.argv`), the
 channel transport (QEMU's virtio-serial chardev socket) and pause/resume
 through QMP.
 
-``--network user`` is QEMU's slirp unless ``MICROAGENT_QEMU_USER_NETWORK=pasta``
-is set: then QEMU runs in a namespace joined to the host by pasta, the path
-firecracker always takes (:mod:`microagent.network.pasta`), so that path can
-be exercised with a real guest on hosts where firecracker cannot boot one.
+``--network user`` runs QEMU in a namespace joined to the host by pasta, the
+path firecracker takes too (:mod:`microagent.network.pasta`): only there can
+the guest's destinations be filtered.  ``MICROAGENT_QEMU_USER_NETWORK=slirp``
+asks for QEMU's built-in slirp instead: no privilege needed, but unfiltered
+(the guest reaches the host's loopback through 10.0.2.2, the LAN and cloud
+metadata), so it is an explicit choice that doctor flags.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class QemuBackend(VMMBackend):
         return Response(ok=True, backend=self.name, host=doc)
 
     def user_provider(self) -> str:
-        provider = os.environ.get(USER_NETWORK_ENV, "") or "slirp"
+        provider = os.environ.get(USER_NETWORK_ENV, "") or "pasta"
         if provider not in ("slirp", "pasta"):
             raise PolicyDenied(f"{USER_NETWORK_ENV}={provider!r} is not a user network provider",
                                "set it to slirp or pasta, or unset it")

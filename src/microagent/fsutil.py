@@ -1,0 +1,126 @@
+"""Private files and directories, whatever the umask.
+
+Everything microagent keeps is its user's alone: directories 0700, files
+0600 (the per-boot config carries ``-e`` values; a VMM's control socket in a
+reachable directory is code execution as that user).  Modes are set
+explicitly rather than trusted to the caller's umask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+_user_umask: int | None = None  # the umask the process started with, before restrict_umask()
+
+
+def restrict_umask() -> None:
+    """Set the process umask to 077 (an entry point's first step), remembering the user's.
+
+    Sockets and logs a VMM creates follow the umask, so every process that
+    spawns one (CLI, supervisors, helpers) restricts it.  Files made *for*
+    the user outside the state root (``cp`` from a guest) still follow the
+    user's own umask: :func:`user_umask`.
+    """
+    global _user_umask
+    previous = os.umask(0o077)
+    if _user_umask is None:
+        _user_umask = previous
+
+
+def user_umask() -> int:
+    """The user's umask: as it was before :func:`restrict_umask`, else the current one."""
+    if _user_umask is not None:
+        return _user_umask
+    # /proc avoids os.umask's set-and-restore, which races with other threads creating files.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)
+    os.umask(old)
+    return old
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p`` where every directory created is 0700, and ``path`` itself is 0700.
+
+    Existing parents are left as they are; only ``path`` is tightened when it exists.
+    """
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass  # created meanwhile by another process: tightened below if it is ours
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+    for directory in (*missing, path):
+        if os.stat(directory).st_mode & 0o7777 != PRIVATE_DIR_MODE:
+            os.chmod(directory, PRIVATE_DIR_MODE)
+    return path
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Replace ``path`` with ``data``: a temp file in the same directory, written,
+    fsynced and renamed over it, then the directory fsynced.  Readers see the old
+    content or the new, never a mix; the file has ``mode`` from its first byte."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, AttributeError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def open_private_append(path: str | os.PathLike[str]) -> int:
+    """An ``O_APPEND`` descriptor on ``path``, created 0600 (an older file is tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
