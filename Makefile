@@ -12,6 +12,7 @@ demo: install
 	$(BIN)/microagent run builtin:busybox -- uname -a
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 install: host-deps venv guest firecracker pasta kernel

@@ -1,7 +1,8 @@
 """The one exception tree of microagent.
 
-Every error a user can see is a :class:`MicroagentError` with a ``kind`` from
-DESIGN.md §4 and a ``remediation`` line saying what to do next::
+Every error a user can see is a :class:`MicroagentError` with a ``kind`` (the
+wire names below, docs/supervisor-api.md "Response") and a ``remediation``
+line saying what to do next (docs/architecture.md, "Where each concern lives")::
 
     MicroagentError
     ├── NotFound            kind=not_found           (no such workspace, image, kernel)

@@ -100,6 +100,26 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_
     fsync_dir(path.parent)
 
 
+def overwrite_in_place(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Write ``data`` over ``path`` within the blocks it already has, for when the disk is
+    full and :func:`atomic_write` finds no room for its temp file.  Not atomic; ``False``
+    (nothing written) when ``data`` would need more space or the file cannot be opened."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_blocks * 512:
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
     try:

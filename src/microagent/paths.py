@@ -1,4 +1,4 @@
-"""Where microagent keeps its state (DESIGN.md §4, docs/state.md).
+"""Where microagent keeps its state (docs/state.md).
 
 Owns path arithmetic, plus the one check every entry point makes: the state
 root is ``--state-dir`` → ``MICROAGENT_STATE_DIR`` → ``~/.microagent``

@@ -1,33 +1,71 @@
 """The runtime directory of one workspace: ``<stateDir>/run/<name>/``.
 
-Owns the files a supervisor writes there (DESIGN.md §4, docs/state.md):
+Owns the files a supervisor writes there (docs/state.md):
 ``runtime.json`` (pid, sockets, config), ``event.json`` (latest event),
 ``events.jsonl`` (append-only timeline), ``serial.log``, ``result.json``.
 Every JSON write is atomic (temp file + fsync + rename); the directory is
 0700 and every file 0600 whatever the umask.  :func:`locate_runtime_dir`
 moves a directory of the earlier ``<stateDir>/<name>/`` layout forward.
+
+A full host disk (the state directory shares it with the VM's disk) must not
+stop a kill, stop or delete: a state record that finds no space for a temp
+file overwrites the old file in the blocks it already has when the new one
+fits, and is otherwise skipped (``best_effort``), to be reconciled with the
+process table by the next inspect.  The live facts come from the VMM.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from microagent.fsutil import atomic_write, open_private_append, private_dir
-from microagent.paths import STATE_ROOT_ENTRIES, legacy_runtime_dir, runtime_dir, workspace_dir
+from microagent.fsutil import (
+    atomic_write,
+    open_private_append,
+    overwrite_in_place,
+    private_dir,
+)
+from microagent.paths import (
+    STATE_ROOT_ENTRIES,
+    legacy_runtime_dir,
+    runtime_dir,
+    workspace_dir,
+)
 from microagent.vmkit.types import Event, Identity, to_wire
 
 #: Recorded states in which a VMM may be running from the directory (it must not move then).
 _VMM_MAY_RUN = frozenset({"starting", "running", "paused", "stopping", "quarantined", "failed"})
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """``data`` as JSON in ``path`` (0600), atomically; the directory is created 0700."""
-    private_dir(path.parent)
-    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_json_atomic(path: Path, data: Any, *, best_effort: bool = False) -> None:
+    """``data`` as JSON in ``path`` (0600), atomically; the directory is created 0700.
+
+    With no space for the temp file the old file is overwritten in place if the
+    new content fits in its blocks; failing that, ``best_effort`` skips the write
+    (logged on stderr) instead of raising.
+    """
+    payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    try:
+        private_dir(path.parent)
+        atomic_write(path, payload)
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        if overwrite_in_place(path, payload):
+            return
+        if not best_effort:
+            raise
+        sys.stderr.write(f"microagent: {path.name} not updated: the disk is full\n")
 
 
 def locate_runtime_dir(root: Path, name: str) -> Path:
@@ -106,26 +144,34 @@ class RuntimeDir:
     def create(self) -> None:
         private_dir(self.path)
 
-    def record(self, identity: Identity, state: str, detail: str = "", **runtime_updates: Any) -> Event:
-        """Set the workspace's state: ``runtime.json`` updated, then the event logged."""
+    def record(self, identity: Identity, state: str, detail: str = "", *, best_effort: bool = False,
+               **runtime_updates: Any) -> Event:
+        """Set the workspace's state: ``runtime.json`` updated, then the event logged.
+
+        ``best_effort``: on a full disk skip what cannot be written rather than raise.
+        """
         event = Event(identity=identity, state=state, detail=detail)
         runtime = self.runtime() or {}
         runtime.update(runtime_updates)
         runtime["state"] = state
         runtime["updatedAt"] = event.observedAt
-        self.write_runtime(runtime)
-        self.record_event(event)
+        write_json_atomic(self.runtime_json, runtime, best_effort=best_effort)
+        self.record_event(event, best_effort=best_effort)
         return event
 
-    def record_event(self, event: Event) -> None:
+    def record_event(self, event: Event, *, best_effort: bool = False) -> None:
         """Write ``event.json`` and append the event to ``events.jsonl``."""
         doc = to_wire(event)
-        write_json_atomic(self.event_json, doc)
-        fd = open_private_append(self.events_log)
+        write_json_atomic(self.event_json, doc, best_effort=best_effort)
         try:
-            os.write(fd, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"))
-        finally:
-            os.close(fd)
+            fd = open_private_append(self.events_log)
+            try:
+                os.write(fd, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if not (best_effort and no_space(exc)):
+                raise
 
     def runtime(self) -> dict[str, Any] | None:
         data = read_json(self.runtime_json)

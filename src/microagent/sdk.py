@@ -213,6 +213,15 @@ class Workspace:
         self.close()
         self._store.quarantine(self.name)
 
+    def pause(self) -> None:
+        """Stop the vcpus (memory and processes kept): ``paused``."""
+        self._store.pause(self.name)
+
+    def resume(self) -> None:
+        """Continue a paused VM, also one paused because the host disk was full
+        (``ResourceExhausted`` while it still is)."""
+        self._store.resume(self.name)
+
     def delete(self, *, force: bool = False) -> bool:
         """Delete disk and state; ``force`` kills a running VM first. False if it was already gone.
 

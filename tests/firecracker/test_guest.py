@@ -1,7 +1,8 @@
 """Guest-side checks through Firecracker: they need hardware KVM.
 
-On our PVM hosts (DESIGN.md §2) a Firecracker guest cannot boot, so every test
-here skips with the reason (shown by ``-ra`` and in the terminal summary).
+On our PVM hosts (docs/architecture.md, "Facts about our hosts") a Firecracker
+guest cannot boot, so every test here skips with the reason (shown by ``-ra``
+and in the terminal summary).
 Where hardware KVM exists they boot the built-in busybox image with
 ``readiness: "guest"`` and talk to guest init over vsock through the helper.
 """

@@ -6,10 +6,11 @@
     ├── ProtocolError         a frame or payload that breaks docs/protocol.md
     ├── VersionMismatch       the guest speaks another protocol version
     ├── SessionEnded          using a session after its EXIT/ERROR/CLOSE
-    └── GuestError            an ERROR frame from the guest (``code`` kept)
+    └── GuestError            an ERROR frame from the guest or its helper (``code`` kept)
         ├── GuestNotFound         code not_found          (also a NotFound)
         ├── GuestPermissionDenied code permission_denied  (also a PolicyDenied)
-        └── GuestConnectFailed    code connect_failed     (also a Transient)
+        ├── GuestConnectFailed    code connect_failed     (also a Transient)
+        └── GuestResourceExhausted code resource_exhausted (also a ResourceExhausted)
     Transient
     ├── ChannelClosed         (microagent.errors) the channel went away
     └── ChannelTimeout        a host-side wait on the channel ran out
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from microagent.errors import NotFound, Permanent, PolicyDenied, Transient
+from microagent.errors import NotFound, Permanent, PolicyDenied, ResourceExhausted, Transient
 
 __all__ = [
     "ChannelTimeout",
@@ -85,7 +86,18 @@ class GuestConnectFailed(GuestError, Transient):
     kind = "transient"
 
 
+class GuestResourceExhausted(GuestError, ResourceExhausted):
+    """``ERROR`` with code ``resource_exhausted`` (e.g. the VM is paused: host disk full)."""
+
+    kind = "resource_exhausted"
+
+    def __init__(self, code: str, message: str = "", remediation: str = "", **details: Any) -> None:
+        super().__init__(code, message, remediation, **details)
+        self.message = message or self.message  # the helper's words, not "guest error ..."
+
+
 _BY_CODE: dict[str, type[GuestError]] = {
+    "resource_exhausted": GuestResourceExhausted,
     "not_found": GuestNotFound,
     "permission_denied": GuestPermissionDenied,
     "connect_failed": GuestConnectFailed,

@@ -393,6 +393,7 @@ class ChannelConnection:
         self._hello_error: Exception | None = None
         self._hello_pending = False
         self._oob_logged = 0
+        self._guest_closed = ""  # the helper's word that the guest went away
         self.guest_hello: dict[str, Any] | None = None
         """The guest's ``HELLO`` object once the handshake succeeded."""
         self._reader = threading.Thread(target=self._read_loop, name=f"microagent-channel-{name}", daemon=True)
@@ -656,7 +657,10 @@ class ChannelConnection:
 
     def _read_loop(self) -> None:
         decoder = FrameDecoder()
-        reason = f"channel to {self.name} ended (guest went away)"
+        # A helper says "guest_closed" before it hangs up because the guest went away;
+        # an end without it is the helper itself dying (the guest may be fine).
+        reason = (f"the channel helper of {self.name} died (the guest may still be running); "
+                  "the next command starts a new helper")
         try:
             while True:
                 chunk = self._stream.read(_READ_SIZE)
@@ -673,7 +677,10 @@ class ChannelConnection:
             log.exception("channel reader for %s failed", self.name)
             reason = f"channel reader for {self.name} failed: {exc!r}"
         finally:
-            self._fail_all(ChannelClosed(reason, "check that the guest is running; reconnect to continue"))
+            if self._guest_closed:
+                reason = f"channel to {self.name} ended: {self._guest_closed}"
+            self._fail_all(ChannelClosed(reason, "check the workspace with 'microagent status'; "
+                                                 "reconnect to continue"))
             self._stream.close()
 
     def _log_oob(self, fmt: str, *args: Any) -> None:
@@ -751,6 +758,14 @@ class ChannelConnection:
 
     def _dispatch_connection(self, frame: Frame) -> None:
         ftype = frame.known_type
+        if ftype is FrameType.ERROR and b"guest_closed" in frame.payload:
+            try:
+                body = decode_json(frame.payload)
+            except ProtocolError:
+                body = {}
+            if body.get("code") == "guest_closed":
+                self._guest_closed = str(body.get("message") or "the guest went away")
+                return
         if ftype not in (FrameType.HELLO, FrameType.ERROR):
             self._log_oob("ignoring frame type %d on session 0", frame.type)
             return

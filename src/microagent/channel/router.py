@@ -16,7 +16,13 @@ Routing rules (docs/protocol.md, "The helper"):
   consumed, so the helper buffers at most what the windows allow.
 - A client that disconnects has its open sessions ``CLOSE``d in the guest.
 - When the guest connection ends (the VM powered off or died) every client
-  is disconnected and the helper exits.
+  is told so (``ERROR guest_closed`` on session 0: a client that loses the
+  helper without it knows the helper died, not the guest), disconnected,
+  and the helper exits.
+- With ``--vm-events`` (QEMU's second QMP monitor) the helper follows why
+  the VM is paused (:mod:`microagent.channel.vm_events`): while the
+  VMM has stopped it for lack of disk space a new session is refused at
+  once with ``ERROR resource_exhausted`` rather than left hanging.
 - Every buffer is bounded: the helper checks both windows of every session
   (an overrun ends that session), stops reading the guest while a client is
   not reading its output (and drops that client if it stays so), stops
@@ -128,6 +134,7 @@ class Router:
         self.guest_hello: bytes = b""
         self.running = True
         self._warnings = 0
+        self.vm_events: Any = None  # a PauseWatcher when the VMM reports pauses
         guest.setblocking(False)
         listener.setblocking(False)
 
@@ -170,12 +177,17 @@ class Router:
 
     def serve(self) -> None:
         self.sel.register(self.listener, selectors.EVENT_READ, None)
+        if self.vm_events is not None:
+            self.sel.register(self.vm_events, selectors.EVENT_READ, self.vm_events)
         self._set_events(self.guest, selectors.EVENT_READ)
         while self.running:
             for key, events in self.sel.select(timeout=0.25):
                 peer = key.data
                 if peer is None:
                     self._accept()
+                    continue
+                if peer is self.vm_events:
+                    self._read_vm_events()
                     continue
                 if peer is not self.guest and peer.sock.fileno() not in self.clients:
                     continue  # dropped earlier in this round
@@ -185,6 +197,19 @@ class Router:
                     self._read(peer)
             self._expire_clients()
             self._update_interest()
+
+    def _read_vm_events(self) -> None:
+        before = self.vm_events.reason
+        if not self.vm_events.on_readable():
+            self.sel.unregister(self.vm_events)  # QEMU exited: the guest channel ends too
+            self.vm_events.close()
+            self.vm_events = None
+            return
+        reason = self.vm_events.reason
+        if reason != before:
+            log(f"the VMM paused the VM: {reason}" if reason else "the VM runs again")
+            if reason:
+                _note_paused(self.vm_events.path.parent, reason)
 
     def _set_events(self, peer: Peer, events: int) -> None:
         if events == peer.events:
@@ -261,6 +286,8 @@ class Router:
             if peer is self.guest:
                 log("guest channel closed; exiting")
                 self.running = False
+                for c in list(self.clients.values()):
+                    self._error(c, 0, "guest_closed", "the guest closed its channel (the VM powered off or died)")
             else:
                 self._drop_client(peer)
             return
@@ -369,6 +396,13 @@ class Router:
             self._refuse(peer, item.session, "no_hello", "send HELLO first")
             return
         if item.type == FrameType.OPEN:
+            paused_for = self.vm_events.reason if self.vm_events is not None else None
+            if paused_for:
+                from microagent.channel.vm_events import paused_detail
+
+                self._error(peer, item.session, "resource_exhausted",
+                            "the VM is " + paused_detail(os.path.basename(os.getcwd()), paused_for))
+                return
             if item.session in peer.sessions:
                 self._error(peer, item.session, "session_exists", f"session {item.session} is already open")
                 return
@@ -452,6 +486,32 @@ class Router:
             self._drop_client(peer)
         self.guest.sock.close()
         self.listener.close()
+
+
+def _note_paused(runtime_dir: Any, reason: str) -> None:
+    """Mark the workspace paused in its record (best effort: the disk may be full)."""
+    from microagent.channel.vm_events import mark_paused
+
+    try:
+        mark_paused(runtime_dir, reason)
+    except (OSError, ValueError) as exc:
+        log(f"could not record the pause: {exc}")
+
+
+def watch_vm_events(path: str) -> Any:
+    """A :class:`~microagent.channel.vm_events.PauseWatcher` on ``path``, or ``None``."""
+    from pathlib import Path
+
+    from microagent.channel.vm_events import PauseWatcher
+
+    try:
+        watcher = PauseWatcher(Path(os.path.abspath(path)))
+    except (OSError, ValueError, ConnectionError) as exc:
+        log(f"not following VM pauses: cannot use the QMP monitor {path}: {exc}")
+        return None
+    if watcher.reason:
+        _note_paused(watcher.path.parent, watcher.reason)
+    return watcher
 
 
 def _token_matches(given: object, token: str) -> bool:
@@ -547,7 +607,7 @@ def start_publishers(control: str, specs: list[str]) -> None:
 
 
 def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport: str,
-                after_ready: Callable[[str], None] | None = None) -> int:
+                after_ready: Callable[[str], None] | None = None, vm_events: str | None = None) -> int:
     """HELLO the guest, open the control endpoint, route until the guest goes away.
 
     Shared by this module's ``main`` and the Hyper-V helper.  The endpoint is
@@ -570,6 +630,8 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     else:
         router.listener = bind_listener(endpoint)
     router.listener.setblocking(False)
+    if vm_events:
+        router.vm_events = watch_vm_events(vm_events)
     log(f"ready: {endpoint}")
     if after_ready is not None:
         after_ready(endpoint)
@@ -593,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="control endpoint: a Unix socket, or token-protected loopback TCP (control.json)")
     parser.add_argument("--publish", action="append", default=[], metavar="FD:GUESTPORT",
                         help="an inherited listening TCP socket to bridge to a guest port")
+    parser.add_argument("--vm-events", default=None, metavar="QMP_SOCKET",
+                        help="a QMP monitor to follow the VM's pauses on (QEMU)")
     parser.add_argument("--serial-log", default=None, help="the guest console log to keep under the cap")
     parser.add_argument("--serial-log-max-bytes", type=int, default=None)
     args = parser.parse_args(argv)
@@ -612,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cannot connect to the guest: {exc}")
         return 3
     publish = (lambda endpoint: start_publishers(endpoint, args.publish)) if args.publish else None
-    return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=publish)
+    return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=publish,
+                       vm_events=args.vm_events)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,6 +39,8 @@ COMMANDS = {
     "stop": "microagent.cli.cmd_workspace:stop",
     "kill": "microagent.cli.cmd_workspace:kill",
     "quarantine": "microagent.cli.cmd_workspace:quarantine",
+    "pause": "microagent.cli.cmd_pause:pause",
+    "resume": "microagent.cli.cmd_pause:resume",
     "delete": "microagent.cli.cmd_workspace:delete",
     "list": "microagent.cli.cmd_workspace:list_",
     "ls": "microagent.cli.cmd_workspace:ls",

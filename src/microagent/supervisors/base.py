@@ -11,13 +11,15 @@ tracebacks: user errors carry their kind, anything unexpected becomes a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import traceback
 from typing import Any, Callable
 
-from microagent.errors import InvalidRequest, MicroagentError, Unsupported
-from microagent.vmkit.types import Event, Identity, Request, Response, parse_request
+from microagent.errors import InvalidRequest, MicroagentError, ResourceExhausted, Unsupported
+from microagent.vmkit.types import Event, Identity, Request, Response, now_rfc3339, parse_request
 
 
 class Backend:
@@ -121,6 +123,30 @@ def _error_response(backend: str, err: MicroagentError, raw: Any) -> Response:
     return response
 
 
+def adopt_lock(command: str) -> None:
+    """Keep the workspace lock the CLI handed down (``MICROAGENT_LOCK_FD``) to ourselves:
+    closed on exec, so the VMM and helper we spawn never hold it; the record
+    names us, the process now doing the work."""
+    raw = os.environ.pop("MICROAGENT_LOCK_FD", "")
+    if not raw.isdigit():
+        return
+    fd = int(raw)
+    record = json.dumps({"pid": os.getpid(), "command": f"{command} (supervisor)", "since": now_rfc3339()})
+    try:
+        os.set_inheritable(fd, False)
+        os.pwrite(fd, record.encode().ljust(512), 0)  # the holder slot of microagent.workspace.lock
+    except OSError:
+        pass
+
+
+def _os_error(backend_name: str, exc: OSError) -> MicroagentError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(f"the host disk is full: {exc.strerror} ({exc.filename or 'state directory'})",
+                                 "free space on the disk holding the state directory and retry")
+    return MicroagentError(f"internal error in the {backend_name} supervisor: OSError: {exc}",
+                           "this is a bug in microagent; the traceback is on stderr")
+
+
 def serve(backend_factory: Callable[[], Backend], backend_name: str, argv: list[str] | None = None) -> int:
     """Run one supervisor invocation; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -128,6 +154,7 @@ def serve(backend_factory: Callable[[], Backend], backend_name: str, argv: list[
     try:
         raw = read_request(argv)
         request = parse_request(raw)
+        adopt_lock(request.command)
         if request.identity is not None and request.identity.backend != backend_name:
             raise InvalidRequest(
                 f"identity.backend is {request.identity.backend!r} but this is the {backend_name} supervisor",
@@ -137,6 +164,10 @@ def serve(backend_factory: Callable[[], Backend], backend_name: str, argv: list[
         response = getattr(backend, request.command)(request)
     except MicroagentError as err:
         response = _error_response(backend_name, err, raw)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            traceback.print_exc(file=sys.stderr)
+        response = _error_response(backend_name, _os_error(backend_name, exc), raw)
     except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes an answer
         traceback.print_exc(file=sys.stderr)
         response = _error_response(backend_name, MicroagentError(

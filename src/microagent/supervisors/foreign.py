@@ -2,7 +2,7 @@
 ``unsupported`` naming the host OS: never an ImportError, never a traceback.
 
 The real Apple VF and Hyper-V implementations import their OS bindings only
-after this check passes (issue #7).
+after this check passes (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

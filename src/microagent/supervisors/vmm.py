@@ -1,7 +1,8 @@
 """The lifecycle every Linux VMM backend shares (qemu, firecracker).
 
 A backend supplies how to check the host, spawn its VMM, and reach the
-guest channel; this module owns the process model of DESIGN.md §1:
+guest channel; this module owns the process model (docs/supervisor-api.md,
+"Process model"; the processes: docs/architecture.md, "Per-workspace processes"):
 
 - ``start``: spawn the VMM (recording PID and start time), spawn the channel
   helper (:mod:`microagent.channel.router`) and wait until it has the guest's
@@ -16,8 +17,16 @@ guest channel; this module owns the process model of DESIGN.md §1:
 - ``quarantine``: kill the helper, unlink every socket into the guest, keep
   the VMM process and its PID, ``quarantined``.
 - ``delete``: refused while the VMM lives.
-- ``inspect``: the recorded state reconciled with the process table; a
-  running workspace whose helper died gets a new helper.
+- ``inspect``: the recorded state reconciled with the process table and
+  with what the VMM itself says (a VM it paused on its own, e.g. for a full
+  host disk, reads ``paused`` with the reason); a running workspace whose
+  helper died gets a new helper.
+- ``pause``/``resume``: stop and continue the vcpus; resume also continues a
+  VM the VMM paused for lack of disk space, once there is space again.
+
+State records on the way down (kill, stop, halt, delete, reconciliation)
+are best effort on a full disk (:mod:`microagent.runtime_state`): those
+commands must work exactly when the disk is full.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from microagent.host import process
 from microagent.paths import require_private_root, workspace_dir
 from microagent.supervisors import netattach
 from microagent.supervisors.base import Backend
+from microagent.channel.vm_events import paused_detail
 from microagent.runtime_state import RuntimeDir, locate_runtime_dir, write_json_atomic
 from microagent.vmkit.types import Config, Event, Request, Response, now_rfc3339, to_wire
 
@@ -119,16 +129,26 @@ class VMMBackend(Backend):
         """What the live VMM itself reports (best effort; ``inspect`` shows it)."""
         return None
 
+    def run_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
+        """``{"running": bool, "reason": str | None}`` from the live VMM, ``reason`` saying
+        why it paused the VM on its own (``"host disk full"``); ``None`` when it cannot tell."""
+        return None
+
+    def router_args(self, rt: RuntimeDir) -> list[str]:
+        """Extra arguments for the channel helper (e.g. where to follow VM pauses)."""
+        return []
+
     def guest_unready_reason(self) -> str:
         """Why the guest may never answer on this host ('' when it should)."""
         return ""
 
     # --- state helpers ---------------------------------------------------------
 
-    def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "",
-               **runtime_updates: Any) -> Event:
+    def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "", *,
+               best_effort: bool = True, **runtime_updates: Any) -> Event:
+        """Record a state; on a full disk skipped unless ``best_effort`` is false."""
         assert request.identity is not None
-        return rt.record(request.identity, state, detail, **runtime_updates)
+        return rt.record(request.identity, state, detail, best_effort=best_effort, **runtime_updates)
 
     def live_vmm(self, rt: RuntimeDir) -> process.ProcessRef | None:
         ref = _ref(rt.runtime())
@@ -152,6 +172,13 @@ class VMMBackend(Backend):
         except OSError:
             return ""
 
+    def _early_exit_tails(self, rt: RuntimeDir) -> str:
+        """What a VMM that died before the guest answered left: its own log, then the console."""
+        vmm = self._vmm_log_tail(rt)
+        serial = rt.serial_tail()
+        return ((f"\n{self.name} said: {vmm}" if vmm else f"\n{self.name} wrote nothing to vmm.log")
+                + (f"\nserial log tail:\n{serial}" if serial.strip() else "\nthe serial log is empty"))
+
     # --- commands --------------------------------------------------------------
 
     def check(self, request: Request) -> Response:
@@ -172,7 +199,8 @@ class VMMBackend(Backend):
         """The channel helper; it inherits the published ports' listening sockets."""
         argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
                 "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
-                "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes())]
+                "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes()),
+                *self.router_args(rt)]
         for sock, guest_port in listeners or []:
             argv += ["--publish", f"{sock.fileno()}:{guest_port}"]
         proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log",
@@ -233,7 +261,8 @@ class VMMBackend(Backend):
                     pid=ref.pid, starttime=ref.starttime, argv=argv, config=to_wire(cfg),
                     startedAt=now_rfc3339(), serialLogPath=str(rt.serial_log),
                     controlSocket=str(rt.control_socket), routerPid=None, routerStarttime=None,
-                    readiness=cfg.readiness, bootSeconds=None, pausedFrom=None)
+                    readiness=cfg.readiness, bootSeconds=None, pausedFrom=None, pausedReason=None,
+                    best_effort=False)
         try:
             self.after_spawn(request, rt, proc)
             if cfg.readiness == "vmm":
@@ -270,8 +299,8 @@ class VMMBackend(Backend):
         while not rt.control_socket.exists():
             status = proc.poll()
             if status is not None:
-                raise Permanent(f"the VM exited with status {status} before guest init answered; "
-                                f"serial log tail:\n{rt.serial_tail()}", "see serial.log and vmm.log")
+                raise Permanent(f"the VM exited with status {status} before guest init answered:"
+                                f"{self._early_exit_tails(rt)}", "see vmm.log and serial.log")
             if not process.is_alive(router):
                 process.reap_if_child(router.pid)
                 if time.monotonic() >= deadline - 0.05:
@@ -301,10 +330,11 @@ class VMMBackend(Backend):
         if self.live_vmm(rt) is None:
             self.detach_network(rt, rt.path.name)
 
-    def _readiness(self, rt: RuntimeDir, observed_at: str, detail: str = "") -> dict[str, Any]:
+    def _readiness(self, rt: RuntimeDir, observed_at: str, detail: str = "",
+                   state: str | None = None) -> dict[str, Any]:
         """The readiness object: the guest is ready iff the helper's control socket exists
         (and the VM is not paused)."""
-        usable = rt.control_socket.exists() and self.recorded_state(rt) != "paused"
+        usable = rt.control_socket.exists() and (state or self.recorded_state(rt)) != "paused"
         ready: dict[str, Any] = {"ready": usable, "observedAt": observed_at}
         if not ready["ready"] and detail:
             ready["detail"] = detail
@@ -402,6 +432,9 @@ class VMMBackend(Backend):
                     time.sleep(0.02)
             event = Event(identity=request.identity, state=state,  # type: ignore[arg-type]
                           detail=f"serial={rt.serial_log}")
+        if alive and event.state in ("running", "starting", "paused"):
+            event = self._reconcile_pause(rt, request, runtime, event)
+            detail = event.detail if event.state == "paused" else detail
         router = self.live_router(rt)
         info: dict[str, Any] = {"pid": vmm.pid if vmm else None, "alive": alive,
                                 "routerPid": router.pid if router else None,
@@ -413,8 +446,28 @@ class VMMBackend(Backend):
             status = self.vmm_status(rt)
             if status is not None:
                 info["vmm"] = status
-        readiness = self._readiness(rt, event.observedAt, detail) if alive else None
+        readiness = self._readiness(rt, event.observedAt, detail, event.state) if alive else None
         return Response(ok=True, backend=self.name, event=event, readiness=readiness, runtime=info)
+
+    def _reconcile_pause(self, rt: RuntimeDir, request: Request, runtime: dict[str, Any],
+                         event: Event) -> Event:
+        """The VMM's word over the record: a VM it paused on its own reads ``paused`` with
+        the reason (recorded if the disk lets us); one running again reads as before."""
+        live = self.run_status(rt)
+        if live is None:
+            return event
+        reason = live.get("reason")
+        if reason:
+            detail = paused_detail(self._name(request), reason)
+            if event.state == "paused" and runtime.get("pausedReason") == reason:
+                return dataclasses.replace(event, detail=detail)
+            paused_from = runtime.get("pausedFrom") if event.state == "paused" else event.state
+            return self.record(rt, request, "paused", detail, pausedFrom=paused_from or "running",
+                               pausedReason=reason)
+        if event.state == "paused" and runtime.get("pausedReason") and live.get("running"):
+            back = str(runtime.get("pausedFrom") or "running")
+            return self.record(rt, request, back, "the VM runs again", pausedFrom=None, pausedReason=None)
+        return event
 
     def _require_live(self, request: Request, verb: str) -> tuple[RuntimeDir, process.ProcessRef]:
         rt = runtime_dir_for(request)
@@ -431,6 +484,10 @@ class VMMBackend(Backend):
         name = self._name(request)
         if self.recorded_state(rt) == "quarantined":
             raise Conflict(f"workspace {name} is quarantined; its channel is severed", "use stop or kill")
+        live = self.run_status(rt)
+        if live is not None and live.get("reason"):
+            raise Conflict(f"workspace {name} is {paused_detail(name, live['reason'])}",
+                           "halt needs a running guest: resume it first, or use stop or kill")
         if self.recorded_state(rt) == "starting" and not rt.control_socket.exists():
             raise Conflict(f"workspace {name} is starting: guest init has not answered, so it cannot be "
                            "halted through it", "use stop or kill")
@@ -502,12 +559,17 @@ class VMMBackend(Backend):
 
     def resume(self, request: Request) -> Response:
         rt, _ = self._require_live(request, "resume")
-        if self.recorded_state(rt) != "paused":
+        live = self.run_status(rt)
+        paused_on_its_own = live is not None and bool(live.get("reason"))
+        if self.recorded_state(rt) != "paused" and not paused_on_its_own:
             raise Conflict(f"workspace {self._name(request)} is {self.recorded_state(rt)}, not paused")
         self.resume_vm(rt)
-        back = str((rt.runtime() or {}).get("pausedFrom") or "running")
+        runtime = rt.runtime() or {}
+        back = str((runtime.get("pausedFrom") if runtime.get("state") == "paused" else runtime.get("state"))
+                   or "running")
         return Response(ok=True, backend=self.name,
-                        event=self.record(rt, request, back, "vcpus resumed", pausedFrom=None))
+                        event=self.record(rt, request, back, "vcpus resumed", pausedFrom=None,
+                                          pausedReason=None))
 
     def delete(self, request: Request) -> Response:
         rt = runtime_dir_for(request)

@@ -1,7 +1,8 @@
 """Finding and running a backend's supervisor executable.
 
 The CLI and library talk to a backend only through its supervisor: one JSON
-request on stdin, one JSON response on stdout, exit 0 iff ``ok`` (DESIGN.md §1).
+request on stdin, one JSON response on stdout, exit 0 iff ``ok`` (docs/supervisor-api.md;
+why executables: docs/architecture.md, "Layers").
 Lookup order: explicit override → ``MICROAGENT_<BACKEND>_SUPERVISOR`` →
 beside the running ``microagent`` → ``<prefix>/libexec`` → ``PATH``.
 """
@@ -77,8 +78,11 @@ def find_supervisor(backend: str, override: str | None = None,
 
 
 def call_supervisor(executable: Path, request: Request | dict[str, Any], *,
-                    timeout: float = 600.0) -> Response:
+                    timeout: float = 600.0, lock_fd: int | None = None) -> Response:
     """Run one supervisor request and decode its response (even on failure).
+
+    ``lock_fd``: the workspace lock this process holds, handed down so the
+    supervisor keeps holding it should this process die.
 
     :raises Transient: when the supervisor times out.
     :raises Permanent: when it cannot be run or prints no valid response.
@@ -86,8 +90,10 @@ def call_supervisor(executable: Path, request: Request | dict[str, Any], *,
     """
     payload = to_wire(request) if isinstance(request, Request) else request
     try:
+        inherit: dict[str, Any] = {} if lock_fd is None else {
+            "pass_fds": (lock_fd,), "env": {**os.environ, "MICROAGENT_LOCK_FD": str(lock_fd)}}
         proc = subprocess.run([str(executable)], input=json.dumps(payload), capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, **inherit)
     except subprocess.TimeoutExpired as exc:
         raise Transient(f"supervisor {executable.name} did not answer within {timeout:.0f}s",
                         "check the workspace with 'microagent status'") from exc

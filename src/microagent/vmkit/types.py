@@ -29,7 +29,7 @@ STATES = (
     "stopped", "halted", "quarantined", "failed",
 )
 
-#: Which parts of a request each command needs (research §3).
+#: Which parts of a request each command needs (docs/supervisor-api.md, "Request").
 COMMANDS_NEEDING_NOTHING = frozenset({"host"})
 COMMANDS_NEEDING_FULL_CONFIG = frozenset({"check", "prepare", "start", "run"})
 COMMANDS_NEEDING_STATE_DIR = frozenset(

@@ -465,6 +465,37 @@ class WorkspaceStore:
         """
         return self._transition(name, "quarantine")
 
+    # ------------------------------------------------------------ pause, resume
+
+    def pause(self, name: str) -> Transition:
+        """Stop the vcpus of a running workspace (memory and processes kept): ``paused``.
+
+        :raises Conflict: unless running (or starting with readiness ``vmm``).
+        """
+        return self._pause_or_resume(name, "pause", (WorkspaceState.RUNNING, WorkspaceState.STARTING))
+
+    def resume(self, name: str) -> Transition:
+        """Continue a paused workspace, also one its VMM paused because the host disk was full.
+
+        :raises Conflict: unless paused.
+        :raises ResourceExhausted: when the host disk is still full (it stays paused).
+        """
+        return self._pause_or_resume(name, "resume", (WorkspaceState.PAUSED,))
+
+    def _pause_or_resume(self, name: str, op: str, allowed: tuple[WorkspaceState, ...]) -> Transition:
+        manifest = self.manifest(name)
+        with self.lock(name, op):
+            observed = self.inspect(name, manifest.backend)
+            if observed.state not in allowed or not observed.alive:
+                raise Conflict(f"workspace {name} is {observed.state.value}; {op} needs one of: "
+                               f"{', '.join(s.value for s in allowed)}",
+                               f"check it with 'microagent status {name}'",
+                               state=observed.state.value, operation=op)
+            resp = self.client(manifest.backend).send(op, name, timeout=60)
+        return Transition(name, op, observed.state,
+                          WorkspaceState.parse(resp.event.state if resp.event else "unknown"),
+                          detail=resp.event.detail if resp.event else "", pid=observed.pid)
+
     # ------------------------------------------------------------ delete
 
     def delete(self, name: str, *, force: bool = False) -> dict[str, Any]:

@@ -1,10 +1,20 @@
 """The per-workspace lock: one mutating command at a time per workspace.
 
 ``<root>/locks/<name>.lock`` is held with ``fcntl.flock`` (released by the
-kernel when the holder dies, so a crashed command never wedges a
-workspace). The holder writes ``{pid, command, since}`` into the file so a
-waiter that gives up can name it. Waiting is bounded: after ``timeout``
-seconds the waiter fails with :class:`~microagent.errors.Conflict`.
+kernel when the last holder of the open file goes away, so a crashed command
+never wedges a workspace). The holder writes ``{pid, command, since}`` into
+the file so a waiter that gives up can name it. Waiting is bounded: after
+``timeout`` seconds the waiter fails with :class:`~microagent.errors.Conflict`.
+
+Taking the lock needs no free space: the record is written in place over a
+fixed-size slot that release blanks rather than truncates (so its block stays
+allocated), and a record that cannot be written is skipped.  A full host disk
+must not stop ``kill`` or ``delete -f``.
+
+The lock is held by whoever does the work: :func:`held_fd` gives the open
+lock of this process to the supervisor it runs (the child inherits the open
+file description, and the flock with it), so a CLI killed mid-command leaves
+the workspace locked until its supervisor has finished.
 
 Only mutating commands (create, start, halt, stop, kill, quarantine,
 delete) take the lock; exec, cp and connect run concurrently by design.
@@ -28,6 +38,12 @@ DEFAULT_TIMEOUT_S = 60.0
 (override: ``MICROAGENT_LOCK_TIMEOUT``)."""
 
 _POLL_S = 0.05
+RECORD_BYTES = 512
+"""The holder record's slot at the start of the lock file (blank-padded JSON)."""
+FD_ENV = "MICROAGENT_LOCK_FD"
+"""Names the inherited lock descriptor in a supervisor run under the lock."""
+
+_held: dict[str, int] = {}  # lock path -> fd, for the locks this process holds
 
 
 def lock_path(state_root: Path, name: str) -> Path:
@@ -40,6 +56,21 @@ def default_timeout() -> float:
         return float(raw) if raw else DEFAULT_TIMEOUT_S
     except ValueError:
         return DEFAULT_TIMEOUT_S
+
+
+def held_fd(state_root: Path, name: str) -> int | None:
+    """The descriptor of workspace ``name``'s lock when this process holds it."""
+    return _held.get(str(lock_path(state_root, name)))
+
+
+def write_record(fd: int, command: str) -> None:
+    """Name the holder in its slot, in place; skipped when it cannot be written
+    (a full disk must not keep anyone from taking the lock)."""
+    record = json.dumps({"pid": os.getpid(), "command": command, "since": now_rfc3339()}).encode()
+    try:
+        os.pwrite(fd, record.ljust(RECORD_BYTES)[:RECORD_BYTES], 0)
+    except OSError:
+        pass
 
 
 class WorkspaceLock:
@@ -73,7 +104,7 @@ class WorkspaceLock:
     def holder(self) -> dict[str, Any]:
         """What the current holder wrote (``{}`` when unknown)."""
         try:
-            data = json.loads(self.path.read_text() or "{}")
+            data = json.loads(self.path.read_text().strip() or "{}")
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -104,9 +135,8 @@ class WorkspaceLock:
                 os.close(fd)
                 continue
             self._fd = fd
-            record = json.dumps({"pid": os.getpid(), "command": self.command, "since": now_rfc3339()})
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, record.encode(), 0)
+            _held[str(self.path)] = fd
+            write_record(fd, self.command)
             return
 
     def _busy(self) -> Conflict:
@@ -123,11 +153,12 @@ class WorkspaceLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _held.pop(str(self.path), None)
         try:
             if unlink:
                 self.path.unlink(missing_ok=True)
             else:
-                os.ftruncate(fd, 0)
+                os.pwrite(fd, b" " * RECORD_BYTES, 0)  # blank, not truncated: the block stays ours
         except OSError:
             pass
         finally:

@@ -24,7 +24,7 @@ from microagent.vmkit.types import is_safe_name
 from microagent.workspace.channel_path import CHANNEL_SOCKET, guest_channel_path
 from microagent.workspace.lifecycle import WorkspaceStore
 from microagent.workspace.manifest import Manifest
-from microagent.workspace.state import require_state
+from microagent.workspace.state import WorkspaceState, require_state
 
 if TYPE_CHECKING:
     from microagent.channel import ChannelConnection, ExecRequest, ExecResult, ExecSession, FileStat
@@ -78,6 +78,11 @@ class GuestSession:
         self.name = name
         self.manifest: Manifest = store.manifest(name)
         observed = store.observe(name, self.manifest.backend)
+        if observed.state is WorkspaceState.PAUSED and (observed.runtime or {}).get("pausedReason"):
+            from microagent.errors import ResourceExhausted  # the VMM paused it: a full host disk
+
+            raise ResourceExhausted(f"workspace {name} is {observed.detail or 'paused'}",
+                                    f"free space on the host disk, then 'microagent resume {name}'")
         require_state(operation, name, observed.state)
         try:
             self.conn: ChannelConnection = _connect(store.root, name)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microagent.vmkit.dispatch import call_supervisor, find_supervisor
+from microagent.workspace.lock import held_fd
 from microagent.vmkit.types import (
     Config,
     ExecSpec,
@@ -31,8 +32,12 @@ class SupervisorClient:
 
     def send(self, command: str, name: str, config: Config | None = None,
              exec_spec: ExecSpec | None = None, timeout: float = 600.0) -> Response:
-        """Send one command; raises the supervisor's error as a MicroagentError."""
+        """Send one command; raises the supervisor's error as a MicroagentError.
+
+        When this process holds ``name``'s lock the supervisor inherits it:
+        the lock stays held by whoever does the work, even if we are killed.
+        """
         cfg = config or Config(stateDir=str(self.state_root))
         request = Request(command=command, identity=self._identity(name), config=cfg, exec=exec_spec)
         exe = find_supervisor(self.backend, self.override)
-        return call_supervisor(exe, request, timeout=timeout)
+        return call_supervisor(exe, request, timeout=timeout, lock_fd=held_fd(self.state_root, name))

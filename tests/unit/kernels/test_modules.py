@@ -23,7 +23,7 @@ from microagent.kernels.modules import (
     write_modules,
 )
 
-# The dependency shape of Debian's cloud kernel (DESIGN.md §2).
+# The dependency shape of Debian's cloud kernel (docs/architecture.md, "Facts about our hosts").
 DEBIAN_LIKE = {
     "kernel/drivers/virtio/virtio_ring": [],
     "kernel/drivers/virtio/virtio": ["virtio_ring"],

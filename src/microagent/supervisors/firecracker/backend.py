@@ -23,10 +23,11 @@ Files in the runtime directory of a boot:
 workspace's own, joined to the host by pasta (:mod:`microagent.network.pasta`):
 the guest's NIC is the namespace's TAP ``vmtap0``.
 
-Without hardware KVM a Firecracker guest cannot boot (DESIGN.md §2); the
-supervisor refuses such hosts unless ``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1``
-is set, which starts the VMM process anyway so the process model (config
-accepted, PID, API, signals, quarantine, pause/resume) can be checked.
+Without hardware KVM a Firecracker guest cannot boot (docs/architecture.md,
+"Facts about our hosts"); the supervisor refuses such hosts unless
+``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1`` is set, which starts the VMM process
+anyway so the process model (config accepted, PID, API, signals, quarantine,
+pause/resume) can be checked.
 """
 
 from __future__ import annotations

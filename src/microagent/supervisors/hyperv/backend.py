@@ -1,7 +1,7 @@
 """The Hyper-V backend: Linux guests as HCS compute systems (experimental).
 
-How DESIGN.md §1's process model maps onto HCS, where a VM has no host
-process of ours:
+How the process model (docs/supervisor-api.md, "Process model") maps onto
+HCS, where a VM has no host process of ours:
 
 - **the compute system ID plays the PID's role.**  ``start`` creates the
   compute system ``microagent-<name>-<hash>`` (:func:`.documents.compute_system_id`)

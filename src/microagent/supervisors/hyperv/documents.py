@@ -40,8 +40,7 @@ NAT_NETWORK_NAME = "microagent-nat"
 NAT_SUBNET = "192.168.127.0/24"
 NAT_GATEWAY = "192.168.127.1"
 NAT_PREFIX = 24
-#: HNS NAT networks run no resolver of their own; the guest uses public resolvers
-#: (the Go reference's nat mode did the same).
+#: HNS NAT networks run no resolver of their own, so the guest uses public resolvers.
 NAT_DNS = ("1.1.1.1", "8.8.8.8")
 GUEST_NIC = "eth0"
 #: A fixed, project-owned GUID for the ``microagent-nat`` network (uuid5 of its name),

@@ -1,9 +1,9 @@
 """The QEMU command line for one workspace (pure: no I/O).
 
 ``-M microvm,acpi=on`` with virtio-mmio devices; KVM where the host has
-hardware KVM, TCG otherwise (DESIGN.md §2).  Paths of sockets and logs are
-relative: QEMU runs with the runtime directory as its cwd, which keeps Unix
-socket paths short whatever the state directory is.
+hardware KVM, TCG otherwise (docs/architecture.md, "Facts about our hosts").
+Paths of sockets and logs are relative: QEMU runs with the runtime directory
+as its cwd, which keeps Unix socket paths short whatever the state directory is.
 
 Disks are ``-blockdev`` JSON, never ``-drive``: QEMU's option syntax splits
 on commas (a path containing ``,file=/etc/shadow`` would open that file) and
@@ -40,7 +40,9 @@ def blockdev(node: str, path: str, *, read_only: bool, discard: bool = False) ->
     spec: dict[str, object] = {"driver": "raw", "node-name": node, "read-only": read_only, "file": file}
     if discard:
         file["discard"] = spec["discard"] = "unmap"
-    return ["-blockdev", json.dumps(spec), "-device", f"virtio-blk-device,drive={node}"]
+    # werror=enospc: a write that finds the host disk full pauses the VM (retried on resume, no
+    # data lost) instead of failing in the guest; rerror=report: a read error is the guest's.
+    return ["-blockdev", json.dumps(spec), "-device", f"virtio-blk-device,drive={node},werror=enospc,rerror=report"]
 
 
 def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
@@ -73,7 +75,8 @@ def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", "socket,id=channel,path=channel.sock,server=on,wait=off",
         "-device", f"virtserialport,chardev=channel,name={CHANNEL_PORT_NAME}",
-        "-qmp", "unix:qmp.sock,server=on,wait=off",
+        "-qmp", "unix:qmp.sock,server=on,wait=off",  # the supervisor's
+        "-qmp", "unix:qmp-events.sock,server=on,wait=off",  # the channel helper's: it follows VM pauses
         "-pidfile", "qemu.pid",
     ]
     return argv

@@ -3,7 +3,9 @@
 The lifecycle is :class:`~microagent.supervisors.vmm.VMMBackend`'s; this
 module supplies the host checks, the command line (:mod:`.argv`), the
 channel transport (QEMU's virtio-serial chardev socket) and pause/resume
-through QMP.
+through QMP.  QEMU pauses the VM itself when a disk write finds the host
+disk full; ``query-status``/``query-block`` say so to ``inspect``, and the
+channel helper follows it on a second QMP monitor (:mod:`microagent.channel.vm_events`).
 
 ``--network user`` runs QEMU in a namespace joined to the host by pasta, the
 path firecracker takes too (:mod:`microagent.network.pasta`): only there can
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from typing import Any
 
-from microagent.errors import MicroagentError, PolicyDenied
+from microagent.channel.vm_events import pause_reason
+from microagent.errors import MicroagentError, PolicyDenied, ResourceExhausted
 from microagent.host import process
 from microagent.network.pasta import QEMU_USER_NETWORK_ENV as USER_NETWORK_ENV
+from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.supervisors.qemu.argv import qemu_argv
 from microagent.supervisors.qemu.qmp import QMPClient
-from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import VMMBackend
 from microagent.vmkit.types import Request, Response
 
@@ -37,7 +41,10 @@ def accel_for(kvm_kind: str) -> str:
 
 class QemuBackend(VMMBackend):
     name = "qemu"
-    boot_files = ("channel.sock", "qmp.sock", "qemu.pid")
+    boot_files = ("channel.sock", "qmp.sock", "qmp-events.sock", "qemu.pid")
+
+    #: how long resume watches for QEMU pausing the VM again at once (the disk still full)
+    resume_watch_s = 1.0
 
     def host(self, request: Request) -> Response:
         facts = require_linux(self.name, versions=True)
@@ -95,5 +102,29 @@ class QemuBackend(VMMBackend):
             qmp.execute("stop")
 
     def resume_vm(self, rt: RuntimeDir) -> None:
+        """``cont``; the writes that found the disk full are retried at once, so a disk
+        still full pauses the VM again within moments: that is an error, not a resume."""
         with QMPClient(rt.path / "qmp.sock") as qmp:
             qmp.execute("cont")
+            deadline = time.monotonic() + self.resume_watch_s
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+                status = qmp.execute("query-status")
+                if status.get("status") == "io-error":
+                    reason = pause_reason(status, qmp.execute("query-block"))
+                    raise ResourceExhausted(
+                        f"workspace {rt.path.name} paused again at once: {reason}",
+                        "free space on the disk holding the state directory, then resume it again")
+
+    def run_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
+        try:
+            with QMPClient(rt.path / "qmp.sock", timeout=2.0) as qmp:
+                status = qmp.execute("query-status")
+                devices = qmp.execute("query-block") if status.get("status") == "io-error" else []
+        except (MicroagentError, OSError, ValueError):
+            return None
+        return {"running": bool(status.get("running")), "status": status.get("status"),
+                "reason": pause_reason(status, devices)}
+
+    def router_args(self, rt: RuntimeDir) -> list[str]:
+        return ["--vm-events", str(rt.path / "qmp-events.sock")]
