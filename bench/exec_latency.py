@@ -25,6 +25,7 @@ from pathlib import Path
 
 import microagent
 from microagent.channel import ExecRequest, open_channel
+from microagent.channel import exec as guest_exec
 from microagent.paths import state_root
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
@@ -61,7 +62,7 @@ def main() -> None:
         runtime = json.loads((state_root(None) / name / "runtime.json").read_text())
         control = state_root(None) / name / "control.sock"
         with open_channel(control) as conn:
-            raw = timed(lambda: conn.exec(ExecRequest(argv=["true"])), args.runs)
+            raw = timed(lambda: guest_exec.run(conn, ExecRequest(argv=["true"])), args.runs)
         lib = timed(lambda: ws.exec(["true"]), args.runs)
         cli = timed(lambda: subprocess.run([MICROAGENT, "exec", name, "--", "true"], check=True),
                     args.runs)

@@ -27,7 +27,7 @@ def main() -> None:
 
         # files in and out
         ws.put("/root/notes.txt", b"written from the host\n")
-        print(ws.get("/root/notes.txt").decode().strip())
+        print(ws.read_file("/root/notes.txt").decode().strip())
 
         # several commands at once over the same workspace
         results = {}

@@ -1,6 +1,20 @@
 /* The protocol engine: a single-threaded poll() loop over the channel, the
  * signal self-pipe and every session's fds. Frames are dispatched to the
- * sessions; output goes through one bounded queue to the channel. */
+ * sessions through their kind's ops (session.h); output goes through one
+ * bounded queue to the channel.
+ *
+ * Module map (each header includes only those below it):
+ *
+ *   main.c            arguments; PID 1 or agent mode
+ *   boot.c            PID 1: mounts, config, network, then agent_run, power-off
+ *     net.c, dhcp.c   PID 1: the config disk's network
+ *   agent.c           this loop: channel, HELLO/OPEN/shutdown, reaping
+ *     channel.c       opening the transport (struct channel)
+ *     session.c       what every session kind shares; struct session_ops
+ *       session_exec.c     exec and shell (user.c: passwd/group lookups)
+ *       session_file.c     put and get
+ *       session_forward.c  forward
+ *   frame.c, json.c, util.c   framing, JSON, logging/clocks/buffers */
 #define _GNU_SOURCE
 #include "agent.h"
 
@@ -13,7 +27,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "json.h"
@@ -38,6 +51,7 @@ int agent_init(struct agent *a, bool pid1)
     a->pid1 = pid1;
     a->ch.rfd = a->ch.wfd = a->ch.listen_fd = -1;
     a->poweroff_means = SD_POWEROFF;
+    a->host.pdeathsig = !pid1;
     int p[2];
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
         return -1;
@@ -59,25 +73,24 @@ int agent_init(struct agent *a, bool pid1)
     return 0;
 }
 
-void agent_queue_error(struct agent *a, uint32_t session, const char *code, const char *message)
+static void agent_queue_error(struct agent *a, uint32_t session, const char *code, const char *message)
 {
-    frame_put_error(&a->outq, session, code, message);
-}
-
-void agent_reset_sessions(struct agent *a)
-{
-    while (a->sessions)
-        session_destroy(a->sessions);
+    frame_put_error(&a->host.outq, session, code, message);
 }
 
 /* ---- children ---------------------------------------------------------- */
 
-static struct session *find_pid(struct agent *a, pid_t pid)
+/* Hand an exited child to the session that started it, if any. */
+static void child_exited(struct agent *a, pid_t pid, int wstatus)
 {
-    for (struct session *s = a->sessions; s; s = s->next)
-        if (s->kind == K_EXEC && s->pid == pid && !s->reaped)
-            return s;
-    return NULL;
+    for (struct session *s = a->host.sessions; s; s = s->next)
+        if (s->ops->on_child_exit && s->ops->on_child_exit(s, pid, wstatus))
+            return;
+}
+
+static pid_t process_group(const struct session *s)
+{
+    return s->ops->process_group ? s->ops->process_group(s) : 0;
 }
 
 /* Reap every child that has exited (as PID 1: every orphan too).
@@ -88,9 +101,7 @@ static bool reap_children(struct agent *a)
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG);
         if (p > 0) {
-            struct session *s = find_pid(a, p);
-            if (s)
-                exec_reaped(s, st);
+            child_exited(a, p, st);
             continue;
         }
         if (p < 0 && errno == EINTR)
@@ -101,9 +112,11 @@ static bool reap_children(struct agent *a)
 
 static bool session_groups_gone(struct agent *a)
 {
-    for (struct session *s = a->sessions; s; s = s->next)
-        if (s->kind == K_EXEC && s->pid > 0 && (kill(-s->pid, 0) == 0 || errno != ESRCH))
+    for (struct session *s = a->host.sessions; s; s = s->next) {
+        pid_t pg = process_group(s);
+        if (pg > 0 && (kill(-pg, 0) == 0 || errno != ESRCH))
             return false;
+    }
     return true;
 }
 
@@ -113,15 +126,11 @@ static void signal_all(struct agent *a, int sig)
         kill(-1, sig);
         return;
     }
-    for (struct session *s = a->sessions; s; s = s->next)
-        if (s->kind == K_EXEC)
-            exec_kill(s, sig);
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
+    for (struct session *s = a->host.sessions; s; s = s->next) {
+        pid_t pg = process_group(s);
+        if (pg > 0)
+            kill(-pg, sig);
+    }
 }
 
 /* Wait until every process is gone (or, with children_only, until we have
@@ -140,7 +149,9 @@ static bool wait_all_gone(struct agent *a, int64_t deadline, bool children_only)
     }
 }
 
-void agent_terminate_all(struct agent *a, int sig, int64_t grace_ms)
+/* Terminate every process (PID 1: all; agent: sessions): sig, then SIGKILL
+ * after grace_ms. */
+static void terminate_all(struct agent *a, int sig, int64_t grace_ms)
 {
     signal_all(a, sig > 0 ? sig : SIGTERM);
     if (!wait_all_gone(a, now_mono_ms() + grace_ms, false)) {
@@ -155,12 +166,12 @@ void agent_terminate_all(struct agent *a, int sig, int64_t grace_ms)
 static void channel_lost(struct agent *a, const char *why)
 {
     struct channel *ch = &a->ch;
-    if (a->hello_done || a->sessions)
+    if (a->hello_done || a->host.sessions)
         ma_log("host disconnected (%s); resetting sessions", why);
-    agent_reset_sessions(a);
+    session_destroy_all(&a->host);
     a->hello_done = false;
     frame_decoder_reset(&a->dec);
-    buf_clear(&a->outq);
+    buf_clear(&a->host.outq);
     switch (ch->kind) {
     case CH_FD:
         ch->connected = false;
@@ -193,7 +204,7 @@ static void vport_check(struct agent *a)
         a->ch.connected = true;
         a->hello_done = false;
         frame_decoder_reset(&a->dec);
-        buf_clear(&a->outq);
+        buf_clear(&a->host.outq);
         ma_log("host connected");
     }
 }
@@ -207,16 +218,16 @@ static void channel_accept(struct agent *a)
     a->ch.connected = true;
     a->hello_done = false;
     frame_decoder_reset(&a->dec);
-    buf_clear(&a->outq);
+    buf_clear(&a->host.outq);
 }
 
 static void channel_flush(struct agent *a)
 {
     struct channel *ch = &a->ch;
-    while (ch->connected && buf_used(&a->outq) > 0) {
-        ssize_t w = write(ch->wfd, a->outq.data + a->outq.off, buf_used(&a->outq));
+    while (ch->connected && buf_used(&a->host.outq) > 0) {
+        ssize_t w = write(ch->wfd, a->host.outq.data + a->host.outq.off, buf_used(&a->host.outq));
         if (w > 0) {
-            buf_consume(&a->outq, (size_t)w);
+            buf_consume(&a->host.outq, (size_t)w);
             continue;
         }
         if (w < 0 && errno == EINTR)
@@ -238,15 +249,15 @@ static void send_hello(struct agent *a)
               "\"agent\":\"%s\",\"pid\":%d,"
               "\"features\":[\"exec\",\"shell\",\"put\",\"get\",\"forward\",\"shutdown\"]}",
               MA_AGENT_NAME, (int)getpid());
-    frame_put(&a->outq, 0, F_HELLO, b.data + b.off, buf_used(&b));
+    frame_put(&a->host.outq, 0, F_HELLO, b.data + b.off, buf_used(&b));
     buf_free(&b);
 }
 
 static void on_hello(struct agent *a, const struct frame *f)
 {
     struct jdoc doc;
-    if (a->hello_done || a->sessions)
-        agent_reset_sessions(a);
+    if (a->hello_done || a->host.sessions)
+        session_destroy_all(&a->host);
     a->hello_done = false;
     if (json_parse((const char *)f->payload, f->len, &doc) < 0) {
         agent_queue_error(a, 0, "bad_request", "HELLO payload is not a JSON object");
@@ -282,14 +293,34 @@ static void on_shutdown(struct agent *a, uint32_t id, const struct jv *req)
         return;
     }
     a->stop_signal = (int)sig;
-    frame_put(&a->outq, id, F_EXIT, "{\"status\":\"ok\"}", 15);
+    frame_put(&a->host.outq, id, F_EXIT, "{\"status\":\"ok\"}", 15);
     a->shutdown = strcmp(action, "reboot") == 0 ? SD_REBOOT : a->poweroff_means;
     a->grace_ms = grace;
 }
 
+/* The session kinds a host may OPEN ("shutdown" is not a session). */
+static const struct {
+    const char *name;
+    const struct session_ops *ops;
+} session_kinds[] = {
+    { "exec", &exec_session_ops },
+    { "shell", &shell_session_ops },
+    { "put", &put_session_ops },
+    { "get", &get_session_ops },
+    { "forward", &forward_session_ops },
+};
+
+static const struct session_ops *kind_ops(const char *name)
+{
+    for (size_t i = 0; i < sizeof session_kinds / sizeof session_kinds[0]; i++)
+        if (strcmp(session_kinds[i].name, name) == 0)
+            return session_kinds[i].ops;
+    return NULL;
+}
+
 static void on_open(struct agent *a, const struct frame *f)
 {
-    struct session *old = session_find(a, f->session);
+    struct session *old = session_find(&a->host, f->session);
     if (old) {
         /* The ERROR ends the id for the host, so it ends it here too. */
         session_destroy(old);
@@ -312,34 +343,21 @@ static void on_open(struct agent *a, const struct frame *f)
         json_free(&doc);
         return;
     }
-    enum session_kind k;
-    if (strcmp(kind, "exec") == 0 || strcmp(kind, "shell") == 0)
-        k = K_EXEC;
-    else if (strcmp(kind, "put") == 0)
-        k = K_PUT;
-    else if (strcmp(kind, "get") == 0)
-        k = K_GET;
-    else if (strcmp(kind, "forward") == 0)
-        k = K_FORWARD;
-    else {
+    const struct session_ops *ops = kind_ops(kind);
+    if (!ops) {
         char msg[128];
         snprintf(msg, sizeof msg, "unknown kind '%.64s'", kind);
         agent_queue_error(a, f->session, "bad_request", msg);
         json_free(&doc);
         return;
     }
-    struct session *s = session_new(a, f->session, k);
+    struct session *s = session_new(&a->host, f->session, ops);
     if (!s) {
         agent_queue_error(a, f->session, "io_error", "out of memory");
         json_free(&doc);
         return;
     }
-    switch (k) {
-    case K_EXEC: exec_open(s, doc.root, strcmp(kind, "shell") == 0); break;
-    case K_PUT: put_open(s, doc.root); break;
-    case K_GET: get_open(s, doc.root); break;
-    case K_FORWARD: forward_open(s, doc.root); break;
-    }
+    ops->open(s, doc.root);
     json_free(&doc);
 }
 
@@ -369,7 +387,7 @@ static void on_frame(void *ctx, const struct frame *f)
         agent_queue_error(a, f->session, "no_hello", "HELLO first");
         return;
     }
-    struct session *s = session_find(a, f->session);
+    struct session *s = session_find(&a->host, f->session);
     if (f->type < F_HELLO || f->type > F_CLOSE) {
         if (s)
             session_destroy(s);
@@ -413,8 +431,8 @@ static void on_frame(void *ctx, const struct frame *f)
             session_fail(s, "bad_request", "CONTROL payload is not a JSON object");
             return;
         }
-        if (s->kind == K_EXEC)
-            exec_control(s, doc.root);
+        if (s->ops->on_control)
+            s->ops->on_control(s, doc.root);
         json_free(&doc);
         return;
     }
@@ -438,7 +456,7 @@ static void on_oversized(void *ctx, uint32_t session, uint8_t type, uint32_t len
         return;
     char msg[96];
     snprintf(msg, sizeof msg, "frame payload of %u bytes exceeds 1048576", len);
-    struct session *s = session ? session_find(a, session) : NULL;
+    struct session *s = session ? session_find(&a->host, session) : NULL;
     if (s)
         session_destroy(s);
     agent_queue_error(a, session, "frame_too_large", msg);
@@ -448,7 +466,7 @@ static void channel_read(struct agent *a)
 {
     static uint8_t rbuf[64 * 1024];
     struct frame_sink sink = { a, on_frame, on_oversized };
-    for (int i = 0; i < 4 && a->ch.connected && buf_used(&a->outq) < OUTQ_HARD && !a->shutdown; i++) {
+    for (int i = 0; i < 4 && a->ch.connected && buf_used(&a->host.outq) < OUTQ_HARD && !a->shutdown; i++) {
         ssize_t r = read(a->ch.rfd, rbuf, sizeof rbuf);
         if (r > 0) {
             if (frame_decoder_feed(&a->dec, rbuf, (size_t)r, &sink) < 0)
@@ -501,49 +519,43 @@ static short ps_revents(const struct pollset *ps, int idx, int fd)
 static void finish_sessions(struct agent *a)
 {
     struct session *next;
-    for (struct session *s = a->sessions; s; s = next) {
+    for (struct session *s = a->host.sessions; s; s = next) {
         next = s->next;
-        switch (s->kind) {
-        case K_EXEC: exec_maybe_finish(s); break;
-        case K_GET: get_maybe_finish(s); break;
-        case K_FORWARD: forward_maybe_finish(s); break;
-        case K_PUT: break;
-        }
+        if (s->ops->maybe_finish)
+            s->ops->maybe_finish(s);
     }
 }
 
-static int do_shutdown(struct agent *a)
+static enum shutdown_action do_shutdown(struct agent *a)
 {
-    if (a->ch.connected && buf_used(&a->outq) > 0)
-        write_all_timeout(a->ch.wfd, a->outq.data + a->outq.off, buf_used(&a->outq), 2000);
-    buf_clear(&a->outq);
+    if (a->ch.connected && buf_used(&a->host.outq) > 0)
+        write_all_timeout(a->ch.wfd, a->host.outq.data + a->host.outq.off, buf_used(&a->host.outq), 2000);
+    buf_clear(&a->host.outq);
     ma_log("shutting down (%s)", !a->pid1 ? "exit" : a->shutdown == SD_REBOOT ? "reboot" : "poweroff");
-    agent_terminate_all(a, a->stop_signal, a->grace_ms);
-    agent_reset_sessions(a);
-    if (a->pid1)
-        pid1_poweroff(a->shutdown);
-    return 0;
+    terminate_all(a, a->stop_signal, a->grace_ms);
+    session_destroy_all(&a->host);
+    return a->shutdown;
 }
 
-static int agent_exit(struct agent *a, const char *why)
+static enum shutdown_action agent_exit(struct agent *a, const char *why)
 {
     ma_log("%s; exiting", why);
-    agent_reset_sessions(a);
+    session_destroy_all(&a->host);
     wait_all_gone(a, now_mono_ms() + 1000, true);
-    return 0;
+    return SD_NONE;
 }
 
-static int agent_loop(struct agent *a, struct pollset *pset);
+static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset);
 
-int agent_run(struct agent *a)
+enum shutdown_action agent_run(struct agent *a)
 {
     struct pollset ps = { 0 };
-    int r = agent_loop(a, &ps);
+    enum shutdown_action r = agent_loop(a, &ps);
     free(ps.p);
     return r;
 }
 
-static int agent_loop(struct agent *a, struct pollset *pset)
+static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
 {
     struct pollset ps = *pset;
     struct channel *ch = &a->ch;
@@ -563,23 +575,23 @@ static int agent_loop(struct agent *a, struct pollset *pset)
         int sig_idx = ps_add(&ps, a->sig_r, POLLIN);
         int ch_r = -1, ch_w = -1, lis = -1;
         if (ch->connected) {
-            if (buf_used(&a->outq) < OUTQ_HARD)
+            if (buf_used(&a->host.outq) < OUTQ_HARD)
                 ch_r = ps_add(&ps, ch->rfd, POLLIN);
-            if (buf_used(&a->outq) > 0)
+            if (buf_used(&a->host.outq) > 0)
                 ch_w = ps_add(&ps, ch->wfd, POLLOUT);
         } else if (ch->kind == CH_LISTEN) {
             lis = ps_add(&ps, ch->listen_fd, POLLIN);
         }
         int timeout = -1;
         int64_t now = now_mono_ms();
-        for (struct session *s = a->sessions; s; s = s->next) {
+        for (struct session *s = a->host.sessions; s; s = s->next) {
             s->pidx_in = s->pidx_out[1] = s->pidx_out[2] = -1;
             if (s->in_fd >= 0 && !s->in_closed && (buf_used(&s->inbuf) > 0 || s->connecting))
                 s->pidx_in = ps_add(&ps, s->in_fd, POLLOUT);
             for (int st = 1; st <= 2; st++)
                 if (session_can_read(s, st))
                     s->pidx_out[st] = ps_add(&ps, s->out_fd[st], POLLIN);
-            if (s->kind == K_EXEC && s->deadline_ms) {
+            if (s->deadline_ms) {
                 int64_t left = s->deadline_ms - now;
                 if (left < 0)
                     left = 0;
@@ -601,18 +613,15 @@ static int agent_loop(struct agent *a, struct pollset *pset)
 
         /* Session I/O. */
         struct session *next;
-        for (struct session *s = a->sessions; s; s = next) {
+        for (struct session *s = a->host.sessions; s; s = next) {
             next = s->next;
             short rin = ps_revents(&ps, s->pidx_in, s->in_fd);
             if (rin) {
                 /* A failed connect ends the session; no session is created
                  * in this phase, so looking the id up again is safe. */
                 uint32_t id = s->id;
-                if (s->kind == K_FORWARD)
-                    forward_on_writable(s);
-                else
-                    session_flush_input(s);
-                if (session_find(a, id) != s)
+                session_on_writable(s);
+                if (session_find(&a->host, id) != s)
                     continue;
             }
             for (int st = 1; st <= 2; st++) {
@@ -633,12 +642,11 @@ static int agent_loop(struct agent *a, struct pollset *pset)
         /* Timeouts; ptys of reaped processes drain without waiting for
          * POLLIN (the tty may never report it). */
         now = now_mono_ms();
-        for (struct session *s = a->sessions; s; s = s->next) {
-            if (s->kind != K_EXEC)
-                continue;
-            exec_check_timeout(s, now);
-            if (s->pty && s->reaped)
-                session_pump_output(s, 1);
+        for (struct session *s = a->host.sessions; s; s = s->next) {
+            if (s->ops->check_timeout)
+                s->ops->check_timeout(s, now);
+            if (s->out_writer_gone)
+                session_pump_output(s, STREAM_STDOUT);
         }
 
         /* The channel. */

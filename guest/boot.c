@@ -1,6 +1,7 @@
 /* PID-1 duties: console, initramfs stage (modules, root mount, switch root
  * in-process), system mounts, hostname, per-boot config, network (net.c),
- * the channel; and the final power-off. PID 1 must never exit. */
+ * the channel; then the agent loop, and the power-off it asks for. PID 1
+ * must never exit. */
 #define _GNU_SOURCE
 #include "boot.h"
 
@@ -15,7 +16,6 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -49,13 +49,7 @@ static struct boot_config g_cfg = {
     .poweroff_means = SD_POWEROFF,
 };
 
-static void nap(int ms)
-{
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
-void pid1_poweroff(enum shutdown_action how)
+static void __attribute__((noreturn)) pid1_poweroff(enum shutdown_action how)
 {
     sync();
     mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
@@ -71,7 +65,7 @@ static void __attribute__((noreturn)) fatal(const char *fmt, const char *arg)
     char msg[512];
     snprintf(msg, sizeof msg, fmt, arg, arg ? strerror(errno) : "");
     ma_log("fatal: %s", msg);
-    nap(100);
+    sleep_ms(100);
     pid1_poweroff(g_cfg.poweroff_means);
 }
 
@@ -160,18 +154,6 @@ static void parse_cmdline(struct boot_config *c)
             c->poweroff_means = strcmp(v, "reboot") == 0 ? SD_REBOOT : SD_POWEROFF;
     }
     free(text);
-}
-
-static bool wait_for_path(const char *path, int ms)
-{
-    int64_t deadline = now_mono_ms() + ms;
-    for (;;) {
-        if (access(path, F_OK) == 0)
-            return true;
-        if (now_mono_ms() >= deadline)
-            return false;
-        nap(20);
-    }
 }
 
 /* ---- initramfs stage --------------------------------------------------- */
@@ -341,7 +323,7 @@ static void initramfs_stage(void)
     load_modules("/modules");
     parse_cmdline(&g_cfg);
 
-    if (!wait_for_path(g_cfg.root, WAIT_DEVICE_MS)) {
+    if (!wait_for_path(g_cfg.root, now_mono_ms() + WAIT_DEVICE_MS)) {
         errno = ENOENT;
         fatal("root device %s did not appear: %s", g_cfg.root);
     }
@@ -404,7 +386,7 @@ static char *read_boot_config(struct agent *a, struct jdoc *doc)
 {
     if (!g_cfg.config[0])
         return NULL;
-    if (!wait_for_path(g_cfg.config, WAIT_DEVICE_MS)) {
+    if (!wait_for_path(g_cfg.config, now_mono_ms() + WAIT_DEVICE_MS)) {
         ma_log("config device %s did not appear", g_cfg.config);
         return NULL;
     }
@@ -426,13 +408,14 @@ static char *read_boot_config(struct agent *a, struct jdoc *doc)
     const char **env = NULL;
     size_t n = 0;
     if (jfield_strv(doc->root, "env", &env, &n) == 1) {
-        a->boot_env = calloc(n + 1, sizeof *a->boot_env);
-        for (size_t i = 0; a->boot_env && i < n; i++) {
+        struct session_host *h = &a->host;
+        h->boot_env = calloc(n + 1, sizeof *h->boot_env);
+        for (size_t i = 0; h->boot_env && i < n; i++) {
             if (!strchr(env[i], '=') || env[i][0] == '=')
                 continue;
             char *dup = strdup(env[i]);
             if (dup)
-                a->boot_env[a->n_boot_env++] = dup;
+                h->boot_env[h->n_boot_env++] = dup;
         }
         free(env);
     }
@@ -443,7 +426,7 @@ static int open_channel(struct agent *a)
 {
     const char *spec = g_cfg.channel;
     if (strncmp(spec, "virtio-serial:", 14) == 0)
-        return channel_open_vport(a, spec + 14, WAIT_DEVICE_MS);
+        return channel_open_vport(&a->ch, spec + 14, WAIT_DEVICE_MS);
     if (strncmp(spec, "vsock:", 6) == 0) {
         char *end;
         unsigned long port = strtoul(spec + 6, &end, 10);
@@ -451,7 +434,7 @@ static int open_channel(struct agent *a)
             ma_log("bad vsock port in microagent.channel=%s", spec);
             return -1;
         }
-        return channel_listen_vsock(a, (unsigned)port, WAIT_DEVICE_MS);
+        return channel_listen_vsock(&a->ch, (unsigned)port, WAIT_DEVICE_MS);
     }
     ma_log("unknown microagent.channel=%s", spec);
     return -1;
@@ -487,7 +470,8 @@ void pid1_main(void)
         fatal("cannot open the channel %s: %s", g_cfg.channel);
     }
     ma_log("channel ready");
-    agent_run(&agent);
-    /* agent_run powers off as PID 1; never fall out of main. */
-    pid1_poweroff(agent.poweroff_means);
+    enum shutdown_action how = agent_run(&agent);
+    /* As PID 1 the agent returns only for a shutdown; power off regardless,
+     * never fall out of main. */
+    pid1_poweroff(how != SD_NONE ? how : agent.poweroff_means);
 }

@@ -10,8 +10,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "util.h"
 
 /* musl has no <linux/vm_sockets.h>; the ABI is fixed. */
 #ifndef AF_VSOCK
@@ -27,13 +28,7 @@ struct sockaddr_vm_compat {
     unsigned char svm_zero[3];
 };
 
-static void nap(int ms)
-{
-    struct timespec ts = { 0, (long)ms * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
-int channel_use_fd(struct agent *a, int fd)
+int channel_use_fd(struct channel *ch, int fd)
 {
     if (fcntl(fd, F_GETFD) < 0) {
         ma_log("--fd %d: %s", fd, strerror(errno));
@@ -41,14 +36,14 @@ int channel_use_fd(struct agent *a, int fd)
     }
     set_cloexec(fd);
     set_nonblock(fd, true);
-    a->ch.kind = CH_FD;
-    a->ch.rfd = a->ch.wfd = fd;
-    a->ch.connected = true;
-    a->ch.exit_on_eof = true;
+    ch->kind = CH_FD;
+    ch->rfd = ch->wfd = fd;
+    ch->connected = true;
+    ch->exit_on_eof = true;
     return 0;
 }
 
-int channel_use_stdio(struct agent *a)
+int channel_use_stdio(struct channel *ch)
 {
     /* Keep the protocol off fd 1 for anything else: log to stderr only. */
     int in = fcntl(0, F_DUPFD_CLOEXEC, 3), out = fcntl(1, F_DUPFD_CLOEXEC, 3);
@@ -65,11 +60,11 @@ int channel_use_stdio(struct agent *a)
         if (null > 2)
             close(null);
     }
-    a->ch.kind = CH_FD;
-    a->ch.rfd = in;
-    a->ch.wfd = out;
-    a->ch.connected = true;
-    a->ch.exit_on_eof = true;
+    ch->kind = CH_FD;
+    ch->rfd = in;
+    ch->wfd = out;
+    ch->connected = true;
+    ch->exit_on_eof = true;
     return 0;
 }
 
@@ -85,7 +80,7 @@ static int unix_addr(const char *path, struct sockaddr_un *sa)
     return 0;
 }
 
-int channel_listen_unix(struct agent *a, const char *path)
+int channel_listen_unix(struct channel *ch, const char *path)
 {
     struct sockaddr_un sa;
     if (unix_addr(path, &sa) < 0)
@@ -101,13 +96,13 @@ int channel_listen_unix(struct agent *a, const char *path)
         close(fd);
         return -1;
     }
-    a->ch.kind = CH_LISTEN;
-    a->ch.listen_fd = fd;
-    a->ch.connected = false;
+    ch->kind = CH_LISTEN;
+    ch->listen_fd = fd;
+    ch->connected = false;
     return 0;
 }
 
-int channel_connect_unix(struct agent *a, const char *path)
+int channel_connect_unix(struct channel *ch, const char *path)
 {
     struct sockaddr_un sa;
     if (unix_addr(path, &sa) < 0)
@@ -120,10 +115,10 @@ int channel_connect_unix(struct agent *a, const char *path)
         close(fd);
         return -1;
     }
-    return channel_use_fd(a, fd);
+    return channel_use_fd(ch, fd);
 }
 
-int channel_listen_vsock(struct agent *a, unsigned port, int wait_ms)
+int channel_listen_vsock(struct channel *ch, unsigned port, int wait_ms)
 {
     int64_t deadline = now_mono_ms() + wait_ms;
     for (;;) {
@@ -135,9 +130,9 @@ int channel_listen_vsock(struct agent *a, unsigned port, int wait_ms)
             sa.svm_port = port;
             sa.svm_cid = VMADDR_CID_ANY;
             if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 8) == 0) {
-                a->ch.kind = CH_LISTEN;
-                a->ch.listen_fd = fd;
-                a->ch.connected = false;
+                ch->kind = CH_LISTEN;
+                ch->listen_fd = fd;
+                ch->connected = false;
                 return 0;
             }
             int e = errno;
@@ -148,7 +143,7 @@ int channel_listen_vsock(struct agent *a, unsigned port, int wait_ms)
             ma_log("vsock port %u: %s", port, strerror(errno));
             return -1;
         }
-        nap(50);
+        sleep_ms(50);
     }
 }
 
@@ -180,7 +175,7 @@ static int find_vport(const char *name, char *dev, size_t devlen)
     return found;
 }
 
-int channel_open_vport(struct agent *a, const char *name, int wait_ms)
+int channel_open_vport(struct channel *ch, const char *name, int wait_ms)
 {
     int64_t deadline = now_mono_ms() + wait_ms;
     char dev[300];
@@ -188,9 +183,9 @@ int channel_open_vport(struct agent *a, const char *name, int wait_ms)
         if (find_vport(name, dev, sizeof dev) == 0) {
             int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
             if (fd >= 0) {
-                a->ch.kind = CH_VPORT;
-                a->ch.rfd = a->ch.wfd = fd;
-                a->ch.connected = false; /* vport_check decides */
+                ch->kind = CH_VPORT;
+                ch->rfd = ch->wfd = fd;
+                ch->connected = false; /* vport_check decides */
                 return 0;
             }
         }
@@ -198,6 +193,6 @@ int channel_open_vport(struct agent *a, const char *name, int wait_ms)
             ma_log("virtio-serial port '%s' not found", name);
             return -1;
         }
-        nap(50);
+        sleep_ms(50);
     }
 }

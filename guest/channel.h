@@ -3,17 +3,31 @@
 #ifndef MA_CHANNEL_H
 #define MA_CHANNEL_H
 
-#include "agent.h"
+#include <stdbool.h>
 
-int channel_use_fd(struct agent *a, int fd);
-int channel_use_stdio(struct agent *a);
-int channel_listen_unix(struct agent *a, const char *path);
-int channel_connect_unix(struct agent *a, const char *path);
+enum channel_kind {
+    CH_FD,      /* a connected stream (socketpair, --connect, --stdio) */
+    CH_LISTEN,  /* a listening socket (Unix or vsock); one host at a time */
+    CH_VPORT,   /* a virtio-serial port; POLLHUP = host away */
+};
+
+struct channel {
+    enum channel_kind kind;
+    int rfd, wfd;        /* the connection (-1 when none) */
+    int listen_fd;       /* CH_LISTEN */
+    bool connected;
+    bool exit_on_eof;    /* agent --fd/--connect/--stdio */
+};
+
+int channel_use_fd(struct channel *ch, int fd);
+int channel_use_stdio(struct channel *ch);
+int channel_listen_unix(struct channel *ch, const char *path);
+int channel_connect_unix(struct channel *ch, const char *path);
 /* Listen on AF_VSOCK port (VMADDR_CID_ANY); retries up to wait_ms while
  * the vsock transport is not there yet. */
-int channel_listen_vsock(struct agent *a, unsigned port, int wait_ms);
+int channel_listen_vsock(struct channel *ch, unsigned port, int wait_ms);
 /* Find /sys/class/virtio-ports/<vportXpY>/name == name and open the port,
  * waiting up to wait_ms for it to appear. */
-int channel_open_vport(struct agent *a, const char *name, int wait_ms);
+int channel_open_vport(struct channel *ch, const char *name, int wait_ms);
 
 #endif

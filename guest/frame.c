@@ -26,6 +26,16 @@ void frame_decoder_free(struct frame_decoder *d)
     memset(d, 0, sizeof *d);
 }
 
+/* Copy up to want bytes from *p to dst, advancing *p and *n. */
+static size_t take(uint8_t *dst, size_t want, const uint8_t **p, size_t *n)
+{
+    size_t k = want < *n ? want : *n;
+    memcpy(dst, *p, k);
+    *p += k;
+    *n -= k;
+    return k;
+}
+
 int frame_decoder_feed(struct frame_decoder *d, const uint8_t *p, size_t n,
                        const struct frame_sink *sink)
 {
@@ -38,13 +48,7 @@ int frame_decoder_feed(struct frame_decoder *d, const uint8_t *p, size_t n,
             continue;
         }
         if (!d->in_payload) {
-            size_t k = FRAME_HEADER - d->hdr_have;
-            if (k > n)
-                k = n;
-            memcpy(d->hdr + d->hdr_have, p, k);
-            d->hdr_have += k;
-            p += k;
-            n -= k;
+            d->hdr_have += take(d->hdr + d->hdr_have, FRAME_HEADER - d->hdr_have, &p, &n);
             if (d->hdr_have < FRAME_HEADER)
                 break;
             d->hdr_have = 0;
@@ -79,13 +83,7 @@ int frame_decoder_feed(struct frame_decoder *d, const uint8_t *p, size_t n,
             }
             d->in_payload = true;
         }
-        size_t k = d->len - d->payload_have;
-        if (k > n)
-            k = n;
-        memcpy(d->payload + d->payload_have, p, k);
-        d->payload_have += k;
-        p += k;
-        n -= k;
+        d->payload_have += take(d->payload + d->payload_have, d->len - d->payload_have, &p, &n);
         if (d->payload_have == d->len) {
             d->in_payload = false;
             struct frame f = { d->session, d->type, d->len, d->payload };

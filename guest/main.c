@@ -82,17 +82,18 @@ int main(int argc, char **argv)
             ma_log("bad --fd '%s'", fd_arg);
             return 2;
         }
-        r = channel_use_fd(&agent, (int)fd);
+        r = channel_use_fd(&agent.ch, (int)fd);
     } else if (listen_path) {
-        r = channel_listen_unix(&agent, listen_path);
+        r = channel_listen_unix(&agent.ch, listen_path);
     } else if (connect_path) {
-        r = channel_connect_unix(&agent, connect_path);
+        r = channel_connect_unix(&agent.ch, connect_path);
     } else {
         (void)stdio;
-        r = channel_use_stdio(&agent);
+        r = channel_use_stdio(&agent.ch);
     }
     if (r < 0)
         return 1;
     ma_log("channel ready");
-    return agent_run(&agent);
+    agent_run(&agent); /* a shutdown request ends agent mode like a closed channel */
+    return 0;
 }

@@ -31,7 +31,6 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "dhcp.h"
@@ -118,12 +117,6 @@ static bool valid_ip(const char *s)
 {
     unsigned char tmp[sizeof(struct in6_addr)];
     return inet_pton(AF_INET, s, tmp) == 1 || inet_pton(AF_INET6, s, tmp) == 1;
-}
-
-static void nap(int ms)
-{
-    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
 }
 
 /* ---- interfaces -------------------------------------------------------- */
@@ -292,13 +285,7 @@ static bool wait_iface(const char *name, int64_t deadline)
 {
     char path[64];
     snprintf(path, sizeof path, "/sys/class/net/%s", name);
-    for (;;) {
-        if (access(path, F_OK) == 0)
-            return true;
-        if (now_mono_ms() >= deadline)
-            return false;
-        nap(20);
-    }
+    return wait_for_path(path, deadline);
 }
 
 /* Bring the interface up, ask DHCP, apply address, netmask and route. */

@@ -1,46 +1,40 @@
 /* What every session kind shares: lifetime, stream-0 intake with flow
  * control, and reading process/file/socket output into DATA frames under
- * the host's credit and the output-queue bound. */
+ * the host's credit and the output-queue bound. Kind-specific work goes
+ * through the session's ops. */
 #define _GNU_SOURCE
 #include "session.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
-#include "agent.h"
 #include "frame.h"
 
-struct session *session_new(struct agent *a, uint32_t id, enum session_kind kind)
+struct session *session_new(struct session_host *h, uint32_t id, const struct session_ops *ops)
 {
-    struct session *s = calloc(1, sizeof *s);
+    struct session *s = calloc(1, ops->size);
     if (!s)
         return NULL;
-    s->agent = a;
+    s->host = h;
     s->id = id;
-    s->kind = kind;
+    s->ops = ops;
     s->in_fd = -1;
-    s->file_fd = -1;
-    s->dir_fd = -1;
     for (int i = 0; i < 3; i++) {
         s->out_fd[i] = -1;
         s->credit[i] = INITIAL_WINDOW;
         s->pidx_out[i] = -1;
     }
     s->pidx_in = -1;
-    s->uid = -1;
-    s->gid = -1;
-    s->next = a->sessions;
-    a->sessions = s;
+    s->next = h->sessions;
+    h->sessions = s;
     return s;
 }
 
-struct session *session_find(struct agent *a, uint32_t id)
+struct session *session_find(struct session_host *h, uint32_t id)
 {
-    for (struct session *s = a->sessions; s; s = s->next)
+    for (struct session *s = h->sessions; s; s = s->next)
         if (s->id == id)
             return s;
     return NULL;
@@ -48,8 +42,7 @@ struct session *session_find(struct agent *a, uint32_t id)
 
 static bool fd_in_use(const struct session *s, int fd)
 {
-    return fd >= 0 && (s->in_fd == fd || s->out_fd[1] == fd || s->out_fd[2] == fd ||
-                       s->file_fd == fd);
+    return fd >= 0 && (s->in_fd == fd || s->out_fd[1] == fd || s->out_fd[2] == fd);
 }
 
 /* Clear one fd slot; close the fd unless another slot still holds it. */
@@ -71,22 +64,13 @@ void session_close_in(struct session *s)
 
 void session_destroy(struct session *s)
 {
-    struct agent *a = s->agent;
-    if (s->kind == K_EXEC && s->pid > 0) {
-        bool pipes_open = s->out_fd[1] >= 0 || s->out_fd[2] >= 0;
-        if (!s->reaped || pipes_open)
-            kill(-s->pid, SIGKILL);
-    }
-    if (s->kind == K_PUT)
-        put_abort(s);
+    if (s->ops->destroy)
+        s->ops->destroy(s);
     drop_fd(s, &s->in_fd);
     drop_fd(s, &s->out_fd[1]);
     drop_fd(s, &s->out_fd[2]);
-    drop_fd(s, &s->file_fd);
     buf_free(&s->inbuf);
-    free(s->path);
-    free(s->tmp_path);
-    for (struct session **pp = &a->sessions; *pp; pp = &(*pp)->next) {
+    for (struct session **pp = &s->host->sessions; *pp; pp = &(*pp)->next) {
         if (*pp == s) {
             *pp = s->next;
             break;
@@ -95,15 +79,28 @@ void session_destroy(struct session *s)
     free(s);
 }
 
+void session_destroy_all(struct session_host *h)
+{
+    while (h->sessions)
+        session_destroy(h->sessions);
+}
+
 void session_fail(struct session *s, const char *code, const char *message)
 {
-    agent_queue_error(s->agent, s->id, code, message);
+    frame_put_error(&s->host->outq, s->id, code, message);
     session_destroy(s);
 }
 
 void session_send_json(struct session *s, uint8_t type, struct buf *b)
 {
-    frame_put(&s->agent->outq, s->id, type, b->data + b->off, buf_used(b));
+    frame_put(&s->host->outq, s->id, type, b->data + b->off, buf_used(b));
+}
+
+void session_exit(struct session *s, struct buf *b)
+{
+    session_send_json(s, F_EXIT, b);
+    buf_free(b);
+    session_destroy(s);
 }
 
 void session_send_eof(struct session *s, int st)
@@ -111,14 +108,14 @@ void session_send_eof(struct session *s, int st)
     if (s->out_eof_sent[st])
         return;
     s->out_eof_sent[st] = true;
-    frame_put_eof(&s->agent->outq, s->id, (uint8_t)st);
+    frame_put_eof(&s->host->outq, s->id, (uint8_t)st);
 }
 
 void session_consumed(struct session *s, size_t n)
 {
     s->in_consumed += (uint32_t)n;
     if (s->in_consumed >= INITIAL_WINDOW / 2) {
-        frame_put_window(&s->agent->outq, s->id, STREAM_STDIN, s->in_consumed);
+        frame_put_window(&s->host->outq, s->id, STREAM_STDIN, s->in_consumed);
         s->in_unacked -= s->in_consumed;
         s->in_consumed = 0;
     }
@@ -129,15 +126,10 @@ static void deliver_input_eof(struct session *s)
 {
     if (s->in_closed)
         return;
-    if (s->kind == K_EXEC) {
-        exec_on_input_eof(s);
-    } else if (s->kind == K_FORWARD) {
-        if (s->in_fd >= 0)
-            shutdown(s->in_fd, SHUT_WR);
+    if (s->ops->on_input_eof)
+        s->ops->on_input_eof(s);
+    else
         session_close_in(s);
-    } else {
-        session_close_in(s);
-    }
 }
 
 /* The sink broke (EPIPE, EIO...): drop what is buffered and what comes. */
@@ -180,12 +172,8 @@ void session_on_data(struct session *s, const uint8_t *p, size_t n)
         if (s->in_eof)
             return;
         s->in_eof = true;
-        if (s->kind == K_PUT) {
-            put_on_data(s, NULL, 0);
-            return;
-        }
-        if (s->kind == K_GET) {
-            s->in_closed = true;
+        if (s->ops->on_data) {
+            s->ops->on_data(s, NULL, 0);
             return;
         }
         session_flush_input(s);
@@ -201,11 +189,11 @@ void session_on_data(struct session *s, const uint8_t *p, size_t n)
     }
     s->in_unacked += (uint32_t)n;
     s->last_in = p[n - 1];
-    if (s->kind == K_PUT) {
-        put_on_data(s, p, n);
+    if (s->ops->on_data) {
+        s->ops->on_data(s, p, n);
         return;
     }
-    if (s->in_discard || s->in_closed || s->kind == K_GET) {
+    if (s->in_discard || s->in_closed) {
         session_consumed(s, n);
         return;
     }
@@ -216,11 +204,19 @@ void session_on_data(struct session *s, const uint8_t *p, size_t n)
     session_flush_input(s);
 }
 
+void session_on_writable(struct session *s)
+{
+    if (s->ops->on_writable)
+        s->ops->on_writable(s);
+    else
+        session_flush_input(s);
+}
+
 bool session_can_read(const struct session *s, int st)
 {
     if (s->out_fd[st] < 0 || s->out_eof_sent[st] || s->connecting)
         return false;
-    if (buf_used(&s->agent->outq) >= OUTQ_SOFT)
+    if (buf_used(&s->host->outq) >= OUTQ_SOFT)
         return false;
     if (s->limit[st] && s->sent[st] >= s->limit[st])
         return true; /* discarding: read regardless of credit */
@@ -236,7 +232,7 @@ static void output_eof(struct session *s, int st)
 int session_pump_output(struct session *s, int st)
 {
     static uint8_t scratch[DATA_CHUNK];
-    struct buf *q = &s->agent->outq;
+    struct buf *q = &s->host->outq;
     int progress = 0;
     for (int round = 0; round < 8; round++) {
         if (!session_can_read(s, st))
@@ -271,7 +267,6 @@ int session_pump_output(struct session *s, int st)
                     q->len += FRAME_HEADER + 1 + keep;
                     s->sent[st] += keep;
                     s->credit[st] -= (int64_t)keep;
-                    s->bytes += keep;
                 }
                 progress = 1;
                 continue;
@@ -287,14 +282,14 @@ int session_pump_output(struct session *s, int st)
             /* A pty whose process has been reaped: the kernel flushed the
              * tty buffer before answering EAGAIN, so the output is over
              * (background jobs still holding the tty are cut off). */
-            if (s->pty && s->reaped) {
+            if (s->out_writer_gone) {
                 output_eof(s, st);
                 return -1;
             }
             return progress;
         }
         /* EIO on a pty master (slave closed), ECONNRESET on a socket... */
-        if (!(s->pty && errno == EIO))
+        if (!(s->out_pty && errno == EIO))
             s->out_error = true;
         output_eof(s, st);
         return -1;

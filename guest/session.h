@@ -1,25 +1,72 @@
-/* Sessions (docs/protocol.md, "Sessions"): one struct per open session, the
- * flow-control bookkeeping shared by every kind, and the per-kind entry
- * points implemented in session_exec.c, session_file.c, session_forward.c. */
+/* Sessions (docs/protocol.md, "Sessions"): what every kind shares (lifetime,
+ * stream-0 intake with flow control, output pumped under the host's credit)
+ * and the table of functions through which the agent drives a kind. Each
+ * kind (session_exec.c, session_file.c, session_forward.c) keeps its own
+ * state in a struct that starts with struct session. Sessions know nothing
+ * of the agent beyond struct session_host. */
 #ifndef MA_SESSION_H
 #define MA_SESSION_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "json.h"
 #include "util.h"
 
-struct agent;
+/* Sessions stop reading their processes while the output queue holds this
+ * much (the agent stops reading the channel at a higher mark). */
+#define OUTQ_SOFT (1u << 20)
 
-enum session_kind { K_EXEC, K_PUT, K_GET, K_FORWARD };
+struct session;
+
+/* What sessions may use of the connection that owns them: the list they
+ * live in, the output queue towards the host, and what exec inherits. */
+struct session_host {
+    struct session *sessions;
+    struct buf outq;
+    char **boot_env;     /* KEY=VALUE entries of the per-boot config */
+    size_t n_boot_env;
+    bool pdeathsig;      /* children die with the agent (agent mode, not PID 1) */
+};
+
+/* One kind of session. Optional entries may be NULL (the generic behaviour
+ * named with each). Any entry may end the session (session_destroy). */
+struct session_ops {
+    size_t size;         /* of the kind's struct, which starts with struct session */
+    /* Parse the OPEN request and start; on a bad request it ends the session. */
+    void (*open)(struct session *s, const struct jv *req);
+    /* Stream-0 bytes (n == 0: EOF) once their credit is checked. NULL: they
+     * are buffered and written to in_fd. */
+    void (*on_data)(struct session *s, const uint8_t *p, size_t n);
+    /* Stream-0 EOF reaches the sink after the buffered bytes. NULL: close it. */
+    void (*on_input_eof)(struct session *s);
+    /* in_fd is writable. NULL: session_flush_input. */
+    void (*on_writable)(struct session *s);
+    /* A CONTROL message from the host. NULL: ignored. */
+    void (*on_control)(struct session *s, const struct jv *msg);
+    /* The session's work is over: send EXIT and end it, returning true. */
+    bool (*maybe_finish)(struct session *s);
+    /* Once per loop turn; deadline_ms has passed when now >= deadline_ms. */
+    void (*check_timeout)(struct session *s, int64_t now);
+    /* A child exited: true when it was this session's process. */
+    bool (*on_child_exit)(struct session *s, pid_t pid, int wstatus);
+    /* The process group the session runs (signalled on shutdown), or 0. */
+    pid_t (*process_group)(const struct session *s);
+    /* Release the kind's resources (processes, temp files); sends nothing. */
+    void (*destroy)(struct session *s);
+};
+
+/* The kinds a host may OPEN. */
+extern const struct session_ops exec_session_ops, shell_session_ops, put_session_ops,
+    get_session_ops, forward_session_ops;
 
 struct session {
     struct session *next;
-    struct agent *agent;
+    struct session_host *host;
     uint32_t id;
-    enum session_kind kind;
+    const struct session_ops *ops;
 
     /* Stream 0 (host -> guest): bytes received but not yet granted back,
      * bytes consumed since the last WINDOW, and data waiting for the sink. */
@@ -31,6 +78,7 @@ struct session {
     bool in_discard;     /* drop stream 0 data (no stdin, or sink broke) */
     int in_fd;           /* sink fd, -1 if none */
     uint8_t last_in;     /* last stream-0 byte received (pty EOF) */
+    bool connecting;     /* in_fd is a socket still connecting: wait for POLLOUT */
 
     /* Streams 1 and 2 (guest -> host). */
     int out_fd[3];       /* [1], [2]; may equal in_fd (pty master, socket) */
@@ -41,42 +89,32 @@ struct session {
     bool out_eof_sent[3];
     bool out_used[3];    /* this stream exists for the session */
     bool out_error;      /* a read failed (not EOF) */
+    bool out_pty;        /* stream 1 is a pty master: EIO is its EOF */
+    /* Nothing more will be written to stream 1 (a pty whose process was
+     * reaped): EAGAIN ends it, and it is read every loop turn because a tty
+     * may never report POLLIN. */
+    bool out_writer_gone;
+
+    int64_t deadline_ms; /* monotonic: when check_timeout has work; 0 = none */
 
     /* poll() bookkeeping: indices into the agent's pollfd array. */
     int pidx_in, pidx_out[3];
-
-    /* exec */
-    pid_t pid;
-    bool pty;
-    bool running;        /* started and not reaped */
-    bool reaped;
-    int wstatus;
-    bool timed_out;
-    int64_t deadline_ms; /* monotonic; 0 = none */
-    int64_t started_at_ms, completed_at_ms;
-
-    /* put */
-    int file_fd;
-    int dir_fd;          /* the destination's directory, reached without foreign symlinks */
-    char *path, *tmp_path; /* tmp_path: a name in dir_fd */
-    uint32_t mode;
-    int64_t uid, gid;
-    uint64_t bytes;
-
-    /* forward */
-    bool connecting;
 };
 
-/* Shared helpers (session.c). */
-struct session *session_new(struct agent *a, uint32_t id, enum session_kind kind);
-struct session *session_find(struct agent *a, uint32_t id);
+/* Allocate ops->size bytes, link the session into host's list. */
+struct session *session_new(struct session_host *h, uint32_t id, const struct session_ops *ops);
+struct session *session_find(struct session_host *h, uint32_t id);
 /* Kill processes, close fds, remove temp files, unlink and free. Sends
  * nothing. */
 void session_destroy(struct session *s);
+/* Destroy every session. */
+void session_destroy_all(struct session_host *h);
 /* Queue ERROR on the session and destroy it. */
 void session_fail(struct session *s, const char *code, const char *message);
 /* Queue a JSON frame (payload in b) for this session. */
 void session_send_json(struct session *s, uint8_t type, struct buf *b);
+/* Queue EXIT (payload in b, then freed) and destroy the session. */
+void session_exit(struct session *s, struct buf *b);
 /* Queue EOF on stream st unless already sent. */
 void session_send_eof(struct session *s, int st);
 /* Account n consumed stream-0 bytes; sends WINDOW at half the window. */
@@ -85,6 +123,8 @@ void session_consumed(struct session *s, size_t n);
 void session_on_data(struct session *s, const uint8_t *p, size_t n);
 /* Pump stream-0 data from inbuf into in_fd (non-blocking). */
 void session_flush_input(struct session *s);
+/* in_fd is writable: the kind's on_writable, else session_flush_input. */
+void session_on_writable(struct session *s);
 /* Read from out_fd[st] into DATA frames as credit and the queue allow.
  * Returns: 1 progress, 0 nothing (EAGAIN), -1 EOF/error (EOF sent). */
 int session_pump_output(struct session *s, int st);
@@ -95,24 +135,5 @@ void session_close_out(struct session *s, int st);
 void session_close_in(struct session *s);
 /* Drop buffered stream-0 data and discard all that follows. */
 void session_drop_input(struct session *s);
-
-/* Kinds. open_* parse the OPEN payload; on error they call session_fail. */
-void exec_open(struct session *s, const struct jv *req, bool shell);
-void exec_control(struct session *s, const struct jv *msg);
-void exec_reaped(struct session *s, int wstatus);
-void exec_on_input_eof(struct session *s);
-void exec_check_timeout(struct session *s, int64_t now);
-bool exec_maybe_finish(struct session *s);
-void exec_kill(struct session *s, int sig);
-
-void put_open(struct session *s, const struct jv *req);
-void put_on_data(struct session *s, const uint8_t *p, size_t n);
-void put_abort(struct session *s);
-void get_open(struct session *s, const struct jv *req);
-bool get_maybe_finish(struct session *s);
-
-void forward_open(struct session *s, const struct jv *req);
-void forward_on_writable(struct session *s);
-bool forward_maybe_finish(struct session *s);
 
 #endif

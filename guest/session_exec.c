@@ -15,7 +15,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "agent.h"
+#include "frame.h"
 #include "session.h"
 #include "user.h"
 
@@ -29,6 +29,19 @@
 #define BASE_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 extern char **environ;
+
+struct exec_session {
+    struct session s;
+    pid_t pid;           /* also its process group; 0 until started */
+    bool pty;
+    bool running;        /* started and not reaped */
+    bool reaped;
+    int wstatus;
+    bool timed_out;
+    int64_t started_at_ms, completed_at_ms;
+};
+
+static struct exec_session *exec_of(struct session *s) { return (struct exec_session *)s; }
 
 /* Stages the child reports through the error pipe. */
 enum { CE_PTY = 1, CE_STDIO, CE_USER, CE_CWD, CE_EXEC };
@@ -85,9 +98,11 @@ static bool valid_env_entry(const char *kv)
     return eq && eq != kv;
 }
 
-static void send_exit_json(struct session *s, const char *status, int exit_code, int sig,
-                           const char *err_code, const char *err_msg)
+/* Send EXIT and end the session. */
+static void report_exit(struct exec_session *e, const char *status, int exit_code, int sig,
+                        const char *err_code, const char *err_msg)
 {
+    struct session *s = &e->s;
     struct buf b = { 0 };
     sb_puts(&b, "{\"status\":");
     jw_str(&b, status);
@@ -95,7 +110,7 @@ static void send_exit_json(struct session *s, const char *status, int exit_code,
     sb_printf(&b, ",\"stdout_truncated\":%s,\"stderr_truncated\":%s",
               s->truncated[1] ? "true" : "false", s->truncated[2] ? "true" : "false");
     sb_printf(&b, ",\"started_at_ms\":%lld,\"completed_at_ms\":%lld",
-              (long long)s->started_at_ms, (long long)s->completed_at_ms);
+              (long long)e->started_at_ms, (long long)e->completed_at_ms);
     if (err_code) {
         sb_puts(&b, ",\"error\":{\"code\":");
         jw_str(&b, err_code);
@@ -104,31 +119,26 @@ static void send_exit_json(struct session *s, const char *status, int exit_code,
         sb_puts(&b, "}");
     }
     sb_puts(&b, "}");
-    session_send_json(s, F_EXIT, &b);
-    buf_free(&b);
+    session_exit(s, &b);
 }
+
+/* Why a process did not start: the failed_to_start report. */
+struct start_failure {
+    int exit_code;
+    const char *code;
+    char msg[512];
+};
 
 /* failed_to_start: EOF on the output streams, EXIT, end of session. */
-static void fail_start(struct session *s, int exit_code, const char *code, const char *msg)
+static void fail_start(struct exec_session *e, const struct start_failure *f)
 {
-    if (!s->started_at_ms)
-        s->started_at_ms = now_unix_ms();
-    s->completed_at_ms = now_unix_ms();
+    if (!e->started_at_ms)
+        e->started_at_ms = now_unix_ms();
+    e->completed_at_ms = now_unix_ms();
     for (int st = 1; st <= 2; st++)
-        if (s->out_used[st])
-            session_send_eof(s, st);
-    send_exit_json(s, "failed_to_start", exit_code, 0, code, msg);
-    s->pid = 0;
-    session_destroy(s);
-}
-
-static void close_pair(int p[2])
-{
-    if (p[0] >= 0)
-        close(p[0]);
-    if (p[1] >= 0)
-        close(p[1]);
-    p[0] = p[1] = -1;
+        if (e->s.out_used[st])
+            session_send_eof(&e->s, st);
+    report_exit(e, "failed_to_start", f->exit_code, 0, f->code, f->msg);
 }
 
 struct child_args {
@@ -208,268 +218,339 @@ static void __attribute__((noreturn)) child_main(const struct child_args *c)
     child_fail(c->report_w, CE_EXEC, errno);
 }
 
-void exec_open(struct session *s, const struct jv *req, bool shell)
-{
-    struct agent *a = s->agent;
-    const char **argv = NULL, **env = NULL;
-    size_t argc = 0, nenv = 0;
-    const char *cwd = NULL, *term = "xterm-256color", *user_spec = NULL;
-    char user_buf[32];
-    bool want_stdin = false, pty = shell;
-    int64_t rows = 24, cols = 80, timeout_ms = 0, out_limit = 0, err_limit = 0;
-    const char *bad = NULL;
-    struct env_vec ev = { 0 };
-    struct user_info u;
-    int in_p[2] = { -1, -1 }, out_p[2] = { -1, -1 }, err_p[2] = { -1, -1 }, rep_p[2] = { -1, -1 };
-    int master = -1;
-    char slave[128] = "";
-    char *shell_argv[3];
+/* ---- parse: the OPEN request -> a validated spec ------------------------ */
 
-    if (jfield_strv(req, "argv", &argv, &argc) < 0)
-        bad = "argv must be an array of strings";
-    else if (!shell && argc == 0)
-        bad = "argv is required and must not be empty";
-    else if (jfield_strv(req, "env", &env, &nenv) < 0)
-        bad = "env must be an array of strings";
-    else if (jfield_str(req, "cwd", &cwd) < 0)
-        bad = "cwd must be a string";
-    else if (jfield_str(req, "term", &term) < 0)
-        bad = "term must be a string";
-    else if (jfield_bool(req, "stdin", &want_stdin) < 0)
-        bad = "stdin must be a boolean";
-    else if (!shell && jfield_bool(req, "pty", &pty) < 0)
-        bad = "pty must be a boolean";
-    else if (jfield_int(req, "rows", 0, 65535, &rows) < 0 || jfield_int(req, "cols", 0, 65535, &cols) < 0)
-        bad = "rows/cols must be integers in 0..65535";
-    else if (jfield_int(req, "timeout_ms", 0, INT64_MAX / 4, &timeout_ms) < 0)
-        bad = "timeout_ms must be a non-negative integer";
-    else if (jfield_int(req, "stdout_limit", 0, INT64_MAX, &out_limit) < 0 ||
-             jfield_int(req, "stderr_limit", 0, INT64_MAX, &err_limit) < 0)
-        bad = "stdout_limit/stderr_limit must be non-negative integers";
-    if (!bad) {
-        struct jv *uv = jget(req, "user");
-        if (uv && uv->type == J_INT && uv->i >= 0 && uv->i < 0xFFFFFFFFll) {
-            snprintf(user_buf, sizeof user_buf, "%lld", (long long)uv->i);
-            user_spec = user_buf;
-        } else if (jfield_str(req, "user", &user_spec) < 0) {
-            bad = "user must be a string";
+/* A validated exec or shell request; strings point into the request. */
+struct exec_spec {
+    bool shell;
+    const char **argv;   /* malloc'ed; a shell without argv runs the login shell */
+    size_t argc;
+    const char **env;    /* malloc'ed; K=V entries */
+    size_t nenv;
+    const char *cwd;     /* NULL: the user's home, then / */
+    const char *term;
+    const char *user;    /* NULL: the agent's own user */
+    char user_buf[32];   /* user given as a number */
+    bool want_stdin, pty;
+    int64_t rows, cols, timeout_ms, out_limit, err_limit;
+};
+
+static void exec_spec_free(struct exec_spec *sp)
+{
+    free(sp->argv);
+    free(sp->env);
+}
+
+/* Fills sp (free it with exec_spec_free either way); returns NULL, or what
+ * is wrong with the request. */
+static const char *exec_parse(const struct jv *req, bool shell, struct exec_spec *sp)
+{
+    *sp = (struct exec_spec){
+        .shell = shell, .term = "xterm-256color", .pty = shell, .rows = 24, .cols = 80,
+    };
+    if (jfield_strv(req, "argv", &sp->argv, &sp->argc) < 0)
+        return "argv must be an array of strings";
+    if (!shell && sp->argc == 0)
+        return "argv is required and must not be empty";
+    if (jfield_strv(req, "env", &sp->env, &sp->nenv) < 0)
+        return "env must be an array of strings";
+    if (jfield_str(req, "cwd", &sp->cwd) < 0)
+        return "cwd must be a string";
+    if (jfield_str(req, "term", &sp->term) < 0)
+        return "term must be a string";
+    if (jfield_bool(req, "stdin", &sp->want_stdin) < 0)
+        return "stdin must be a boolean";
+    if (!shell && jfield_bool(req, "pty", &sp->pty) < 0)
+        return "pty must be a boolean";
+    if (jfield_int(req, "rows", 0, 65535, &sp->rows) < 0 || jfield_int(req, "cols", 0, 65535, &sp->cols) < 0)
+        return "rows/cols must be integers in 0..65535";
+    if (jfield_int(req, "timeout_ms", 0, INT64_MAX / 4, &sp->timeout_ms) < 0)
+        return "timeout_ms must be a non-negative integer";
+    if (jfield_int(req, "stdout_limit", 0, INT64_MAX, &sp->out_limit) < 0 ||
+        jfield_int(req, "stderr_limit", 0, INT64_MAX, &sp->err_limit) < 0)
+        return "stdout_limit/stderr_limit must be non-negative integers";
+    struct jv *uv = jget(req, "user");
+    if (uv && uv->type == J_INT && uv->i >= 0 && uv->i < 0xFFFFFFFFll) {
+        snprintf(sp->user_buf, sizeof sp->user_buf, "%lld", (long long)uv->i);
+        sp->user = sp->user_buf;
+    } else if (jfield_str(req, "user", &sp->user) < 0) {
+        return "user must be a string";
+    }
+    for (size_t i = 0; i < sp->nenv; i++)
+        if (!valid_env_entry(sp->env[i]))
+            return "env entries must be K=V";
+    if (sp->cwd && !*sp->cwd)
+        sp->cwd = NULL;
+    if (sp->rows == 0)
+        sp->rows = 24;
+    if (sp->cols == 0)
+        sp->cols = 80;
+    return NULL;
+}
+
+/* ---- spawn: user, environment, stdio, fork, the child's report ---------- */
+
+/* Environment: base, per-boot, request. Returns -1 when out of memory. */
+static int build_env(struct env_vec *ev, const struct exec_spec *sp, const struct user_info *u,
+                     const struct session_host *h)
+{
+    char kv[512];
+    env_set(ev, BASE_PATH);
+    snprintf(kv, sizeof kv, "HOME=%s", u->home);
+    env_set(ev, kv);
+    if (sp->pty) {
+        snprintf(kv, sizeof kv, "TERM=%s", sp->term);
+        env_set(ev, kv);
+    }
+    for (size_t i = 0; i < h->n_boot_env; i++)
+        env_set(ev, h->boot_env[i]);
+    for (size_t i = 0; i < sp->nenv; i++)
+        env_set(ev, sp->env[i]);
+    return ev->v ? 0 : -1;
+}
+
+/* The process's stdio: a pty, or pipes; and the child's report pipe. */
+struct exec_stdio {
+    int master;          /* pty master, or -1 */
+    char slave[128];
+    int in[2], out[2], err[2], report[2];
+};
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void close_pair(int p[2])
+{
+    close_fd(&p[0]);
+    close_fd(&p[1]);
+}
+
+static void close_stdio(struct exec_stdio *io)
+{
+    close_pair(io->in);
+    close_pair(io->out);
+    close_pair(io->err);
+    close_pair(io->report);
+    close_fd(&io->master);
+}
+
+static int open_stdio(const struct exec_spec *sp, struct exec_stdio *io, struct start_failure *f)
+{
+    const char *fail_code = NULL;
+    int fail_errno = 0;
+    if (sp->pty) {
+        io->master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (io->master < 0 || grantpt(io->master) < 0 || unlockpt(io->master) < 0 ||
+            ptsname_r(io->master, io->slave, sizeof io->slave) != 0) {
+            fail_code = "pty_failed";
+            fail_errno = errno;
+        } else {
+            struct winsize ws = { .ws_row = (unsigned short)sp->rows, .ws_col = (unsigned short)sp->cols };
+            ioctl(io->master, TIOCSWINSZ, &ws);
+        }
+    } else {
+        if ((sp->want_stdin && pipe2(io->in, O_CLOEXEC) < 0) || pipe2(io->out, O_CLOEXEC) < 0 ||
+            pipe2(io->err, O_CLOEXEC) < 0) {
+            fail_code = "io_error";
+            fail_errno = errno;
         }
     }
-    for (size_t i = 0; !bad && i < nenv; i++)
-        if (!valid_env_entry(env[i]))
-            bad = "env entries must be K=V";
-    if (bad) {
-        free(argv);
-        free(env);
-        session_fail(s, "bad_request", bad);
-        return;
+    if (!fail_code && pipe2(io->report, O_CLOEXEC) < 0) {
+        fail_code = "io_error";
+        fail_errno = errno;
     }
-    if (cwd && !*cwd)
-        cwd = NULL;
-    if (rows == 0)
-        rows = 24;
-    if (cols == 0)
-        cols = 80;
-    s->pty = pty;
-    s->out_used[1] = true;
-    s->out_used[2] = !pty;
-    s->limit[1] = (uint64_t)out_limit;
-    s->limit[2] = (uint64_t)err_limit;
-    s->started_at_ms = now_unix_ms();
+    if (!fail_code)
+        return 0;
+    *f = (struct start_failure){ .exit_code = 126, .code = fail_code };
+    snprintf(f->msg, sizeof f->msg, "setting up the process: %s", strerror(fail_errno));
+    return -1;
+}
 
-    const char *ecode;
-    char msg[512];
-    if (user_resolve(user_spec, &u, &ecode, msg, sizeof msg) < 0) {
-        free(argv);
-        free(env);
-        fail_start(s, 126, ecode, msg);
-        return;
+/* Waits for the child's report: true when it failed before running the
+ * program (the child is reaped and f filled), false once it has exec'ed. */
+static bool child_failed(struct exec_stdio *io, pid_t pid, const struct child_args *ca,
+                         struct start_failure *f)
+{
+    struct child_report rep;
+    ssize_t r;
+    do
+        r = read(io->report[0], &rep, sizeof rep);
+    while (r < 0 && errno == EINTR);
+    close_fd(&io->report[0]);
+    if (r != (ssize_t)sizeof rep)
+        return false;
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    const char *what = "exec";
+    *f = (struct start_failure){ .exit_code = 126 };
+    switch (rep.stage) {
+    case CE_PTY: f->code = "pty_failed"; what = "opening the pty"; break;
+    case CE_STDIO: f->code = "io_error"; what = "setting up stdio"; break;
+    case CE_USER: f->code = "bad_user"; what = "switching user"; break;
+    case CE_CWD: f->code = "bad_cwd"; what = ca->cwd ? ca->cwd : "chdir"; break;
+    default:
+        what = ca->argv[0];
+        if (rep.err == ENOENT || rep.err == ENOTDIR) {
+            f->code = "not_found";
+            f->exit_code = 127;
+        } else if (rep.err == EACCES || rep.err == EPERM) {
+            f->code = "permission_denied";
+        } else {
+            f->code = "exec_failed";
+        }
     }
-    if (shell && argc == 0) {
-        free(argv);
+    snprintf(f->msg, sizeof f->msg, "%s: %s", what, strerror(rep.err));
+    return true;
+}
+
+/* Fork the child on io; returns its pid once it has exec'ed, or -1 with f
+ * filled. The child's ends of io are closed either way. */
+static pid_t fork_child(const struct child_args *ca, struct exec_stdio *io, struct start_failure *f)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0)
+        child_main(ca);
+    int fork_errno = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        *f = (struct start_failure){ .exit_code = 126, .code = "io_error" };
+        snprintf(f->msg, sizeof f->msg, "fork: %s", strerror(fork_errno));
+        return -1;
+    }
+    close_fd(&io->report[1]);
+    close_fd(&io->in[0]);
+    close_fd(&io->out[1]);
+    close_fd(&io->err[1]);
+    return child_failed(io, pid, ca, f) ? -1 : pid;
+}
+
+/* Start the process described by sp. Returns its pid with the parent's
+ * ends of its stdio open in io, or -1 with f filled (io closed). */
+static pid_t exec_spawn(const struct exec_spec *sp, const struct session_host *h,
+                        struct exec_stdio *io, struct start_failure *f)
+{
+    *io = (struct exec_stdio){
+        .master = -1, .in = { -1, -1 }, .out = { -1, -1 }, .err = { -1, -1 }, .report = { -1, -1 },
+    };
+    struct user_info u;
+    f->exit_code = 126;
+    if (user_resolve(sp->user, &u, &f->code, f->msg, sizeof f->msg) < 0)
+        return -1;
+    char *shell_argv[3];
+    if (sp->shell && sp->argc == 0) {
         const char *sh = u.shell;
         if (!*sh || access(sh, X_OK) != 0)
             sh = "/bin/sh";
         shell_argv[0] = (char *)sh;
         shell_argv[1] = (char *)"-l";
         shell_argv[2] = NULL;
-        argv = NULL;
     }
-
-    /* Environment: base, per-boot, request. */
-    char kv[512];
-    env_set(&ev, BASE_PATH);
-    snprintf(kv, sizeof kv, "HOME=%s", u.home);
-    env_set(&ev, kv);
-    if (pty) {
-        snprintf(kv, sizeof kv, "TERM=%s", term);
-        env_set(&ev, kv);
+    struct env_vec ev = { 0 };
+    if (build_env(&ev, sp, &u, h) < 0) {
+        f->code = "io_error";
+        snprintf(f->msg, sizeof f->msg, "out of memory");
+        return -1;
     }
-    for (size_t i = 0; i < a->n_boot_env; i++)
-        env_set(&ev, a->boot_env[i]);
-    for (size_t i = 0; i < nenv; i++)
-        env_set(&ev, env[i]);
-    free(env);
-    if (!ev.v) {
-        free(argv);
-        fail_start(s, 126, "io_error", "out of memory");
-        return;
+    pid_t pid = -1;
+    if (open_stdio(sp, io, f) == 0) {
+        struct child_args ca = {
+            .pty = sp->pty,
+            .slave = io->slave,
+            .in_r = io->in[0],
+            .out_w = io->out[1],
+            .err_w = io->err[1],
+            .report_w = io->report[1],
+            .user = &u,
+            .cwd = sp->cwd,
+            .argv = sp->shell && sp->argc == 0 ? shell_argv : (char **)sp->argv,
+            .envp = ev.v,
+            .pdeathsig = h->pdeathsig,
+        };
+        pid = fork_child(&ca, io, f);
     }
-
-    const char *fail_code = NULL;
-    int fail_errno = 0;
-    if (pty) {
-        master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-        if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 ||
-            ptsname_r(master, slave, sizeof slave) != 0) {
-            fail_code = "pty_failed";
-            fail_errno = errno;
-        } else {
-            struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
-            ioctl(master, TIOCSWINSZ, &ws);
-        }
-    } else {
-        if ((want_stdin && pipe2(in_p, O_CLOEXEC) < 0) || pipe2(out_p, O_CLOEXEC) < 0 ||
-            pipe2(err_p, O_CLOEXEC) < 0) {
-            fail_code = "io_error";
-            fail_errno = errno;
-        }
-    }
-    if (!fail_code && pipe2(rep_p, O_CLOEXEC) < 0) {
-        fail_code = "io_error";
-        fail_errno = errno;
-    }
-    if (fail_code) {
-        snprintf(msg, sizeof msg, "setting up the process: %s", strerror(fail_errno));
-        goto fail_cleanup;
-    }
-
-    struct child_args ca = {
-        .pty = pty,
-        .slave = slave,
-        .in_r = in_p[0],
-        .out_w = out_p[1],
-        .err_w = err_p[1],
-        .report_w = rep_p[1],
-        .user = &u,
-        .cwd = cwd,
-        .argv = argv ? (char **)argv : shell_argv,
-        .envp = ev.v,
-        .pdeathsig = !a->pid1,
-    };
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0)
-        child_main(&ca);
-    int fork_errno = errno;
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    if (pid < 0) {
-        fail_code = "io_error";
-        snprintf(msg, sizeof msg, "fork: %s", strerror(fork_errno));
-        goto fail_cleanup;
-    }
-    close(rep_p[1]);
-    rep_p[1] = -1;
-    if (in_p[0] >= 0) {
-        close(in_p[0]);
-        in_p[0] = -1;
-    }
-    if (out_p[1] >= 0) {
-        close(out_p[1]);
-        out_p[1] = -1;
-    }
-    if (err_p[1] >= 0) {
-        close(err_p[1]);
-        err_p[1] = -1;
-    }
-    struct child_report rep;
-    ssize_t r;
-    do
-        r = read(rep_p[0], &rep, sizeof rep);
-    while (r < 0 && errno == EINTR);
-    close(rep_p[0]);
-    rep_p[0] = -1;
-    if (r == (ssize_t)sizeof rep) {
-        int st;
-        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-            ;
-        int code = 126;
-        const char *what = "exec";
-        switch (rep.stage) {
-        case CE_PTY: fail_code = "pty_failed"; what = "opening the pty"; break;
-        case CE_STDIO: fail_code = "io_error"; what = "setting up stdio"; break;
-        case CE_USER: fail_code = "bad_user"; what = "switching user"; break;
-        case CE_CWD: fail_code = "bad_cwd"; what = cwd ? cwd : "chdir"; break;
-        default:
-            what = ca.argv[0];
-            if (rep.err == ENOENT || rep.err == ENOTDIR) {
-                fail_code = "not_found";
-                code = 127;
-            } else if (rep.err == EACCES || rep.err == EPERM) {
-                fail_code = "permission_denied";
-            } else {
-                fail_code = "exec_failed";
-            }
-        }
-        snprintf(msg, sizeof msg, "%s: %s", what, strerror(rep.err));
-        close_pair(in_p);
-        close_pair(out_p);
-        close_pair(err_p);
-        if (master >= 0)
-            close(master);
-        free(argv);
-        env_free(&ev);
-        fail_start(s, code, fail_code, msg);
-        return;
-    }
-
-    /* Running. */
-    free(argv);
+    if (pid < 0)
+        close_stdio(io);
     env_free(&ev);
-    s->pid = pid;
-    s->running = true;
-    if (timeout_ms > 0)
-        s->deadline_ms = now_mono_ms() + timeout_ms;
-    if (pty) {
-        set_nonblock(master, true);
-        s->in_fd = master;
-        s->out_fd[1] = master;
+    return pid;
+}
+
+/* ---- attach: the running process becomes the session's streams --------- */
+
+static void exec_attach(struct exec_session *e, const struct exec_spec *sp, struct exec_stdio *io,
+                        pid_t pid)
+{
+    struct session *s = &e->s;
+    e->pid = pid;
+    e->running = true;
+    if (sp->timeout_ms > 0)
+        s->deadline_ms = now_mono_ms() + sp->timeout_ms;
+    if (sp->pty) {
+        set_nonblock(io->master, true);
+        s->in_fd = io->master;
+        s->out_fd[1] = io->master;
     } else {
-        if (want_stdin) {
-            set_nonblock(in_p[1], true);
-            s->in_fd = in_p[1];
+        if (sp->want_stdin) {
+            set_nonblock(io->in[1], true);
+            s->in_fd = io->in[1];
         } else {
             s->in_discard = true;
             s->in_closed = true;
         }
-        set_nonblock(out_p[0], true);
-        set_nonblock(err_p[0], true);
-        s->out_fd[1] = out_p[0];
-        s->out_fd[2] = err_p[0];
+        set_nonblock(io->out[0], true);
+        set_nonblock(io->err[0], true);
+        s->out_fd[1] = io->out[0];
+        s->out_fd[2] = io->err[0];
     }
     struct buf b = { 0 };
     sb_printf(&b, "{\"started\":{\"pid\":%d}}", (int)pid);
     session_send_json(s, F_CONTROL, &b);
     buf_free(&b);
-    return;
-
-fail_cleanup:
-    close_pair(in_p);
-    close_pair(out_p);
-    close_pair(err_p);
-    close_pair(rep_p);
-    if (master >= 0)
-        close(master);
-    free(argv);
-    env_free(&ev);
-    fail_start(s, 126, fail_code, msg);
 }
 
-void exec_on_input_eof(struct session *s)
+static void exec_open(struct session *s, const struct jv *req, bool shell)
 {
-    if (s->pty) {
+    struct exec_session *e = exec_of(s);
+    struct exec_spec sp;
+    const char *bad = exec_parse(req, shell, &sp);
+    if (bad) {
+        exec_spec_free(&sp);
+        session_fail(s, "bad_request", bad);
+        return;
+    }
+    e->pty = sp.pty;
+    s->out_pty = sp.pty;
+    s->out_used[1] = true;
+    s->out_used[2] = !sp.pty;
+    s->limit[1] = (uint64_t)sp.out_limit;
+    s->limit[2] = (uint64_t)sp.err_limit;
+    e->started_at_ms = now_unix_ms();
+
+    struct exec_stdio io;
+    struct start_failure f;
+    pid_t pid = exec_spawn(&sp, s->host, &io, &f);
+    if (pid < 0)
+        fail_start(e, &f);
+    else
+        exec_attach(e, &sp, &io, pid);
+    exec_spec_free(&sp);
+}
+
+static void exec_open_request(struct session *s, const struct jv *req) { exec_open(s, req, false); }
+static void shell_open_request(struct session *s, const struct jv *req) { exec_open(s, req, true); }
+
+/* ---- the running session ------------------------------------------------ */
+
+static void exec_on_input_eof(struct session *s)
+{
+    if (exec_of(s)->pty) {
         /* A terminal has no EOF of its own: type the EOF character, as a
          * user at the terminal would (twice to end an unfinished line). */
         struct termios t;
@@ -483,56 +564,69 @@ void exec_on_input_eof(struct session *s)
     session_close_in(s);
 }
 
-void exec_kill(struct session *s, int sig)
+static void exec_kill(struct exec_session *e, int sig)
 {
-    if (s->pid > 0)
-        kill(-s->pid, sig);
+    if (e->pid > 0)
+        kill(-e->pid, sig);
 }
 
-void exec_reaped(struct session *s, int wstatus)
+static pid_t exec_process_group(const struct session *s)
 {
-    s->reaped = true;
-    s->running = false;
-    s->wstatus = wstatus;
-    s->completed_at_ms = now_unix_ms();
-    if (s->pty)
+    return ((const struct exec_session *)s)->pid;
+}
+
+static bool exec_on_child_exit(struct session *s, pid_t pid, int wstatus)
+{
+    struct exec_session *e = exec_of(s);
+    if (e->pid != pid || e->reaped)
+        return false;
+    e->reaped = true;
+    e->running = false;
+    e->wstatus = wstatus;
+    e->completed_at_ms = now_unix_ms();
+    if (e->pty) {
+        s->out_writer_gone = true;
         session_drop_input(s);
+    }
+    return true;
 }
 
-void exec_check_timeout(struct session *s, int64_t now)
+static void exec_check_timeout(struct session *s, int64_t now)
 {
+    struct exec_session *e = exec_of(s);
     if (!s->deadline_ms || now < s->deadline_ms)
         return;
     s->deadline_ms = 0;
-    if (s->running) {
-        s->timed_out = true;
-        exec_kill(s, SIGKILL);
+    if (e->running) {
+        e->timed_out = true;
+        exec_kill(e, SIGKILL);
     } else if (s->out_fd[1] >= 0 || s->out_fd[2] >= 0) {
         /* The process exited but its group still holds the output open. */
-        exec_kill(s, SIGKILL);
+        exec_kill(e, SIGKILL);
     }
 }
 
-bool exec_maybe_finish(struct session *s)
+static bool exec_maybe_finish(struct session *s)
 {
-    if (!s->reaped)
+    struct exec_session *e = exec_of(s);
+    if (!e->reaped)
         return false;
     for (int st = 1; st <= 2; st++)
         if (s->out_used[st] && !s->out_eof_sent[st])
             return false;
-    int ws = s->wstatus;
-    if (s->timed_out)
-        send_exit_json(s, "timed_out", 124, SIGKILL, NULL, NULL);
+    int ws = e->wstatus;
+    if (e->timed_out)
+        report_exit(e, "timed_out", 124, SIGKILL, NULL, NULL);
     else if (WIFSIGNALED(ws))
-        send_exit_json(s, "signaled", 128 + WTERMSIG(ws), WTERMSIG(ws), NULL, NULL);
+        report_exit(e, "signaled", 128 + WTERMSIG(ws), WTERMSIG(ws), NULL, NULL);
     else
-        send_exit_json(s, "exited", WEXITSTATUS(ws), 0, NULL, NULL);
-    session_destroy(s);
+        report_exit(e, "exited", WEXITSTATUS(ws), 0, NULL, NULL);
     return true;
 }
 
-void exec_control(struct session *s, const struct jv *msg)
+static void exec_control(struct session *s, const struct jv *msg)
 {
+    struct exec_session *e = exec_of(s);
     struct jv *rz = jget(msg, "resize");
     int64_t sig = 0;
     if (rz) {
@@ -543,7 +637,7 @@ void exec_control(struct session *s, const struct jv *msg)
             return;
         }
         int fd = s->out_fd[1] >= 0 ? s->out_fd[1] : s->in_fd;
-        if (s->pty && fd >= 0) {
+        if (e->pty && fd >= 0) {
             struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
             ioctl(fd, TIOCSWINSZ, &ws);
         }
@@ -553,6 +647,34 @@ void exec_control(struct session *s, const struct jv *msg)
         session_fail(s, "bad_request", "signal must be an integer in 1..64");
         return;
     }
-    if (r == 1 && !s->reaped)
-        exec_kill(s, (int)sig);
+    if (r == 1 && !e->reaped)
+        exec_kill(e, (int)sig);
 }
+
+/* Kill the group unless it is gone: reaped, and no one left holding the
+ * output open. */
+static void exec_destroy(struct session *s)
+{
+    struct exec_session *e = exec_of(s);
+    if (e->pid > 0) {
+        bool pipes_open = s->out_fd[1] >= 0 || s->out_fd[2] >= 0;
+        if (!e->reaped || pipes_open)
+            kill(-e->pid, SIGKILL);
+    }
+}
+
+#define EXEC_OPS(open_fn)                         \
+    {                                             \
+        .size = sizeof(struct exec_session),      \
+        .open = open_fn,                          \
+        .on_input_eof = exec_on_input_eof,        \
+        .on_control = exec_control,               \
+        .maybe_finish = exec_maybe_finish,        \
+        .check_timeout = exec_check_timeout,      \
+        .on_child_exit = exec_on_child_exit,      \
+        .process_group = exec_process_group,      \
+        .destroy = exec_destroy,                  \
+    }
+
+const struct session_ops exec_session_ops = EXEC_OPS(exec_open_request);
+const struct session_ops shell_session_ops = EXEC_OPS(shell_open_request);

@@ -10,8 +10,20 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent.h"
+#include "frame.h"
 #include "session.h"
+
+struct put_session {
+    struct session s;
+    int file_fd;         /* the temporary file */
+    int dir_fd;          /* the destination's directory, reached without foreign symlinks */
+    char *path, *tmp_path; /* tmp_path: a name in dir_fd */
+    uint32_t mode;
+    int64_t uid, gid;
+    uint64_t bytes;
+};
+
+static struct put_session *put_of(struct session *s) { return (struct put_session *)s; }
 
 static const char *errno_code(int err)
 {
@@ -158,8 +170,11 @@ static int create_temp(int dir_fd, const char *base, char *name, size_t size)
     return -1;
 }
 
-void put_open(struct session *s, const struct jv *req)
+static void put_open(struct session *s, const struct jv *req)
 {
+    struct put_session *ps = put_of(s);
+    ps->file_fd = -1;
+    ps->dir_fd = -1;
     const char *path = NULL;
     int64_t mode = 0644, uid = -1, gid = -1;
     bool mkdirs = false;
@@ -203,7 +218,7 @@ void put_open(struct session *s, const struct jv *req)
         }
         return;
     }
-    s->dir_fd = dir_fd;
+    ps->dir_fd = dir_fd;
     struct stat st;
     /* Following a last-component link here only stats it; the file itself
      * replaces the link on rename. */
@@ -217,87 +232,90 @@ void put_open(struct session *s, const struct jv *req)
         fail_errno(s, dir, errno);
         return;
     }
-    s->file_fd = fd;
-    s->path = strdup(path);
-    s->tmp_path = strdup(tmp);
-    s->mode = (uint32_t)mode;
-    s->uid = uid;
-    s->gid = gid;
-    if (!s->path || !s->tmp_path) {
-        if (!s->tmp_path)
+    ps->file_fd = fd;
+    ps->path = strdup(path);
+    ps->tmp_path = strdup(tmp);
+    ps->mode = (uint32_t)mode;
+    ps->uid = uid;
+    ps->gid = gid;
+    if (!ps->path || !ps->tmp_path) {
+        if (!ps->tmp_path)
             unlinkat(dir_fd, tmp, 0);
         session_fail(s, "io_error", "out of memory");
         return;
     }
 }
 
-void put_on_data(struct session *s, const uint8_t *p, size_t n)
+static void put_on_data(struct session *s, const uint8_t *p, size_t n)
 {
+    struct put_session *ps = put_of(s);
     if (n > 0) {
         size_t done = 0;
         while (done < n) {
-            ssize_t w = write(s->file_fd, p + done, n - done);
+            ssize_t w = write(ps->file_fd, p + done, n - done);
             if (w < 0 && errno == EINTR)
                 continue;
             if (w <= 0) {
-                fail_errno(s, s->path, w < 0 ? errno : EIO);
+                fail_errno(s, ps->path, w < 0 ? errno : EIO);
                 return;
             }
             done += (size_t)w;
         }
-        s->bytes += n;
+        ps->bytes += n;
         session_consumed(s, n);
         return;
     }
     /* EOF: ownership, mode, rename into place. */
-    if ((s->uid >= 0 || s->gid >= 0) &&
-        fchown(s->file_fd, s->uid >= 0 ? (uid_t)s->uid : (uid_t)-1,
-               s->gid >= 0 ? (gid_t)s->gid : (gid_t)-1) < 0) {
-        fail_errno(s, s->path, errno);
+    if ((ps->uid >= 0 || ps->gid >= 0) &&
+        fchown(ps->file_fd, ps->uid >= 0 ? (uid_t)ps->uid : (uid_t)-1,
+               ps->gid >= 0 ? (gid_t)ps->gid : (gid_t)-1) < 0) {
+        fail_errno(s, ps->path, errno);
         return;
     }
-    if (fchmod(s->file_fd, (mode_t)s->mode) < 0) {
-        fail_errno(s, s->path, errno);
+    if (fchmod(ps->file_fd, (mode_t)ps->mode) < 0) {
+        fail_errno(s, ps->path, errno);
         return;
     }
-    int fd = s->file_fd;
-    s->file_fd = -1;
+    int fd = ps->file_fd;
+    ps->file_fd = -1;
     if (close(fd) < 0) {
-        fail_errno(s, s->path, errno);
+        fail_errno(s, ps->path, errno);
         return;
     }
-    if (renameat(s->dir_fd, s->tmp_path, s->dir_fd, strrchr(s->path, '/') + 1) < 0) {
-        fail_errno(s, s->path, errno);
+    if (renameat(ps->dir_fd, ps->tmp_path, ps->dir_fd, strrchr(ps->path, '/') + 1) < 0) {
+        fail_errno(s, ps->path, errno);
         return;
     }
-    free(s->tmp_path);
-    s->tmp_path = NULL;
+    free(ps->tmp_path);
+    ps->tmp_path = NULL;
     struct buf b = { 0 };
-    sb_printf(&b, "{\"status\":\"ok\",\"bytes\":%llu}", (unsigned long long)s->bytes);
-    session_send_json(s, F_EXIT, &b);
-    buf_free(&b);
-    session_destroy(s);
+    sb_printf(&b, "{\"status\":\"ok\",\"bytes\":%llu}", (unsigned long long)ps->bytes);
+    session_exit(s, &b);
 }
 
-void put_abort(struct session *s)
+/* Close and remove the temporary file unless it was renamed into place. */
+static void put_destroy(struct session *s)
 {
-    if (s->file_fd >= 0) {
-        close(s->file_fd);
-        s->file_fd = -1;
+    struct put_session *ps = put_of(s);
+    if (ps->file_fd >= 0) {
+        close(ps->file_fd);
+        ps->file_fd = -1;
     }
-    if (s->tmp_path) {
-        if (s->dir_fd >= 0)
-            unlinkat(s->dir_fd, s->tmp_path, 0);
-        free(s->tmp_path);
-        s->tmp_path = NULL;
+    if (ps->tmp_path) {
+        if (ps->dir_fd >= 0)
+            unlinkat(ps->dir_fd, ps->tmp_path, 0);
+        free(ps->tmp_path);
+        ps->tmp_path = NULL;
     }
-    if (s->dir_fd >= 0) {
-        close(s->dir_fd);
-        s->dir_fd = -1;
+    if (ps->dir_fd >= 0) {
+        close(ps->dir_fd);
+        ps->dir_fd = -1;
     }
+    free(ps->path);
+    ps->path = NULL;
 }
 
-void get_open(struct session *s, const struct jv *req)
+static void get_open(struct session *s, const struct jv *req)
 {
     const char *path = NULL;
     if (jfield_str(req, "path", &path) != 1 || !*path) {
@@ -342,7 +360,7 @@ void get_open(struct session *s, const struct jv *req)
     buf_free(&b);
 }
 
-bool get_maybe_finish(struct session *s)
+static bool get_maybe_finish(struct session *s)
 {
     if (!s->out_eof_sent[1])
         return false;
@@ -351,9 +369,21 @@ bool get_maybe_finish(struct session *s)
         return true;
     }
     struct buf b = { 0 };
-    sb_printf(&b, "{\"status\":\"ok\",\"bytes\":%llu}", (unsigned long long)s->bytes);
-    session_send_json(s, F_EXIT, &b);
-    buf_free(&b);
-    session_destroy(s);
+    sb_printf(&b, "{\"status\":\"ok\",\"bytes\":%llu}", (unsigned long long)s->sent[1]);
+    session_exit(s, &b);
     return true;
 }
+
+const struct session_ops put_session_ops = {
+    .size = sizeof(struct put_session),
+    .open = put_open,
+    .on_data = put_on_data,
+    .destroy = put_destroy,
+};
+
+/* get reads no input: stream 0 is discarded (in_discard). */
+const struct session_ops get_session_ops = {
+    .size = sizeof(struct session),
+    .open = get_open,
+    .maybe_finish = get_maybe_finish,
+};

@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "agent.h"
+#include "frame.h"
 #include "session.h"
 
 static void send_connected(struct session *s)
@@ -61,7 +61,7 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, sock
     return 0;
 }
 
-void forward_open(struct session *s, const struct jv *req)
+static void forward_open(struct session *s, const struct jv *req)
 {
     int64_t port = 0;
     const char *host = "127.0.0.1";
@@ -100,7 +100,7 @@ void forward_open(struct session *s, const struct jv *req)
     session_fail(s, "connect_failed", msg);
 }
 
-void forward_on_writable(struct session *s)
+static void forward_on_writable(struct session *s)
 {
     if (!s->connecting) {
         session_flush_input(s);
@@ -123,7 +123,15 @@ void forward_on_writable(struct session *s)
     session_flush_input(s);
 }
 
-bool forward_maybe_finish(struct session *s)
+/* Half-close: the host's EOF becomes the connection's FIN. */
+static void forward_on_input_eof(struct session *s)
+{
+    if (s->in_fd >= 0)
+        shutdown(s->in_fd, SHUT_WR);
+    session_close_in(s);
+}
+
+static bool forward_maybe_finish(struct session *s)
 {
     if (s->connecting || !s->out_eof_sent[1])
         return false;
@@ -132,8 +140,16 @@ bool forward_maybe_finish(struct session *s)
         return false;
     struct buf b = { 0 };
     sb_puts(&b, "{\"status\":\"ok\"}");
-    session_send_json(s, F_EXIT, &b);
-    buf_free(&b);
-    session_destroy(s);
+    session_exit(s, &b);
     return true;
 }
+
+/* One socket is both in_fd and out_fd[1]; connecting holds both until the
+ * connection is made. */
+const struct session_ops forward_session_ops = {
+    .size = sizeof(struct session),
+    .open = forward_open,
+    .on_input_eof = forward_on_input_eof,
+    .on_writable = forward_on_writable,
+    .maybe_finish = forward_maybe_finish,
+};

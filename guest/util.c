@@ -46,6 +46,23 @@ int64_t now_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void sleep_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+bool wait_for_path(const char *path, int64_t deadline_ms)
+{
+    for (;;) {
+        if (access(path, F_OK) == 0)
+            return true;
+        if (now_mono_ms() >= deadline_ms)
+            return false;
+        sleep_ms(20);
+    }
+}
+
 int set_nonblock(int fd, bool on)
 {
     int fl = fcntl(fd, F_GETFL);

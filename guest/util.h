@@ -17,6 +17,11 @@ void ma_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int64_t now_unix_ms(void);
 int64_t now_mono_ms(void);
 
+void sleep_ms(int ms);
+/* Wait (polling every 20 ms) until path exists or the monotonic clock
+ * reaches deadline_ms; returns whether it exists. */
+bool wait_for_path(const char *path, int64_t deadline_ms);
+
 int set_nonblock(int fd, bool on);
 int set_cloexec(int fd);
 

@@ -33,20 +33,15 @@ int __wrap_kill(pid_t pid, int sig)
     return 0;
 }
 
-void pid1_poweroff(enum shutdown_action how)
-{
-    (void)how;
-    abort(); /* only do_shutdown calls it, and the agent loop never runs here */
-}
+/* The file and forward kinds, stubbed: open succeeds, stream 0 is taken. */
+static void stub_open(struct session *s, const struct jv *req) { (void)s, (void)req; }
+static void stub_discarding_open(struct session *s, const struct jv *req) { (void)req, s->in_discard = true; }
+static void stub_on_data(struct session *s, const uint8_t *p, size_t n) { (void)p, session_consumed(s, n); }
 
-void put_open(struct session *s, const struct jv *req) { (void)s, (void)req; }
-void put_on_data(struct session *s, const uint8_t *p, size_t n) { (void)p, session_consumed(s, n); }
-void put_abort(struct session *s) { (void)s; }
-void get_open(struct session *s, const struct jv *req) { (void)s, (void)req; }
-bool get_maybe_finish(struct session *s) { return (void)s, false; }
-void forward_open(struct session *s, const struct jv *req) { (void)s, (void)req; }
-void forward_on_writable(struct session *s) { (void)s; }
-bool forward_maybe_finish(struct session *s) { return (void)s, false; }
+const struct session_ops put_session_ops = { .size = sizeof(struct session), .open = stub_open,
+                                             .on_data = stub_on_data };
+const struct session_ops get_session_ops = { .size = sizeof(struct session), .open = stub_discarding_open };
+const struct session_ops forward_session_ops = { .size = sizeof(struct session), .open = stub_open };
 
 /* What the guest sends back must decode, and JSON frames must parse. */
 static void check_reply(void *ctx, const struct frame *f)
@@ -88,6 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     a.ch.connected = true;
     a.sig_r = a.sig_w = -1;
     a.poweroff_means = SD_POWEROFF;
+    a.host.pdeathsig = true;
 
     struct chunker c;
     chunker_init(&c, data, size);
@@ -102,14 +98,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct frame_decoder replies = { 0 };
     struct frame_sink check = { NULL, check_reply, reply_oversized };
-    if (buf_used(&a.outq) > 0)
-        CHECK(frame_decoder_feed(&replies, a.outq.data + a.outq.off, buf_used(&a.outq), &check) == 0);
+    struct buf *q = &a.host.outq;
+    if (buf_used(q) > 0)
+        CHECK(frame_decoder_feed(&replies, q->data + q->off, buf_used(q), &check) == 0);
     CHECK(replies.hdr_have == 0 && !replies.in_payload); /* no partial frame */
     frame_decoder_free(&replies);
 
-    agent_reset_sessions(&a);
+    session_destroy_all(&a.host);
     CHECK(lowest_free_fd() == free_fd);
     frame_decoder_free(&a.dec);
-    buf_free(&a.outq);
+    buf_free(&a.host.outq);
     return 0;
 }

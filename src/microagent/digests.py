@@ -1,4 +1,4 @@
-"""sha256 of files and bytes, as ``microagent`` records them (hex, no prefix)."""
+"""sha256 of files, as ``microagent`` records them (hex, no prefix)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,3 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -9,7 +9,10 @@ explicitly rather than trusted to the caller's umask.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -78,15 +81,36 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_
     """Replace ``path`` with ``data``: a temp file in the same directory, written,
     fsynced and renamed over it, then the directory fsynced.  Readers see the old
     content or the new, never a mix; the file has ``mode`` from its first byte."""
+    with atomic_writer(path, mode) as fh:
+        fh.write(data)
+
+
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> Iterator[BinaryIO]:
+    """:func:`atomic_write` for content written in pieces: a binary file object
+    on the temp file, which replaces ``path`` when the block ends without an
+    exception (and is removed when it does not)."""
+    with atomic_path(path, mode) as tmp, open(tmp, "wb") as fh:
+        yield fh
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> Iterator[Path]:
+    """:func:`atomic_write` for a writer that needs a file name (another program):
+    the empty temp file's path, created with ``mode``.  When the block ends
+    without an exception the file is fsynced and renamed over ``path``, then the
+    directory fsynced; otherwise it is removed.  The writer may change its mode."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # within NAME_MAX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
             os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
             os.fsync(fd)
         finally:
             os.close(fd)

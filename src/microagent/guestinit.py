@@ -1,6 +1,7 @@
-"""Where the guest init binary (``microagent-init``) for an architecture is.
+"""Guest init as the host sees it: where its binary is, and the kernel command
+line it reads (the ``microagent.*`` boot parameters, docs/protocol.md).
 
-Lookup: ``MICROAGENT_GUEST_INIT`` → the copy installed in the package
+Binary lookup: ``MICROAGENT_GUEST_INIT`` → the copy installed in the package
 (``microagent/guest/<arch>/microagent-init``, put there by ``make``) → the
 build tree of a source checkout (``guest/build/<arch>/microagent-init``).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from microagent.errors import NotFound
 from microagent.paths import host_arch, package_root
@@ -43,3 +45,25 @@ def find_guest_init(arch: str | None = None) -> Path:
         f"guest init for {arch or host_arch()} is not built",
         "run 'make install' (needs musl-tools) to build guest/microagent-init",
     )
+
+
+def kernel_cmdline(vmm_args: str, *, root: str, channel: str, hostname: str,
+                   shutdown: Literal["poweroff", "reboot"] = "poweroff", config: str | None = None,
+                   extra: str = "") -> str:
+    """The guest kernel command line, the same shape for every backend.
+
+    :param vmm_args: the backend's own kernel arguments (console, panic…), first.
+    :param root: the root block device (``microagent.root``).
+    :param channel: ``virtio-serial:NAME`` or ``vsock:PORT`` (``microagent.channel``).
+    :param shutdown: what ``poweroff`` does: ``reboot`` where the VMM has no
+        ACPI power-off but exits when its guest resets (``microagent.shutdown``).
+    :param config: the config disk's device, when there is one (``microagent.config``).
+    :param extra: the user's ``kernelArgs``, last so that they win.
+    """
+    parts = [vmm_args, f"microagent.root={root}", f"microagent.channel={channel}",
+             f"microagent.hostname={hostname}", f"microagent.shutdown={shutdown}"]
+    if config:
+        parts.append(f"microagent.config={config}")
+    if extra:
+        parts.append(extra)
+    return " ".join(parts)

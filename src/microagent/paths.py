@@ -117,10 +117,6 @@ def legacy_runtime_dir(root: Path, name: str) -> Path:
     return root / name
 
 
-def images_dir(root: Path) -> Path:
-    return root / "images"
-
-
 def package_root() -> Path:
     """The directory of the installed ``microagent`` package."""
     return Path(__file__).resolve().parent

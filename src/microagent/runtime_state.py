@@ -1,7 +1,7 @@
 """The runtime directory of one workspace: ``<stateDir>/run/<name>/``.
 
 Owns the files a supervisor writes there (docs/state.md):
-``runtime.json`` (pid, sockets, config), ``event.json`` (latest event),
+``runtime.json`` (pid, sockets, config: a :class:`RuntimeRecord`), ``event.json`` (latest event),
 ``events.jsonl`` (append-only timeline), ``serial.log``, ``result.json``.
 Every JSON write is atomic (temp file + fsync + rename); the directory is
 0700 and every file 0600 whatever the umask.  :func:`locate_runtime_dir`
@@ -20,7 +20,7 @@ import errno
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,69 @@ from microagent.paths import (
     runtime_dir,
     workspace_dir,
 )
+from microagent.vmkit.states import LIVE_STATES, WorkspaceState
 from microagent.vmkit.types import Event, Identity, to_wire
 
 #: Recorded states in which a VMM may be running from the directory (it must not move then).
-_VMM_MAY_RUN = frozenset({"starting", "running", "paused", "stopping", "quarantined", "failed"})
+_VMM_MAY_RUN = LIVE_STATES | {WorkspaceState.FAILED}
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    """``runtime.json``: what the supervisor knows of the workspace's current boot.
+
+    Unset (``None``) fields are left out of the file; keys this version does not
+    know are kept in ``extra`` and written back, so records of other versions
+    load and survive an update.
+    """
+
+    state: WorkspaceState = WorkspaceState.UNKNOWN
+    updatedAt: str | None = None
+    backend: str | None = None
+    #: the request's config (wire form) of the last prepare or boot
+    config: dict[str, Any] | None = None
+    readiness: str | None = None
+    startedAt: str | None = None
+    bootSeconds: float | None = None
+    vmmSeconds: float | None = None
+    serialLogPath: str | None = None
+    controlSocket: str | None = None
+    #: the VMM process (qemu, firecracker, apple-vf's vmhost) and its command line
+    pid: int | None = None
+    starttime: int | None = None
+    argv: list[str] | None = None
+    #: the channel helper (microagent.channel.router)
+    routerPid: int | None = None
+    routerStarttime: int | None = None
+    #: hyperv: the compute system, its Hyper-V socket VmId, the helper and the rootfs VHD's seed
+    systemId: str | None = None
+    vmId: str | None = None
+    helper: dict[str, Any] | None = None
+    rootfsSeed: dict[str, Any] | None = None
+    #: the state a pause came from, and why the VMM paused the VM on its own
+    pausedFrom: WorkspaceState | None = None
+    pausedReason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RuntimeRecord":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known}
+        values["state"] = WorkspaceState.parse(values.get("state"))
+        if values.get("pausedFrom") is not None:
+            values["pausedFrom"] = WorkspaceState.parse(values["pausedFrom"])
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dict(self.extra)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and value is not None:
+                doc[f.name] = value.value if isinstance(value, WorkspaceState) else value
+        return doc
+
+    def updated(self, **changes: Any) -> "RuntimeRecord":
+        return replace(self, **changes)
 
 
 def no_space(exc: BaseException) -> bool:
@@ -144,18 +203,18 @@ class RuntimeDir:
     def create(self) -> None:
         private_dir(self.path)
 
-    def record(self, identity: Identity, state: str, detail: str = "", *, best_effort: bool = False,
+    def record(self, identity: Identity, state: WorkspaceState, detail: str = "", *, best_effort: bool = False,
                **runtime_updates: Any) -> Event:
-        """Set the workspace's state: ``runtime.json`` updated, then the event logged.
+        """Set the workspace's state: ``runtime.json`` updated (``runtime_updates`` name
+        :class:`RuntimeRecord` fields), then the event logged.
 
         ``best_effort``: on a full disk skip what cannot be written rather than raise.
         """
-        event = Event(identity=identity, state=state, detail=detail)
-        runtime = self.runtime() or {}
-        runtime.update(runtime_updates)
-        runtime["state"] = state
-        runtime["updatedAt"] = event.observedAt
-        write_json_atomic(self.runtime_json, runtime, best_effort=best_effort)
+        state = WorkspaceState(state)
+        event = Event(identity=identity, state=state.value, detail=detail)
+        runtime = (self.runtime() or RuntimeRecord()).updated(**runtime_updates, state=state,
+                                                              updatedAt=event.observedAt)
+        write_json_atomic(self.runtime_json, runtime.to_json(), best_effort=best_effort)
         self.record_event(event, best_effort=best_effort)
         return event
 
@@ -173,12 +232,19 @@ class RuntimeDir:
             if not (best_effort and no_space(exc)):
                 raise
 
-    def runtime(self) -> dict[str, Any] | None:
+    def runtime(self) -> RuntimeRecord | None:
         data = read_json(self.runtime_json)
-        return data if isinstance(data, dict) else None
+        return RuntimeRecord.from_json(data) if isinstance(data, dict) else None
 
-    def write_runtime(self, data: dict[str, Any]) -> None:
-        write_json_atomic(self.runtime_json, data)
+    def update_runtime(self, **changes: Any) -> RuntimeRecord:
+        """Change fields of ``runtime.json`` without recording a new state."""
+        runtime = (self.runtime() or RuntimeRecord()).updated(**changes)
+        write_json_atomic(self.runtime_json, runtime.to_json())
+        return runtime
+
+    def recorded_state(self) -> WorkspaceState:
+        runtime = self.runtime()
+        return runtime.state if runtime is not None else WorkspaceState.UNKNOWN
 
     def serial_tail(self, lines: int = 20) -> str:
         try:

@@ -8,8 +8,12 @@
         r = ws.exec(["sh", "-c", "echo hello; uname -r"])
         print(r.exit_code, r.stdout.decode())
         ws.put("/tmp/in.txt", b"data")
-        print(ws.get("/tmp/in.txt"))
-    # leaving the block kills and deletes the workspace
+        print(ws.read_file("/tmp/in.txt"))
+    # leaving the block kills and deletes the workspace it created
+
+    with microagent.Workspace.open("demo2") as ws:        # an existing one
+        ws.exec("true")
+    # ... which leaving the block only disconnects from
 
     r = microagent.run("builtin:busybox", ["uname", "-a"])  # throwaway VM
 
@@ -42,7 +46,7 @@ from microagent.workspace.state import WorkspaceState, require_state
 if TYPE_CHECKING:
     from microagent.channel import ExecResult, FileStat
     from microagent.channel.exec import OutputSink
-    from microagent.workspace.sessions import GuestSession
+    from microagent.workspace.sessions import GuestConnection
 
 __all__ = ["Workspace", "run"]
 
@@ -61,30 +65,38 @@ def _argv(argv: Sequence[str] | str) -> list[str]:
     return ["/bin/sh", "-c", argv] if isinstance(argv, str) else [str(a) for a in argv]
 
 
-class _ClassOrInstanceMethod:
-    """``Workspace.get(name)`` looks a workspace up; ``ws.get(path)`` reads a guest file."""
-
-    def __init__(self, on_class: Any, on_instance: Any) -> None:
-        self.on_class = on_class.__func__ if isinstance(on_class, classmethod) else on_class
-        self.on_instance = on_instance
+class _DeprecatedGet:
+    """``get``, the old spelling of two calls: ``Workspace.get(name)`` is :meth:`Workspace.open`,
+    ``ws.get(path)`` is :meth:`Workspace.read_file`.  Both still work, with a
+    ``DeprecationWarning``; they go in the next release."""
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         import functools
 
         if obj is None:
-            return functools.partial(self.on_class, objtype)
-        return functools.partial(self.on_instance, obj)
+            return functools.partial(_deprecated, "Workspace.get(name)", "Workspace.open(name)", objtype.open)
+        return functools.partial(_deprecated, "ws.get(path)", "ws.read_file(path)", obj.read_file)
+
+
+def _deprecated(old: str, new: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    import warnings
+
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+    return call(*args, **kwargs)
 
 
 class Workspace:
     """A named workspace: a VM with its own disk that outlives this process.
 
-    Get one with :meth:`create` or :meth:`get`. Used as a context manager,
-    leaving the block kills the VM and deletes the workspace (disk included).
+    Get one with :meth:`create` (a new workspace) or :meth:`open` (an existing
+    one).  Used as a context manager, leaving the block closes the channel
+    connection, and for a workspace this object created also kills the VM and
+    deletes the workspace (disk included); one obtained with :meth:`open` is
+    left as it is.
 
     One channel connection is kept open between calls (closed by
     :meth:`close`, by every lifecycle call and on exit); :meth:`exec`,
-    :meth:`put` and :meth:`get` may be called from several threads at once.
+    :meth:`put` and :meth:`read_file` may be called from several threads at once.
     """
 
     def __init__(self, name: str, *, state_dir: str | Path | None = None, supervisor: str | None = None,
@@ -92,7 +104,8 @@ class Workspace:
         self._store = store or WorkspaceStore(state_dir, supervisor)
         self.name = name
         self._lock = threading.Lock()
-        self._session: GuestSession | None = None
+        self._session: GuestConnection | None = None
+        self._created = False  # by create(): then leaving a with block deletes it
 
     def __repr__(self) -> str:
         return f"Workspace({self.name!r})"
@@ -124,13 +137,14 @@ class Workspace:
         ws._store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
                          disk_size_mib=disk_size_mib, env=_env_list(env), network=network,
                          allow_host_loopback=allow_host_loopback, backend=backend)
+        ws._created = True
         if start:
             ws.start(boot_timeout=boot_timeout)
         return ws
 
     @classmethod
     def open(cls, name: str, *, state_dir: str | Path | None = None, supervisor: str | None = None) -> "Workspace":
-        """An existing workspace (``Workspace.get(name)`` is the same call).
+        """An existing workspace.  Leaving a ``with`` block does not delete it.
 
         :raises NotFound: when there is none called ``name``.
         """
@@ -149,7 +163,8 @@ class Workspace:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-        self._store.delete(self.name, force=True)
+        if self._created:
+            self._store.delete(self.name, force=True)
 
     # ------------------------------------------------------------ state
 
@@ -232,14 +247,14 @@ class Workspace:
 
     # ------------------------------------------------------------ guest
 
-    def _guest(self) -> "GuestSession":
-        from microagent.workspace.sessions import GuestSession
+    def _guest(self) -> "GuestConnection":
+        from microagent.workspace.sessions import GuestConnection
 
         with self._lock:
             if self._session is not None and not self._session.closed:
                 require_state("exec", self.name, self._store.observe(self.name).state)
                 return self._session
-            self._session = GuestSession(self._store, self.name, "exec")
+            self._session = GuestConnection(self._store, self.name, "exec")
             return self._session
 
     def close(self) -> None:
@@ -286,8 +301,8 @@ class Workspace:
                   max_bytes: int | None = DEFAULT_OUTPUT_LIMIT) -> "bytes | FileStat":
         """A guest file's bytes, or (with ``dest``) copy it to a local path and return its stat.
 
-        ``ws.get(path)`` is the same call. A local copy gets the guest file's
-        ``rwx`` bits less the umask (never setuid/setgid/sticky).
+        A local copy gets the guest file's ``rwx`` bits less the umask (never
+        setuid/setgid/sticky).
 
         :param max_bytes: when reading into memory, refuse a larger file
             (default 16 MiB); ``None`` = no limit.
@@ -297,9 +312,8 @@ class Workspace:
         """
         return self._guest().get(guest_path, dest, max_bytes=max_bytes)
 
-    get = _ClassOrInstanceMethod(open, read_file)
-    """``Workspace.get(name)`` on the class (an existing workspace, like :meth:`open`);
-    ``ws.get(guest_path, dest=None)`` on an instance (a guest file, like :meth:`read_file`)."""
+    get = _DeprecatedGet()
+    """Deprecated: ``Workspace.get(name)`` is :meth:`open`, ``ws.get(path)`` is :meth:`read_file`."""
 
     def send(self, line: str, *, timeout: float | None = None) -> "ExecResult":
         """Run one line in the guest user's shell on a pty (like ``connect --send``)."""

@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from microagent.fsutil import PRIVATE_FILE_MODE, fsync_dir, open_private_append, restrict_umask
+from microagent.fsutil import atomic_writer, open_private_append, restrict_umask
 
 DEFAULT_CAP_BYTES = 8 * 1024 * 1024
 MIN_CAP_BYTES = 64 * 1024
@@ -76,21 +76,13 @@ def enforce_cap(path: Path, cap: int) -> bool:
         if size <= cap:
             return False
         old = previous(path)
-        tmp = old.with_name(f".{old.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-        try:
-            os.fchmod(fd, PRIVATE_FILE_MODE)
+        with atomic_writer(old) as dst:
             src.seek(max(0, size - cap))
             left = min(size, cap)  # not what the guest appends meanwhile: that stays for the truncate to drop
             while left and (chunk := src.read(min(left, _CHUNK))):
-                os.write(fd, chunk)
+                dst.write(chunk)
                 left -= len(chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, old)
         os.truncate(path, 0)
-    fsync_dir(path.parent)
     fd = open_private_append(path)
     try:
         os.write(fd, f"[microagent] serial.log passed {cap} bytes; older output is in {old.name}\n".encode())

@@ -13,6 +13,7 @@ import pytest
 from agent.agent_proc import Agent, wait_gone
 
 from microagent.channel import ChannelConnection, ExecRequest, open_shell
+from microagent.channel.exec import run, start
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -26,7 +27,7 @@ def test_hello(conn: ChannelConnection) -> None:
 
 
 def test_exec_streams_and_exit_code(conn: ChannelConnection) -> None:
-    r = conn.exec(ExecRequest(["sh", "-c", "echo out; echo err >&2; exit 3"]), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "echo out; echo err >&2; exit 3"]), timeout=10)
     assert (r.status, r.exit_code, r.signal) == ("exited", 3, 0)
     assert r.stdout == b"out\n" and r.stderr == b"err\n"
     assert RFC3339.fullmatch(r.started_at) and RFC3339.fullmatch(r.completed_at)
@@ -36,54 +37,55 @@ def test_exec_streams_and_exit_code(conn: ChannelConnection) -> None:
 
 
 def test_exec_signaled(conn: ChannelConnection) -> None:
-    r = conn.exec(ExecRequest(["sh", "-c", "kill -TERM $$"]), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "kill -TERM $$"]), timeout=10)
     assert (r.status, r.signal, r.exit_code) == ("signaled", 15, 143)
 
 
 def test_exec_env_cwd_user(conn: ChannelConnection) -> None:
     script = 'echo "$FOO"; pwd; id -u; id -g; echo "$HOME"; echo "$PATH"'
-    r = conn.exec(ExecRequest(["sh", "-c", script], env={"FOO": "bar baz"}, cwd="/tmp", user="nobody"), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", script], env={"FOO": "bar baz"}, cwd="/tmp", user="nobody"), timeout=10)
     lines = r.stdout.decode().splitlines()
     assert r.ok, r
     assert lines[:4] == ["bar baz", "/tmp", "65534", "65534"]
     assert lines[4] == "/nonexistent"
     assert lines[5] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    r = conn.exec(ExecRequest(["sh", "-c", "id -u; id -g"], user="1234:4321"), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "id -u; id -g"], user="1234:4321"), timeout=10)
     assert r.stdout == b"1234\n4321\n"
-    r = conn.exec(ExecRequest(["sh", "-c", "id -u; pwd"], user="root"), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "id -u; pwd"], user="root"), timeout=10)
     assert r.stdout == b"0\n/root\n"
 
 
 def test_exec_failed_to_start(conn: ChannelConnection, tmp_path: Path) -> None:
-    r = conn.exec(ExecRequest(["no-such-command-microagent"]), timeout=10)
+    r = run(conn, ExecRequest(["no-such-command-microagent"]), timeout=10)
     assert (r.status, r.exit_code) == ("failed_to_start", 127)
     assert r.error is not None and r.error["code"] == "not_found"
-    r = conn.exec(ExecRequest(["/nonexistent/prog"]), timeout=10)
+    r = run(conn, ExecRequest(["/nonexistent/prog"]), timeout=10)
     assert (r.status, r.exit_code) == ("failed_to_start", 127)
     noexec = tmp_path / "noexec.sh"
     noexec.write_text("#!/bin/sh\necho hi\n")
     noexec.chmod(0o644)
-    r = conn.exec(ExecRequest([str(noexec)]), timeout=10)
+    r = run(conn, ExecRequest([str(noexec)]), timeout=10)
     assert (r.status, r.exit_code) == ("failed_to_start", 126)
     assert r.error is not None and r.error["code"] == "permission_denied"
-    r = conn.exec(ExecRequest(["true"], cwd="/nonexistent-dir"), timeout=10)
+    r = run(conn, ExecRequest(["true"], cwd="/nonexistent-dir"), timeout=10)
     assert (r.status, r.exit_code) == ("failed_to_start", 126)
     assert r.error is not None and r.error["code"] == "bad_cwd"
-    r = conn.exec(ExecRequest(["true"], user="no-such-user-microagent"), timeout=10)
+    r = run(conn, ExecRequest(["true"], user="no-such-user-microagent"), timeout=10)
     assert (r.status, r.exit_code) == ("failed_to_start", 126)
     assert r.error is not None and r.error["code"] == "bad_user"
 
 
 def test_exec_timeout(conn: ChannelConnection) -> None:
     t0 = time.monotonic()
-    r = conn.exec(ExecRequest(["sh", "-c", "echo before; sleep 30"], timeout_s=0.5), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "echo before; sleep 30"], timeout_s=0.5), timeout=10)
     assert time.monotonic() - t0 < 3
     assert (r.status, r.exit_code, r.signal) == ("timed_out", 124, 9)
     assert r.stdout == b"before\n"
 
 
 def test_exec_output_limits(conn: ChannelConnection) -> None:
-    r = conn.exec(
+    r = run(
+        conn,
         ExecRequest(
             ["sh", "-c", "head -c 300000 /dev/zero; head -c 5000 /dev/zero >&2; exit 4"],
             stdout_limit=1000,
@@ -94,32 +96,32 @@ def test_exec_output_limits(conn: ChannelConnection) -> None:
     assert r.exit_code == 4
     assert r.stdout == bytes(1000) and r.stdout_truncated
     assert r.stderr == bytes(10) and r.stderr_truncated
-    r = conn.exec(ExecRequest(["sh", "-c", "printf abc"], stdout_limit=3), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "printf abc"], stdout_limit=3), timeout=10)
     assert r.stdout == b"abc" and not r.stdout_truncated
 
 
 def test_exec_stdin(conn: ChannelConnection) -> None:
     data = os.urandom(3 << 20)
-    r = conn.exec(ExecRequest(["cat"], stdin=data), timeout=20)
+    r = run(conn, ExecRequest(["cat"], stdin=data), timeout=20)
     assert r.ok and r.stdout == data
-    r = conn.exec(ExecRequest(["wc", "-c"], stdin=b""), timeout=10)
+    r = run(conn, ExecRequest(["wc", "-c"], stdin=b""), timeout=10)
     assert r.stdout.strip() == b"0"
-    r = conn.exec(ExecRequest(["cat"]), timeout=10)  # no stdin: /dev/null
+    r = run(conn, ExecRequest(["cat"]), timeout=10)  # no stdin: /dev/null
     assert r.ok and r.stdout == b""
     # the command exits without reading its input: no hang, no error
-    r = conn.exec(ExecRequest(["true"], stdin=os.urandom(2 << 20)), timeout=10)
+    r = run(conn, ExecRequest(["true"], stdin=os.urandom(2 << 20)), timeout=10)
     assert r.ok
 
 
 def test_exec_interactive_stdin(conn: ChannelConnection) -> None:
-    h = conn.start_exec(ExecRequest(["sh", "-c", "read a; echo got:$a"], stdin=True))
+    h = start(conn, ExecRequest(["sh", "-c", "read a; echo got:$a"], stdin=True))
     h.write(b"hello\n")
     h.close_stdin()
     assert h.wait(10).stdout == b"got:hello\n"
 
 
 def test_exec_signal_control(conn: ChannelConnection) -> None:
-    h = conn.start_exec(ExecRequest(["sleep", "30"]))
+    h = start(conn, ExecRequest(["sleep", "30"]))
     assert h.wait_started(5)
     assert h.signal(signal.SIGTERM)
     r = h.wait(5)
@@ -127,25 +129,25 @@ def test_exec_signal_control(conn: ChannelConnection) -> None:
 
 
 def test_close_kills_process(conn: ChannelConnection) -> None:
-    h = conn.start_exec(ExecRequest(["sleep", "60"]))
+    h = start(conn, ExecRequest(["sleep", "60"]))
     pid = h.wait_started(5)
     assert pid
     h.close()
     assert wait_gone(pid), "CLOSE did not kill the session's process"
-    assert conn.exec(ExecRequest(["true"]), timeout=5).ok
+    assert run(conn, ExecRequest(["true"]), timeout=5).ok
 
 
 def test_new_hello_resets_sessions(conn: ChannelConnection) -> None:
-    h = conn.start_exec(ExecRequest(["sleep", "60"]))
+    h = start(conn, ExecRequest(["sleep", "60"]))
     pid = h.wait_started(5)
     assert pid
     conn.handshake(5)
     assert wait_gone(pid), "a new HELLO did not kill the open session's process"
-    assert conn.exec(ExecRequest(["echo", "after"]), timeout=5).stdout == b"after\n"
+    assert run(conn, ExecRequest(["echo", "after"]), timeout=5).stdout == b"after\n"
 
 
 def test_exec_pty_tty(conn: ChannelConnection) -> None:
-    r = conn.exec(ExecRequest(["sh", "-c", "tty; echo TERM=$TERM; stty size; echo err >&2"], pty=True, rows=33, cols=111), timeout=10)
+    r = run(conn, ExecRequest(["sh", "-c", "tty; echo TERM=$TERM; stty size; echo err >&2"], pty=True, rows=33, cols=111), timeout=10)
     assert r.ok, r
     out = r.stdout.replace(b"\r\n", b"\n")
     assert re.search(rb"^/dev/pts/\d+$", out, re.M), out
@@ -197,7 +199,7 @@ def test_concurrent_execs(conn: ChannelConnection) -> None:
     def worker(i: int) -> None:
         try:
             data = os.urandom(100_000 + i)
-            r = conn.exec(ExecRequest(["sh", "-c", "sleep 0.2; cat"], stdin=data), timeout=20)
+            r = run(conn, ExecRequest(["sh", "-c", "sleep 0.2; cat"], stdin=data), timeout=20)
             assert r.ok and r.stdout == data
             results[i] = r.stdout
         except BaseException as exc:
@@ -217,7 +219,7 @@ def test_concurrent_execs(conn: ChannelConnection) -> None:
 def test_shutdown_makes_agent_exit(agent_binary: Path, tmp_path: Path) -> None:
     a = Agent(agent_binary, tmp_path / "agent.log")
     try:
-        h = a.conn.start_exec(ExecRequest(["sleep", "60"]))
+        h = start(a.conn, ExecRequest(["sleep", "60"]))
         pid = h.wait_started(5)
         assert pid
         a.conn.shutdown("poweroff", grace_s=1)

@@ -18,6 +18,8 @@ from microagent.channel import (
     GuestNotFound,
     PortPublisher,
 )
+from microagent.channel.files import get, get_bytes, put
+from microagent.channel.forward import open_forward
 from microagent.channel.mux import ErrorEvent
 
 
@@ -25,34 +27,34 @@ def test_put_get_large_file_with_mode(conn: ChannelConnection, tmp_path: Path) -
     data = os.urandom(6 << 20)
     target = tmp_path / "guest" / "blob.bin"
     target.parent.mkdir()
-    assert conn.put(str(target), data, mode=0o640) == len(data)
+    assert put(conn, str(target), data, mode=0o640) == len(data)
     assert target.read_bytes() == data
     assert target.stat().st_mode & 0o7777 == 0o640
     assert sorted(p.name for p in target.parent.iterdir()) == ["blob.bin"]  # no temp file left
 
     back = tmp_path / "back.bin"
-    st = conn.get(str(target), back)
+    st = get(conn, str(target), back)
     assert back.read_bytes() == data
     assert st.size == len(data) and st.bytes == len(data) and st.permissions == 0o640
     assert back.stat().st_mode & 0o7777 == 0o640
-    assert conn.get_bytes(str(target)) == data
+    assert get_bytes(conn, str(target)) == data
 
 
 def test_put_from_path_owner_mkdirs(conn: ChannelConnection, tmp_path: Path) -> None:
     src = tmp_path / "src.txt"
     src.write_bytes(b"hello\n")
     dest = tmp_path / "a" / "b" / "c.txt"
-    assert conn.put(str(dest), str(src), mode=0o600, uid=65534, gid=65534, mkdirs=True) == 6
+    assert put(conn, str(dest), str(src), mode=0o600, uid=65534, gid=65534, mkdirs=True) == 6
     st = dest.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
     # overwrite in place (rename over the old file)
-    assert conn.put(str(dest), b"", mode=0o644) == 0
+    assert put(conn, str(dest), b"", mode=0o644) == 0
     assert dest.read_bytes() == b""
 
 
 def test_put_errors(conn: ChannelConnection, tmp_path: Path) -> None:
     with pytest.raises(GuestNotFound):
-        conn.put(str(tmp_path / "missing-dir" / "f"), os.urandom(1 << 20))
+        put(conn, str(tmp_path / "missing-dir" / "f"), os.urandom(1 << 20))
     assert list(tmp_path.iterdir()) == []
     with conn.open_session("put", path="relative/path") as s:
         ev = s.recv(5)
@@ -63,12 +65,12 @@ def test_put_errors(conn: ChannelConnection, tmp_path: Path) -> None:
 
 def test_get_errors(conn: ChannelConnection, tmp_path: Path) -> None:
     with pytest.raises(GuestNotFound):
-        conn.get_bytes(str(tmp_path / "nope"))
+        get_bytes(conn, str(tmp_path / "nope"))
     with pytest.raises(GuestError) as ei:
-        conn.get_bytes(str(tmp_path))
+        get_bytes(conn, str(tmp_path))
     assert ei.value.code == "is_directory"
     with pytest.raises(GuestError):  # "only regular files"
-        conn.get_bytes("/dev/null")
+        get_bytes(conn, "/dev/null")
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def echo_server() -> Iterator[int]:
 
 def test_forward_echo(conn: ChannelConnection, echo_server: int) -> None:
     payload = os.urandom(2 << 20)
-    fwd = conn.forward(echo_server)
+    fwd = open_forward(conn, echo_server)
     sender = threading.Thread(target=lambda: (fwd.sendall(payload), fwd.shutdown_write()))
     sender.start()
     got = bytearray()
@@ -116,7 +118,7 @@ def test_forward_connect_failed(conn: ChannelConnection) -> None:
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     with pytest.raises(GuestConnectFailed):
-        conn.forward(port, timeout=5)
+        open_forward(conn, port, timeout=5)
 
 
 def test_publish(conn: ChannelConnection, echo_server: int) -> None:
@@ -144,7 +146,7 @@ def test_put_closed_midway_leaves_no_temp_file(conn: ChannelConnection, tmp_path
 
 
 def test_forward_ends_with_exit_after_both_eofs(conn: ChannelConnection, echo_server: int) -> None:
-    fwd = conn.forward(echo_server)
+    fwd = open_forward(conn, echo_server)
     fwd.sendall(b"x")
     fwd.shutdown_write()
     assert fwd.recv(10, timeout=5) == b"x"

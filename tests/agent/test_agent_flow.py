@@ -6,6 +6,7 @@ import threading
 import time
 
 from microagent.channel import ChannelConnection, ErrorEvent, ExecRequest
+from microagent.channel.exec import run, start
 from microagent.channel.frames import INITIAL_WINDOW
 
 HUNDRED_MIB = 100 << 20
@@ -13,10 +14,10 @@ HUNDRED_MIB = 100 << 20
 
 def test_100mib_stdout_with_small_exec_alongside(conn: ChannelConnection) -> None:
     total = [0]
-    h = conn.start_exec(ExecRequest(["head", "-c", str(HUNDRED_MIB), "/dev/zero"]), stdout=lambda b: total.__setitem__(0, total[0] + len(b)))
+    h = start(conn, ExecRequest(["head", "-c", str(HUNDRED_MIB), "/dev/zero"]), stdout=lambda b: total.__setitem__(0, total[0] + len(b)))
     time.sleep(0.1)
     t0 = time.monotonic()
-    r = conn.exec(ExecRequest(["echo", "small"]), timeout=5)
+    r = run(conn, ExecRequest(["echo", "small"]), timeout=5)
     latency = time.monotonic() - t0
     assert r.stdout == b"small\n"
     assert latency < 2, f"small exec took {latency:.2f}s behind a 100 MiB transfer"
@@ -32,14 +33,14 @@ def test_slow_reader_throttles_only_its_session(conn: ChannelConnection) -> None
         release.wait(30)
         total[0] += len(b)
 
-    h = conn.start_exec(ExecRequest(["head", "-c", str(HUNDRED_MIB), "/dev/zero"]), stdout=slow_sink)
+    h = start(conn, ExecRequest(["head", "-c", str(HUNDRED_MIB), "/dev/zero"]), stdout=slow_sink)
     time.sleep(0.5)  # the guest runs out of credit and stops reading the pipe
     s = h.session
     # the host never holds more than one window of unconsumed output
     assert s._recv_used[1] <= INITIAL_WINDOW
     for _ in range(3):
         t0 = time.monotonic()
-        r = conn.exec(ExecRequest(["sh", "-c", "echo quick"]), timeout=5)
+        r = run(conn, ExecRequest(["sh", "-c", "echo quick"]), timeout=5)
         assert r.stdout == b"quick\n" and time.monotonic() - t0 < 2
     assert not h.done
     release.set()
@@ -58,10 +59,10 @@ def test_guest_enforces_stdin_credit(conn: ChannelConnection) -> None:
     while not isinstance(ev, ErrorEvent):
         ev = s.recv(5)
     assert ev.code == "flow_control" and not ev.local
-    assert conn.exec(ExecRequest(["echo", "ok"]), timeout=5).ok
+    assert run(conn, ExecRequest(["echo", "ok"]), timeout=5).ok
 
 
 def test_stdin_larger_than_window_to_slow_consumer(conn: ChannelConnection) -> None:
     data = bytes(range(256)) * (8 * INITIAL_WINDOW // 256)
-    r = conn.exec(ExecRequest(["sh", "-c", "sleep 0.3; wc -c"], stdin=data), timeout=20)
+    r = run(conn, ExecRequest(["sh", "-c", "sleep 0.3; wc -c"], stdin=data), timeout=20)
     assert r.stdout.strip() == str(len(data)).encode()

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microagent.channel import ChannelConnection, ExecRequest, SocketStream, connect_unix
+from microagent.channel.exec import run
 from microagent.channel.frames import MAX_PAYLOAD, FrameType, encode_frame
 
 
@@ -52,7 +53,7 @@ class ListenAgent:
         stream = SocketStream(sock) if sock is not None else connect_unix(self.path, timeout=5)
         conn = ChannelConnection.open(stream, name="listen-agent", hello_timeout=5)
         try:
-            assert conn.exec(ExecRequest(["echo", "alive"]), timeout=5).stdout == b"alive\n"
+            assert run(conn, ExecRequest(["echo", "alive"]), timeout=5).stdout == b"alive\n"
         finally:
             conn.close()
 

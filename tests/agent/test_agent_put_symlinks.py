@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from microagent.channel import ChannelConnection, GuestError
+from microagent.channel.files import put
 
 NOBODY = 65534
 
@@ -38,11 +39,11 @@ def test_put_refuses_a_foreign_symlink_in_the_path(as_root: None, conn: ChannelC
     home.mkdir()
     _plant(home / "dir", protected, NOBODY)
     with pytest.raises(GuestError) as ei:
-        conn.put(str(home / "dir" / "passwd"), b"pwned", mode=0o644)
+        put(conn, str(home / "dir" / "passwd"), b"pwned", mode=0o644)
     assert ei.value.code == "symlink_refused"
     assert list(protected.iterdir()) == []
     with pytest.raises(GuestError) as ei:  # mkdirs does not help either
-        conn.put(str(home / "dir" / "sub" / "f"), b"pwned", mkdirs=True)
+        put(conn, str(home / "dir" / "sub" / "f"), b"pwned", mkdirs=True)
     assert ei.value.code == "symlink_refused"
     assert list(protected.iterdir()) == []
 
@@ -52,20 +53,20 @@ def test_put_follows_root_owned_links_and_replaces_a_final_link(as_root: None, c
     real = tmp_path / "usr" / "bin"
     real.mkdir(parents=True)
     _plant(tmp_path / "bin", Path("usr/bin"), 0)  # merged /usr: relative, root-owned
-    assert conn.put(str(tmp_path / "bin" / "tool"), b"#!/bin/sh\n", mode=0o755) == 10
+    assert put(conn, str(tmp_path / "bin" / "tool"), b"#!/bin/sh\n", mode=0o755) == 10
     assert (real / "tool").read_bytes() == b"#!/bin/sh\n"
 
     victim = tmp_path / "victim"
     victim.write_bytes(b"keep")
     _plant(real / "last", victim, NOBODY)
-    conn.put(str(real / "last"), b"new")
+    put(conn, str(real / "last"), b"new")
     assert victim.read_bytes() == b"keep"
     assert not (real / "last").is_symlink() and (real / "last").read_bytes() == b"new"
 
 
 def test_put_mkdirs_walks_without_following(as_root: None, conn: ChannelConnection, tmp_path: Path) -> None:
-    assert conn.put(str(tmp_path / "a" / "b" / "c.txt"), b"x", mkdirs=True) == 1
+    assert put(conn, str(tmp_path / "a" / "b" / "c.txt"), b"x", mkdirs=True) == 1
     assert (tmp_path / "a" / "b" / "c.txt").read_bytes() == b"x"
     with pytest.raises(GuestError) as ei:
-        conn.put(str(tmp_path / "a" / "b"), b"x")
+        put(conn, str(tmp_path / "a" / "b"), b"x")
     assert ei.value.code == "is_directory"

@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 from agent.agent_proc import Agent
+
 from microagent.channel import ExecRequest
+from microagent.channel.exec import start
 from microagent.images.model import ImageConfig
 
 
@@ -15,7 +17,7 @@ def test_shutdown_sends_the_stop_signal(agent_binary: Path, tmp_path: Path) -> N
     marker = tmp_path / "marker"
     script = f"trap 'echo got-INT > {marker}; exit 0' INT; trap 'echo got-TERM > {marker}; exit 0' TERM; " \
              "echo ready; while :; do sleep 0.05; done"
-    session = a.conn.start_exec(ExecRequest(argv=["sh", "-c", script]))
+    session = start(a.conn, ExecRequest(argv=["sh", "-c", script]))
     session.wait_started(5)
     time.sleep(0.3)  # let the traps be installed
     a.conn.shutdown("poweroff", grace_s=5, signal=2)

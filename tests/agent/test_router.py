@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 
 from microagent.channel import ExecRequest, open_channel
+from microagent.channel.exec import run, start
 from microagent.errors import ChannelClosed
 
 
@@ -56,7 +57,7 @@ def test_many_clients_at_once(rig: Rig) -> None:
 
     def client(i: int) -> None:
         with open_channel(rig.control) as conn:
-            results[i] = conn.exec(ExecRequest(argv=["sh", "-c", f"sleep 0.2; echo client{i}"])).stdout
+            results[i] = run(conn, ExecRequest(argv=["sh", "-c", f"sleep 0.2; echo client{i}"])).stdout
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
     t0 = time.monotonic()
@@ -70,16 +71,16 @@ def test_many_clients_at_once(rig: Rig) -> None:
 
 def test_a_client_hello_does_not_reset_other_clients(rig: Rig) -> None:
     with open_channel(rig.control) as a:
-        session = a.start_exec(ExecRequest(argv=["sh", "-c", "sleep 1; echo survived"]))
+        session = start(a, ExecRequest(argv=["sh", "-c", "sleep 1; echo survived"]))
         with open_channel(rig.control) as b:  # b's HELLO must not reach the guest
-            assert b.exec(ExecRequest(argv=["true"])).exit_code == 0
+            assert run(b, ExecRequest(argv=["true"])).exit_code == 0
         assert session.wait(10).stdout == b"survived\n"
 
 
 def test_disconnecting_client_closes_its_sessions_in_the_guest(rig: Rig, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     a = open_channel(rig.control)
-    a.start_exec(ExecRequest(argv=["sh", "-c", f"echo $$ > {marker}; exec sleep 60"]))
+    start(a, ExecRequest(argv=["sh", "-c", f"echo $$ > {marker}; exec sleep 60"]))
     deadline = time.monotonic() + 5
     while not marker.exists() or not marker.read_text().strip():
         assert time.monotonic() < deadline
@@ -94,7 +95,7 @@ def test_disconnecting_client_closes_its_sessions_in_the_guest(rig: Rig, tmp_pat
 
 def test_guest_going_away_ends_router_and_fails_clients(rig: Rig) -> None:
     conn = open_channel(rig.control)
-    session = conn.start_exec(ExecRequest(argv=["sleep", "60"]))
+    session = start(conn, ExecRequest(argv=["sleep", "60"]))
     rig.agent.kill()
     with pytest.raises(ChannelClosed):
         session.wait(10)
@@ -115,8 +116,8 @@ def test_tcp_control_endpoint_needs_the_token(agent_binary: Path, tmp_path: Path
     import json
     import socket
 
-    from microagent.channel.stream import SocketStream
     from microagent.channel.mux import ChannelConnection
+    from microagent.channel.stream import SocketStream
     from microagent.errors import PolicyDenied
 
     guest_sock = tmp_path / "channel.sock"
@@ -137,7 +138,7 @@ def test_tcp_control_endpoint_needs_the_token(agent_binary: Path, tmp_path: Path
         assert control.stat().st_mode & 0o077 == 0
         assert not (tmp_path / "control.sock").exists()
         with open_channel(control) as conn:
-            assert conn.exec(ExecRequest(argv=["echo", "via-tcp"])).stdout == b"via-tcp\n"
+            assert run(conn, ExecRequest(argv=["echo", "via-tcp"])).stdout == b"via-tcp\n"
         host, port = doc["address"].rsplit(":", 1)
         for token in ("", "0" * 32):
             sock = socket.create_connection((host, int(port)), timeout=5)

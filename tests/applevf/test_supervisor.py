@@ -31,9 +31,10 @@ def _alive(pid: int) -> bool:
 
 def _exec(runtime: Path, *argv: str) -> tuple[int, bytes]:
     from microagent.channel import ExecRequest, open_channel
+    from microagent.channel.exec import run
 
     with open_channel(runtime / "control.sock", hello_timeout=5) as conn:
-        result = conn.exec(ExecRequest(argv=list(argv)))
+        result = run(conn, ExecRequest(argv=list(argv)))
     return result.exit_code, result.stdout
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from applevf.fake_vz import PAUSED, RUNNING, STOPPED, FakePlatform, FakeVirtualization
 from applevf.harness import VMFiles
+
 from microagent.errors import Conflict, MicroagentError, PolicyDenied, Transient
 from microagent.supervisors.applevf import control
 from microagent.supervisors.applevf.vmhost import VMHost
@@ -160,6 +160,7 @@ def test_guest_power_off_ends_the_host(serve: Any, guest_init: Path) -> None:
 def test_bridge_waits_for_the_guest_to_listen(serve: Any, guest_init: Path) -> None:
     """A client connected before guest init listens is held (connect retried), not dropped."""
     from microagent.channel import ExecRequest, open_channel
+    from microagent.channel.exec import run
 
     vz = FakeVirtualization(guest_init=str(guest_init))
     vm = serve(vz)
@@ -171,7 +172,7 @@ def test_bridge_waits_for_the_guest_to_listen(serve: Any, guest_init: Path) -> N
 
     def client() -> None:
         with open_channel(vm.rt / "vsock.sock", hello_timeout=5) as conn:
-            result.append(conn.exec(ExecRequest(argv=["echo", "late"])))
+            result.append(run(conn, ExecRequest(argv=["echo", "late"])))
 
     thread = threading.Thread(target=client)
     thread.start()

@@ -36,9 +36,10 @@ def guest_fc(fc, kvm):
 
 def _exec(control: Path, argv: list[str]):
     from microagent.channel import ExecRequest, open_channel
+    from microagent.channel.exec import run
 
     with open_channel(control, hello_timeout=10.0) as conn:
-        return conn.exec(ExecRequest(argv=argv))
+        return run(conn, ExecRequest(argv=argv))
 
 
 def test_start_exec_halt(guest_fc) -> None:

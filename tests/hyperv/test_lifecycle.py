@@ -98,14 +98,14 @@ def test_nat_endpoint_config_disk_publish_and_quarantine(env) -> None:
 
 
 def test_stop_is_shutdown_then_failed_without_silent_terminate(env, monkeypatch) -> None:
-    import microagent.supervisors.hyperv.backend as mod
+    import microagent.supervisors.vmm as lifecycle
 
-    monkeypatch.setattr(mod, "STOP_GRACE_S", 0.2)
+    monkeypatch.setattr(lifecycle, "STOP_GRACE_S", 0.2)
     backend, hcs, helpers, req, state = env
     backend.start(req("start"))
     hcs.ignore_shutdown = True
     hcs.calls.clear()
-    with pytest.raises(Transient, match="still running"):
+    with pytest.raises(Transient, match="still alive .* after HcsShutdownComputeSystem"):
         backend.stop(req("stop"))
     assert hcs.names() == ["shutdown_compute_system"]
     assert runtime(state)["state"] == "failed"
@@ -161,3 +161,37 @@ def test_connect_fails_closed_and_raw_disks_are_refused(env, tmp_path) -> None:
     with pytest.raises(Unsupported, match="not a VHD"):
         backend.check(req("check", disks=[{"name": "data", "path": str(raw), "mountpoint": "/data"}]))
     assert hcs.calls == []
+
+
+def test_halt_sends_the_images_stop_signal_with_the_halt_grace(env, monkeypatch) -> None:
+    """Halt is the shared lifecycle's: the image's StopSignal and the halt grace reach guest init."""
+    import microagent.channel
+    import microagent.supervisors.vmm as lifecycle
+
+    backend, hcs, helpers, req, state = env
+    backend.start(req("start", stopSignal=3))
+    sid = runtime(state)["systemId"]
+    shutdowns: list[tuple[str, dict]] = []
+
+    class PowerOffChannel:
+        """The guest side of a channel whose guest init obeys poweroff (the compute system goes)."""
+
+        def __init__(self, path, **kwargs) -> None:
+            assert str(path) == str(state / "run" / "ws1" / "control.sock")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def shutdown(self, action: str, **kwargs) -> None:
+            shutdowns.append((action, kwargs))
+            del hcs.systems[sid]
+
+    monkeypatch.setattr(microagent.channel, "open_channel", PowerOffChannel)
+    monkeypatch.setattr(lifecycle, "HALT_GRACE_S", 7.5)
+    resp = backend.halt(req("halt"))
+    assert resp.event.state == "halted" and runtime(state)["state"] == "halted"
+    assert shutdowns == [("poweroff", {"grace_s": 7.5, "signal": 3})]
+    assert "terminate_compute_system" not in hcs.names() and helpers.killed

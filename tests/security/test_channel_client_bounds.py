@@ -20,6 +20,7 @@ import pytest
 from unit.channel.fake_guest import FakeGuest, FakeSession, fake_pair
 
 from microagent.channel import ChannelConnection, ChannelTimeout, ExecRequest, ProtocolError, SocketStream
+from microagent.channel.exec import run, start
 from microagent.channel.files import get, get_bytes, put
 from microagent.channel.frames import MAX_DATA_CHUNK, FrameType, encode_data, encode_frame, json_frame
 from microagent.errors import ResourceExhausted
@@ -95,7 +96,7 @@ def test_data_on_a_stream_the_guest_does_not_own_ends_the_session(pair: tuple[Ch
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
-    assert conn.exec(ExecRequest(["echo", "still", "fine"])).stdout == b"still fine\n"
+    assert run(conn, ExecRequest(["echo", "still", "fine"])).stdout == b"still fine\n"
 
 
 def test_control_flood_is_bounded(pair: tuple[ChannelConnection, FakeGuest]) -> None:
@@ -152,7 +153,7 @@ def _ignore_limit(s: FakeSession) -> None:
 def test_stdout_limit_is_enforced_on_the_host(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, guest = pair
     guest.handlers["exec"] = _ignore_limit
-    r = conn.exec(ExecRequest(["anything"], stdout_limit=1024, stderr_limit=10), timeout=30)
+    r = run(conn, ExecRequest(["anything"], stdout_limit=1024, stderr_limit=10), timeout=30)
     assert len(r.stdout) == 1024 and r.stdout_truncated
     assert not r.stderr_truncated
 
@@ -161,7 +162,7 @@ def test_stdout_limit_applies_to_a_sink_too(pair: tuple[ChannelConnection, FakeG
     conn, guest = pair
     guest.handlers["exec"] = _ignore_limit
     seen = bytearray()
-    r = conn.start_exec(ExecRequest(["anything"], stdout_limit=5000), stdout=seen.extend).wait(30)
+    r = start(conn, ExecRequest(["anything"], stdout_limit=5000), stdout=seen.extend).wait(30)
     assert len(seen) == 5000 and r.stdout_truncated
 
 
@@ -219,7 +220,7 @@ def test_exec_that_never_starts_times_out(pair: tuple[ChannelConnection, FakeGue
     guest.handlers["exec"] = _silent
     t0 = time.monotonic()
     with pytest.raises(ChannelTimeout, match="did not start"):
-        conn.start_exec(ExecRequest(["x"]), start_timeout=0.5).wait()
+        start(conn, ExecRequest(["x"]), start_timeout=0.5).wait()
     assert time.monotonic() - t0 < 5
 
 
@@ -231,7 +232,7 @@ def test_exec_with_a_guest_timeout_that_the_guest_ignores(pair: tuple[ChannelCon
         _silent(s)
 
     guest.handlers["exec"] = started_then_silent
-    handle = conn.start_exec(ExecRequest(["sleep", "1000"], timeout_s=0.2), exit_grace=0.5)
+    handle = start(conn, ExecRequest(["sleep", "1000"], timeout_s=0.2), exit_grace=0.5)
     t0 = time.monotonic()
     with pytest.raises(ChannelTimeout, match="did not report"):
         handle.wait()
@@ -258,7 +259,7 @@ def test_other_sessions_survive_a_misbehaving_one(pair: tuple[ChannelConnection,
     conn, guest = pair
     guest.handlers["bad"] = lambda s: _raw(s, FrameType.DATA, encode_data(9, b"x"))
     results: list[bytes] = []
-    t = threading.Thread(target=lambda: results.append(conn.exec(ExecRequest(["echo", "ok"])).stdout))
+    t = threading.Thread(target=lambda: results.append(run(conn, ExecRequest(["echo", "ok"])).stdout))
     t.start()
     with pytest.raises(ProtocolError):
         conn.open_session("bad").wait_final(5)

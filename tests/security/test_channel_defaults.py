@@ -13,7 +13,7 @@ from microagent.channel import ChannelConnection, SocketStream
 from microagent.channel.limits import DEFAULT_GET_MAX, DEFAULT_OUTPUT_LIMIT
 from microagent.errors import ResourceExhausted
 from microagent.workspace.sessions import DEFAULT_OUTPUT_LIMIT as SESSIONS_LIMIT
-from microagent.workspace.sessions import GuestSession
+from microagent.workspace.sessions import GuestConnection
 
 
 def _flood(s: FakeSession) -> None:
@@ -27,10 +27,10 @@ def _flood(s: FakeSession) -> None:
 
 
 @pytest.fixture
-def session() -> Iterator[tuple[GuestSession, FakeGuest]]:
+def session() -> Iterator[tuple[GuestConnection, FakeGuest]]:
     host, guest = fake_pair()
     guest.handlers["exec"] = _flood
-    gs = object.__new__(GuestSession)  # a GuestSession on a fake channel: no workspace needed
+    gs = object.__new__(GuestConnection)  # a GuestConnection on a fake channel: no workspace needed
     gs.name = "fake"
     gs.manifest = SimpleNamespace(image=SimpleNamespace(workdir="", user=""))  # type: ignore[assignment]
     gs.conn = ChannelConnection.open(SocketStream(host), name="fake", hello_timeout=2)
@@ -39,7 +39,7 @@ def session() -> Iterator[tuple[GuestSession, FakeGuest]]:
     guest.vanish()
 
 
-def test_sdk_exec_keeps_16_mib_per_stream_by_default(session: tuple[GuestSession, FakeGuest]) -> None:
+def test_sdk_exec_keeps_16_mib_per_stream_by_default(session: tuple[GuestConnection, FakeGuest]) -> None:
     gs, _ = session
     assert SESSIONS_LIMIT == DEFAULT_OUTPUT_LIMIT == 16 << 20
     r = gs.exec(["flood"])
@@ -49,7 +49,7 @@ def test_sdk_exec_keeps_16_mib_per_stream_by_default(session: tuple[GuestSession
     assert len(r.stdout) == 20 << 20 and not r.stdout_truncated
 
 
-def test_sdk_read_file_is_bounded_by_default(session: tuple[GuestSession, FakeGuest]) -> None:
+def test_sdk_read_file_is_bounded_by_default(session: tuple[GuestConnection, FakeGuest]) -> None:
     gs, guest = session
     guest.files["/big"] = (bytes(DEFAULT_GET_MAX + 1), 0o644)
     with pytest.raises(ResourceExhausted):

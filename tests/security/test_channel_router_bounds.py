@@ -20,6 +20,7 @@ import pytest
 from unit.channel.fake_guest import FakeSession, fake_pair
 
 from microagent.channel import ChannelConnection, ExecRequest, SocketStream, open_channel
+from microagent.channel.exec import run
 from microagent.channel.frames import (
     INITIAL_WINDOW,
     MAX_DATA_CHUNK,
@@ -149,7 +150,7 @@ def test_a_client_that_grants_credit_but_never_reads_is_bounded_then_dropped(rig
     assert peak <= rig.router.client_out_high + (2 << 20), f"router buffered {peak} bytes for one client"
     assert rig.client_peers() == [], "a client that stops reading is disconnected"
     with open_channel(rig.endpoint) as other:  # everyone else carries on
-        assert other.exec(ExecRequest(["echo", "fine"]), timeout=10).stdout == b"fine\n"
+        assert run(other, ExecRequest(["echo", "fine"]), timeout=10).stdout == b"fine\n"
 
 
 def test_a_guest_that_stops_reading_cannot_grow_the_router(tmp_path: Path) -> None:
@@ -283,7 +284,7 @@ def test_a_bad_token_is_refused_and_the_router_survives(tcp_rig: RouterRig, toke
     with pytest.raises(PolicyDenied, match="token"):
         ChannelConnection.open(SocketStream(tcp_rig.raw()), hello_timeout=5, hello_fields={"token": "x"})
     with open_channel(tcp_rig.endpoint) as conn:
-        assert conn.exec(ExecRequest(["echo", "ok"]), timeout=10).stdout == b"ok\n"
+        assert run(conn, ExecRequest(["echo", "ok"]), timeout=10).stdout == b"ok\n"
 
 
 def test_an_unauthenticated_client_is_dropped_after_its_first_frame(tcp_rig: RouterRig) -> None:

@@ -55,7 +55,7 @@ def test_a_name_with_a_newline_is_refused(name: str) -> None:
 
 
 def test_the_cli_refuses_a_trailing_newline(tmp_path: Path) -> None:
-    doc = cli(tmp_path, "create", "ws\n", expect=1)
+    doc = cli(tmp_path, "create", "ws\n", expect=2)  # a bad argument is a usage error
     assert doc["error"]["kind"] == "permanent" and "is not a safe name" in doc["error"]["message"]
     assert not (tmp_path / "workspaces").exists()
 

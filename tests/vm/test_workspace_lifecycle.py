@@ -99,7 +99,7 @@ def test_full_lifecycle(vm_state: Path) -> None:
     # --- exec 3: a concurrent pair, from threads of one SDK process (one shared connection)
     import microagent
 
-    sdk_ws = microagent.Workspace.get(name, state_dir=vm_state)
+    sdk_ws = microagent.Workspace.open(name, state_dir=vm_state)
     results: dict[int, Any] = {}
 
     def sdk_run(i: int) -> None:

@@ -1,9 +1,15 @@
 """The host side of the guest channel (docs/protocol.md).
 
-Layers, one per module: :mod:`.frames` (bytes to frames, no I/O),
-:mod:`.stream` (transports), :mod:`.mux` (handshake, sessions, flow control),
-then one module per session kind: :mod:`.exec`, :mod:`.shell`, :mod:`.files`,
-:mod:`.forward`. Exceptions are in :mod:`.errors`.
+The protocol core, one layer per module: :mod:`.frames` (bytes to frames,
+no I/O), :mod:`.stream` (transports), :mod:`.mux` (handshake, sessions,
+flow control); exceptions in :mod:`.errors`, bounds in :mod:`.limits`. The
+core knows nothing of what runs in a session. Above it, one client module
+per session kind, each taking a connection: :mod:`.exec` (``run``,
+``start``), :mod:`.shell`, :mod:`.files` (``put``, ``get``, ``get_bytes``),
+:mod:`.forward`, plus :mod:`.connect` (transport and handshake in one call).
+On top sits the per-workspace helper process :mod:`.router`. The layering
+is checked by import-linter (pyproject.toml) and described in
+docs/architecture.md.
 """
 
 from microagent.channel.errors import (
@@ -43,6 +49,7 @@ from microagent.channel.mux import (
     ExitEvent,
     Session,
     SessionEvent,
+    SessionState,
 )
 from microagent.channel.connect import open_channel
 from microagent.channel.exec import ExecRequest, ExecResult, ExecSession, OutputSink
@@ -84,6 +91,7 @@ __all__ = [
     "Session",
     "SessionEnded",
     "SessionEvent",
+    "SessionState",
     "SocketStream",
     "VersionMismatch",
     "connect_firecracker_vsock",

@@ -230,9 +230,8 @@ def _writer(sink: OutputSink) -> Callable[[bytes], object]:
 class ExecSession:
     """A running command: stream output, feed stdin, resize, signal, wait.
 
-    Created by :func:`start` (or :meth:`ChannelConnection.start_exec`).
-    Output goes to the sinks as it arrives (called from the pump thread);
-    streams without a sink are collected into the result.
+    Created by :func:`start`. Output goes to the sinks as it arrives (called
+    from the pump thread); streams without a sink are collected into the result.
 
     A silent guest cannot hang it: if the guest does not report the process
     started within ``start_timeout`` seconds, or (with a guest-side

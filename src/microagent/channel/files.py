@@ -11,7 +11,6 @@ so a guest that goes silent fails the copy instead of hanging it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -21,7 +20,7 @@ from microagent.channel.frames import MAX_DATA_CHUNK, STDIN, STDOUT
 from microagent.channel.limits import DEFAULT_GET_MAX, IDLE_TIMEOUT_S
 from microagent.channel.mux import ChannelConnection, ControlEvent, DataEvent, ErrorEvent, ExitEvent, Session
 from microagent.errors import InvalidRequest, Permanent, ResourceExhausted
-from microagent.fsutil import user_umask
+from microagent.fsutil import atomic_writer, user_umask
 
 __all__ = ["FileStat", "get", "get_bytes", "get_to", "put"]
 
@@ -238,23 +237,13 @@ def get(
     :raises ChannelClosed: if the channel went away.
     """
     dest = os.fspath(dest)
-    directory = os.path.dirname(os.path.abspath(dest))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".microagent-get-", dir=directory)
-    except OSError as exc:
-        raise Permanent(f"cannot create a file in {directory}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_writer(dest) as f:
             stat = _receive(conn, guest_path, f.write, idle_timeout)
             if preserve_mode:
                 os.fchmod(f.fileno(), host_mode(stat.mode))
-        os.replace(tmp, dest)
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise Permanent(f"cannot write local file {dest}: {exc}") from exc
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
     return stat
 
 
@@ -265,10 +254,3 @@ def host_mode(guest_mode: int) -> int:
     setgid file), then the process umask applies, as for any new file.
     """
     return guest_mode & 0o777 & ~user_umask()
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

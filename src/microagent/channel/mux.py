@@ -2,9 +2,12 @@
 
 This module owns the connection state: the ``HELLO`` handshake, session-id
 allocation, routing of guest frames to sessions, and flow control in both
-directions. Session kinds (exec, files, forward, shell) are built on the
-:class:`Session` primitives in their own modules; this one knows nothing of
-their payloads beyond the frame types.
+directions. Session kinds (exec, files, forward, shell) are clients built on
+the :class:`Session` primitives in their own modules, which take a
+connection (``exec.run(conn, request)``, ``files.put(conn, ...)``); this one
+knows nothing of their payloads beyond the frame types and never imports
+them. The one exception is ``shutdown``, a connection-wide command with no
+payload of its own.
 
 Threading model: one background reader thread per connection decodes frames
 and appends events to per-session queues (bounded by the flow-control window,
@@ -17,12 +20,13 @@ waiter (handshake, :meth:`Session.recv`, credit waits) is woken with
 from __future__ import annotations
 
 import collections
+import enum
 import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from microagent.channel.errors import (
     ChannelTimeout,
@@ -50,12 +54,7 @@ from microagent.channel.frames import (
 )
 from microagent.channel.limits import MAX_QUEUED_CONTROL_BYTES, MAX_QUEUED_CONTROLS
 from microagent.channel.stream import ByteStream
-from microagent.errors import ChannelClosed, PolicyDenied
-
-if TYPE_CHECKING:
-    from microagent.channel.exec import ExecRequest, ExecResult, ExecSession, OutputSink
-    from microagent.channel.files import FileStat
-    from microagent.channel.forward import ForwardStream
+from microagent.errors import ChannelClosed, InvalidRequest, PolicyDenied
 
 __all__ = [
     "ChannelConnection",
@@ -65,6 +64,7 @@ __all__ = [
     "ExitEvent",
     "Session",
     "SessionEvent",
+    "SessionState",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,25 @@ class ErrorEvent:
 SessionEvent: TypeAlias = DataEvent | ControlEvent | ExitEvent | ErrorEvent
 
 
+class SessionState(enum.Enum):
+    """Where a :class:`Session` is in its life.
+
+    ``OPEN`` → ``GUEST_ENDED`` → ``FINISHED`` when the guest ends it;
+    ``CLOSED`` from any state when the host closes it; ``OPEN`` →
+    ``FAILED`` when the channel goes away under it. Only ``OPEN`` sends.
+    """
+
+    OPEN = "open"
+    GUEST_ENDED = "guest_ended"  # EXIT/ERROR queued (or a local protocol error), not yet consumed
+    FINISHED = "finished"  # the final EXIT/ERROR was returned by recv
+    CLOSED = "closed"  # the host sent CLOSE (or abandoned a session that had ended)
+    FAILED = "failed"  # the channel went away while the session was open
+
+
+_GUEST_DONE = frozenset({SessionState.GUEST_ENDED, SessionState.FINISHED})
+_ENDED = _GUEST_DONE | {SessionState.CLOSED}  # nothing more may be sent
+
+
 class Session:
     """One session on a :class:`ChannelConnection`.
 
@@ -148,10 +167,8 @@ class Session:
         self._guest_eof: set[int] = set()  # streams the guest ended
         self._control_count = 0  # queued, unconsumed CONTROL events
         self._control_bytes = 0
-        self._guest_done = False  # EXIT/ERROR arrived (or local protocol error)
-        self._host_closed = False  # CLOSE sent
-        self._final_delivered = False
-        self._failure: ChannelClosed | None = None
+        self._state = SessionState.OPEN
+        self._failure: ChannelClosed | None = None  # why, in state FAILED
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.kind}>"
@@ -163,10 +180,16 @@ class Session:
         self.close()
 
     @property
+    def state(self) -> SessionState:
+        """Where the session is in its life."""
+        with self._cond:
+            return self._state
+
+    @property
     def ended(self) -> bool:
         """True once the guest ended the session or the host closed it."""
         with self._cond:
-            return self._guest_done or self._host_closed
+            return self._state in _ENDED
 
     # ----------------------------------------------------------- receiving
 
@@ -182,9 +205,9 @@ class Session:
         grant: tuple[int, int] | None = None
         with self._cond:
             while not self._events:
-                if self._final_delivered or self._host_closed:
+                if self._state in (SessionState.FINISHED, SessionState.CLOSED):
                     raise SessionEnded(f"session {self.id} ({self.kind}) has ended")
-                if self._failure is not None:
+                if self._failure is not None:  # state FAILED
                     raise ChannelClosed(self._failure.message, self._failure.remediation)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -192,13 +215,14 @@ class Session:
                 self._cond.wait(remaining)
             event = self._events.popleft()
             if isinstance(event, (ExitEvent, ErrorEvent)):
-                self._final_delivered = True
+                if self._state is SessionState.GUEST_ENDED:
+                    self._state = SessionState.FINISHED
             elif isinstance(event, ControlEvent):
                 self._control_count -= 1
                 self._control_bytes -= event.size
             elif isinstance(event, DataEvent) and event.data and event.stream in self._consumed:
                 self._consumed[event.stream] += len(event.data)
-                if self._consumed[event.stream] >= _GRANT_THRESHOLD and not self._guest_done:
+                if self._consumed[event.stream] >= _GRANT_THRESHOLD and self._state is SessionState.OPEN:
                     n = self._consumed[event.stream]
                     self._consumed[event.stream] = 0
                     self._recv_used[event.stream] -= n
@@ -285,12 +309,11 @@ class Session:
     def close(self) -> None:
         """Abandon the session: send CLOSE unless it already ended. Idempotent."""
         with self._cond:
-            if self._guest_done or self._host_closed:
-                self._host_closed = True
-                self._cond.notify_all()
-                return
-            self._host_closed = True
+            was = self._state
+            self._state = SessionState.CLOSED
             self._cond.notify_all()
+            if was in _ENDED:
+                return
         self.conn._forget(self.id)
         try:
             self.conn._send(encode_frame(self.id, FrameType.CLOSE))
@@ -298,7 +321,7 @@ class Session:
             pass
 
     def _check_sendable(self) -> None:
-        if self._guest_done or self._host_closed:
+        if self._state in _ENDED:
             raise SessionEnded(f"session {self.id} ({self.kind}) has ended")
         if self._failure is not None:
             raise ChannelClosed(self._failure.message, self._failure.remediation)
@@ -307,12 +330,14 @@ class Session:
 
     def _deliver(self, event: SessionEvent) -> None:
         with self._cond:
-            if self._guest_done:
+            if self._state in _GUEST_DONE:
+                return
+            if self._state is SessionState.CLOSED:
+                self._cond.notify_all()
                 return
             if isinstance(event, (ExitEvent, ErrorEvent)):
-                self._guest_done = True
-            if not self._host_closed:
-                self._events.append(event)
+                self._state = SessionState.GUEST_ENDED
+            self._events.append(event)
             self._cond.notify_all()
 
     def _on_data(self, stream: int, data: bytes) -> tuple[str, str] | None:
@@ -322,7 +347,7 @@ class Session:
         granted, EOF to once per stream, and only on the guest's streams.
         """
         with self._cond:
-            if self._guest_done:
+            if self._state in _GUEST_DONE:
                 return None
             if stream not in _GUEST_STREAMS:
                 return "bad_request", f"DATA on stream {stream}, which the guest does not send on"
@@ -334,7 +359,7 @@ class Session:
                     return "flow_control", f"guest overran the credit on stream {stream}"
             else:
                 self._guest_eof.add(stream)
-            if not self._host_closed:
+            if self._state is not SessionState.CLOSED:
                 self._events.append(DataEvent(stream, data))
             self._cond.notify_all()
             return None
@@ -342,7 +367,7 @@ class Session:
     def _on_control(self, event: ControlEvent) -> tuple[str, str] | None:
         """Queue a CONTROL event; ``(code, message)`` if too many are unconsumed."""
         with self._cond:
-            if self._guest_done or self._host_closed:
+            if self._state in _ENDED:
                 return None
             if (self._control_count >= MAX_QUEUED_CONTROLS
                     or self._control_bytes + event.size > MAX_QUEUED_CONTROL_BYTES):
@@ -362,7 +387,8 @@ class Session:
 
     def _fail(self, exc: ChannelClosed) -> None:
         with self._cond:
-            if self._failure is None:
+            if self._state is SessionState.OPEN:
+                self._state = SessionState.FAILED
                 self._failure = exc
             self._cond.notify_all()
 
@@ -376,7 +402,7 @@ class ChannelConnection:
     Typical use::
 
         conn = ChannelConnection.open(connect_unix(path))
-        result = conn.exec(ExecRequest(["uname", "-a"]))
+        result = exec.run(conn, ExecRequest(["uname", "-a"]))  # microagent.channel.exec
         conn.close()
     """
 
@@ -542,66 +568,7 @@ class ChannelConnection:
         with self._lock:
             return len(self._sessions)
 
-    # --------------------------------------------------- session kinds
-
-    def exec(self, request: ExecRequest, *, timeout: float | None = None) -> ExecResult:
-        """Run a command and collect its output; see :func:`microagent.channel.exec.run`."""
-        from microagent.channel.exec import run
-
-        return run(self, request, timeout=timeout)
-
-    def start_exec(
-        self,
-        request: ExecRequest,
-        *,
-        stdout: OutputSink | None = None,
-        stderr: OutputSink | None = None,
-        **timeouts: float | None,
-    ) -> ExecSession:
-        """Start a command with streaming output; see :func:`microagent.channel.exec.start`
-        (``timeouts``: its ``start_timeout`` and ``exit_grace``)."""
-        from microagent.channel.exec import start
-
-        return start(self, request, stdout=stdout, stderr=stderr, **timeouts)
-
-    def shell(self, **kwargs: Any) -> ExecSession:
-        """Open a pty shell; see :func:`microagent.channel.shell.open_shell`."""
-        from microagent.channel.shell import open_shell
-
-        return open_shell(self, **kwargs)
-
-    def put(
-        self,
-        guest_path: str,
-        source: bytes | bytearray | memoryview | str | Any,
-        *,
-        mode: int = 0o644,
-        uid: int = 0,
-        gid: int = 0,
-        mkdirs: bool = False,
-    ) -> int:
-        """Write a guest file; see :func:`microagent.channel.files.put`."""
-        from microagent.channel.files import put
-
-        return put(self, guest_path, source, mode=mode, uid=uid, gid=gid, mkdirs=mkdirs)
-
-    def get(self, guest_path: str, dest: str | Any) -> FileStat:
-        """Copy a guest file to ``dest``; see :func:`microagent.channel.files.get`."""
-        from microagent.channel.files import get
-
-        return get(self, guest_path, dest)
-
-    def get_bytes(self, guest_path: str) -> bytes:
-        """Read a guest file into memory; see :func:`microagent.channel.files.get_bytes`."""
-        from microagent.channel.files import get_bytes
-
-        return get_bytes(self, guest_path)
-
-    def forward(self, port: int, host: str = "127.0.0.1", *, timeout: float | None = 10.0) -> ForwardStream:
-        """Connect to a guest TCP port; see :func:`microagent.channel.forward.open_forward`."""
-        from microagent.channel.forward import open_forward
-
-        return open_forward(self, port, host, timeout=timeout)
+    # ------------------------------------------------------- guest power
 
     def shutdown(self, action: str = "poweroff", grace_s: float = 5, *, signal: int = 15,
                  timeout: float | None = 10.0) -> None:
@@ -618,8 +585,6 @@ class ChannelConnection:
         :raises ChannelTimeout: if there was no answer in ``timeout`` seconds.
         :raises ChannelClosed: if the channel went away first.
         """
-        from microagent.errors import InvalidRequest
-
         if action not in ("poweroff", "reboot"):
             raise InvalidRequest(f"unknown shutdown action {action!r}", "use 'poweroff' or 'reboot'")
         with self.open_session("shutdown", action=action, grace_ms=int(grace_s * 1000),

@@ -66,7 +66,7 @@ from microagent.channel.frames import (
     encode_frame,
     json_frame,
 )
-from microagent.fsutil import restrict_umask
+from microagent.fsutil import atomic_write, restrict_umask
 
 READ_CHUNK = 256 * 1024
 # Ends a session; the mapping is dropped once the guest sends one of these.
@@ -571,11 +571,8 @@ def bind_tcp_control(listen_path: str) -> tuple[socket.socket, str]:
     host, port = sock.getsockname()[:2]
     token = secrets.token_hex(16)
     directory = os.path.dirname(os.path.abspath(listen_path))
-    tmp = os.path.join(directory, f".control.json.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"transport": "tcp", "address": f"{host}:{port}", "token": token}, fh)
-    os.replace(tmp, os.path.join(directory, "control.json"))
+    atomic_write(os.path.join(directory, "control.json"),
+                 json.dumps({"transport": "tcp", "address": f"{host}:{port}", "token": token}).encode())
     return sock, token
 
 

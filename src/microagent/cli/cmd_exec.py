@@ -206,7 +206,7 @@ def exec_(name: str, command: tuple[str, ...], env: tuple[str, ...], workdir: st
     after NAME that is not an option.
     """
     from microagent.workspace.lifecycle import check_env
-    from microagent.workspace.sessions import GuestSession, check_command_size
+    from microagent.workspace.sessions import GuestConnection, check_command_size
 
     argv = list(command)
     if argv and argv[0] == "--":
@@ -215,7 +215,7 @@ def exec_(name: str, command: tuple[str, ...], env: tuple[str, ...], workdir: st
         check_env(env)
         check_command_size(argv, env)
     store = _store(state_dir, supervisor)
-    with GuestSession(store, name, "exec") as gs:
+    with GuestConnection(store, name, "exec") as gs:
         if as_json:
             req = gs.request(argv, env=env, workdir=workdir, user=user, timeout=timeout,
                              stdin=sys.stdin.buffer if interactive else None, pty=tty,
@@ -271,7 +271,7 @@ def connect(name: str, line: str | None, timeout: float | None, user: str | None
             state_dir: str | None, as_json: bool) -> int:
     """Open an interactive shell in running workspace NAME (Ctrl-] detaches)."""
     from microagent.errors import InvalidRequest
-    from microagent.workspace.sessions import GuestSession
+    from microagent.workspace.sessions import GuestConnection
 
     with usage_errors():
         if line is None and as_json:
@@ -280,7 +280,7 @@ def connect(name: str, line: str | None, timeout: float | None, user: str | None
         if line is None and timeout is not None:
             raise InvalidRequest("--timeout needs --send", "pass --send LINE")
     store = _store(state_dir, supervisor)
-    with GuestSession(store, name, "connect") as gs:
+    with GuestConnection(store, name, "connect") as gs:
         if line is not None:
             if as_json:
                 result = gs.send_line(line, timeout=timeout, user=user)

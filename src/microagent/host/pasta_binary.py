@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from microagent.errors import MicroagentError, NotFound, Permanent, Transient, print_error
+from microagent.fsutil import atomic_path
 from microagent.network.pasta import installed_path
 
 PINNED_VERSION = "2025_05_03.587980c"
@@ -129,10 +130,8 @@ def install_pinned(prefix: str | None = None, cache: Path | None = None) -> Path
     with tempfile.TemporaryDirectory(prefix="microagent-passt-") as tmp:
         binary = build(cache, Path(tmp))
         target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_name(".pasta.new")
-        shutil.copy2(binary, staged)
-        os.chmod(staged, 0o755)
-        os.replace(staged, target)
+        with atomic_path(target, mode=0o755) as staged:
+            shutil.copyfile(binary, staged)
     _stamp(target).write_text(PINNED_VERSION + "\n")
     return target
 

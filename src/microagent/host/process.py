@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from microagent.errors import Permanent
+from microagent.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,12 @@ def reap_if_child(pid: int) -> None:
 
 def wait_gone(ref: ProcessRef, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the process to exit."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def gone() -> bool:
         reap_if_child(ref.pid)
-        if not is_alive(ref):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
+        return not is_alive(ref)
+
+    return bool(wait_until(gone, timeout, 0.02))
 
 
 def send_signal(ref: ProcessRef, sig: signal.Signals) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Protocol
 
 from microagent.errors import Permanent, ResourceExhausted
+from microagent.fsutil import fsync_dir
 from microagent.images.reference import valid_digest
 
 CHUNK = 1 << 20
@@ -183,7 +184,8 @@ class BlobStore:
             try:
                 os.chmod(tmp, 0o400)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
+                os.replace(tmp, final)  # from the store's tmp/, where gc finds what a crash leaves
+                fsync_dir(final.parent)
             except OSError as exc:
                 raise _disk_error(exc, f"blob {digest}") from exc
         except BaseException:

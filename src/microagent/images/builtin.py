@@ -18,12 +18,12 @@ import hashlib
 import io
 import json
 import dataclasses
-import os
 import subprocess
 import tarfile
 from pathlib import Path
 
 from microagent.errors import NotFound
+from microagent.fsutil import atomic_write
 from microagent.images.model import BaseImage, PulledImage
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
@@ -117,9 +117,7 @@ def _canonical(doc: object) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def layout_dir(state_root: Path) -> Path:

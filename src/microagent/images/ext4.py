@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from microagent.errors import NotFound, Permanent, ResourceExhausted
+from microagent.fsutil import atomic_path
 
 if TYPE_CHECKING:
     from microagent.images.metadata import Ledger
@@ -82,38 +83,35 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
     size = size_bytes or default_size_bytes(tree, extra_inodes=len(ledger) if ledger else 0)
     fs_uuid = str(uuid.uuid5(_NAMESPACE, key))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.truncate(size)
-        env = dict(os.environ, E2FSPROGS_FAKE_TIME="1", MKE2FS_DEVICE_SECTSIZE="512")
-        argv = [mke2fs, "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", label, "-U", fs_uuid,
-                "-E", f"hash_seed={fs_uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
-                *(["-N", str(inode_count(ledger))] if ledger is not None else []),
-                "-d", str(tree), str(tmp)]
-        t0 = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-        t1 = time.monotonic()
-        if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip()
-            if "Could not allocate block" in msg or "No space left" in msg:
-                raise ResourceExhausted(f"the tree does not fit an ext4 image of {size // 2**20} MiB: {msg}",
-                                        "pass a larger --disk-size")
-            raise Permanent(f"mke2fs failed for {out.name}: {msg}")
-        if ledger is not None:
-            from microagent.images.metadata import apply_ledger
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.truncate(size)
+            env = dict(os.environ, E2FSPROGS_FAKE_TIME="1", MKE2FS_DEVICE_SECTSIZE="512")
+            argv = [mke2fs, "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", label, "-U", fs_uuid,
+                    "-E", f"hash_seed={fs_uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
+                    *(["-N", str(inode_count(ledger))] if ledger is not None else []),
+                    "-d", str(tree), str(tmp)]
+            t0 = time.monotonic()
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+            t1 = time.monotonic()
+            if proc.returncode != 0:
+                msg = (proc.stderr or proc.stdout).strip()
+                if "Could not allocate block" in msg or "No space left" in msg:
+                    raise ResourceExhausted(f"the tree does not fit an ext4 image of {size // 2**20} MiB: {msg}",
+                                            "pass a larger --disk-size")
+                raise Permanent(f"mke2fs failed for {out.name}: {msg}")
+            if ledger is not None:
+                from microagent.images.metadata import apply_ledger
 
-            apply_ledger(ledger, tree, tmp)
-        if timings is not None:
-            timings["mke2fs"] = t1 - t0
-            timings["metadata"] = time.monotonic() - t1
-        os.replace(tmp, out)
+                apply_ledger(ledger, tree, tmp)
+            if timings is not None:
+                timings["mke2fs"] = t1 - t0
+                timings["metadata"] = time.monotonic() - t1
     except OSError as exc:
         if exc.errno == 28:
             raise ResourceExhausted(f"no space left writing {out}", "free disk space") from exc
         raise Permanent(f"cannot write {out}: {exc.strerror}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -123,13 +121,11 @@ def copy_disk(src: Path, dst: Path) -> Path:
     :raises ResourceExhausted: when the disk is full.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        if "No space" in proc.stderr:
-            raise ResourceExhausted(f"no space left copying the disk to {dst}", "free disk space")
-        raise Permanent(f"cannot copy {src} to {dst}: {proc.stderr.strip()}")
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            if "No space" in proc.stderr:
+                raise ResourceExhausted(f"no space left copying the disk to {dst}", "free disk space")
+            raise Permanent(f"cannot copy {src} to {dst}: {proc.stderr.strip()}")
     return dst

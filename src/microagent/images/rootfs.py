@@ -34,6 +34,7 @@ from typing import Any, Iterator, Protocol
 
 from microagent.digests import sha256_file
 from microagent.errors import Permanent, ResourceExhausted
+from microagent.fsutil import atomic_write
 from microagent.images.ext4 import build_ext4
 from microagent.images.layers import Extractor, resolve_in_root
 from microagent.images.limits import Limits
@@ -108,9 +109,7 @@ def _read_sidecar(path: Path) -> dict[str, object] | None:
 
 
 def _write_json(path: Path, doc: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def cached_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,

@@ -23,13 +23,13 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from microagent.errors import NotFound, Permanent
+from microagent.fsutil import atomic_write
 from microagent.images.blobs import BlobStore
 from microagent.images.manifest import config_from_json, config_to_json
 from microagent.images.model import ImageConfig, Layer, Platform, PulledImage
@@ -166,17 +166,7 @@ def _save(state_root: Path, records: list[ImageRecord]) -> None:
     path = _index_path(state_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"version": INDEX_VERSION, "images": [r.to_json() for r in sorted(records, key=lambda r: r.reference)]}
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def list_images(state_root: Path) -> list[ImageRecord]:
@@ -275,8 +265,3 @@ def prune(state_root: Path) -> dict[str, Any]:
                     entry.unlink()
                     disks += 1
     return {"blobs": blobs, "disks": disks, "freed": freed}
-
-
-def find_by_digest(state_root: Path, digest: str) -> list[ImageRecord]:
-    """Records whose manifest or index digest is ``digest``."""
-    return [r for r in _load(state_root) if digest in (r.digest, r.index_digest)]

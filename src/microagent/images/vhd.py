@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microagent.errors import NotFound, Permanent, ResourceExhausted
+from microagent.fsutil import atomic_writer
 
 FOOTER_SIZE = 512
 SECTOR = 512
@@ -191,9 +192,8 @@ def raw_to_fixed_vhd(src: Path, dst: Path, *, unique_id: uuid.UUID | None = None
     size = aligned_size(raw_size)
     footer = build_footer(size, unique_id=unique_id, timestamp=timestamp)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(src, "rb") as rf, open(tmp, "wb") as wf:
+        with open(src, "rb") as rf, atomic_writer(dst) as wf:
             zero = bytes(_COPY_CHUNK)
             while True:
                 chunk = rf.read(_COPY_CHUNK)
@@ -206,13 +206,8 @@ def raw_to_fixed_vhd(src: Path, dst: Path, *, unique_id: uuid.UUID | None = None
             wf.truncate(size)
             wf.seek(size)
             wf.write(footer)
-            wf.flush()
-            os.fsync(wf.fileno())
-        os.replace(tmp, dst)
     except OSError as exc:
         if exc.errno == 28:
             raise ResourceExhausted(f"no space left writing {dst}", "free disk space") from exc
         raise Permanent(f"cannot write {dst}: {exc.strerror or exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst

@@ -21,16 +21,15 @@ ends with an entry named ``TRAILER!!!``.
 from __future__ import annotations
 
 import errno
-import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from microagent.errors import NotFound, Permanent, ResourceExhausted
+from microagent.fsutil import atomic_writer
 
 __all__ = [
     "CpioEntry",
@@ -210,22 +209,10 @@ def build_initramfs(init_binary: Path, module_files: Sequence[Path], out_path: P
     entries = initramfs_entries(init, modules)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
-    except OSError as exc:
-        raise Permanent(f"cannot write initramfs to {out_path.parent}: {exc.strerror}", "check permissions") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_writer(out_path) as fh:
             write_cpio(entries, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, out_path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise ResourceExhausted(f"disk full writing initramfs {out_path}", "free some disk space") from exc
         raise Permanent(f"cannot write initramfs {out_path}: {exc.strerror}", "check permissions") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path

@@ -18,16 +18,15 @@ from __future__ import annotations
 import bz2
 import enum
 import lzma
-import os
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from microagent.errors import NotFound, Permanent
+from microagent.fsutil import atomic_write
 
 __all__ = [
     "BzImageHeader",
@@ -307,21 +306,6 @@ def kernel_release(path: Path) -> str:
     return data[at + len(marker) : end].decode("ascii", "replace") if end > 0 else ""
 
 
-def _atomic_write(out: Path, data: bytes, mode: int = 0o600) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def vmlinux_from_bzimage(data: bytes) -> bytes:
     """Decompress the vmlinux ELF out of bzImage bytes and validate it.
 
@@ -361,5 +345,7 @@ def extract_vmlinux(bzimage: Path, out: Path) -> Path:
         raise NotFound(f"kernel file {bzimage} does not exist", "check the path") from exc
     except OSError as exc:
         raise Permanent(f"cannot read kernel file {bzimage}: {exc.strerror}", "check its permissions") from exc
-    _atomic_write(out, vmlinux_from_bzimage(data))
+    vmlinux = vmlinux_from_bzimage(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, vmlinux)
     return out

@@ -40,7 +40,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +47,7 @@ from pathlib import Path
 from microagent.errors import NotFound, Permanent, PolicyDenied, Transient
 from microagent.network.egress import DENIED_IPV4
 from microagent.network.plan import NatLease
+from microagent.waiting import wait_until
 
 ENV_VAR = "MICROAGENT_NAT_FIREWALL"
 TABLE = "microagent"
@@ -76,16 +76,20 @@ def host_lock(path: Path = LOCK_PATH, timeout: float = LOCK_TIMEOUT_S) -> Iterat
         raise PolicyDenied(f"cannot open the firewall lock {path}: {exc.strerror}",
                            "run as root, or use --network user") from exc
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        busy = Transient(f"another change held the firewall lock {path} for {timeout:.0f}s",
+                         f"retry; 'fuser {path}' names the process holding it")
+
+        def locked() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    raise Transient(f"another change held the firewall lock {path} for {timeout:.0f}s",
-                                    f"retry; 'fuser {path}' names the process holding it") from exc
-                time.sleep(0.05)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise busy from exc
+                return False
+            return True
+
+        if not wait_until(locked, timeout, 0.05):
+            raise busy
         yield
     finally:
         os.close(fd)

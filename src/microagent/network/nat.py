@@ -18,13 +18,13 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
-import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from microagent.errors import NotFound, Permanent, PolicyDenied, ResourceExhausted
+from microagent.fsutil import atomic_write
 from microagent.network import firewall
 from microagent.network.firewall import run_checked
 from microagent.network.plan import NAT_POOL, NAT_PREFIX, NatLease
@@ -85,9 +85,7 @@ def _leases(state_root: Path) -> Iterator[dict[str, str]]:
         except (FileNotFoundError, ValueError):
             table = {}
         yield table
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(table, indent=2, sort_keys=True).encode())
 
 
 def _subnets_in_use_on_host() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:

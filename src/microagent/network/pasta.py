@@ -38,13 +38,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from microagent.errors import NotFound, Permanent, PolicyDenied, Transient
 from microagent.network.egress import DENIED_IPV4
 from microagent.network.plan import NETNS_DIR, USER_DNS, USER_GATEWAY, USER_GUEST_ADDRESS
+from microagent.waiting import wait_until
 
 ENV_VAR = "MICROAGENT_PASTA"
 #: ``pasta`` makes the QEMU backend take this path for ``user`` instead of slirp
@@ -254,18 +254,19 @@ def wait_for_pasta(namespace: str, pasta: subprocess.Popen[bytes], log: Path, *,
 
     :raises Permanent: pasta exited (its log says why).  :raises Transient: it took too long.
     """
-    deadline = time.monotonic() + PASTA_READY_TIMEOUT_S
-    while True:
+
+    def interface_up() -> bool:
         probe = subprocess.run(["ip", "-n", namespace, "link", "show", PASTA_IF], capture_output=True)
         if probe.returncode == 0:
-            break
+            return True
         if pasta.poll() is not None:
             raise Permanent(f"pasta exited with status {pasta.returncode}: {_tail(log)}",
                             f"pasta needs a host interface with a default route to copy; see {log}")
-        if time.monotonic() >= deadline:
-            raise Transient(f"pasta did not create {PASTA_IF} within {PASTA_READY_TIMEOUT_S:.0f}s: {_tail(log)}",
-                            f"see {log}")
-        time.sleep(0.02)
+        return False
+
+    if not wait_until(interface_up, PASTA_READY_TIMEOUT_S, 0.02):
+        raise Transient(f"pasta did not create {PASTA_IF} within {PASTA_READY_TIMEOUT_S:.0f}s: {_tail(log)}",
+                        f"see {log}")
     _ip("-n", namespace, "link", "set", PASTA_IF, "up", what=f"bringing {PASTA_IF} up")
     for dev in (PASTA_IF, VMM_TAP):
         # a restarted pasta: drop the old redirects (to a device that is gone) with their qdisc

@@ -10,9 +10,7 @@ from __future__ import annotations
 import ipaddress
 
 from microagent.errors import InvalidRequest
-from microagent.vmkit.types import PortForward
-
-NETWORK_MODES = ("isolated", "user", "nat")
+from microagent.vmkit.types import NETWORK_MODES, PortForward
 
 
 def parse_publish(spec: str) -> PortForward:

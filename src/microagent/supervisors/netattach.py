@@ -160,8 +160,8 @@ def revive(rt: RuntimeDir) -> list[str]:
     return ["pasta"]
 
 
-def rebind_published(runtime: dict[str, Any]) -> list[tuple[socket.socket, int]]:
-    """Listeners for the published ports recorded in ``runtime.json`` (for a new helper).
+def rebind_published(config: dict[str, Any]) -> list[tuple[socket.socket, int]]:
+    """Listeners for the published ports of ``config`` (as ``runtime.json`` records it), for a new helper.
 
     A port someone else took meanwhile is skipped: the workspace keeps running.
     """
@@ -169,7 +169,7 @@ def rebind_published(runtime: dict[str, Any]) -> list[tuple[socket.socket, int]]
     from microagent.errors import Conflict
 
     out = []
-    network = (runtime.get("config") or {}).get("network") or {}
+    network = config.get("network") or {}
     for fwd in network.get("portForwards") or ():
         try:
             out.append((bind_listener(str(fwd.get("host", "127.0.0.1")), int(fwd["hostPort"])),

@@ -1,23 +1,28 @@
-"""The lifecycle every Linux VMM backend shares (qemu, firecracker).
+"""The lifecycle every backend shares (qemu, firecracker, apple-vf, windows-hyperv).
 
-A backend supplies how to check the host, spawn its VMM, and reach the
+A backend supplies how to check the host, launch its VM, and reach the
 guest channel; this module owns the process model (docs/supervisor-api.md,
-"Process model"; the processes: docs/architecture.md, "Per-workspace processes"):
+"Process model"; the processes: docs/architecture.md, "Per-workspace processes").
+It sees the VM only through a :class:`~.handle.VMHandle` (a process
+reference, or Hyper-V's compute-system ID) and the channel helper through a
+:class:`~.handle.HelperHandle`:
 
-- ``start``: spawn the VMM (recording PID and start time), spawn the channel
-  helper (:mod:`microagent.channel.router`) and wait until it has the guest's
-  ``HELLO``; a boot timeout kills both and reports the serial tail.  With
-  ``config.readiness = "vmm"`` start returns as soon as the VMM is up and its
-  API answers: state ``starting``, ``guestReady`` false; the helper keeps
-  trying the guest until the boot timeout and a later ``inspect`` promotes
-  the workspace to ``running`` if the guest answered.
-- ``halt``: power-off through guest init; ``halted`` or ``failed`` (VMM kept).
-- ``stop``: SIGTERM, grace, ``stopped`` or ``failed`` (no silent escalation).
-- ``kill``: SIGKILL, ``stopped``.
-- ``quarantine``: kill the helper, unlink every socket into the guest, keep
-  the VMM process and its PID, ``quarantined``.
-- ``delete``: refused while the VMM lives.
-- ``inspect``: the recorded state reconciled with the process table and
+- ``start``: attach the network, launch the VM (recording how to find it
+  again), spawn the channel helper (:mod:`microagent.channel.router`) and wait
+  until it has the guest's ``HELLO``; a boot timeout undoes all of it, in
+  reverse, and reports the serial tail.  With ``config.readiness = "vmm"``
+  start returns as soon as the VM is up: state ``starting``, ``guestReady``
+  false; the helper keeps trying the guest until the boot timeout and a later
+  ``inspect`` promotes the workspace to ``running`` if the guest answered.
+- ``halt``: power-off through guest init (every guest process gets the
+  image's StopSignal, then the halt grace); ``halted`` or ``failed`` (VM kept).
+- ``stop``: the polite stop (SIGTERM, HcsShutdownComputeSystem), grace,
+  ``stopped`` or ``failed`` (no silent escalation).
+- ``kill``: the forced stop (SIGKILL, HcsTerminateComputeSystem), ``stopped``.
+- ``quarantine``: kill the helper, unlink every path into the guest, keep
+  the VM, ``quarantined``.
+- ``delete``: refused while the VM lives.
+- ``inspect``: the recorded state reconciled with the VM's liveness and
   with what the VMM itself says (a VM it paused on its own, e.g. for a full
   host disk, reads ``paused`` with the reason); a running workspace whose
   helper died gets a new helper.
@@ -33,28 +38,47 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from msgspec import structs
+
 import microagent.serial_log as serial_log
+from microagent.channel.vm_events import paused_detail
 from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient
 from microagent.host import process
+from microagent.network.plan import NetworkPlan
 from microagent.paths import require_private_root, workspace_dir
+from microagent.runtime_state import RuntimeDir, RuntimeRecord, locate_runtime_dir, write_json_atomic
 from microagent.supervisors import netattach
 from microagent.supervisors.base import Backend
-from microagent.channel.vm_events import paused_detail
-from microagent.runtime_state import RuntimeDir, locate_runtime_dir, write_json_atomic
+from microagent.supervisors.handle import HelperHandle, ProcessHandle, ProcessHelper, VMHandle
+from microagent.vmkit.states import LIVE_STATES, WorkspaceState
 from microagent.vmkit.types import Config, Event, Request, Response, now_rfc3339, to_wire
+from microagent.waiting import wait_until
 
 STOP_GRACE_S = 5.0
 HALT_TIMEOUT_S = 15.0
 HALT_GRACE_S = 5.0
-LIVE_STATES = ("starting", "running", "quarantined", "paused", "stopping")
+KILL_WAIT_S = 10.0
+
+S = WorkspaceState
+
+
+@dataclasses.dataclass
+class BootContext:
+    """What ``preflight`` found and the boot adds, handed from hook to hook."""
+
+    #: the VMM executable and the accelerator it runs with (process VMMs)
+    binary: str = ""
+    accel: str = ""
+    #: the host side of the guest's network, once attached
+    network: NetworkPlan | None = None
 
 
 def runtime_dir_for(request: Request) -> RuntimeDir:
@@ -67,27 +91,26 @@ def runtime_dir_for(request: Request) -> RuntimeDir:
     return RuntimeDir(locate_runtime_dir(root, request.identity.runtimeID))
 
 
-def _ref(runtime: dict[str, Any] | None, pid_key: str = "pid",
-         start_key: str = "starttime") -> process.ProcessRef | None:
-    """The process recorded under ``pid_key``/``start_key`` in runtime.json."""
-    if not runtime or runtime.get(pid_key) is None or runtime.get(start_key) is None:
-        return None
-    return process.ProcessRef(int(runtime[pid_key]), int(runtime[start_key]))
-
-
 class VMMBackend(Backend):
-    """Shared lifecycle; subclasses fill in the VMM-specific hooks."""
+    """Shared lifecycle; subclasses fill in the VM-specific hooks.
+
+    The defaults are those of a VM that is a host process of ours (qemu,
+    firecracker, apple-vf's vmhost) served by the channel router.
+    """
 
     #: sockets/files in the runtime dir that belong to one boot
     boot_files: tuple[str, ...] = ()
 
-    # --- hooks ---------------------------------------------------------------
+    # --- hooks: the host and the boot -----------------------------------------
 
-    def preflight(self, request: Request) -> dict[str, Any]:
-        """Check the host and the request's files; returns what ``spawn`` needs."""
+    def preflight(self, request: Request) -> BootContext:
+        """Check the host and the request's files; returns what the boot needs."""
         raise NotImplementedError
 
-    def spawn(self, request: Request, rt: RuntimeDir, ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
+    def runtime_dir(self, request: Request) -> RuntimeDir:
+        return runtime_dir_for(request)
+
+    def spawn(self, request: Request, rt: RuntimeDir, ctx: BootContext) -> tuple[subprocess.Popen[bytes], list[str]]:
         """Start the VMM (detached, cwd = runtime dir)."""
         raise NotImplementedError
 
@@ -107,7 +130,7 @@ class VMMBackend(Backend):
         return "slirp"
 
     def attach_network(self, cfg: Config, rt: RuntimeDir, name: str) -> netattach.Attachment:
-        """Host-side networking before the VMM exists: published ports bound, NAT TAP and
+        """Host-side networking before the VM exists: published ports bound, NAT TAP and
         rules, or pasta's namespace."""
         return netattach.attach(cfg, rt, name, self.user_provider())
 
@@ -118,6 +141,21 @@ class VMMBackend(Backend):
     def detach_network(self, rt: RuntimeDir, name: str) -> list[str]:
         """Undo :meth:`attach_network` (published listeners close with the helper)."""
         return netattach.detach(rt, name)
+
+    def release_network(self, state_root: Path, name: str) -> None:
+        """Give back what the workspace holds beyond one boot (its NAT lease), on delete."""
+        netattach.release(state_root, name)
+
+    def prepare_boot(self, request: Request, rt: RuntimeDir, ctx: BootContext,
+                     attachment: netattach.Attachment) -> Request:
+        """The per-boot config disk (hostname, addressing, env); returns the request naming it."""
+        cfg = request.config
+        assert cfg is not None and request.identity is not None
+        if cfg.configDiskPath:
+            return request
+        name = request.identity.runtimeID
+        disk = netattach.write_config_disk(rt, cfg.hostname or name, self.guest_network(attachment, name), cfg.env)
+        return structs.replace(request, config=structs.replace(cfg, configDiskPath=str(disk)))
 
     def pause_vm(self, rt: RuntimeDir) -> None:
         raise self._unsupported("pause")
@@ -142,25 +180,119 @@ class VMMBackend(Backend):
         """Why the guest may never answer on this host ('' when it should)."""
         return ""
 
+    # --- hooks: the VM and its helper ---------------------------------------------
+
+    def vm_handle(self, rt: RuntimeDir, runtime: RuntimeRecord | None = None) -> VMHandle | None:
+        """The VM ``runtime.json`` records (alive or not); ``None`` when none is recorded."""
+        runtime = rt.runtime() if runtime is None else runtime
+        if runtime is None or runtime.pid is None or runtime.starttime is None:
+            return None
+        return self._process_handle(rt, process.ProcessRef(int(runtime.pid), int(runtime.starttime)))
+
+    def _process_handle(self, rt: RuntimeDir, ref: process.ProcessRef,
+                        proc: subprocess.Popen[bytes] | None = None) -> ProcessHandle:
+        return ProcessHandle(self.name, ref, pause_vm=lambda: self.pause_vm(rt),
+                             resume_vm=lambda: self.resume_vm(rt), proc=proc)
+
+    def launch(self, request: Request, rt: RuntimeDir, ctx: BootContext) -> tuple[VMHandle, dict[str, Any]]:
+        """Create the VM; returns it and the :class:`RuntimeRecord` fields that find it again."""
+        proc, argv = self.spawn(request, rt, ctx)
+        try:
+            ref = process.ref_for(proc.pid)
+        except Permanent:
+            proc.wait()
+            raise Permanent(f"{self.name} exited at once: {self._vmm_log_tail(rt)}",
+                            "see vmm.log in the runtime directory") from None
+        return self._process_handle(rt, ref, proc), {"pid": ref.pid, "starttime": ref.starttime, "argv": argv}
+
+    def after_launch(self, request: Request, rt: RuntimeDir, vm: VMHandle) -> None:
+        """Bring the launched VM up to the point where its guest can boot."""
+        assert isinstance(vm, ProcessHandle) and vm.proc is not None
+        self.after_spawn(request, rt, vm.proc)
+
+    def helper(self, rt: RuntimeDir, runtime: RuntimeRecord | None = None) -> HelperHandle | None:
+        """The channel helper ``runtime.json`` records (alive or not)."""
+        runtime = rt.runtime() if runtime is None else runtime
+        if runtime is None or runtime.routerPid is None or runtime.routerStarttime is None:
+            return None
+        return ProcessHelper(process.ProcessRef(int(runtime.routerPid), int(runtime.routerStarttime)))
+
+    def spawn_helper(self, rt: RuntimeDir, runtime: RuntimeRecord, hello_timeout: float,
+                     listeners: list[tuple[socket.socket, int]]) -> HelperHandle:
+        """The channel helper; it inherits the published ports' listening sockets."""
+        argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
+                "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
+                "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes()),
+                *self.router_args(rt)]
+        for sock, guest_port in listeners:
+            argv += ["--publish", f"{sock.fileno()}:{guest_port}"]
+        proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log",
+                                      pass_fds=tuple(sock.fileno() for sock, _ in listeners))
+        try:
+            ref = process.ref_for(proc.pid)
+        except Permanent:
+            proc.wait()
+            raise Permanent("the channel helper exited at once; see router.log") from None
+        rt.update_runtime(routerPid=ref.pid, routerStarttime=ref.starttime)
+        return ProcessHelper(ref)
+
+    def published_listeners(self, runtime: RuntimeRecord) -> list[tuple[socket.socket, int]]:
+        """The published ports bound again for a new helper (the dead one's died with it)."""
+        return netattach.rebind_published(runtime.config or {})
+
+    def control_ready(self, rt: RuntimeDir) -> bool:
+        """Whether the helper serves the guest channel (it binds only after the guest's HELLO)."""
+        return rt.control_socket.exists()
+
+    def watch_serial(self, rt: RuntimeDir, vm: VMHandle) -> None:
+        """Keep serial.log capped once the helper (which did it) is gone: the guest still writes."""
+        if isinstance(vm, ProcessHandle):
+            process.spawn_detached(
+                serial_log.watcher_argv(sys.executable, rt.serial_log, serial_log.cap_bytes(), vm.ref.pid),
+                cwd=rt.path, log_path=rt.path / "router.log")
+
+    def state_detail(self, rt: RuntimeDir, vm: VMHandle | None) -> str:
+        """The detail of an event that only repeats the recorded state."""
+        return f"serial={rt.serial_log}"
+
+    def runtime_info(self, rt: RuntimeDir, runtime: RuntimeRecord, vm: VMHandle | None,
+                     alive: bool) -> dict[str, Any]:
+        """The ``runtime`` object of an ``inspect`` answer."""
+        helper = self.live_helper(rt)
+        info: dict[str, Any] = {"pid": vm.ids()["pid"] if vm else None, "alive": alive,
+                                "routerPid": helper.pid if helper else None,
+                                "serialLogPath": str(rt.serial_log),
+                                "controlSocket": str(rt.control_socket),
+                                "startedAt": runtime.startedAt,
+                                "bootSeconds": runtime.bootSeconds}
+        if alive:
+            status = self.vmm_status(rt)
+            if status is not None:
+                info["vmm"] = status
+        return info
+
+    def revive_network(self, rt: RuntimeDir) -> None:
+        """Restart what a running VM's network lost (a dead pasta); best effort."""
+        try:
+            netattach.revive(rt)
+        except MicroagentError:
+            pass  # inspect still answers; the next one tries again (pasta.log says why)
+
     # --- state helpers ---------------------------------------------------------
 
-    def record(self, rt: RuntimeDir, request: Request, state: str, detail: str = "", *,
+    def record(self, rt: RuntimeDir, request: Request, state: WorkspaceState, detail: str = "", *,
                best_effort: bool = True, **runtime_updates: Any) -> Event:
         """Record a state; on a full disk skipped unless ``best_effort`` is false."""
         assert request.identity is not None
         return rt.record(request.identity, state, detail, best_effort=best_effort, **runtime_updates)
 
-    def live_vmm(self, rt: RuntimeDir) -> process.ProcessRef | None:
-        ref = _ref(rt.runtime())
-        return ref if ref is not None and process.is_alive(ref) else None
+    def live_vm(self, rt: RuntimeDir) -> VMHandle | None:
+        vm = self.vm_handle(rt)
+        return vm if vm is not None and vm.alive() else None
 
-    def live_router(self, rt: RuntimeDir) -> process.ProcessRef | None:
-        ref = _ref(rt.runtime(), "routerPid", "routerStarttime")
-        return ref if ref is not None and process.is_alive(ref) else None
-
-    def recorded_state(self, rt: RuntimeDir) -> str:
-        runtime = rt.runtime()
-        return str(runtime.get("state", "unknown")) if runtime else "unknown"
+    def live_helper(self, rt: RuntimeDir) -> HelperHandle | None:
+        helper = self.helper(rt)
+        return helper if helper is not None and helper.alive() else None
 
     def _name(self, request: Request) -> str:
         assert request.identity is not None
@@ -173,11 +305,12 @@ class VMMBackend(Backend):
             return ""
 
     def _early_exit_tails(self, rt: RuntimeDir) -> str:
-        """What a VMM that died before the guest answered left: its own log, then the console."""
+        """What a VM that died before the guest answered left: its VMM's log, then the console."""
         vmm = self._vmm_log_tail(rt)
         serial = rt.serial_tail()
-        return ((f"\n{self.name} said: {vmm}" if vmm else f"\n{self.name} wrote nothing to vmm.log")
-                + (f"\nserial log tail:\n{serial}" if serial.strip() else "\nthe serial log is empty"))
+        said = (f"\n{self.name} said: {vmm}" if vmm else
+                f"\n{self.name} wrote nothing to vmm.log" if rt.vmm_log.exists() else "")
+        return said + (f"\nserial log tail:\n{serial}" if serial.strip() else "\nthe serial log is empty")
 
     # --- commands --------------------------------------------------------------
 
@@ -185,179 +318,170 @@ class VMMBackend(Backend):
         self.preflight(request)
         return self.event(request, "unknown", "check passed")
 
+    def on_prepare(self, request: Request, rt: RuntimeDir) -> tuple[str, dict[str, Any]]:
+        """Backend work of ``prepare``; returns the event detail and runtime fields to record."""
+        return "", {}
+
     def prepare(self, request: Request) -> Response:
         self.preflight(request)
-        rt = runtime_dir_for(request)
-        if self.live_vmm(rt) is not None:
-            raise Conflict(f"workspace {self._name(request)} is running; stop it first")
+        rt = self.runtime_dir(request)
+        live = self.live_vm(rt)
+        if live is not None:
+            raise Conflict(f"workspace {self._name(request)} is running ({live.label}); stop it first")
         rt.create()
-        event = self.record(rt, request, "prepared", backend=self.name, config=to_wire(request.config))
+        detail, fields = self.on_prepare(request, rt)
+        event = self.record(rt, request, S.PREPARED, detail, backend=self.name, config=to_wire(request.config),
+                            **fields)
         return Response(ok=True, backend=self.name, event=event)
 
-    def _spawn_router(self, rt: RuntimeDir, hello_timeout: float,
-                      listeners: list[tuple[socket.socket, int]] | None = None) -> process.ProcessRef:
-        """The channel helper; it inherits the published ports' listening sockets."""
-        argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
-                "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
-                "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes()),
-                *self.router_args(rt)]
-        for sock, guest_port in listeners or []:
-            argv += ["--publish", f"{sock.fileno()}:{guest_port}"]
-        proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log",
-                                      pass_fds=tuple(sock.fileno() for sock, _ in listeners or []))
-        try:
-            ref = process.ref_for(proc.pid)
-        except Permanent:
-            proc.wait()
-            raise Permanent("the channel helper exited at once; see router.log") from None
-        runtime = rt.runtime() or {}
-        runtime.update(routerPid=ref.pid, routerStarttime=ref.starttime)
-        rt.write_runtime(runtime)
-        return ref
+    def _boot(self, request: Request) -> tuple[RuntimeDir, VMHandle, bool]:
+        """Launch the VM and (readiness ``guest``) wait for guest init.
 
-    def _boot(self, request: Request) -> tuple[RuntimeDir, process.ProcessRef, bool]:
-        """Spawn the VMM and (readiness ``guest``) wait for guest init.
+        Every step that leaves something behind (network attached, VM launched,
+        helper spawned) registers its undoing; a failure undoes them in reverse
+        and, once a VM was launched, records ``failed``.
 
-        :returns: the runtime dir, the VMM, and whether the guest answered.
+        :returns: the runtime dir, the VM, and whether the guest answered.
         """
         ctx = self.preflight(request)
         cfg, name = request.config, self._name(request)
         assert cfg is not None
-        rt = runtime_dir_for(request)
-        if self.recorded_state(rt) == "quarantined":
+        rt = self.runtime_dir(request)
+        if rt.recorded_state() == S.QUARANTINED:
             raise Conflict(f"workspace {name} is quarantined", "stop or kill it before starting it again")
-        live = self.live_vmm(rt)
+        live = self.live_vm(rt)
         if live is not None:
-            raise Conflict(f"workspace {name} is already running ({self.name} pid {live.pid})",
-                           "stop, kill or halt it first")
+            raise Conflict(f"workspace {name} is already running ({live.label})", "stop, kill or halt it first")
         rt.create()
-        for stale in (*self.boot_files, "control.sock"):
-            (rt.path / stale).unlink(missing_ok=True)
-        attachment = self.attach_network(cfg, rt, name)  # ports bound, TAP up: before the VMM exists
-        try:
-            ctx["network"] = attachment.plan
-            if not cfg.configDiskPath:
-                disk = netattach.write_config_disk(rt, cfg.hostname or name,
-                                                   self.guest_network(attachment, name), cfg.env)
-                cfg = dataclasses.replace(cfg, configDiskPath=str(disk))
-                request = dataclasses.replace(request, config=cfg)
+        self._unlink_boot_files(rt)
+        launched = False
+
+        def record_failure(exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+            if exc is not None and launched:
+                self.record(rt, request, S.FAILED, exc.message if isinstance(exc, MicroagentError) else str(exc))
+            return False
+
+        with ExitStack() as undo:
+            undo.push(record_failure)  # runs last: after everything below was undone
+            attachment = self.attach_network(cfg, rt, name)  # ports bound, TAP up: before the VM exists
+            undo.callback(self.detach_network, rt, name)
+            undo.callback(attachment.close_listeners)
+            ctx.network = attachment.plan
+            request = self.prepare_boot(request, rt, ctx, attachment)
+            cfg = request.config
+            assert cfg is not None
             serial_log.start_new_boot(rt.serial_log, f"[microagent] boot {now_rfc3339()} backend={self.name}\n")
             started = time.monotonic()
             deadline = started + cfg.timeoutSeconds
-            proc, argv = self.spawn(request, rt, ctx)
-        except BaseException:
-            attachment.close_listeners()
-            self.detach_network(rt, name)
-            raise
-        try:
-            ref = process.ref_for(proc.pid)
-        except Permanent:
-            proc.wait()
-            attachment.close_listeners()
-            self.detach_network(rt, name)
-            raise Permanent(f"{self.name} exited at once: {self._vmm_log_tail(rt)}",
-                            "see vmm.log in the runtime directory") from None
-        self.record(rt, request, "starting", f"serial={rt.serial_log}", backend=self.name,
-                    pid=ref.pid, starttime=ref.starttime, argv=argv, config=to_wire(cfg),
-                    startedAt=now_rfc3339(), serialLogPath=str(rt.serial_log),
-                    controlSocket=str(rt.control_socket), routerPid=None, routerStarttime=None,
-                    readiness=cfg.readiness, bootSeconds=None, pausedFrom=None, pausedReason=None,
-                    best_effort=False)
-        try:
-            self.after_spawn(request, rt, proc)
+            vm, vm_fields = self.launch(request, rt, ctx)
+            undo.callback(self._unlink_boot_files, rt)
+            undo.callback(self._kill, vm)
+            launched = True
+            self.record(rt, request, S.STARTING, self.state_detail(rt, vm), backend=self.name,
+                        config=to_wire(cfg), startedAt=now_rfc3339(), serialLogPath=str(rt.serial_log),
+                        controlSocket=str(rt.control_socket), readiness=cfg.readiness, routerPid=None,
+                        routerStarttime=None, helper=None, bootSeconds=None, pausedFrom=None, pausedReason=None,
+                        **vm_fields, best_effort=False)
+            self.after_launch(request, rt, vm)
+            runtime = rt.runtime() or RuntimeRecord()
             if cfg.readiness == "vmm":
                 # Do not wait for the guest: the helper keeps trying until the boot timeout.
-                self._spawn_router(rt, cfg.timeoutSeconds, attachment.listeners)
+                helper = self.spawn_helper(rt, runtime, cfg.timeoutSeconds, attachment.listeners)
+                undo.callback(helper.kill)
             else:
-                router = self._spawn_router(rt, deadline - time.monotonic(), attachment.listeners)
-                self._wait_ready(rt, proc, router, deadline)
-        except BaseException as exc:
-            attachment.close_listeners()
-            self._teardown(rt, kill_vmm=True)
-            message = exc.message if isinstance(exc, MicroagentError) else str(exc)
-            self.record(rt, request, "failed", message)
-            raise
+                helper = self.spawn_helper(rt, runtime, deadline - time.monotonic(), attachment.listeners)
+                undo.callback(helper.kill)
+                self._wait_ready(rt, vm, helper, deadline)
+            undo.pop_all()
         attachment.close_listeners()  # the helper holds them now
         if cfg.readiness == "vmm":
-            self.record(rt, request, "starting", self._vmm_only_detail(ref),
+            self.record(rt, request, S.STARTING, self._vmm_only_detail(vm),
                         vmmSeconds=round(time.monotonic() - started, 3))
-            return rt, ref, False
-        self.record(rt, request, "running", f"serial={rt.serial_log}",
+            return rt, vm, False
+        self.record(rt, request, S.RUNNING, self.state_detail(rt, vm),
                     bootSeconds=round(time.monotonic() - started, 3))
-        return rt, ref, True
+        return rt, vm, True
 
-    def _vmm_only_detail(self, ref: process.ProcessRef, router_alive: bool = True) -> str:
+    def _vmm_only_detail(self, vm: VMHandle, router_alive: bool = True) -> str:
         why = self.guest_unready_reason()
         waiting = ("the channel helper is waiting for guest init" if router_alive
                    else "guest init did not answer within the boot timeout")
-        return (f"readiness=vmm: {self.name} (pid {ref.pid}) is up and its API answers; {waiting}"
+        return (f"readiness=vmm: {vm.label} is up and its API answers; {waiting}"
                 + (f"; {why}" if why else ""))
 
-    def _wait_ready(self, rt: RuntimeDir, proc: subprocess.Popen[bytes], router: process.ProcessRef,
-                    deadline: float) -> None:
-        """Wait for the helper's control socket (it binds only after the guest's HELLO)."""
-        while not rt.control_socket.exists():
-            status = proc.poll()
-            if status is not None:
-                raise Permanent(f"the VM exited with status {status} before guest init answered:"
-                                f"{self._early_exit_tails(rt)}", "see vmm.log and serial.log")
-            if not process.is_alive(router):
-                process.reap_if_child(router.pid)
-                if time.monotonic() >= deadline - 0.05:
-                    break
-                raise Permanent(f"the channel helper gave up before guest init answered; "
-                                f"serial log tail:\n{rt.serial_tail()}", "see router.log and serial.log")
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)
-        else:
+    def _wait_ready(self, rt: RuntimeDir, vm: VMHandle, helper: HelperHandle, deadline: float) -> None:
+        """Wait for the helper to serve the channel; the VM's or the helper's end is an error."""
+        def ready() -> bool:
+            if self.control_ready(rt):
+                return True
+            if not vm.alive():
+                raise Permanent(f"{vm.exit_detail()} before guest init answered:{self._early_exit_tails(rt)}",
+                                "see vmm.log and serial.log")
+            if not helper.alive():
+                process.reap_if_child(helper.pid)
+                if time.monotonic() < deadline - 0.05:
+                    raise Permanent(f"the channel helper gave up before guest init answered; "
+                                    f"serial log tail:\n{rt.serial_tail()}", "see router.log and serial.log")
+                return True  # gave up at the boot timeout: report that
+            return False
+
+        if wait_until(ready, deadline - time.monotonic(), 0.01) and self.control_ready(rt):
             return
         raise Transient(f"guest init did not answer within the boot timeout; serial log tail:\n"
                         f"{rt.serial_tail()}", "raise --boot-timeout or check the kernel and initramfs")
 
-    def _teardown(self, rt: RuntimeDir, *, kill_vmm: bool) -> None:
-        router = self.live_router(rt)
-        if router is not None:
-            process.send_signal(router, signal.SIGKILL)
-            process.wait_gone(router, 5)
-        if kill_vmm:
-            vmm = self.live_vmm(rt)
-            if vmm is not None:
-                process.send_signal(vmm, signal.SIGKILL)
-                process.wait_gone(vmm, 10)
+    @staticmethod
+    def _kill(vm: VMHandle) -> None:
+        if vm.alive():
+            vm.kill()
+            vm.wait_gone(KILL_WAIT_S)
+
+    def _unlink_boot_files(self, rt: RuntimeDir) -> None:
         for name in (*self.boot_files, "control.sock"):
             (rt.path / name).unlink(missing_ok=True)
-        if self.live_vmm(rt) is None:
+
+    def _teardown(self, rt: RuntimeDir, *, kill_vm: bool) -> None:
+        """End the helper (and the VM when asked); once the VM is gone, its network goes too."""
+        helper = self.live_helper(rt)
+        if helper is not None:
+            helper.kill()
+        if kill_vm:
+            vm = self.live_vm(rt)
+            if vm is not None:
+                self._kill(vm)
+        self._unlink_boot_files(rt)
+        if self.live_vm(rt) is None:
             self.detach_network(rt, rt.path.name)
 
     def _readiness(self, rt: RuntimeDir, observed_at: str, detail: str = "",
-                   state: str | None = None) -> dict[str, Any]:
-        """The readiness object: the guest is ready iff the helper's control socket exists
+                   state: WorkspaceState | None = None) -> dict[str, Any]:
+        """The readiness object: the guest is ready iff the helper serves the channel
         (and the VM is not paused)."""
-        usable = rt.control_socket.exists() and (state or self.recorded_state(rt)) != "paused"
+        usable = self.control_ready(rt) and (state or rt.recorded_state()) != S.PAUSED
         ready: dict[str, Any] = {"ready": usable, "observedAt": observed_at}
         if not ready["ready"] and detail:
             ready["detail"] = detail
         out = {"guestReady": ready, "execReady": dict(ready), "shellReady": dict(ready)}
-        if (rt.runtime() or {}).get("readiness") == "vmm":
-            out["vmmReady"] = {"ready": self.live_vmm(rt) is not None, "observedAt": observed_at}
+        runtime = rt.runtime()
+        if runtime is not None and runtime.readiness == "vmm":
+            out["vmmReady"] = {"ready": self.live_vm(rt) is not None, "observedAt": observed_at}
         return out
 
     def start(self, request: Request) -> Response:
-        rt, ref, guest_ready = self._boot(request)
-        runtime = rt.runtime() or {}
-        state = "running" if guest_ready else "starting"
-        detail = f"serial={rt.serial_log}" if guest_ready else self._vmm_only_detail(ref)
-        event = Event(identity=request.identity, state=state, detail=detail)  # type: ignore[arg-type]
+        rt, vm, guest_ready = self._boot(request)
+        runtime = rt.runtime() or RuntimeRecord()
+        state = S.RUNNING if guest_ready else S.STARTING
+        detail = self.state_detail(rt, vm) if guest_ready else self._vmm_only_detail(vm)
+        event = Event(identity=request.identity, state=state.value, detail=detail)  # type: ignore[arg-type]
         return Response(ok=True, backend=self.name, event=event,
                         readiness=self._readiness(rt, event.observedAt, detail),
-                        runtime={"pid": ref.pid, "bootSeconds": runtime.get("bootSeconds"),
-                                 "vmmSeconds": runtime.get("vmmSeconds"),
-                                 "controlSocket": str(rt.control_socket)})
+                        runtime={**vm.ids(), "bootSeconds": runtime.bootSeconds,
+                                 "vmmSeconds": runtime.vmmSeconds, "controlSocket": str(rt.control_socket)})
 
     def run(self, request: Request) -> Response:
         """Foreground: boot, run ``request.exec``, power off, answer the result."""
         from microagent.channel import ExecRequest, open_channel
+        from microagent.channel import exec as guest_exec
 
         if request.exec is None:
             raise Permanent("run needs an exec section naming the command to run")
@@ -365,91 +489,78 @@ class VMMBackend(Backend):
         if request.config.readiness != "guest":
             raise Permanent("run needs the guest: config.readiness must be 'guest' for run",
                             "use start with readiness 'vmm' for process-model checks")
-        rt, ref, _ = self._boot(request)
+        rt, vm, _ = self._boot(request)
         spec = request.exec
         try:
             with open_channel(rt.control_socket, hello_timeout=10.0) as conn:
-                result = conn.exec(ExecRequest(argv=list(spec.argv), env=list(spec.env),
-                                               cwd=spec.cwd or None, user=spec.user or None,
-                                               timeout_s=spec.timeoutSeconds or None))
+                result = guest_exec.run(conn, ExecRequest(argv=list(spec.argv), env=list(spec.env),
+                                                          cwd=spec.cwd or None, user=spec.user or None,
+                                                          timeout_s=spec.timeoutSeconds or None))
                 conn.shutdown("poweroff", grace_s=2.0)
         except MicroagentError as exc:
-            self._teardown(rt, kill_vmm=True)
-            self.record(rt, request, "failed", exc.message)
+            self._teardown(rt, kill_vm=True)
+            self.record(rt, request, S.FAILED, exc.message)
             raise
         result_doc = result.to_dict()
         write_json_atomic(rt.result_json, result_doc)
-        if not process.wait_gone(ref, HALT_TIMEOUT_S):
-            process.send_signal(ref, signal.SIGKILL)
-            process.wait_gone(ref, 10)
-        self._teardown(rt, kill_vmm=False)
-        event = self.record(rt, request, "stopped", "powered_off")
+        if not vm.wait_gone(HALT_TIMEOUT_S):
+            self._kill(vm)
+        self._teardown(rt, kill_vm=False)
+        event = self.record(rt, request, S.STOPPED, "powered_off")
         return Response(ok=True, backend=self.name, event=event, result=result_doc)
 
     def inspect(self, request: Request) -> Response:
-        rt = runtime_dir_for(request)
+        rt = self.runtime_dir(request)
         runtime = rt.runtime()
         if runtime is None:
             raise NotFound(f"workspace {self._name(request)} has no runtime state", "create or start it first")
-        state = str(runtime.get("state", "unknown"))
-        vmm = _ref(runtime)
-        alive = vmm is not None and process.is_alive(vmm)
-        detail = {"quarantined": "quarantined: every host path into the guest is severed",
-                  "paused": "paused: the vcpus are stopped; resume it first"}.get(state, "")
-        if alive and state != "quarantined":
-            try:
-                netattach.revive(rt)  # a dead pasta was the guest's way out
-            except MicroagentError:
-                pass  # inspect still answers; the next one tries again (pasta.log says why)
-        if not alive and self.live_router(rt) is not None:
-            self._teardown(rt, kill_vmm=False)  # e.g. a "failed" stop whose VMM died later
+        state = runtime.state
+        vm = self.vm_handle(rt, runtime)
+        alive = vm is not None and vm.alive()
+        detail = {S.QUARANTINED: "quarantined: every host path into the guest is severed",
+                  S.PAUSED: "paused: the vcpus are stopped; resume it first"}.get(state, "")
+        if alive and state != S.QUARANTINED:
+            self.revive_network(rt)  # a dead pasta was the guest's way out
+        if not alive and self.live_helper(rt) is not None:
+            self._teardown(rt, kill_vm=False)  # e.g. a "failed" stop whose VM died later
         if state in LIVE_STATES and not alive:
-            self._teardown(rt, kill_vmm=False)
-            event = self.record(rt, request, "failed",
-                                f"{self.name} (pid {vmm.pid if vmm else '?'}) exited while nobody watched; "
-                                f"serial tail: {rt.serial_tail(3)}")
-        elif state == "starting" and alive and runtime.get("readiness") == "vmm":
+            self._teardown(rt, kill_vm=False)
+            gone = vm.gone_detail(state.value) if vm else f"{self.name} (pid ?) exited while nobody watched"
+            event = self.record(rt, request, S.FAILED, f"{gone}; serial tail: {rt.serial_tail(3)}")
+        elif state == S.STARTING and alive and runtime.readiness == "vmm":
             # started without waiting for the guest: promote once the helper has its HELLO
-            assert vmm is not None
-            router_alive = self.live_router(rt) is not None
-            if router_alive and rt.control_socket.exists():
-                event = self.record(rt, request, "running", "guest init answered after a readiness=vmm start")
+            assert vm is not None
+            helper_alive = self.live_helper(rt) is not None
+            if helper_alive and self.control_ready(rt):
+                event = self.record(rt, request, S.RUNNING, "guest init answered after a readiness=vmm start")
             else:
-                event = Event(identity=request.identity, state=state,  # type: ignore[arg-type]
-                              detail=self._vmm_only_detail(vmm, router_alive))
+                event = Event(identity=request.identity, state=state.value,  # type: ignore[arg-type]
+                              detail=self._vmm_only_detail(vm, helper_alive))
             detail = event.detail
         else:
-            if state == "running" and alive and self.live_router(rt) is None:
-                rt.control_socket.unlink(missing_ok=True)  # the dead helper's socket
-                listeners = netattach.rebind_published(runtime)  # its published ports died with it
-                try:
-                    self._spawn_router(rt, 10.0, listeners)  # a new helper takes over the channel
-                finally:
-                    for sock, _ in listeners:
-                        sock.close()
-                deadline = time.monotonic() + 10.0
-                while not rt.control_socket.exists() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            event = Event(identity=request.identity, state=state,  # type: ignore[arg-type]
-                          detail=f"serial={rt.serial_log}")
-        if alive and event.state in ("running", "starting", "paused"):
+            if state == S.RUNNING and alive and self.live_helper(rt) is None:
+                self._respawn_helper(rt, runtime)
+            event = Event(identity=request.identity, state=state.value,  # type: ignore[arg-type]
+                          detail=self.state_detail(rt, vm))
+        if alive and event.state in (S.RUNNING, S.STARTING, S.PAUSED):
             event = self._reconcile_pause(rt, request, runtime, event)
-            detail = event.detail if event.state == "paused" else detail
-        router = self.live_router(rt)
-        info: dict[str, Any] = {"pid": vmm.pid if vmm else None, "alive": alive,
-                                "routerPid": router.pid if router else None,
-                                "serialLogPath": str(rt.serial_log),
-                                "controlSocket": str(rt.control_socket),
-                                "startedAt": runtime.get("startedAt"),
-                                "bootSeconds": runtime.get("bootSeconds")}
-        if alive:
-            status = self.vmm_status(rt)
-            if status is not None:
-                info["vmm"] = status
-        readiness = self._readiness(rt, event.observedAt, detail, event.state) if alive else None
+            detail = event.detail if event.state == S.PAUSED else detail
+        info = self.runtime_info(rt, runtime, vm, alive)
+        readiness = (self._readiness(rt, event.observedAt, detail, S.parse(event.state)) if alive else None)
         return Response(ok=True, backend=self.name, event=event, readiness=readiness, runtime=info)
 
-    def _reconcile_pause(self, rt: RuntimeDir, request: Request, runtime: dict[str, Any],
+    def _respawn_helper(self, rt: RuntimeDir, runtime: RuntimeRecord) -> None:
+        """A new helper takes over the channel of a running VM whose helper died."""
+        rt.control_socket.unlink(missing_ok=True)  # the dead helper's socket
+        listeners = self.published_listeners(runtime)  # its published ports died with it
+        try:
+            self.spawn_helper(rt, runtime, 10.0, listeners)
+        finally:
+            for sock, _ in listeners:
+                sock.close()
+        wait_until(lambda: self.control_ready(rt), 10.0, 0.02)
+
+    def _reconcile_pause(self, rt: RuntimeDir, request: Request, runtime: RuntimeRecord,
                          event: Event) -> Event:
         """The VMM's word over the record: a VM it paused on its own reads ``paused`` with
         the reason (recorded if the disk lets us); one running again reads as before."""
@@ -459,132 +570,132 @@ class VMMBackend(Backend):
         reason = live.get("reason")
         if reason:
             detail = paused_detail(self._name(request), reason)
-            if event.state == "paused" and runtime.get("pausedReason") == reason:
-                return dataclasses.replace(event, detail=detail)
-            paused_from = runtime.get("pausedFrom") if event.state == "paused" else event.state
-            return self.record(rt, request, "paused", detail, pausedFrom=paused_from or "running",
+            if event.state == S.PAUSED and runtime.pausedReason == reason:
+                return structs.replace(event, detail=detail)
+            paused_from = runtime.pausedFrom if event.state == S.PAUSED else S.parse(event.state)
+            return self.record(rt, request, S.PAUSED, detail, pausedFrom=paused_from or S.RUNNING,
                                pausedReason=reason)
-        if event.state == "paused" and runtime.get("pausedReason") and live.get("running"):
-            back = str(runtime.get("pausedFrom") or "running")
+        if event.state == S.PAUSED and runtime.pausedReason and live.get("running"):
+            back = runtime.pausedFrom or S.RUNNING
             return self.record(rt, request, back, "the VM runs again", pausedFrom=None, pausedReason=None)
         return event
 
-    def _require_live(self, request: Request, verb: str) -> tuple[RuntimeDir, process.ProcessRef]:
-        rt = runtime_dir_for(request)
-        ref = self.live_vmm(rt)
-        if ref is None:
+    def _require_live(self, request: Request, verb: str) -> tuple[RuntimeDir, VMHandle]:
+        rt = self.runtime_dir(request)
+        vm = self.live_vm(rt)
+        if vm is None:
             raise Conflict(f"workspace {self._name(request)} is not running "
-                           f"(state {self.recorded_state(rt)}); nothing to {verb}")
-        return rt, ref
+                           f"(state {rt.recorded_state()}); nothing to {verb}")
+        return rt, vm
 
     def halt(self, request: Request) -> Response:
         from microagent.channel import open_channel
 
-        rt, ref = self._require_live(request, "halt")
+        rt, vm = self._require_live(request, "halt")
         name = self._name(request)
-        if self.recorded_state(rt) == "quarantined":
+        if rt.recorded_state() == S.QUARANTINED:
             raise Conflict(f"workspace {name} is quarantined; its channel is severed", "use stop or kill")
         live = self.run_status(rt)
         if live is not None and live.get("reason"):
             raise Conflict(f"workspace {name} is {paused_detail(name, live['reason'])}",
                            "halt needs a running guest: resume it first, or use stop or kill")
-        if self.recorded_state(rt) == "starting" and not rt.control_socket.exists():
+        if rt.recorded_state() == S.STARTING and not self.control_ready(rt):
             raise Conflict(f"workspace {name} is starting: guest init has not answered, so it cannot be "
                            "halted through it", "use stop or kill")
         try:
-            stop_signal = int(((rt.runtime() or {}).get("config") or {}).get("stopSignal") or 15)
+            runtime = rt.runtime() or RuntimeRecord()
+            stop_signal = int((runtime.config or {}).get("stopSignal") or 15)
             with open_channel(rt.control_socket, hello_timeout=5.0, connect_timeout=5.0) as conn:
                 conn.shutdown("poweroff", grace_s=HALT_GRACE_S, signal=stop_signal)
         except MicroagentError as exc:
-            self.record(rt, request, "failed", f"halt could not reach guest init: {exc.message}")
+            self.record(rt, request, S.FAILED, f"halt could not reach guest init: {exc.message}")
             raise Transient(f"halt could not reach guest init: {exc.message}; the VM is still running "
-                            f"(pid {ref.pid})", "use stop or kill") from exc
-        if not process.wait_gone(ref, HALT_TIMEOUT_S):
-            self.record(rt, request, "failed", f"guest did not power off within {HALT_TIMEOUT_S:.0f}s")
-            raise Transient(f"guest did not power off within {HALT_TIMEOUT_S:.0f}s; {self.name} "
-                            f"(pid {ref.pid}) was left running", "use stop or kill")
-        self._teardown(rt, kill_vmm=False)
-        return Response(ok=True, backend=self.name, event=self.record(rt, request, "halted", "guest powered off"))
+                            f"({vm.label})", "use stop or kill") from exc
+        if not vm.wait_gone(HALT_TIMEOUT_S):
+            self.record(rt, request, S.FAILED, f"guest did not power off within {HALT_TIMEOUT_S:.0f}s")
+            raise Transient(f"guest did not power off within {HALT_TIMEOUT_S:.0f}s; {vm.label} was left running",
+                            "use stop or kill")
+        self._teardown(rt, kill_vm=False)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, S.HALTED, "guest powered off"))
 
     def stop(self, request: Request) -> Response:
-        rt, ref = self._require_live(request, "stop")
-        process.send_signal(ref, signal.SIGTERM)
-        if not process.wait_gone(ref, STOP_GRACE_S):
-            self.record(rt, request, "failed", f"{self.name} survived SIGTERM for {STOP_GRACE_S:.0f}s")
-            raise Transient(f"{self.name} (pid {ref.pid}) is still alive {STOP_GRACE_S:.0f}s after SIGTERM",
-                            "use kill")
-        self._teardown(rt, kill_vmm=False)
-        return Response(ok=True, backend=self.name, event=self.record(rt, request, "stopped", "SIGTERM"))
+        rt, vm = self._require_live(request, "stop")
+        try:
+            vm.stop(STOP_GRACE_S)
+        except MicroagentError as exc:
+            if vm.alive():
+                self.record(rt, request, S.FAILED, f"{vm.stop_call} failed: {exc.message}")
+                raise Transient(f"{vm.label} did not accept {vm.stop_call}: {exc.message}", "use kill") from exc
+        if not vm.wait_gone(STOP_GRACE_S):
+            self.record(rt, request, S.FAILED, f"{vm.label} survived {vm.stop_call} for {STOP_GRACE_S:.0f}s")
+            raise Transient(f"{vm.label} is still alive {STOP_GRACE_S:.0f}s after {vm.stop_call}", "use kill")
+        self._teardown(rt, kill_vm=False)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, S.STOPPED, vm.stop_call))
 
     def kill(self, request: Request) -> Response:
-        rt, ref = self._require_live(request, "kill")
-        process.send_signal(ref, signal.SIGKILL)
-        if not process.wait_gone(ref, 10.0):
-            raise Transient(f"{self.name} (pid {ref.pid}) survived SIGKILL", "check the process table")
-        self._teardown(rt, kill_vmm=False)
-        return Response(ok=True, backend=self.name, event=self.record(rt, request, "stopped", "SIGKILL"))
+        rt, vm = self._require_live(request, "kill")
+        vm.kill()
+        if not vm.wait_gone(KILL_WAIT_S):
+            raise Transient(f"{vm.label} survived {vm.kill_call}", "check the process table")
+        self._teardown(rt, kill_vm=False)
+        return Response(ok=True, backend=self.name, event=self.record(rt, request, S.STOPPED, vm.kill_call))
 
     def quarantine(self, request: Request) -> Response:
-        rt, ref = self._require_live(request, "quarantine")
+        rt, vm = self._require_live(request, "quarantine")
         severed = []
-        router = self.live_router(rt)
-        if router is not None:
-            process.send_signal(router, signal.SIGKILL)
-            process.wait_gone(router, 5)
+        helper = self.live_helper(rt)
+        if helper is not None:
+            helper.kill()
             severed.append("channel helper")
-        for name in ("control.sock",):
-            if (rt.path / name).exists():
-                (rt.path / name).unlink()
-                severed.append(name)
+        if rt.control_socket.exists():
+            rt.control_socket.unlink()
+            severed.append(rt.control_socket.name)
         severed += self.sever(rt)
-        severed += self.detach_network(rt, self._name(request))  # TAP and firewall rules
-        # the helper kept serial.log capped; the guest still writes to it
-        process.spawn_detached(serial_log.watcher_argv(sys.executable, rt.serial_log, serial_log.cap_bytes(), ref.pid),
-                               cwd=rt.path, log_path=rt.path / "router.log")
-        event = self.record(rt, request, "quarantined",
-                            f"severed: {', '.join(severed) or 'nothing left'}; pid {ref.pid} kept")
-        return Response(ok=True, backend=self.name, event=event, runtime={"pid": ref.pid, "alive": True})
+        severed += self.detach_network(rt, self._name(request))  # TAP and firewall rules, HNS endpoint
+        self.watch_serial(rt, vm)
+        event = self.record(rt, request, S.QUARANTINED,
+                            f"severed: {', '.join(severed) or 'nothing left'}; {vm.ident} kept")
+        return Response(ok=True, backend=self.name, event=event, runtime={**vm.ids(), "alive": True})
 
     def pause(self, request: Request) -> Response:
-        rt, _ = self._require_live(request, "pause")
-        state = self.recorded_state(rt)
+        rt, vm = self._require_live(request, "pause")
+        runtime = rt.runtime() or RuntimeRecord()
+        state = runtime.state
         # a readiness=vmm start leaves a live VM in "starting": pausable too
-        vmm_only = state == "starting" and (rt.runtime() or {}).get("readiness") == "vmm"
-        if state != "running" and not vmm_only:
+        vmm_only = state == S.STARTING and runtime.readiness == "vmm"
+        if state != S.RUNNING and not vmm_only:
             raise Conflict(f"workspace {self._name(request)} is {state}; only running "
                            "workspaces can be paused")
-        self.pause_vm(rt)
+        vm.pause()
         return Response(ok=True, backend=self.name,
-                        event=self.record(rt, request, "paused", "vcpus stopped", pausedFrom=state))
+                        event=self.record(rt, request, S.PAUSED, "vcpus stopped", pausedFrom=state))
 
     def resume(self, request: Request) -> Response:
-        rt, _ = self._require_live(request, "resume")
+        rt, vm = self._require_live(request, "resume")
         live = self.run_status(rt)
         paused_on_its_own = live is not None and bool(live.get("reason"))
-        if self.recorded_state(rt) != "paused" and not paused_on_its_own:
-            raise Conflict(f"workspace {self._name(request)} is {self.recorded_state(rt)}, not paused")
-        self.resume_vm(rt)
-        runtime = rt.runtime() or {}
-        back = str((runtime.get("pausedFrom") if runtime.get("state") == "paused" else runtime.get("state"))
-                   or "running")
+        if rt.recorded_state() != S.PAUSED and not paused_on_its_own:
+            raise Conflict(f"workspace {self._name(request)} is {rt.recorded_state()}, not paused")
+        vm.resume()
+        runtime = rt.runtime() or RuntimeRecord()
+        back = (runtime.pausedFrom if runtime.state == S.PAUSED else runtime.state) or S.RUNNING
         return Response(ok=True, backend=self.name,
                         event=self.record(rt, request, back, "vcpus resumed", pausedFrom=None,
                                           pausedReason=None))
 
     def delete(self, request: Request) -> Response:
-        rt = runtime_dir_for(request)
-        ref = self.live_vmm(rt)
+        rt = self.runtime_dir(request)
+        vm = self.live_vm(rt)
         name = self._name(request)
-        if ref is not None:
-            raise Conflict(f"workspace {name} is running ({self.name} pid {ref.pid}); "
+        if vm is not None:
+            raise Conflict(f"workspace {name} is running ({vm.label}); "
                            "stop or kill it before delete", "use kill, or delete -f")
-        self._teardown(rt, kill_vmm=False)
+        self._teardown(rt, kill_vm=False)
         assert request.config is not None and request.identity is not None
         ws = workspace_dir(Path(request.config.stateDir), name)
         existed = rt.path.exists() or ws.exists()
         shutil.rmtree(rt.path, ignore_errors=True)
         shutil.rmtree(ws, ignore_errors=True)
-        netattach.release(Path(request.config.stateDir), name)
-        event = Event(identity=request.identity, state="unknown", detail="deleted" if existed else "absent")
+        self.release_network(Path(request.config.stateDir), name)
+        event = Event(identity=request.identity, state=S.UNKNOWN.value, detail="deleted" if existed else "absent")
         return Response(ok=True, backend=self.name, event=event)
-

@@ -18,18 +18,19 @@ is gone, so a dead VMM is never reported as running.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
 from microagent.durations import optional_seconds, seconds
 from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound
 from microagent.network.publish import check_network, parse_publish
 from microagent.paths import state_root, workspace_dir
 from microagent.vmkit.types import Config, Network, is_safe_name, now_rfc3339
+from microagent.waiting import wait_until
 from microagent.workspace import staging
 from microagent.workspace.lock import WorkspaceLock
 from microagent.workspace.manifest import (
@@ -217,9 +218,10 @@ class WorkspaceStore:
         overrides, env, network mode, backend, image reference, kernel, guest init.
 
         All or nothing: the disk and manifest are built in a staging directory and
-        published with one rename after the supervisor prepared the runtime state;
-        a create killed midway leaves only a staging dir that the next create,
-        ``list`` or ``gc`` removes (see :mod:`.staging`).
+        published with one rename, then the supervisor prepares the runtime state;
+        a create killed before the rename leaves only a staging dir that the next
+        create, ``list`` or ``gc`` removes (see :mod:`.staging`); one killed after it
+        leaves a complete workspace whose ``start`` prepares it again.
 
         :raises InvalidRequest: unsafe name, unknown profile, bad env or range.
         :raises Conflict: when a workspace (or runtime state) of that name exists.
@@ -256,7 +258,7 @@ class WorkspaceStore:
         # Built out of sight and published with one rename: a create killed at any
         # point leaves a staging dir (reaped later), never a half-made workspace.
         stage = staging.make(self.root, name)
-        prepared = False
+        visible = False
         try:
             disk = self._stage_disk(plan, stage)
             res = resolve_resources(prof, size_mib(plan.image.disk), memory_mib=memory_mib,
@@ -278,12 +280,13 @@ class WorkspaceStore:
             )
             save_manifest(self.root, manifest, directory=stage)
             config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
-            prepared = True
-            # The supervisor checks the disk it is given; every start passes the published path.
-            client.send("prepare", name, dataclasses.replace(config, rootfsPath=str(disk)), timeout=120)
             staging.publish(stage, workspace_dir(self.root, name))
+            visible = True
+            # Prepared against the published disk, so runtime.json never names the staging
+            # dir; a create killed right here leaves a complete workspace that start prepares.
+            client.send("prepare", name, config, timeout=120)
         except BaseException:
-            if prepared and not self.exists(name):
+            if visible:
                 self._remove_quietly(client, name)
             staging.remove(stage)
             raise
@@ -582,17 +585,21 @@ class WorkspaceStore:
         timeout = optional_seconds(timeout, "timeout")
         poll_s = seconds(poll_s, "poll_s")
         manifest = self.manifest(name)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        state = WorkspaceState.UNKNOWN
+
+        def settled() -> Observed | None:
+            nonlocal state
             if not manifest_path(self.root, name).is_file():
                 raise NotFound(f"workspace {name} was deleted while waiting")
             obs = self.observe(name, manifest.backend)
-            if obs.state not in ACTIVE_STATES:
-                return obs
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResourceExhausted(f"workspace {name} is still {obs.state.value} after {timeout:g}s",
-                                        "wait longer, or stop it")
-            time.sleep(poll_s)
+            state = obs.state
+            return obs if obs.state not in ACTIVE_STATES else None
+
+        settled_obs = wait_until(settled, timeout, poll_s)
+        if settled_obs is None:
+            raise ResourceExhausted(f"workspace {name} is still {state.value} after {timeout:g}s",
+                                    "wait longer, or stop it")
+        return settled_obs
 
     # ------------------------------------------------------------ events, logs
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from microagent.errors import Conflict, Permanent
 from microagent.vmkit.types import now_rfc3339
+from microagent.waiting import wait_until
 
 DEFAULT_TIMEOUT_S = 60.0
 """How long a mutating command waits for another one on the same workspace
@@ -115,29 +115,29 @@ class WorkspaceLock:
         :raises Conflict: naming the holder when the wait runs out.
         :raises Permanent: when the lock file cannot be opened.
         """
-        deadline = time.monotonic() + self.timeout
+        if not wait_until(self._try_lock, self.timeout, _POLL_S):
+            raise self._busy()
+        _held[str(self.path)] = self._fd
+        write_record(self._fd, self.command)
+
+    def _try_lock(self) -> bool:
+        """One attempt that does not wait: whether the lock is now ours (in ``self._fd``)."""
         while True:
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise self._busy() from None
-                time.sleep(_POLL_S)
-                continue
+                return False
             # The file may have been unlinked by a delete that held it: retry on the new one.
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
                 same = False
-            if not same:
-                os.close(fd)
-                continue
-            self._fd = fd
-            _held[str(self.path)] = fd
-            write_record(fd, self.command)
-            return
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)
 
     def _busy(self) -> Conflict:
         h = self.holder()

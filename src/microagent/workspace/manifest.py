@@ -30,19 +30,6 @@ def manifest_path(state_root: Path, name: str) -> Path:
     return workspace_dir(state_root, name) / MANIFEST_NAME
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via temp file + fsync + rename.
-
-    :raises Permanent: when the file cannot be written.
-    """
-    from microagent.runtime_state import write_json_atomic as write_atomically
-
-    try:
-        write_atomically(path, data)
-    except OSError as exc:
-        raise Permanent(f"cannot write {path}: {exc.strerror}") from exc
-
-
 @dataclass(frozen=True)
 class FileDigest:
     """A file and the sha256 it had when recorded."""
@@ -206,7 +193,12 @@ def save_manifest(state_root: Path, manifest: Manifest, directory: Path | None =
     :raises Permanent: when it cannot be written.
     """
     path = (directory / MANIFEST_NAME) if directory is not None else manifest_path(state_root, manifest.name)
-    write_json_atomic(path, manifest.to_json())
+    from microagent.runtime_state import write_json_atomic
+
+    try:
+        write_json_atomic(path, manifest.to_json())
+    except OSError as exc:
+        raise Permanent(f"cannot write {path}: {exc.strerror}") from exc
     return path
 
 

@@ -82,6 +82,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     :raises MicroagentError: any boot or channel failure (the VM is torn down).
     """
     from microagent.channel import ExecRequest, open_channel
+    from microagent.channel import exec as guest_exec
 
     watch = _Stopwatch()
     name = f"run-{secrets.token_hex(4)}"
@@ -109,7 +110,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                               user=user or plan.image.config.user or None,
                               timeout_s=timeout)
         with open_channel(guest_channel_path(plan.state_root, name), hello_timeout=10.0) as conn:
-            result = conn.start_exec(request, stdout=stdout, stderr=stderr).wait()
+            result = guest_exec.start(conn, request, stdout=stdout, stderr=stderr).wait()
         watch.mark("exec")
         client.send("halt", name)
         watch.mark("shutdown")

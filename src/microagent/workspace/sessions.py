@@ -58,8 +58,8 @@ def check_command_size(argv: Sequence[str], env: Mapping[str, str] | Sequence[st
 DEFAULT_OUTPUT_LIMIT = 16 << 20  # = microagent.channel.limits.DEFAULT_OUTPUT_LIMIT (not imported: CLI import cost)
 
 
-class GuestSession:
-    """An open channel to a running workspace; many sessions can run on it at once.
+class GuestConnection:
+    """An open channel to a running workspace's guest; many sessions can run on it at once.
 
     Use as a context manager, or call :meth:`close`. Thread-safe: exec,
     put and get may be called concurrently from several threads.
@@ -92,7 +92,7 @@ class GuestSession:
             store.inspect(name, self.manifest.backend)
             self.conn = _connect(store.root, name)
 
-    def __enter__(self) -> "GuestSession":
+    def __enter__(self) -> "GuestConnection":
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -268,6 +268,10 @@ class GuestSession:
         return result
 
 
+GuestSession = GuestConnection
+"""Deprecated: the old name of :class:`GuestConnection` (it is a connection, not a session)."""
+
+
 class CRLFToLF:
     """An output sink filter that turns a terminal's ``\\r\\n`` into ``\\n`` (chunk-safe)."""
 
@@ -359,14 +363,14 @@ def copy(store: WorkspaceStore, src: str, dst: str) -> dict[str, Any]:
             raise Permanent(f"{local} is not a regular file; cp copies single files", "archive it first (tar)")
         if dst_path.endswith("/"):
             dst_path += local.name
-        with GuestSession(store, dst_ws, "cp") as gs:
+        with GuestConnection(store, dst_ws, "cp") as gs:
             n = gs.put(dst_path, local)
         return {"direction": "in", "workspace": dst_ws, "source": str(local), "destination": dst_path, "bytes": n}
     assert src_ws is not None
     local = Path(dst_path)
     if local.is_dir():
         local = local / (Path(src_path).name or "file")
-    with GuestSession(store, src_ws, "cp") as gs:
+    with GuestConnection(store, src_ws, "cp") as gs:
         stat = gs.get(src_path, local)
     return {"direction": "out", "workspace": src_ws, "source": src_path, "destination": str(local),
             "bytes": getattr(stat, "bytes", 0)}

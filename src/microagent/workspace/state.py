@@ -1,6 +1,7 @@
 """Workspace states, which operation each state allows, and the guard.
 
-The states are the supervisor's (docs/state.md); this module adds the table
+The states (:mod:`microagent.vmkit.states`) are the supervisor's (docs/state.md);
+this module adds the table
 of which lifecycle operation is allowed from which observed state, and
 :func:`require_state`, which raises :class:`~microagent.errors.Conflict`
 naming the observed state and the allowed ones. The observed state always
@@ -10,41 +11,14 @@ never from a stale record alone.
 
 from __future__ import annotations
 
-from enum import Enum
-
 from microagent.errors import Conflict
-
-
-class WorkspaceState(str, Enum):
-    """A workspace's lifecycle state (``event.state`` of the supervisor)."""
-
-    UNKNOWN = "unknown"
-    PREPARED = "prepared"
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    HALTED = "halted"
-    QUARANTINED = "quarantined"
-    FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: str | None) -> "WorkspaceState":
-        """The state named ``value``; unknown strings map to ``UNKNOWN``."""
-        try:
-            return cls(str(value))
-        except ValueError:
-            return cls.UNKNOWN
-
+from microagent.vmkit.states import LIVE_STATES, WorkspaceState
 
 S = WorkspaceState
 
-#: States in which a VMM process is expected to exist.
-LIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING, S.QUARANTINED})
+__all__ = ["ACTIVE_STATES", "ALLOWED_FROM", "AT_REST_STATES", "LIVE_STATES", "RESULT_STATE", "WorkspaceState",
+           "require_state"]
+
 #: States ``wait`` waits through (the workspace has not "left running" yet).
 ACTIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING})
 #: States in which the VM is gone and the disk is at rest.

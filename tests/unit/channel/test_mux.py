@@ -26,9 +26,13 @@ from microagent.channel import (
     PortPublisher,
     ProtocolError,
     SessionEnded,
+    SessionState,
     SocketStream,
     VersionMismatch,
 )
+from microagent.channel.exec import run, start
+from microagent.channel.files import get, get_bytes, put
+from microagent.channel.forward import open_forward
 from microagent.channel.frames import INITIAL_WINDOW, Frame, FrameType, encode_frame, json_frame
 from microagent.errors import ChannelClosed, InvalidRequest, NotFound
 
@@ -106,18 +110,18 @@ def test_hello_guest_gone() -> None:
 
 def test_exec_collects(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
-    r = conn.exec(ExecRequest(["echo", "hi", "there"]), timeout=5)
+    r = run(conn, ExecRequest(["echo", "hi", "there"]), timeout=5)
     assert r.ok and r.stdout == b"hi there\n" and r.stderr == b""
     assert r.pid == 4242
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r.started_at)
-    assert conn.exec(ExecRequest(["exit", "3"])).exit_code == 3
-    assert conn.exec(ExecRequest(["stderr", "oops"])).stderr == b"oops"
+    assert run(conn, ExecRequest(["exit", "3"])).exit_code == 3
+    assert run(conn, ExecRequest(["stderr", "oops"])).stderr == b"oops"
     assert conn.session_count() == 0
 
 
 def test_exec_failed_to_start(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
-    r = conn.exec(ExecRequest(["missing"]))
+    r = run(conn, ExecRequest(["missing"]))
     assert r.status == "failed_to_start" and r.exit_code == 127
     assert r.error == {"code": "not_found", "message": "missing: not found"}
     assert r.started_at == ""
@@ -126,40 +130,40 @@ def test_exec_failed_to_start(pair: tuple[ChannelConnection, FakeGuest]) -> None
 def test_exec_request_validation(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
     with pytest.raises(InvalidRequest):
-        conn.exec(ExecRequest([]))
+        run(conn, ExecRequest([]))
     with pytest.raises(InvalidRequest):
-        conn.exec(ExecRequest(["env"], env=["NOEQUALS"]))
-    r = conn.exec(ExecRequest(["env"], env={"A": "1", "B": "x=y"}))
+        run(conn, ExecRequest(["env"], env=["NOEQUALS"]))
+    r = run(conn, ExecRequest(["env"], env={"A": "1", "B": "x=y"}))
     assert r.stdout == b"A=1\nB=x=y"
 
 
 def test_exec_stdin_bytes_and_file(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
     data = os.urandom(3 * INITIAL_WINDOW + 17)
-    assert conn.exec(ExecRequest(["cat"], stdin=data), timeout=10).stdout == data
-    assert conn.exec(ExecRequest(["cat"], stdin=io.BytesIO(data)), timeout=10).stdout == data
-    assert conn.exec(ExecRequest(["cat"], stdin=b""), timeout=10).stdout == b""
+    assert run(conn, ExecRequest(["cat"], stdin=data), timeout=10).stdout == data
+    assert run(conn, ExecRequest(["cat"], stdin=io.BytesIO(data)), timeout=10).stdout == data
+    assert run(conn, ExecRequest(["cat"], stdin=b""), timeout=10).stdout == b""
 
 
 def test_exec_streaming_sinks(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
     got: list[bytes] = []
     err = io.BytesIO()
-    h = conn.start_exec(ExecRequest(["zeros", str(600_000)]), stdout=got.append, stderr=err)
+    h = start(conn, ExecRequest(["zeros", str(600_000)]), stdout=got.append, stderr=err)
     r = h.wait(10)
     assert r.ok and r.stdout == b"" and sum(map(len, got)) == 600_000
-    h2 = conn.start_exec(ExecRequest(["stderr", "e"]), stderr=err)
+    h2 = start(conn, ExecRequest(["stderr", "e"]), stderr=err)
     h2.wait(5)
     assert err.getvalue() == b"e"
 
 
 def test_exec_interactive_write_resize_signal(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
-    h = conn.start_exec(ExecRequest(["cat"], stdin=True))
+    h = start(conn, ExecRequest(["cat"], stdin=True))
     h.write(b"abc")
     h.close_stdin()
     assert h.wait(5).stdout == b"abc"
-    h = conn.start_exec(ExecRequest(["wait-control"], pty=True))
+    h = start(conn, ExecRequest(["wait-control"], pty=True))
     assert h.wait_started(5) == 4242
     assert h.resize(40, 100)
     assert h.wait(5).stdout == b"{'resize': {'rows': 40, 'cols': 100}}"
@@ -170,7 +174,7 @@ def test_exec_interactive_write_resize_signal(pair: tuple[ChannelConnection, Fak
 def test_exec_host_timeout_closes_session(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, guest = pair
     with pytest.raises(ChannelTimeout):
-        conn.exec(ExecRequest(["sleep", "30"]), timeout=0.2)
+        run(conn, ExecRequest(["sleep", "30"]), timeout=0.2)
     _wait_until(lambda: any(isinstance(f, Frame) and f.type == FrameType.CLOSE for f in guest.received_frames))
     _wait_until(lambda: not guest.sessions)
 
@@ -183,7 +187,7 @@ def test_concurrent_sessions_from_threads(pair: tuple[ChannelConnection, FakeGue
     def worker(i: int) -> None:
         try:
             payload = bytes([i]) * (50_000 + i * 1000)
-            results[i] = conn.exec(ExecRequest(["cat"], stdin=payload), timeout=20).stdout
+            results[i] = run(conn, ExecRequest(["cat"], stdin=payload), timeout=20).stdout
         except BaseException as exc:
             errors.append(exc)
 
@@ -238,7 +242,7 @@ def test_receiver_grants_only_after_consumption(pair: tuple[ChannelConnection, F
     time.sleep(0.1)
     fs = guest.sessions[s.id]
     assert fs.credit[1] == 0  # the guest is throttled, not the channel
-    assert conn.exec(ExecRequest(["echo", "other"]), timeout=2).stdout == b"other\n"
+    assert run(conn, ExecRequest(["echo", "other"]), timeout=2).stdout == b"other\n"
     total = 0
     while True:
         ev = s.recv(5)
@@ -267,7 +271,7 @@ def test_guest_overrunning_credit_is_flow_control_error() -> None:
         assert errs and errs[0].session == s.id
         with pytest.raises(SessionEnded):
             s.recv(1)
-        assert conn.exec(ExecRequest(["echo", "ok"]), timeout=2).ok
+        assert run(conn, ExecRequest(["echo", "ok"]), timeout=2).ok
     finally:
         conn.close()
         guest.vanish()
@@ -297,7 +301,7 @@ def test_oversized_and_unknown_frames_from_guest(pair: tuple[ChannelConnection, 
         for f in guest.received_frames
         if isinstance(f, Frame) and f.type == FrameType.ERROR
     })
-    assert conn.exec(ExecRequest(["echo", "still"]), timeout=2).stdout == b"still\n"
+    assert run(conn, ExecRequest(["echo", "still"]), timeout=2).stdout == b"still\n"
 
 
 # ---------------------------------------------------------- channel loss
@@ -305,7 +309,7 @@ def test_oversized_and_unknown_frames_from_guest(pair: tuple[ChannelConnection, 
 
 def test_guest_vanishing_fails_every_waiter_promptly() -> None:
     conn, guest = _connect(hold_credit=True)
-    h = conn.start_exec(ExecRequest(["sleep", "30"]))
+    h = start(conn, ExecRequest(["sleep", "30"]))
     s = conn.open_session("exec", argv=["count-stdin"], stdin=True)
     s.send_data(0, bytes(INITIAL_WINDOW))
     failures: list[BaseException] = []
@@ -332,14 +336,42 @@ def test_guest_vanishing_fails_every_waiter_promptly() -> None:
     with pytest.raises(ChannelClosed):
         conn.open_session("exec", argv=["echo"])
     with pytest.raises(ChannelClosed):
-        conn.exec(ExecRequest(["echo"]))
+        run(conn, ExecRequest(["echo"]))
     assert conn.wait_closed(2) and conn.closed
     conn.close()
 
 
+def test_session_state_follows_its_life(pair: tuple[ChannelConnection, FakeGuest]) -> None:
+    conn, _ = pair
+    s = conn.open_session("exec", argv=["echo", "x"])
+    assert s.state is SessionState.OPEN and not s.ended
+    _wait_until(lambda: s.state is SessionState.GUEST_ENDED)
+    assert s.ended
+    with pytest.raises(SessionEnded):
+        s.send_control({"signal": 15})  # nothing is sent once the guest ended it
+    assert isinstance(s.wait_final(5), ExitEvent)
+    assert s.state is SessionState.FINISHED
+    with pytest.raises(SessionEnded):
+        s.recv(1)
+    s.close()  # no CLOSE for an ended session
+    assert s.state is SessionState.CLOSED
+
+    closed = conn.open_session("exec", argv=["sleep", "30"])
+    closed.close()
+    assert closed.state is SessionState.CLOSED and closed.ended
+    with pytest.raises(SessionEnded):
+        closed.send_eof()
+
+    failed = conn.open_session("exec", argv=["sleep", "30"])
+    conn.close()
+    assert failed.state is SessionState.FAILED and not failed.ended
+    with pytest.raises(ChannelClosed):
+        failed.send_eof()
+
+
 def test_host_close_fails_waiters(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
-    h = conn.start_exec(ExecRequest(["sleep", "30"]))
+    h = start(conn, ExecRequest(["sleep", "30"]))
     threading.Timer(0.2, conn.close).start()
     with pytest.raises(ChannelClosed):
         h.wait(5)
@@ -351,11 +383,11 @@ def test_sink_failure_closes_session(pair: tuple[ChannelConnection, FakeGuest]) 
     def broken(_: bytes) -> None:
         raise BrokenPipeError("stdout gone")
 
-    h = conn.start_exec(ExecRequest(["zeros", "100000"]), stdout=broken)
+    h = start(conn, ExecRequest(["zeros", "100000"]), stdout=broken)
     with pytest.raises(BrokenPipeError):
         h.wait(5)
     _wait_until(lambda: not guest.sessions)
-    assert conn.exec(ExecRequest(["echo", "x"])).ok
+    assert run(conn, ExecRequest(["echo", "x"])).ok
 
 
 # ------------------------------------------------------- files, forward
@@ -364,32 +396,32 @@ def test_sink_failure_closes_session(pair: tuple[ChannelConnection, FakeGuest]) 
 def test_put_get(pair: tuple[ChannelConnection, FakeGuest], tmp_path) -> None:  # type: ignore[no-untyped-def]
     conn, guest = pair
     data = os.urandom(5 * INITIAL_WINDOW + 3)
-    assert conn.put("/etc/blob", data, mode=0o600) == len(data)
+    assert put(conn, "/etc/blob", data, mode=0o600) == len(data)
     assert guest.files["/etc/blob"] == (data, 0o600)
     src = tmp_path / "src.bin"
     src.write_bytes(data[:1000])
-    assert conn.put("/etc/small", str(src), mode=0o755) == 1000
-    assert conn.get_bytes("/etc/blob") == data
+    assert put(conn, "/etc/small", str(src), mode=0o755) == 1000
+    assert get_bytes(conn, "/etc/blob") == data
     dest = tmp_path / "out.bin"
-    st = conn.get("/etc/small", dest)
+    st = get(conn, "/etc/small", dest)
     assert dest.read_bytes() == data[:1000] and st.size == 1000 and st.permissions == 0o755
     assert (dest.stat().st_mode & 0o777) == 0o755
     with pytest.raises(GuestNotFound) as ei:
-        conn.get("/nope", tmp_path / "x")
+        get(conn, "/nope", tmp_path / "x")
     assert isinstance(ei.value, NotFound) and ei.value.code == "not_found"
     assert not (tmp_path / "x").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "src.bin"]
     with pytest.raises(GuestNotFound):
-        conn.put("/missing/x", data)  # guest errors before reading all input
+        put(conn, "/missing/x", data)  # guest errors before reading all input
     with pytest.raises(InvalidRequest):
-        conn.put("relative", b"")
+        put(conn, "relative", b"")
     with pytest.raises(NotFound):
-        conn.put("/x", str(tmp_path / "does-not-exist"))
+        put(conn, "/x", str(tmp_path / "does-not-exist"))
     assert conn.session_count() == 0
 
 
 def test_forward_echo_and_publish(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
-    with conn.forward(8080) as fwd:
+    with open_forward(conn, 8080) as fwd:
         payload = os.urandom(700_000)
         t = threading.Thread(target=lambda: (fwd.sendall(payload), fwd.shutdown_write()))
         t.start()
@@ -399,7 +431,7 @@ def test_forward_echo_and_publish(pair: tuple[ChannelConnection, FakeGuest]) -> 
         t.join()
         assert bytes(got) == payload
     with pytest.raises(GuestConnectFailed):
-        conn.forward(1)
+        open_forward(conn, 1)
     with PortPublisher(conn, 8080) as pub:
         with socket.create_connection(pub.address, timeout=5) as c:
             c.sendall(b"ping")
@@ -443,7 +475,7 @@ def test_firecracker_vsock_handshake(tmp_path) -> None:  # type: ignore[no-untyp
     threading.Thread(target=firecracker, daemon=True).start()
     conn = ChannelConnection.open(connect_firecracker_vsock(path, 1024, timeout=2), hello_timeout=2)
     assert seen == [b"CONNECT 1024\n"]
-    assert conn.exec(ExecRequest(["echo", "vsock"])).stdout == b"vsock\n"
+    assert run(conn, ExecRequest(["echo", "vsock"])).stdout == b"vsock\n"
     conn.close()
     srv.close()
 

@@ -9,7 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microagent.errors import InvalidRequest
-from microagent.vmkit.types import Response, parse_request, to_wire
+from microagent.vmkit.types import (
+    CPU_RANGE,
+    MEMORY_MIB_RANGE,
+    BootConfig,
+    BootRequest,
+    HostRequest,
+    Request,
+    Response,
+    RunRequest,
+    StateRequest,
+    is_safe_name,
+    parse_request,
+    to_wire,
+)
 
 IDENT = {"requestID": "r1", "runtimeID": "ws1", "role": "workload", "backend": "qemu"}
 CONFIG = {"stateDir": "/tmp/sd", "kernelPath": "/k/Image", "rootfsPath": "/r/rootfs.ext4"}
@@ -101,3 +114,55 @@ def test_mutated_configs_never_crash(over: dict) -> None:
 def test_response_decodes_its_own_encoding() -> None:
     doc = {"ok": False, "backend": "qemu", "error": {"kind": "conflict", "message": "x"}}
     assert Response.from_json(json.loads(json.dumps(doc))).error == doc["error"]
+
+
+def test_each_command_group_decodes_to_its_own_type() -> None:
+    run = parse_request(req("run", exec={"argv": ["true"]}))
+    assert isinstance(run, RunRequest) and run.exec is not None and run.exec.argv == ("true",)
+    start = parse_request(req("start"))
+    assert isinstance(start, BootRequest) and isinstance(start.config, BootConfig)
+    stop = parse_request({"command": "stop", "identity": IDENT, "config": {"stateDir": "/sd"}})
+    assert isinstance(stop, StateRequest) and not isinstance(stop.config, BootConfig)
+    assert isinstance(parse_request({"command": "host"}), HostRequest)
+    assert all(isinstance(r, Request) for r in (run, start, stop))
+
+
+def test_patterns_match_the_whole_value() -> None:
+    # Python's "$" also matches before a trailing newline
+    with pytest.raises(InvalidRequest, match="is not a safe name"):
+        parse_request(req(identity={**IDENT, "runtimeID": "ws1\n"}))
+    with pytest.raises(InvalidRequest, match="absolute path"):
+        parse_request(req(config={**CONFIG, "kernelPath": "/k\x00"}))
+    assert is_safe_name("a" * 63) and not is_safe_name("a" * 64) and not is_safe_name("ws1\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([("memoryMiB", MEMORY_MIB_RANGE), ("cpuCount", CPU_RANGE), ("stopSignal", (1, 64))]),
+       st.integers(-2, 2**21))
+def test_integer_bounds_are_enforced_and_named(bounded: tuple[str, tuple[int, int]], value: int) -> None:
+    key, (lo, hi) = bounded
+    data = req(config={**CONFIG, key: value})
+    if lo <= value <= hi:
+        assert getattr(parse_request(data).config, key) == value
+    else:
+        with pytest.raises(InvalidRequest) as info:
+            parse_request(data)
+        assert info.value.message == f"config.{key} must be between {lo} and {hi}, got {value}"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), max_size=4, unique_by=lambda p: p[0]),
+       st.sampled_from(["user", "nat"]), st.lists(st.from_regex(r"[A-Z]{1,3}=[a-z]{0,3}", fullmatch=True), max_size=3))
+def test_valid_requests_round_trip(ports: list[tuple[int, int]], mode: str, env: list[str]) -> None:
+    forwards = [{"hostPort": h, "guestPort": g} for h, g in ports]
+    r = parse_request(req(config={**CONFIG, "env": env, "network": {"mode": mode, "portForwards": forwards}}))
+    assert parse_request(json.loads(json.dumps(to_wire(r)))) == r
+
+
+def test_a_refusal_echoing_an_invalid_identity_still_decodes() -> None:
+    doc = {"ok": False, "backend": "qemu", "error": {"kind": "permanent", "message": "identity.role ..."},
+           "event": {"identity": {"requestID": "", "runtimeID": "../x", "role": "admin", "backend": "qemu"},
+                     "state": "unknown", "detail": "", "observedAt": "t"}}
+    assert Response.from_json(doc).error == doc["error"]
+    with pytest.raises(InvalidRequest, match="unknown field 'surprise'"):
+        Response.from_json({"ok": True, "backend": "qemu", "surprise": 1})

@@ -23,7 +23,6 @@ the ``com.apple.security.virtualization`` entitlement (:func:`vmhost_python`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -33,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from msgspec import structs
 
 from microagent.errors import MicroagentError, NotFound, Permanent, Transient
 from microagent.host import process
@@ -51,7 +52,7 @@ from microagent.supervisors.applevf.vzconfig import (
     vm_spec,
 )
 from microagent.supervisors.linux_host import check_files
-from microagent.supervisors.vmm import VMMBackend, runtime_dir_for
+from microagent.supervisors.vmm import BootContext, VMMBackend, runtime_dir_for
 from microagent.vmkit.types import Config, Request, Response
 
 PYTHON_ENV = "MICROAGENT_APPLEVF_PYTHON"
@@ -155,11 +156,11 @@ class AppleVFBackend(VMMBackend):
             doc["probeError"] = (probe.get("error") or {}).get("message", "")
         return Response(ok=True, backend=self.name, host=doc)
 
-    def preflight(self, request: Request) -> dict[str, Any]:
+    def preflight(self, request: Request) -> BootContext:
         assert request.config is not None
         network_attachment(request.config.network.mode)  # bridged: policy_denied before anything
         check_files(request)
-        return {}
+        return BootContext()
 
     def check(self, request: Request) -> Response:
         """Files, network policy, then the real configuration validated by the vmhost."""
@@ -183,7 +184,7 @@ class AppleVFBackend(VMMBackend):
         channel helper); ``network.json`` records the VZ attachment.
         """
         attachment_kind = network_attachment(cfg.network.mode)  # bridged → policy_denied
-        host_side = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, mode="isolated"
+        host_side = structs.replace(cfg, network=structs.replace(cfg.network, mode="isolated"
                                                                          if not cfg.network.portForwards
                                                                          else "user"))
         attachment = netattach.attach(host_side, rt, name)
@@ -202,7 +203,7 @@ class AppleVFBackend(VMMBackend):
         return guest_network(attachment.plan.mode, name)
 
     def spawn(self, request: Request, rt: RuntimeDir,
-              ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
+              ctx: BootContext) -> tuple[subprocess.Popen[bytes], list[str]]:
         cfg, ident = request.config, request.identity
         assert cfg is not None and ident is not None
         name = ident.runtimeID

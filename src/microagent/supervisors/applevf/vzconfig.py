@@ -42,6 +42,7 @@ import hashlib
 import os
 from typing import Any
 
+from microagent import guestinit
 from microagent.errors import NotFound, Permanent, PolicyDenied
 from microagent.vmkit.types import Config
 
@@ -68,13 +69,9 @@ def config_disk_device(cfg: Config) -> str:
 
 def command_line(cfg: Config, hostname: str) -> str:
     """The kernel command line (guest init reads the ``microagent.*`` keys)."""
-    parts = [BASE_CMDLINE, "microagent.root=/dev/vda", f"microagent.channel=vsock:{CHANNEL_PORT}",
-             f"microagent.hostname={hostname}", "microagent.shutdown=poweroff"]
-    if cfg.configDiskPath:
-        parts.append(f"microagent.config={config_disk_device(cfg)}")
-    if cfg.kernelArgs:
-        parts.append(cfg.kernelArgs)
-    return " ".join(parts)
+    return guestinit.kernel_cmdline(BASE_CMDLINE, root="/dev/vda", channel=f"vsock:{CHANNEL_PORT}",
+                                    hostname=hostname, config=config_disk_device(cfg) if cfg.configDiskPath else None,
+                                    extra=cfg.kernelArgs)
 
 
 def mac_address(name: str) -> str:

@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
 from microagent.unixsock import connect_any_length
@@ -139,10 +138,3 @@ class FirecrackerAPI:
     def action(self, action_type: str) -> None:
         """``PUT /actions {"action_type": ...}`` (``InstanceStart``, ``SendCtrlAltDel``, ``FlushMetrics``)."""
         self.request("PUT", "/actions", {"action_type": action_type})
-
-
-def api_for(runtime_dir: Path) -> FirecrackerAPI:
-    """The API of the firecracker running in ``runtime_dir``."""
-    from microagent.supervisors.firecracker.config import API_SOCKET
-
-    return FirecrackerAPI(runtime_dir / API_SOCKET)

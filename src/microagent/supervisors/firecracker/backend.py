@@ -49,7 +49,7 @@ from microagent.supervisors.firecracker.config import (
 )
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.runtime_state import RuntimeDir
-from microagent.supervisors.vmm import VMMBackend
+from microagent.supervisors.vmm import BootContext, VMMBackend
 from microagent.vmkit.types import Request, Response
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class FirecrackerBackend(VMMBackend):
         doc["allowNoKvm"] = allow_no_kvm()
         return Response(ok=True, backend=self.name, host=doc)
 
-    def preflight(self, request: Request) -> dict[str, Any]:
+    def preflight(self, request: Request) -> BootContext:
         from microagent.host.detect import host_os, probe_kvm
         from microagent.host.firecracker_binary import resolve_firecracker
 
@@ -99,7 +99,7 @@ class FirecrackerBackend(VMMBackend):
                                f"use --backend qemu on this host (or set {ALLOW_NO_KVM_ENV}=1 to start the "
                                "VMM process anyway, for process-model checks)")
         check_files(request)
-        return {"binary": str(binary), "kvm": kvm.kind}
+        return BootContext(binary=str(binary))
 
     def guest_unready_reason(self) -> str:
         from microagent.host.detect import probe_kvm
@@ -115,12 +115,12 @@ class FirecrackerBackend(VMMBackend):
     # --- process ---------------------------------------------------------------
 
     def spawn(self, request: Request, rt: RuntimeDir,
-              ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
+              ctx: BootContext) -> tuple[subprocess.Popen[bytes], list[str]]:
         cfg, ident = request.config, request.identity
         assert cfg is not None and ident is not None
         hostname = cfg.hostname or ident.runtimeID
         doc = firecracker_config(cfg, hostname)
-        plan = ctx.get("network")
+        plan = ctx.network
         if plan is not None and plan.tap:  # nat's host TAP, or the TAP in pasta's namespace
             doc["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": plan.tap}]
         (rt.path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -128,7 +128,7 @@ class FirecrackerBackend(VMMBackend):
         if rt.vmm_log.exists():
             os.replace(rt.vmm_log, rt.path / "vmm.log.1")
         rt.vmm_log.touch()
-        argv = (plan.vmm_prefix() if plan is not None else []) + firecracker_argv(ctx["binary"], ident.runtimeID)
+        argv = (plan.vmm_prefix() if plan is not None else []) + firecracker_argv(ctx.binary, ident.runtimeID)
         serial = open(rt.serial_log, "ab")
         stderr = open(rt.path / STDERR_LOG, "ab")  # panics and the final error; not vmm.log (see above)
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from microagent import guestinit
 from microagent.vmkit.types import Config
 
 GUEST_CID = 3
@@ -60,13 +61,10 @@ def boot_args(cfg: Config, hostname: str) -> str:
     reboot (``reboot=k``) makes the firecracker process exit, which is what
     ``halt`` waits for.
     """
-    parts = [BASE_BOOT_ARGS, "microagent.root=/dev/vda", f"microagent.channel=vsock:{CHANNEL_PORT}",
-             f"microagent.hostname={hostname}", "microagent.shutdown=reboot"]
-    if cfg.configDiskPath:
-        parts.append(f"microagent.config={config_disk_device(cfg)}")
-    if cfg.kernelArgs:
-        parts.append(cfg.kernelArgs)
-    return " ".join(parts)
+    return guestinit.kernel_cmdline(BASE_BOOT_ARGS, root="/dev/vda", channel=f"vsock:{CHANNEL_PORT}",
+                                    hostname=hostname, shutdown="reboot",
+                                    config=config_disk_device(cfg) if cfg.configDiskPath else None,
+                                    extra=cfg.kernelArgs)
 
 
 def _drive(drive_id: str, path: str, *, read_only: bool) -> dict[str, Any]:

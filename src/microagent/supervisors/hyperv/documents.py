@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from microagent import guestinit
+
 CHANNEL_PORT = 1024
 #: The template GUID of the Linux vsock ↔ Hyper-V socket mapping; Data1 is the port.
 VSOCK_TEMPLATE_SUFFIX = "facb-11e6-bd58-64006a7986d3"
@@ -123,13 +125,8 @@ class VmSpec:
 
 def kernel_cmdline(spec: VmSpec) -> str:
     """The kernel command line: console, then the guest init boot parameters (docs/protocol.md)."""
-    parts = [BASE_CMDLINE, f"microagent.root={scsi_device(0)}",
-             f"microagent.channel=vsock:{spec.channel_port}",
-             f"microagent.hostname={spec.hostname}", "microagent.shutdown=poweroff",
-             f"microagent.config={scsi_device(1)}"]
-    if spec.kernel_args:
-        parts.append(spec.kernel_args)
-    return " ".join(parts)
+    return guestinit.kernel_cmdline(BASE_CMDLINE, root=scsi_device(0), channel=f"vsock:{spec.channel_port}",
+                                    hostname=spec.hostname, config=scsi_device(1), extra=spec.kernel_args)
 
 
 def compute_system_document(spec: VmSpec) -> dict[str, Any]:

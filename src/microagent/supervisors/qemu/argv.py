@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from microagent import guestinit
 from microagent.vmkit.types import Config
 
 CHANNEL_PORT_NAME = "microagent.channel"
@@ -24,14 +25,9 @@ BASE_CMDLINE = "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000"
 
 
 def kernel_cmdline(cfg: Config, hostname: str) -> str:
-    parts = [BASE_CMDLINE, "microagent.root=/dev/vda",
-             f"microagent.channel=virtio-serial:{CHANNEL_PORT_NAME}",
-             f"microagent.hostname={hostname}", "microagent.shutdown=poweroff"]
-    if cfg.configDiskPath:
-        parts.append(f"microagent.config=/dev/vd{chr(ord('b') + len(cfg.disks))}")
-    if cfg.kernelArgs:
-        parts.append(cfg.kernelArgs)
-    return " ".join(parts)
+    config = f"/dev/vd{chr(ord('b') + len(cfg.disks))}" if cfg.configDiskPath else None
+    return guestinit.kernel_cmdline(BASE_CMDLINE, root="/dev/vda", channel=f"virtio-serial:{CHANNEL_PORT_NAME}",
+                                    hostname=hostname, config=config, extra=cfg.kernelArgs)
 
 
 def blockdev(node: str, path: str, *, read_only: bool, discard: bool = False) -> list[str]:

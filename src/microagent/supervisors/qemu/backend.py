@@ -30,7 +30,7 @@ from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.supervisors.qemu.argv import qemu_argv
 from microagent.supervisors.qemu.qmp import QMPClient
-from microagent.supervisors.vmm import VMMBackend
+from microagent.supervisors.vmm import BootContext, VMMBackend
 from microagent.vmkit.types import Request, Response
 
 
@@ -59,21 +59,21 @@ class QemuBackend(VMMBackend):
                                "set it to slirp or pasta, or unset it")
         return provider
 
-    def preflight(self, request: Request) -> dict[str, Any]:
+    def preflight(self, request: Request) -> BootContext:
         facts = require_linux(self.name)
         qemu = facts.tools["qemu"]
         if not qemu.available:
             raise PolicyDenied(f"qemu is not installed: {qemu.error}",
                                "apt-get install qemu-system-x86 (or run 'make install')")
         check_files(request)
-        return {"binary": qemu.path, "accel": accel_for(facts.kvm.kind)}
+        return BootContext(binary=qemu.path, accel=accel_for(facts.kvm.kind))
 
     def spawn(self, request: Request, rt: RuntimeDir,
-              ctx: dict[str, Any]) -> tuple[subprocess.Popen[bytes], list[str]]:
+              ctx: BootContext) -> tuple[subprocess.Popen[bytes], list[str]]:
         assert request.config is not None and request.identity is not None
-        plan = ctx.get("network")
-        argv = qemu_argv(ctx["binary"], request.config,
-                         hostname=request.config.hostname or request.identity.runtimeID, accel=ctx["accel"],
+        plan = ctx.network
+        argv = qemu_argv(ctx.binary, request.config,
+                         hostname=request.config.hostname or request.identity.runtimeID, accel=ctx.accel,
                          nic_args=plan.qemu_args() if plan is not None else [])
         if plan is not None:
             argv = plan.vmm_prefix() + argv  # inside pasta's namespace, when there is one
@@ -87,7 +87,8 @@ class QemuBackend(VMMBackend):
         if rt.channel_socket.exists():
             rt.channel_socket.unlink()  # QEMU keeps listening, but nothing can reach the path
             severed.append("channel.sock")
-        if "-netdev" in ((rt.runtime() or {}).get("argv") or []):
+        runtime = rt.runtime()
+        if runtime is not None and "-netdev" in (runtime.argv or []):
             try:  # the guest's NIC: link down, then the backend gone (user-mode slirp or TAP)
                 with QMPClient(rt.path / "qmp.sock") as qmp:
                     qmp.execute("set_link", name="net0", up=False)

@@ -68,13 +68,3 @@ class QMPClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def try_execute(path: Path, command: str, timeout: float = 2.0) -> bool:
-    """Best effort: run one QMP command; False when QEMU is not reachable."""
-    try:
-        with QMPClient(path, timeout=timeout) as qmp:
-            qmp.execute(command)
-        return True
-    except (Transient, Permanent, OSError, ValueError):
-        return False
