@@ -229,7 +229,16 @@ static void put_open(struct session *s, const struct jv *req)
     char tmp[NAME_MAX + 1];
     int fd = create_temp(dir_fd, base, tmp, sizeof tmp);
     if (fd < 0) {
-        fail_errno(s, dir, errno);
+        /* The directory is there (it was just opened): ENOENT here means it takes no
+         * new files (/proc, /sys), not that something is missing. */
+        int err = errno;
+        if (err == ENOENT || err == EACCES || err == EPERM || err == EROFS) {
+            char msg[PATH_MAX + 128];
+            snprintf(msg, sizeof msg, "%s exists but does not take new files (%s)", dir, strerror(err));
+            session_fail(s, "permission_denied", msg);
+        } else {
+            fail_errno(s, dir, err);
+        }
         return;
     }
     ps->file_fd = fd;
