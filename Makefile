@@ -22,7 +22,7 @@ host-deps:
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,mcp]'
 	touch $(STAMP)
 
 # bytecode up front: an editable install compiles on first import, which a
@@ -30,8 +30,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 	@$(BIN)/python -m compileall -q src/microagent
 
-guest:
+# x86_64 with musl-gcc; aarch64 cross-built with zig cc from the venv's ziglang
+guest: venv
 	$(MAKE) -s -C guest install DESTDIR=$(CURDIR)/src/microagent/guest
+	$(MAKE) -s -C guest install ARCH=aarch64 DESTDIR=$(CURDIR)/src/microagent/guest \
+	    ZIG="$(CURDIR)/$(BIN)/python -m ziglang"
 
 firecracker: venv
 	$(BIN)/python -m microagent.host.firecracker_binary install
@@ -42,6 +45,7 @@ pasta: venv
 
 kernel: venv guest
 	$(BIN)/microagent kernel install --backend qemu --if-missing
+	$(BIN)/microagent kernel install --backend qemu --arch aarch64 --if-missing
 	$(BIN)/microagent kernel install --backend firecracker --if-missing
 
 bench: install

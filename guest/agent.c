@@ -25,8 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "json.h"
@@ -246,9 +248,9 @@ static void send_hello(struct agent *a)
     struct buf b = { 0 };
     sb_printf(&b,
               "{\"protocol\":\"microagent-channel\",\"version\":1,\"role\":\"guest\","
-              "\"agent\":\"%s\",\"pid\":%d,"
-              "\"features\":[\"exec\",\"shell\",\"put\",\"get\",\"forward\",\"shutdown\"]}",
-              MA_AGENT_NAME, (int)getpid());
+              "\"agent\":\"%s\",\"pid\":%d,\"generation\":%lld,"
+              "\"features\":[\"exec\",\"shell\",\"put\",\"get\",\"forward\",\"shutdown\",\"restore\"]}",
+              MA_AGENT_NAME, (int)getpid(), (long long)a->generation);
     frame_put(&a->host.outq, 0, F_HELLO, b.data + b.off, buf_used(&b));
     buf_free(&b);
 }
@@ -263,10 +265,13 @@ static void on_hello(struct agent *a, const struct frame *f)
         agent_queue_error(a, 0, "bad_request", "HELLO payload is not a JSON object");
         return;
     }
-    int64_t version = 0;
+    int64_t version = 0, generation = 0;
     const char *proto = NULL;
     int vr = jfield_int(doc.root, "version", INT64_MIN, INT64_MAX, &version);
     int pr = jfield_str(doc.root, "protocol", &proto);
+    /* a host that restored this guest from a snapshot says which restore it was */
+    if (jfield_int(doc.root, "generation", 0, INT64_MAX, &generation) == 1)
+        a->generation = generation;
     if (vr != 1 || pr < 0) {
         agent_queue_error(a, 0, "bad_request", "HELLO needs an integer version");
     } else if (pr == 1 && strcmp(proto, "microagent-channel") != 0) {
@@ -298,7 +303,74 @@ static void on_shutdown(struct agent *a, uint32_t id, const struct jv *req)
     a->grace_ms = grace;
 }
 
-/* The session kinds a host may OPEN ("shutdown" is not a session). */
+/* <linux/random.h> (musl has none; the ABI is fixed) */
+#define MA_RNDADDENTROPY 0x40085203 /* _IOW('R', 0x03, int[2]) */
+#define MA_RNDRESEEDCRNG 0x5207     /* _IO('R', 0x07) */
+#define RESTORE_ENTROPY_MAX 256
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* After a snapshot restore the clock is the snapshot's, the random pool is
+ * every other restore's, and the hostname the original's: the host sends the
+ * time, fresh entropy and the name, and the restore generation to report. */
+static void on_restore(struct agent *a, uint32_t id, const struct jv *req)
+{
+    int64_t time_ns = 0, generation = 0;
+    const char *entropy = NULL, *hostname = NULL;
+    if (jfield_int(req, "timeNs", 1, INT64_MAX, &time_ns) != 1 ||
+        jfield_int(req, "generation", 0, INT64_MAX, &generation) != 1 ||
+        jfield_str(req, "entropy", &entropy) != 1 || jfield_str(req, "hostname", &hostname) < 0) {
+        agent_queue_error(a, id, "bad_request", "restore needs timeNs, generation and entropy");
+        return;
+    }
+    size_t hex = strlen(entropy), n = hex / 2;
+    if (hex % 2 || n == 0 || n > RESTORE_ENTROPY_MAX) {
+        agent_queue_error(a, id, "bad_request", "entropy must be 1 to 256 bytes of hex");
+        return;
+    }
+    struct {
+        int entropy_count, buf_size;
+        unsigned char buf[RESTORE_ENTROPY_MAX];
+    } pool = { .entropy_count = (int)n * 8, .buf_size = (int)n };
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(entropy[2 * i]), lo = hexval(entropy[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            agent_queue_error(a, id, "bad_request", "entropy must be lowercase hex");
+            return;
+        }
+        pool.buf[i] = (unsigned char)(hi << 4 | lo);
+    }
+    if (hostname && (strlen(hostname) == 0 || strlen(hostname) > 64)) {
+        agent_queue_error(a, id, "bad_request", "hostname must be 1 to 64 bytes");
+        return;
+    }
+    struct timespec ts = { .tv_sec = time_ns / 1000000000, .tv_nsec = time_ns % 1000000000 };
+    const char *failed = NULL;
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+        failed = "clock_settime";
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, MA_RNDADDENTROPY, &pool) < 0 || ioctl(fd, MA_RNDRESEEDCRNG) < 0)
+        failed = failed ? failed : "RNDADDENTROPY/RNDRESEEDCRNG";
+    if (fd >= 0)
+        close(fd);
+    explicit_bzero(&pool, sizeof pool);
+    if (hostname && sethostname(hostname, strlen(hostname)) < 0)
+        failed = failed ? failed : "sethostname";
+    if (failed) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s: %s", failed, strerror(errno));
+        agent_queue_error(a, id, "io_error", msg);
+        return;
+    }
+    a->generation = generation;
+    ma_log("restored (generation %lld)", (long long)generation);
+    frame_put(&a->host.outq, id, F_EXIT, "{\"status\":\"ok\"}", 15);
+}
+
+/* The session kinds a host may OPEN ("shutdown" and "restore" are not sessions). */
 static const struct {
     const char *name;
     const struct session_ops *ops;
@@ -340,6 +412,11 @@ static void on_open(struct agent *a, const struct frame *f)
     }
     if (strcmp(kind, "shutdown") == 0) {
         on_shutdown(a, f->session, doc.root);
+        json_free(&doc);
+        return;
+    }
+    if (strcmp(kind, "restore") == 0) {
+        on_restore(a, f->session, doc.root);
         json_free(&doc);
         return;
     }

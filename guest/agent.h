@@ -31,6 +31,7 @@ struct agent {
     enum shutdown_action shutdown;
     int64_t grace_ms;
     int stop_signal; /* sent to every process on shutdown before grace_ms (image StopSignal) */
+    int64_t generation; /* restores of a snapshot this guest went through (in HELLO) */
 };
 
 /* Set up signals and the self-pipe. */

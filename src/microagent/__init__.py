@@ -1,32 +1,33 @@
 """microagent: AI-agent workspaces in Linux microVMs.
 
 The public Python API (see docs/sdk.md). Importing ``microagent`` is cheap:
-the error classes are loaded at once, everything else on first use.
+every name below, the error classes included, is loaded on first use, so
+the ``microagent`` command's own start-up (``--help``) pays for none of it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs start-up time; mypy reads this block
+    from typing import Any
 
-from microagent.errors import (
-    ChannelClosed,
-    Conflict,
-    InvalidRequest,
-    MicroagentError,
-    NotFound,
-    Permanent,
-    PolicyDenied,
-    ResourceExhausted,
-    Transient,
-    Unsupported,
-)
-
-__version__ = "0.1.0"
-
-if TYPE_CHECKING:
     from microagent.channel.exec import ExecResult
+    from microagent.errors import (
+        ChannelClosed,
+        Conflict,
+        InvalidRequest,
+        MicroagentError,
+        NotFound,
+        Permanent,
+        PolicyDenied,
+        ResourceExhausted,
+        Transient,
+        Unsupported,
+    )
     from microagent.sdk import Workspace, run
     from microagent.workspace.state import WorkspaceState
+
+__version__ = "0.1.0"
 
 __all__ = [
     "ChannelClosed",
@@ -46,7 +47,10 @@ __all__ = [
     "run",
 ]
 
+_ERRORS = ("ChannelClosed", "Conflict", "InvalidRequest", "MicroagentError", "NotFound", "Permanent",
+           "PolicyDenied", "ResourceExhausted", "Transient", "Unsupported")
 _LAZY = {
+    **{name: ("microagent.errors", name) for name in _ERRORS},
     "Workspace": ("microagent.sdk", "Workspace"),
     "run": ("microagent.sdk", "run"),
     "ExecResult": ("microagent.channel.exec", "ExecResult"),

@@ -1,9 +1,11 @@
 """Guest init as the host sees it: where its binary is, and the kernel command
 line it reads (the ``microagent.*`` boot parameters, docs/protocol.md).
 
-Binary lookup: ``MICROAGENT_GUEST_INIT`` → the copy installed in the package
-(``microagent/guest/<arch>/microagent-init``, put there by ``make``) → the
-build tree of a source checkout (``guest/build/<arch>/microagent-init``).
+Binary lookup, per guest architecture: ``MICROAGENT_GUEST_INIT`` (the host
+architecture's only: one path cannot serve two) → the copy installed in the
+package (``microagent/guest/<arch>/microagent-init``, put there by ``make
+guest``, which builds x86_64 and aarch64) → the build tree of a source
+checkout (``guest/build/<arch>/microagent-init``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from microagent.errors import NotFound
 from microagent.paths import host_arch, package_root
 
 
+def _env_override(arch: str) -> str:
+    return os.environ.get("MICROAGENT_GUEST_INIT", "") if arch == host_arch() else ""
+
+
 def candidates(arch: str | None = None) -> list[Path]:
     arch = arch or host_arch()
     out = []
-    env = os.environ.get("MICROAGENT_GUEST_INIT")
+    env = _env_override(arch)
     if env:
         out.append(Path(env))
     out.append(package_root() / "guest" / arch / "microagent-init")
@@ -32,7 +38,7 @@ def find_guest_init(arch: str | None = None) -> Path:
 
     :raises NotFound: when no built guest init exists.
     """
-    env = os.environ.get("MICROAGENT_GUEST_INIT")
+    env = _env_override(arch or host_arch())
     if env and not Path(env).is_file():
         raise NotFound(
             f"MICROAGENT_GUEST_INIT points at {env}, which does not exist",
@@ -43,7 +49,7 @@ def find_guest_init(arch: str | None = None) -> Path:
             return path
     raise NotFound(
         f"guest init for {arch or host_arch()} is not built",
-        "run 'make install' (needs musl-tools) to build guest/microagent-init",
+        "run 'make guest' (x86_64 needs musl-tools; aarch64 the venv's ziglang) to build guest/microagent-init",
     )
 
 

@@ -118,8 +118,11 @@ class Workspace:
                env: EnvArg = None, network: str = "isolated", allow_host_loopback: bool = False,
                backend: str | None = None,
                start: bool = True, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
-               supervisor: str | None = None) -> "Workspace":
+               supervisor: str | None = None, from_snapshot: str | None = None) -> "Workspace":
         """Create workspace ``name`` from ``image`` and (unless ``start=False``) boot it.
+
+        With ``from_snapshot="WORKSPACE:TAG"`` it is a fork of that snapshot instead,
+        running at once (``image`` and the resources are the snapshot's).
 
         :param profile: ``tiny``, ``small`` (default), ``medium`` or ``large``.
         :param env: environment every process in the guest gets.
@@ -134,6 +137,10 @@ class Workspace:
         """
         boot_timeout = seconds(boot_timeout, "boot_timeout")  # before anything is built
         ws = cls(name, state_dir=state_dir, supervisor=supervisor)
+        if from_snapshot is not None:
+            ws._store.fork(name, from_snapshot, boot_timeout=boot_timeout)
+            ws._created = True
+            return ws
         ws._store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
                          disk_size_mib=disk_size_mib, env=_env_list(env), network=network,
                          allow_host_loopback=allow_host_loopback, backend=backend)
@@ -199,14 +206,39 @@ class Workspace:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, *, boot_timeout: float = 60.0) -> "Workspace":
+    def start(self, *, boot_timeout: float = 60.0, from_snapshot: str | None = None) -> "Workspace":
         """Boot it (from prepared, halted, stopped or failed); returns when the guest is ready.
 
+        :param from_snapshot: a tag of this workspace's: restore it instead of booting.
         :raises Conflict: from any other state.
         """
         self.close()
-        self._store.start(self.name, boot_timeout=boot_timeout)
+        self._store.start(self.name, boot_timeout=boot_timeout, from_snapshot=from_snapshot)
         return self
+
+    def snapshot(self, tag: str) -> dict[str, Any]:
+        """Save it (running or paused) as snapshot ``tag``; it keeps running as it was."""
+        return self._store.snapshot(self.name, tag)
+
+    def restore(self, tag: str, *, boot_timeout: float = 60.0) -> "Workspace":
+        """Kill it if it runs, then start it from its snapshot ``tag`` (which must exist:
+        ``NotFound`` leaves it running)."""
+        from microagent.workspace import snapshots
+
+        snapshots.load(self._store.root, self.name, snapshots.check_tag(tag))
+        self.close()
+        if self.state in (WorkspaceState.RUNNING, WorkspaceState.PAUSED, WorkspaceState.STARTING):
+            self._store.kill(self.name)
+        return self.start(boot_timeout=boot_timeout, from_snapshot=tag)
+
+    def snapshots(self) -> builtins.list[dict[str, Any]]:
+        """Its snapshots, oldest first."""
+        return self._store.snapshots(self.name)
+
+    def fork(self, name: str, tag: str) -> "Workspace":
+        """A new running workspace ``name`` from this one's snapshot ``tag``."""
+        return Workspace.create(name, from_snapshot=f"{self.name}:{tag}", state_dir=self._store.root,
+                                supervisor=self._store.supervisor)
 
     def halt(self) -> None:
         """Clean shutdown through guest init (disk flushed): ``halted``."""

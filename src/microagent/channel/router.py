@@ -69,6 +69,8 @@ from microagent.channel.frames import (
 from microagent.fsutil import atomic_write, restrict_umask
 
 READ_CHUNK = 256 * 1024
+#: the guest's HELLO normally answers within milliseconds; silence this long means ours was lost
+HELLO_RESEND_S = 0.5
 # Ends a session; the mapping is dropped once the guest sends one of these.
 _FINAL = (FrameType.EXIT, FrameType.ERROR)
 _GUEST_STREAMS = (STDOUT, STDERR)
@@ -148,8 +150,11 @@ class Router:
 
     # --- guest handshake -----------------------------------------------------
 
-    def handshake(self, timeout: float) -> None:
+    def handshake(self, timeout: float, generation: int | None = None) -> None:
         """Send HELLO and wait for the guest's, before serving any client.
+
+        ``generation`` (a guest just restored from a snapshot) goes in our HELLO;
+        guest init echoes it in its own, which every client then gets.
 
         :raises TimeoutError: no answer in time.
         :raises ConnectionError: the guest closed or refused.
@@ -157,12 +162,23 @@ class Router:
         sock = self.guest.sock
         sock.setblocking(True)
         sock.settimeout(timeout)
-        sock.sendall(json_frame(0, FrameType.HELLO, {
-            "protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION, "role": "host"}))
+        hello = json_frame(0, FrameType.HELLO, {"protocol": PROTOCOL_NAME, "version": PROTOCOL_VERSION, "role": "host",
+                                                **({"generation": generation} if generation is not None else {})})
+        sock.sendall(hello)
         deadline = time.monotonic() + timeout
+        resend_at = time.monotonic() + HELLO_RESEND_S
         while True:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data = sock.recv(READ_CHUNK)
+            # A guest restored from a snapshot sees its port hang up and reopen, and drops
+            # what arrived meanwhile, our HELLO included: say it again until it answers.
+            sock.settimeout(max(0.01, min(deadline, resend_at) - time.monotonic()))
+            try:
+                data = sock.recv(READ_CHUNK)
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                sock.sendall(hello)
+                resend_at = time.monotonic() + HELLO_RESEND_S
+                continue
             if not data:
                 raise ConnectionError("guest closed the channel during the handshake")
             for item in self.guest.decoder.feed(data):
@@ -604,7 +620,8 @@ def start_publishers(control: str, specs: list[str]) -> None:
 
 
 def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport: str,
-                after_ready: Callable[[str], None] | None = None, vm_events: str | None = None) -> int:
+                after_ready: Callable[[str], None] | None = None, vm_events: str | None = None,
+                generation: int | None = None) -> int:
     """HELLO the guest, open the control endpoint, route until the guest goes away.
 
     Shared by this module's ``main`` and the Hyper-V helper.  The endpoint is
@@ -615,7 +632,7 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     """
     router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until the handshake succeeds
     try:
-        router.handshake(max(0.1, deadline - time.monotonic()))
+        router.handshake(max(0.1, deadline - time.monotonic()), generation)
     except (OSError, ConnectionError) as exc:
         log(f"guest did not answer HELLO: {exc}")
         return 4
@@ -654,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an inherited listening TCP socket to bridge to a guest port")
     parser.add_argument("--vm-events", default=None, metavar="QMP_SOCKET",
                         help="a QMP monitor to follow the VM's pauses on (QEMU)")
+    parser.add_argument("--generation", type=int, default=None,
+                        help="the restore generation to hand guest init in HELLO (after a snapshot restore)")
     parser.add_argument("--serial-log", default=None, help="the guest console log to keep under the cap")
     parser.add_argument("--serial-log-max-bytes", type=int, default=None)
     args = parser.parse_args(argv)
@@ -674,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     publish = (lambda endpoint: start_publishers(endpoint, args.publish)) if args.publish else None
     return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=publish,
-                       vm_events=args.vm_events)
+                       vm_events=args.vm_events, generation=args.generation)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,10 +41,13 @@ def _writer(stream: Any) -> Any:
               help="publish a guest TCP port on the host while the command runs")
 @click.option("--allow-host-loopback", is_flag=True,
               help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
+@click.option("--arch", default=None, metavar="ARCH",
+              help="guest architecture: x86_64 or aarch64 (default: this host's; another is emulated, slowly)")
 def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: str | None,
         state_dir: str | None, as_json: bool, timeout: float | None, boot_timeout: float,
         env: tuple[str, ...], workdir: str | None, user: str | None, memory: int, cpus: int,
-        keep: bool, network: str, publish: tuple[str, ...], allow_host_loopback: bool) -> int:
+        keep: bool, network: str, publish: tuple[str, ...], allow_host_loopback: bool,
+        arch: str | None) -> int:
     """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
@@ -65,7 +68,7 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
             image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
             memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
             supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
-            allow_host_loopback=allow_host_loopback,
+            allow_host_loopback=allow_host_loopback, arch=arch,
             stdout=None if as_json else _writer(sys.stdout.buffer),
             stderr=None if as_json else _writer(sys.stderr.buffer),
         )

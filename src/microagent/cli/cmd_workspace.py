@@ -58,21 +58,32 @@ def _mib(value: Any) -> str:
               help="publish a guest TCP port on the host (default host IP 127.0.0.1)")
 @click.option("--allow-host-loopback", is_flag=True,
               help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
+@click.option("--from-snapshot", "from_snapshot", default=None, metavar="WORKSPACE:TAG",
+              help="fork: NAME runs from that snapshot (its own disk copy, copy-on-write memory)")
+@click.option("--arch", default=None, metavar="ARCH",
+              help="guest architecture: x86_64 or aarch64 (default: this host's; another is emulated, slowly)")
 @backend_option
 @common
 def create(name: str, image: str, profile: str | None, cpus: int | None, memory: int | None,
            disk_size: int | None, env: tuple[str, ...], network: str, publish: tuple[str, ...],
-           allow_host_loopback: bool, backend: str | None, as_json: bool, state_dir: str | None,
-           supervisor: str | None) -> int:
-    """Create workspace NAME: build its disk and manifest (state prepared); boot nothing."""
+           allow_host_loopback: bool, from_snapshot: str | None, arch: str | None, backend: str | None,
+           as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+    """Create workspace NAME: build its disk and manifest (state prepared); boot nothing.
+
+    With --from-snapshot, NAME is a fork of that snapshot and is left running."""
     store = _store(state_dir, supervisor)
+    if from_snapshot is not None:
+        t = store.fork(name, from_snapshot)
+        emit({"ok": True, **t.to_json()}, as_json,
+             lambda d: f"created {name} (running, pid {t.pid}): forked from {from_snapshot}")
+        return 0
     with usage_errors():
         store.check_create_input(name, profile=profile, memory_mib=memory, cpus=cpus, disk_size_mib=disk_size,
                                  env=env, network=network, publish=publish,
                                  allow_host_loopback=allow_host_loopback)
     manifest = store.create(name, image=image, profile=profile, cpus=cpus, memory_mib=memory,
                             disk_size_mib=disk_size, env=env, network=network, publish=publish,
-                            allow_host_loopback=allow_host_loopback, backend=backend)
+                            allow_host_loopback=allow_host_loopback, backend=backend, arch=arch)
     doc = {"ok": True, "state": "prepared", "diskPath": str(store.disk_path(name)),
            "workspace": manifest.to_json()}
 
@@ -98,12 +109,14 @@ def _end_code(state: str) -> int:
               help="after it is running, block until it stops; exit 0 if stopped/halted, 1 if failed/quarantined")
 @click.option("--boot-timeout", type=SECONDS, default=60.0, show_default=True,
               help="give up (and kill the VM) if the guest is not ready after S seconds")
+@click.option("--from-snapshot", "from_snapshot", default=None, metavar="TAG",
+              help="restore NAME's snapshot TAG (its disk and memory) instead of booting")
 @common
-def start(name: str, wait_: bool, boot_timeout: float, as_json: bool, state_dir: str | None,
-          supervisor: str | None) -> int:
+def start(name: str, wait_: bool, boot_timeout: float, from_snapshot: str | None, as_json: bool,
+          state_dir: str | None, supervisor: str | None) -> int:
     """Boot workspace NAME; returns once its guest channel is ready."""
     store = _store(state_dir, supervisor)
-    t = store.start(name, boot_timeout=boot_timeout)
+    t = store.start(name, boot_timeout=boot_timeout, from_snapshot=from_snapshot)
     doc: dict[str, Any] = {"ok": True, **t.to_json()}
     boot = (t.runtime or {}).get("bootSeconds")
     line = f"{name} running (pid {t.pid}" + (f", booted in {boot:.1f}s" if isinstance(boot, (int, float)) else "") + ")"
@@ -178,12 +191,13 @@ def delete(name: str, force: bool, as_json: bool, state_dir: str | None, supervi
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no workspaces"
-    header = ("NAME", "STATE", "PID", "BACKEND", "IMAGE", "PROFILE", "MEMORY", "CPUS", "DISK")
+    header = ("NAME", "STATE", "PID", "BACKEND", "IMAGE", "PROFILE", "MEMORY", "CPUS", "DISK", "BY")
     lines = [header]
     for r in rows:
         res = r["resources"]
         lines.append((r["name"], r["state"], str(r["pid"] or "-"), r["backend"], r["image"], r["profile"],
-                      _mib(res["memoryMiB"]), str(res["cpuCount"]), _mib(res["diskSizeMiB"])))
+                      _mib(res["memoryMiB"]), str(res["cpuCount"]), _mib(res["diskSizeMiB"]),
+                      r.get("createdBy") or "-"))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
 
@@ -234,6 +248,7 @@ def _status_text(d: dict[str, Any]) -> str:
         "readiness:    " + ", ".join(f"{k}={'yes' if v.get('ready') else 'no'}" for k, v in rd.items()),
         f"channel:      {d['channel']['path']}",
         f"serial log:   {d['serialLog']}",
+        "snapshots:    " + (", ".join(s["tag"] for s in d.get("snapshots", [])) or "-"),
         "verification: " + ("ok" if ver["ok"] else "DIVERGED: " + ", ".join(ver["divergence"])),
     ]
     for key in ("kernel", "rootfsBase", "init"):

@@ -1,29 +1,32 @@
-"""The ``microagent`` command: a click adapter over the library.
+"""The ``microagent`` command: a thin dispatcher in front of click commands.
 
-Subcommands live in ``cli/cmd_*.py`` and are imported only when invoked, so
-``microagent --help`` stays cheap.  This module is the one catch site for
-:class:`~microagent.errors.MicroagentError`: it renders the error (text or
-the JSON envelope) and exits with a named code; no traceback for user errors.
+Agents call the CLI hundreds of times, so start-up is kept small: this
+module imports neither click nor the library.  ``microagent --help`` is the
+overview built from :data:`SUMMARIES`; a plain ``exec NAME [--] CMD...``
+(nothing but the name and the command) runs :func:`.exec_run.run_exec`
+directly, the same function the click command calls.  Every other command
+line goes through the click group in :mod:`.group`, which imports only the
+invoked command's module (``cli/cmd_*.py``).
 
-One exit-code rule for a wrong command line (docs/cli.md): a bad flag value,
-a bad argument or a bad combination exits 2 (``USAGE``) in every command,
-whether click or the library's own input checks found it; nothing was done.
+This module is the one catch site for :class:`~microagent.errors.MicroagentError`:
+it renders the error (text or the JSON envelope) and exits with a named code;
+no traceback for user errors.  One exit-code rule for a wrong command line
+(docs/cli.md): a bad flag value, a bad argument or a bad combination exits 2
+(``USAGE``) in every command, whether click or the library's own input checks
+found it; nothing was done.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
-import click
 
 from microagent.cli import exitcodes
-from microagent.fsutil import restrict_umask
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs start-up time; mypy reads this block
+    from types import TracebackType
+    from typing import Any
 
 #: subcommand -> "module:function"
 COMMANDS = {
@@ -41,6 +44,7 @@ COMMANDS = {
     "quarantine": "microagent.cli.cmd_workspace:quarantine",
     "pause": "microagent.cli.cmd_pause:pause",
     "resume": "microagent.cli.cmd_pause:resume",
+    "snapshot": "microagent.cli.cmd_snapshot:snapshot",
     "delete": "microagent.cli.cmd_workspace:delete",
     "list": "microagent.cli.cmd_workspace:list_",
     "ls": "microagent.cli.cmd_workspace:ls",
@@ -52,26 +56,82 @@ COMMANDS = {
     "cp": "microagent.cli.cmd_workspace:cp",
     "exec": "microagent.cli.cmd_exec:exec_",
     "connect": "microagent.cli.cmd_exec:connect",
+    "mcp": "microagent.cli.cmd_mcp:mcp",
 }
 
+#: One line per command for ``microagent --help``, so the overview needs no
+#: command module; tests/cli/test_import_cost.py keeps it equal to each
+#: command's own short help.
+SUMMARIES = {
+    "gc": "Reconcile every workspace; remove leftovers (helpers, TAPs, rules, leases) of dead VMs.",
+    "host": "Show what this host can run and which backend is active, and why.",
+    "doctor": "Check the host for the active backend; exit 1 when a required check fails.",
+    "kernel": "Install and check guest kernels.",
+    "image": "Pull and manage cached OCI images.",
+    "run": "Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.",
+    "create": "Create workspace NAME: build its disk and manifest (state prepared); boot nothing.",
+    "start": "Boot workspace NAME; returns once its guest channel is ready.",
+    "halt": "Shut NAME down cleanly through guest init (disk flushed): halted.",
+    "stop": "SIGTERM the VMM of NAME, wait a grace period: stopped (failed if it survives).",
+    "kill": "SIGKILL the VMM of NAME: stopped.",
+    "quarantine": "Cut every host path into NAME, keep its VM process and PID: quarantined.",
+    "pause": "Stop the vcpus of NAME (memory and processes kept): paused.",
+    "resume": "Continue paused NAME, also after a full host disk paused it (once there is space again).",
+    "snapshot": "Save, list and remove snapshots of a workspace (memory, device state and disk).",
+    "delete": "Delete NAME's disk and state (refused while its VM runs, unless -f).",
+    "list": "List every workspace with its state.",
+    "ls": "List every workspace with its state (alias of list).",
+    "ps": "List workspaces whose VM is running.",
+    "status": "State, readiness, PID, resources, disk and verification of NAME.",
+    "wait": "Block until NAME is no longer running; exit 0 if stopped/halted, 1 otherwise.",
+    "logs": "The guest serial console log of NAME (its end: the log itself is capped, see docs/state.md).",
+    "events": "The event timeline of NAME (with --json -f: one JSON object per line).",
+    "cp": "Copy a file into or out of a running workspace: one side is NAME:/abs/path.",
+    "exec": "Run COMMAND in running workspace NAME; exit with its exit code.",
+    "connect": "Open an interactive shell in running workspace NAME (Ctrl-] detaches).",
+    "mcp": "Serve MCP tools that create, drive and delete workspaces (docs/mcp.md).",
+}
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module, attr = target.split(":")
-        cmd: click.Command = getattr(importlib.import_module(module), attr)
-        return cmd
+DESCRIPTION = "Run AI-agent workspaces in Linux microVMs."
+HELP_OPTIONS = ("-h", "--help")
+_WIDTH = 78
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="microagent", prog_name="microagent")
-def cli() -> None:
-    """Run AI-agent workspaces in Linux microVMs."""
+def _summary(name: str) -> str:
+    summary = SUMMARIES.get(name)
+    if summary is None:  # a command without a table entry: ask it (imports its module)
+        from microagent.cli.group import load_command
+
+        summary = load_command(name).get_short_help_str(limit=_WIDTH)
+    return summary
+
+
+def overview() -> str:
+    """The top-level help text (``microagent --help``)."""
+    pad = max(map(len, COMMANDS)) + 2
+    limit = _WIDTH - pad - 2
+    lines = ["Usage: microagent [OPTIONS] COMMAND [ARGS]...", "", f"  {DESCRIPTION}", "",
+             "Options:", "  --version   Show the version and exit.", "  -h, --help  Show this message and exit.",
+             "", "Commands:"]
+    for name in sorted(COMMANDS):
+        summary = _summary(name)
+        if len(summary) > limit:
+            summary = summary[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+        lines.append(f"  {name:<{pad}}{summary}")
+    return "\n".join(lines) + "\n"
+
+
+def plain_exec(args: list[str]) -> tuple[str, list[str]] | None:
+    """``(NAME, COMMAND)`` when the words after ``exec`` are only a name and a command.
+
+    The same split click's parse of ``exec`` gives for such a command line (no
+    option before or right after NAME; a leading ``--`` stays in COMMAND for
+    :func:`.exec_run.run_exec` to drop); anything else returns None and goes
+    through click.
+    """
+    if len(args) < 2 or args[0].startswith("-") or (args[1].startswith("-") and args[1] != "--"):
+        return None
+    return args[0], args[1:]
 
 
 def _json_requested(argv: list[str]) -> bool:
@@ -85,46 +145,52 @@ def _failure_code(argv: list[str]) -> int:
     return exitcodes.RUN_INFRA if first in ("run", "exec") else exitcodes.FAILURE
 
 
-def main(argv: list[str] | None = None) -> None:
-    from microagent.errors import MicroagentError
+def _dispatch(argv: list[str], as_json: bool) -> Any:
+    plain = plain_exec(argv[1:]) if argv[:1] == ["exec"] else None
+    if plain is not None:
+        from microagent.cli.exec_run import run_exec
 
+        return run_exec(plain[0], plain[1], state_dir=os.environ.get("MICROAGENT_STATE_DIR") or None)
+    from microagent.cli.group import invoke
+
+    return invoke(argv, as_json)
+
+
+def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0] in HELP_OPTIONS:
+        sys.stdout.write(overview())
+        sys.exit(exitcodes.OK)
+
+    from microagent.errors import MicroagentError
+    from microagent.fsutil import restrict_umask
+
     as_json = _json_requested(argv)
     restrict_umask()  # everything under the state root, and every socket a VMM opens, is the user's alone
     try:
-        code: Any = cli.main(args=argv, prog_name="microagent", standalone_mode=False)
+        code = _dispatch(argv, as_json)
     except MicroagentError as err:
         from microagent.cli.output import print_error
 
         print_error(err.to_dict(), as_json)
         sys.exit(_failure_code(argv))
-    except click.exceptions.Abort:
-        sys.stderr.write("aborted\n")
-        sys.exit(130)
     except BadInput as exc:
         from microagent.cli.output import print_error
 
         print_error(exc.error.to_dict(), as_json)
         sys.exit(exitcodes.USAGE)
-    except click.ClickException as exc:
-        if as_json:
-            from microagent.cli.output import print_error
-
-            print_error({"kind": "permanent", "message": exc.format_message(),
-                         "remediation": "see 'microagent --help'"}, True)
-        else:
-            exc.show()
-        sys.exit(exitcodes.USAGE)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: say it is a bug, keep the traceback
+        import traceback
+
         traceback.print_exc()
         sys.stderr.write(f"microagent: internal error: {exc}\n")
         sys.exit(_failure_code(argv))
     sys.exit(code if isinstance(code, int) else exitcodes.OK)
 
 
-class BadInput(click.UsageError):
+class BadInput(Exception):
     """A wrong command line found by the library's input checks: exit 2, its message and hint kept."""
 
     def __init__(self, error: Any) -> None:
@@ -132,26 +198,44 @@ class BadInput(click.UsageError):
         self.error = error
 
 
-@contextmanager
-def usage_errors() -> Iterator[None]:
+class usage_errors:  # noqa: N801 - used as ``with usage_errors():``; a class, as contextlib costs start-up
     """Around input checks that run before any side effect: their errors are usage errors."""
-    from microagent.errors import Permanent
 
-    try:
-        yield
-    except Permanent as exc:
-        raise BadInput(exc) from exc
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        from microagent.errors import Permanent
+
+        if isinstance(exc, Permanent):
+            raise BadInput(exc) from exc
 
 
+# Option decorators shared by the commands; click is imported by the command modules anyway.
 def json_option(f: Any) -> Any:
+    import click
+
     return click.option("--json", "as_json", is_flag=True, help="print one JSON document")(f)
 
 
 def state_dir_option(f: Any) -> Any:
+    import click
+
     return click.option("--state-dir", envvar="MICROAGENT_STATE_DIR", default=None,
                         help="state directory (default ~/.microagent)")(f)
 
 
 def backend_option(f: Any) -> Any:
+    import click
+
     return click.option("--backend", default=None,
                         help="firecracker | qemu | apple-vf | windows-hyperv (default: per host)")(f)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "cli":  # the click group, for callers that drive click directly
+        from microagent.cli.group import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

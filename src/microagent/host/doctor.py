@@ -44,6 +44,22 @@ def kernel_report(state_root: Path, backend: str, arch: str) -> dict[str, Any]:
     return kernel_status(state_root, backend, arch)
 
 
+def _foreign_guest_checks(facts: HostFacts) -> list[Check]:
+    """Guests of another architecture (``--arch``): QEMU emulates them with TCG, slowly."""
+    from microagent.host.detect import probe_tool, qemu_binary_name
+
+    out = []
+    for arch, package in (("x86_64", "qemu-system-x86"), ("aarch64", "qemu-system-arm")):
+        if arch == facts.architecture:
+            continue
+        tool = probe_tool(qemu_binary_name(arch), version=False)
+        detail = (f"{tool.path}: emulated by TCG, even where KVM exists (slow: CPU-bound work many times slower)"
+                  if tool.available else tool.error)
+        out.append(Check(f"{arch}-guests", tool.available, False, detail,
+                         f"apt-get install {package} (or run 'make install')"))
+    return out
+
+
 def checks_for(backend: str, facts: HostFacts, kernel: dict[str, Any]) -> list[Check]:
     """The checks that matter for ``backend`` on this host."""
     out: list[Check] = []
@@ -55,6 +71,7 @@ def checks_for(backend: str, facts: HostFacts, kernel: dict[str, Any]) -> list[C
                          "apt-get install qemu-system-x86 (or run 'make install')"))
         accel = "kvm" if facts.kvm.kind == "hardware" else "tcg"
         out.append(Check("acceleration", True, False, f"{accel}: {facts.kvm.detail}"))
+        out.extend(_foreign_guest_checks(facts))
     if backend == "firecracker":
         fc = tools["firecracker"]
         out.append(Check("firecracker", fc.available, True,

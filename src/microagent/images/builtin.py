@@ -9,6 +9,10 @@ static busybox (``busybox-static``), a symlink per applet and minimal
 ``/etc`` files.  The layout is rewritten only when busybox or
 :data:`LAYOUT_VERSION` change (a stamp file records both), so the manifest
 digest, and with it the cached base disk, is stable.
+
+For a guest architecture other than the host's (aarch64 on x86_64), busybox
+is Debian's ``busybox-static`` for that architecture
+(:mod:`microagent.images.foreign_busybox`), in a layout of its own.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import tarfile
 from pathlib import Path
 
 from microagent.errors import NotFound
-from microagent.fsutil import atomic_write
+from microagent.fsutil import atomic_write, private_dir
 from microagent.images.model import BaseImage, PulledImage
+from microagent.paths import host_arch
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 NAMES = ("busybox",)
@@ -76,14 +81,33 @@ def _info(name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "") 
     return info
 
 
-def busybox_layer_tar(busybox: Path) -> bytes:
-    """The uncompressed layer: deterministic for the same busybox binary."""
-    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
+def _list_full(busybox: Path) -> list[str]:
+    return subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+
+
+def _foreign_applets(data: bytes) -> list[str]:
+    """Install paths for a busybox that cannot run here: names from its applet
+    table, directories from the host's busybox (Debian builds every
+    architecture from one config), ``bin/`` for names the host lacks."""
+    from microagent.images.foreign_busybox import applet_names
+
+    try:
+        host_paths = {p.rsplit("/", 1)[-1]: p for p in _list_full(find_static_busybox())}
+    except NotFound:
+        host_paths = {}
+    return [host_paths.get(name, f"bin/{name}") for name in applet_names(data)]
+
+
+def busybox_layer_tar(busybox: Path, runnable: bool = True) -> bytes:
+    """The uncompressed layer: deterministic for the same busybox binary.
+
+    :param runnable: whether ``busybox`` runs on this host (to list its applets).
+    """
+    data = busybox.read_bytes()
+    applets = _list_full(busybox) if runnable else _foreign_applets(data)
     entries: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
     for d, mode in DIRS.items():
         entries[d] = (_info(d, tarfile.DIRTYPE, mode), None)
-    data = busybox.read_bytes()
     entries["bin/busybox"] = (_info("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), data)
     for rel, text in ETC_FILES.items():
         raw = text.encode()
@@ -120,17 +144,28 @@ def _write_atomic(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
-def layout_dir(state_root: Path) -> Path:
-    return Path(state_root) / "images" / "builtin" / "busybox-layout"
+def layout_dir(state_root: Path, architecture: str | None = None) -> Path:
+    """The layout directory; the host architecture's keeps its original name."""
+    suffix = "" if (architecture or host_arch()) == host_arch() else f"-{architecture}"
+    return Path(state_root) / "images" / "builtin" / f"busybox-layout{suffix}"
+
+
+def _busybox_for(state_root: Path, architecture: str) -> Path:
+    if architecture == host_arch():
+        return find_static_busybox()
+    from microagent.images.foreign_busybox import foreign_busybox
+
+    return foreign_busybox(private_dir(Path(state_root) / "images" / "builtin"), architecture)
 
 
 def ensure_busybox_layout(state_root: Path, architecture: str = "x86_64") -> Path:
     """Write (or reuse) the ``builtin:busybox`` OCI image layout; return its directory.
 
-    :raises NotFound: without busybox-static.
+    :raises NotFound: without busybox-static (for a foreign architecture:
+        without apt knowing ``busybox-static:<debarch>``).
     """
-    busybox = find_static_busybox()
-    layout = layout_dir(state_root)
+    busybox = _busybox_for(state_root, architecture)
+    layout = layout_dir(state_root, architecture)
     bb_sha = hashlib.sha256(busybox.read_bytes()).hexdigest()
     stamp_path = layout / "microagent-stamp.json"
     try:
@@ -143,9 +178,9 @@ def ensure_busybox_layout(state_root: Path, architecture: str = "x86_64") -> Pat
     import fcntl
 
     layout.mkdir(parents=True, exist_ok=True)
-    with open(layout.parent / "busybox-layout.lock", "w") as lock:
+    with open(layout.parent / f"{layout.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        tar = busybox_layer_tar(busybox)
+        tar = busybox_layer_tar(busybox, runnable=architecture == host_arch())
         blob = _gzip(tar)
         arch = _OCI_ARCH.get(architecture, architecture)
         config = _canonical({

@@ -3,6 +3,8 @@
 Deterministic by construction: the UUID and directory hash seed derive from a
 caller-given key, ``E2FSPROGS_FAKE_TIME`` pins every timestamp mke2fs and
 debugfs write, mke2fs 1.47 walks directories in sorted order, and the
+output is a freshly truncated file (all zeroes, so ``assume_storage_prezeroed``
+skips zeroing inode tables and journal and still marks them zeroed), the
 metadata step (:func:`~microagent.images.metadata.apply_ledger`) overwrites
 what mke2fs copies from the host that is not part of the image (ctime,
 ownership of the staging user, stray xattrs).  So the same layers and key
@@ -89,7 +91,7 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
                 fh.truncate(size)
             env = dict(os.environ, E2FSPROGS_FAKE_TIME="1", MKE2FS_DEVICE_SECTSIZE="512")
             argv = [mke2fs, "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-L", label, "-U", fs_uuid,
-                    "-E", f"hash_seed={fs_uuid},root_owner=0:0,lazy_itable_init=0,nodiscard",
+                    "-E", f"hash_seed={fs_uuid},root_owner=0:0,assume_storage_prezeroed=1,nodiscard",
                     *(["-N", str(inode_count(ledger))] if ledger is not None else []),
                     "-d", str(tree), str(tmp)]
             t0 = time.monotonic()

@@ -115,6 +115,45 @@ class _Guarded(io.RawIOBase):
         buf[:n] = data
         return n
 
+    def close(self) -> None:
+        try:
+            self._inner.close()  # stops a decompressing thread, closes the blob
+        finally:
+            super().close()
+
+
+def _gunzip(raw: IO[bytes]) -> IO[bytes]:
+    """A gzip reader of ``raw`` that inflates in a worker thread, pipelined with extraction.
+
+    ISA-L inflates about three times faster than zlib; it is imported here,
+    not at module load, so commands that never build a disk do not pay for it.
+    """
+    try:
+        from isal import igzip_threaded
+    except ImportError:  # pragma: no cover - a declared dependency
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return _Closing(igzip_threaded.open(raw, "rb", threads=1, block_size=_CHUNK), raw)
+
+
+class _Closing(io.RawIOBase):
+    """``inner``, closing ``raw`` (which ``inner`` does not own) with it."""
+
+    def __init__(self, inner: IO[bytes], raw: IO[bytes]) -> None:
+        self._inner, self._raw = inner, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        return self._inner.read(size)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._raw.close()
+            super().close()
+
 
 def open_layer(layer: Layer) -> io.BufferedReader:
     """The uncompressed tar stream of ``layer`` (caller closes it).
@@ -125,7 +164,7 @@ def open_layer(layer: Layer) -> io.BufferedReader:
     raw: IO[bytes] = open(layer.path, "rb")
     inner: IO[bytes]
     if kind == "gzip":
-        inner = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        inner = _gunzip(raw)
     elif kind == "zstd":
         try:
             import zstandard

@@ -36,6 +36,7 @@ __all__ = [
     "detect_kernel_format",
     "elf_machine",
     "extract_vmlinux",
+    "kernel_architecture",
     "kernel_release",
     "parse_bzimage_header",
     "vmlinux_from_bzimage",
@@ -349,3 +350,12 @@ def extract_vmlinux(bzimage: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, vmlinux)
     return out
+
+
+def kernel_architecture(path: Path) -> str:
+    """The architecture a kernel file boots (``x86_64`` or ``aarch64``), from its header.
+
+    :raises NotFound: the file does not exist.
+    :raises Permanent: the file is not a kernel.
+    """
+    return detect_kernel_format(path).architecture(path)

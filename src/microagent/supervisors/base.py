@@ -70,6 +70,9 @@ class Backend:
     def resume(self, request: Request) -> Response:
         raise self._unsupported("resume")
 
+    def snapshot(self, request: Request) -> Response:
+        raise self._unsupported("snapshot")
+
     def console(self, request: Request) -> Response:
         """No supervisor serves a console: the contract is the CLI's ``connect``."""
         raise Unsupported(f"the {self.name} supervisor has no console command",

@@ -28,6 +28,10 @@ reference, or Hyper-V's compute-system ID) and the channel helper through a
   helper died gets a new helper.
 - ``pause``/``resume``: stop and continue the vcpus; resume also continues a
   VM the VMM paused for lack of disk space, once there is space again.
+- ``snapshot``: save a running or paused VM (device state, memory, disk) into
+  a directory the caller stages; the VM is left as it was.  ``start`` with a
+  ``snapshot`` restores one instead of booting, then makes the guest whole
+  (clock, entropy, hostname, restore generation) over the channel.
 
 State records on the way down (kill, stop, halt, delete, reconciliation)
 are best effort on a full disk (:mod:`microagent.runtime_state`): those
@@ -37,6 +41,7 @@ commands must work exactly when the disk is full.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import socket
 import subprocess
@@ -100,6 +105,8 @@ class VMMBackend(Backend):
 
     #: sockets/files in the runtime dir that belong to one boot
     boot_files: tuple[str, ...] = ()
+    #: whether it takes snapshots (``save_vm``) and ``start`` restores them (``launch``, ``after_launch``)
+    supports_snapshots = False
 
     # --- hooks: the host and the boot -----------------------------------------
 
@@ -163,6 +170,11 @@ class VMMBackend(Backend):
     def resume_vm(self, rt: RuntimeDir) -> None:
         raise self._unsupported("resume")
 
+    def save_vm(self, rt: RuntimeDir, dest: Path, *, resume: bool) -> dict[str, Any]:
+        """Write the VM's snapshot files into ``dest`` (paused meanwhile; resumed when
+        ``resume``); returns what the snapshot manifest records about the VMM."""
+        raise self._unsupported("snapshot")
+
     def vmm_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
         """What the live VMM itself reports (best effort; ``inspect`` shows it)."""
         return None
@@ -218,12 +230,15 @@ class VMMBackend(Backend):
         return ProcessHelper(process.ProcessRef(int(runtime.routerPid), int(runtime.routerStarttime)))
 
     def spawn_helper(self, rt: RuntimeDir, runtime: RuntimeRecord, hello_timeout: float,
-                     listeners: list[tuple[socket.socket, int]]) -> HelperHandle:
-        """The channel helper; it inherits the published ports' listening sockets."""
+                     listeners: list[tuple[socket.socket, int]], generation: int | None = None) -> HelperHandle:
+        """The channel helper; it inherits the published ports' listening sockets.
+        ``generation``: a restored guest's, handed to guest init in the helper's HELLO."""
         argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
                 "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
                 "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes()),
                 *self.router_args(rt)]
+        if generation is not None:
+            argv += ["--generation", str(generation)]
         for sock, guest_port in listeners:
             argv += ["--publish", f"{sock.fileno()}:{guest_port}"]
         proc = process.spawn_detached(argv, cwd=rt.path, log_path=rt.path / "router.log",
@@ -346,6 +361,10 @@ class VMMBackend(Backend):
         ctx = self.preflight(request)
         cfg, name = request.config, self._name(request)
         assert cfg is not None
+        if request.snapshot is not None and not self.supports_snapshots:
+            raise self._unsupported("start from a snapshot")
+        if request.snapshot is not None and (cfg.readiness != "guest" or request.command != "start"):
+            raise Permanent("a snapshot is restored by start with readiness 'guest' only")
         rt = self.runtime_dir(request)
         if rt.recorded_state() == S.QUARANTINED:
             raise Conflict(f"workspace {name} is quarantined", "stop or kill it before starting it again")
@@ -389,9 +408,13 @@ class VMMBackend(Backend):
                 helper = self.spawn_helper(rt, runtime, cfg.timeoutSeconds, attachment.listeners)
                 undo.callback(helper.kill)
             else:
-                helper = self.spawn_helper(rt, runtime, deadline - time.monotonic(), attachment.listeners)
+                restored = {"generation": request.snapshot.generation} if request.snapshot else {}
+                helper = self.spawn_helper(rt, runtime, deadline - time.monotonic(), attachment.listeners,
+                                           **restored)
                 undo.callback(helper.kill)
                 self._wait_ready(rt, vm, helper, deadline)
+                if request.snapshot is not None:
+                    self._make_guest_whole(rt, request)
             undo.pop_all()
         attachment.close_listeners()  # the helper holds them now
         if cfg.readiness == "vmm":
@@ -401,6 +424,19 @@ class VMMBackend(Backend):
         self.record(rt, request, S.RUNNING, self.state_detail(rt, vm),
                     bootSeconds=round(time.monotonic() - started, 3))
         return rt, vm, True
+
+    def _make_guest_whole(self, rt: RuntimeDir, request: Request) -> None:
+        """After a restore the guest's clock is the snapshot's and its random pool that of
+        every other restore of it: guest init sets the clock, mixes in host entropy and
+        reseeds, takes the hostname, and reports the restore generation from now on."""
+        from microagent.channel import open_channel
+
+        assert request.config is not None and request.snapshot is not None
+        with open_channel(rt.control_socket, hello_timeout=10.0) as conn:
+            with conn.open_session("restore", timeNs=time.time_ns(), entropy=os.urandom(64).hex(),
+                                   hostname=request.config.hostname or self._name(request),
+                                   generation=request.snapshot.generation) as session:
+                session.wait_final(10.0)
 
     def _vmm_only_detail(self, vm: VMHandle, router_alive: bool = True) -> str:
         why = self.guest_unready_reason()
@@ -682,6 +718,21 @@ class VMMBackend(Backend):
         return Response(ok=True, backend=self.name,
                         event=self.record(rt, request, back, "vcpus resumed", pausedFrom=None,
                                           pausedReason=None))
+
+    def snapshot(self, request: Request) -> Response:
+        if not self.supports_snapshots:
+            raise self._unsupported("snapshot")
+        rt, vm = self._require_live(request, "snapshot")
+        state = rt.recorded_state()
+        if state not in (S.RUNNING, S.PAUSED):
+            raise Conflict(f"workspace {self._name(request)} is {state}; only a running or paused "
+                           "workspace can be snapshotted")
+        assert request.snapshot is not None
+        started = time.monotonic()
+        info = self.save_vm(rt, Path(request.snapshot.path), resume=state == S.RUNNING)
+        event = Event(identity=request.identity, state=state.value,  # type: ignore[arg-type]
+                      detail=f"snapshot saved in {time.monotonic() - started:.3f}s")
+        return Response(ok=True, backend=self.name, event=event, runtime={**vm.ids(), **info})
 
     def delete(self, request: Request) -> Response:
         rt = self.runtime_dir(request)

@@ -74,6 +74,7 @@ HostCommand = Literal["host"]
 BootCommand = Literal["check", "prepare", "start"]
 RunCommand = Literal["run"]
 StateCommand = Literal["inspect", "halt", "quarantine", "stop", "kill", "delete", "pause", "resume", "console"]
+SnapshotCommand = Literal["snapshot"]
 
 
 def is_safe_name(name: str) -> bool:
@@ -166,6 +167,22 @@ class ExecSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeoutSeconds: ExecTimeout = 0.0
 
 
+class SnapshotSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A VM snapshot directory: what ``snapshot`` writes into, what ``start`` restores from.
+
+    For a restore, ``vmmVersion`` and ``layout`` are what the snapshot recorded
+    (the supervisor refuses a VMM or device layout that differs); ``private``
+    maps the memory file copy-on-write instead of restoring a copy of it (a fork).
+    """
+
+    path: AbsPath
+    private: bool = False
+    vmmVersion: str = ""
+    layout: str = ""
+    #: the restore generation guest init reports in its HELLO afterwards
+    generation: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """Any supervisor request (what callers build); decoding yields one of the subclasses.
 
@@ -177,6 +194,7 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     identity: Identity | None = None
     config: Config | None = None
     exec: ExecSpec | None = None
+    snapshot: SnapshotSpec | None = None
 
 
 class HostRequest(Request, kw_only=True):
@@ -211,18 +229,29 @@ class StateRequest(Request, kw_only=True):
     exec: None = None
 
 
-REQUEST_TYPES: tuple[type[Request], ...] = (HostRequest, BootRequest, RunRequest, StateRequest)
+class SnapshotRequest(Request, kw_only=True):
+    """``snapshot``: save a running or paused VM into ``snapshot.path`` (it stays as it was)."""
+
+    command: SnapshotCommand
+    identity: Identity
+    config: Config
+    exec: None = None
+    snapshot: SnapshotSpec
+
+
+REQUEST_TYPES: tuple[type[Request], ...] = (HostRequest, BootRequest, RunRequest, StateRequest, SnapshotRequest)
 _TYPE_OF_COMMAND: dict[str, type[Request]] = {
     **dict.fromkeys(get_args(HostCommand), HostRequest),
     **dict.fromkeys(get_args(BootCommand), BootRequest),
     **dict.fromkeys(get_args(RunCommand), RunRequest),
     **dict.fromkeys(get_args(StateCommand), StateRequest),
+    **dict.fromkeys(get_args(SnapshotCommand), SnapshotRequest),
 }
 
 #: Which parts of a request each command needs (docs/supervisor-api.md, "Request").
 COMMANDS_NEEDING_NOTHING = frozenset(get_args(HostCommand))
 COMMANDS_NEEDING_FULL_CONFIG = frozenset(get_args(BootCommand) + get_args(RunCommand))
-COMMANDS_NEEDING_STATE_DIR = frozenset(get_args(StateCommand))
+COMMANDS_NEEDING_STATE_DIR = frozenset(get_args(StateCommand) + get_args(SnapshotCommand))
 COMMANDS = frozenset(_TYPE_OF_COMMAND)
 
 
@@ -260,6 +289,10 @@ def parse_request(data: Any) -> Request:
                 raise InvalidRequest(f"{part} is required for command {command!r}")
     if data.get("exec") is not None and cls is not RunRequest:
         raise InvalidRequest(f"exec is only valid for command 'run', not {command!r}")
+    if data.get("snapshot") is not None and command not in ("start", "snapshot"):
+        raise InvalidRequest(f"snapshot is only valid for commands 'start' and 'snapshot', not {command!r}")
+    if cls is SnapshotRequest and data.get("snapshot") is None:
+        raise InvalidRequest("snapshot is required for command 'snapshot'")
     try:
         request = msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:

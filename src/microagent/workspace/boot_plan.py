@@ -35,6 +35,7 @@ class BootPlan:
     cpus: int
     boot_timeout: float
     network: Network = field(default_factory=Network)
+    arch: str = field(default_factory=host_arch)  # the guest's: its kernel, init and image
     image: BaseImage = field(init=False)
 
     @property
@@ -51,7 +52,8 @@ class BootPlan:
         from microagent.images.ext4 import copy_disk
 
         private_dir(self.disk_path.parent)
-        self.image = resolve_image(self.image_ref, self.state_root, self.guest_init, progress=progress)
+        self.image = resolve_image(self.image_ref, self.state_root, self.guest_init, architecture=self.arch,
+                                   progress=progress)
         return copy_disk(self.image.disk, self.disk_path)
 
     @property
@@ -89,30 +91,55 @@ def resolve_backend(requested: str | None) -> str:
     return default_backend(detect(versions=False)).backend
 
 
-def find_kernel(root: Path, backend: str) -> Path:
-    """:raises NotFound: when no kernel is installed for ``backend``."""
-    image = kernel_dir(root, backend) / "Image"
+def find_kernel(root: Path, backend: str, arch: str | None = None) -> Path:
+    """:raises NotFound: when no kernel is installed for ``backend`` (and ``arch``)."""
+    image = kernel_dir(root, backend, arch) / "Image"
     if not image.is_file():
+        arch_flag = f" --arch {arch}" if arch and arch != host_arch() else ""
         raise NotFound(f"no kernel installed for backend {backend} at {image}",
-                       f"run 'microagent kernel install --backend {backend}'")
+                       f"run 'microagent kernel install --backend {backend}{arch_flag}'")
     return image
 
 
+def check_arch(arch: str | None) -> str:
+    """The guest architecture in microagent's spelling (``arm64`` → ``aarch64``).
+
+    :raises InvalidRequest: for an architecture microagent has no guest for.
+    """
+    from microagent.errors import InvalidRequest
+    from microagent.paths import ARCH_ALIASES
+
+    if arch is None:
+        return host_arch()
+    name = ARCH_ALIASES.get(arch.lower())
+    if name is None:
+        raise InvalidRequest(f"unknown guest architecture {arch!r}", "use --arch x86_64 or --arch aarch64")
+    return name
+
+
 def plan_boot(image: str, name: str, *, backend: str | None, state_dir: str | Path | None,
-              memory_mib: int, cpus: int, boot_timeout: float) -> BootPlan:
+              memory_mib: int, cpus: int, boot_timeout: float, arch: str | None = None) -> BootPlan:
     """Check every input of a boot; build nothing.
 
+    :param arch: the guest architecture (default: the host's); another one is
+        emulated where the backend can (QEMU's TCG).
     :raises MicroagentError: the first missing or invalid input.
     """
     chosen = resolve_backend(backend)
     check_reference(image)
+    arch = check_arch(arch)
+    if arch != host_arch() and chosen != "qemu":
+        from microagent.errors import Unsupported
+
+        raise Unsupported(f"backend {chosen} runs only {host_arch()} guests on this host, not {arch}",
+                          f"use --backend qemu to emulate {arch}, or a {arch} host")
     root = state_root(state_dir)
-    kernel = find_kernel(root, chosen)
+    kernel = find_kernel(root, chosen, arch)
     from microagent.guestinit import find_guest_init
     from microagent.kernels import ensure_initramfs
 
-    guest_init = find_guest_init(host_arch())
+    guest_init = find_guest_init(arch)
     initrd = ensure_initramfs(kernel.parent, guest_init)
     return BootPlan(backend=chosen, name=name, state_root=root, image_ref=image, kernel_path=kernel,
                     initrd_path=initrd, guest_init=guest_init, memory_mib=memory_mib, cpus=cpus,
-                    boot_timeout=boot_timeout)
+                    boot_timeout=boot_timeout, arch=arch)

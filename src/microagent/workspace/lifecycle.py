@@ -18,20 +18,21 @@ is gone, so a dead VMM is never reported as running.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 from microagent.durations import optional_seconds, seconds
-from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound
+from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound, Unsupported
 from microagent.network.publish import check_network, parse_publish
 from microagent.paths import state_root, workspace_dir
 from microagent.vmkit.types import Config, Network, is_safe_name, now_rfc3339
 from microagent.waiting import wait_until
-from microagent.workspace import staging
+from microagent.workspace import snapshots, staging
 from microagent.workspace.lock import WorkspaceLock
 from microagent.workspace.manifest import (
     FileDigest,
@@ -45,6 +46,9 @@ from microagent.workspace.manifest import (
 )
 from microagent.workspace.state import ACTIVE_STATES, LIVE_STATES, WorkspaceState, require_state
 from microagent.workspace.supervisor_client import SupervisorClient
+
+if TYPE_CHECKING:
+    from microagent.images.blobs import PullProgress
 
 DEFAULT_IMAGE = "builtin:busybox"
 DEFAULT_BOOT_TIMEOUT_S = 60.0
@@ -211,8 +215,12 @@ class WorkspaceStore:
     def create(self, name: str, *, image: str = DEFAULT_IMAGE, profile: str | None = None,
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
                env: Sequence[str] = (), network: str = "isolated", publish: Sequence[str] = (),
-               allow_host_loopback: bool = False, backend: str | None = None) -> Manifest:
+               allow_host_loopback: bool = False, backend: str | None = None, created_by: str = "",
+               progress: "PullProgress | None" = None, arch: str | None = None) -> Manifest:
         """Build the workspace's disk and manifest and prepare it (state ``prepared``).
+
+        ``arch`` is the guest architecture (default: the host's; QEMU emulates another):
+        its kernel, recorded in the manifest, carries it to every later start.
 
         Nothing is built until every input checked out: name, profile,
         overrides, env, network mode, backend, image reference, kernel, guest init.
@@ -228,6 +236,9 @@ class WorkspaceStore:
         :raises Unsupported: an image this build cannot serve,
             or a backend of another host OS.
         :raises NotFound: kernel, guest init or host tool missing.
+
+        :param created_by: a tag ``list`` shows (e.g. ``mcp`` for the MCP server's workspaces).
+        :param progress: told about an image pull's layers and bytes.
         """
         from microagent.workspace.boot_plan import plan_boot
 
@@ -236,19 +247,20 @@ class WorkspaceStore:
             network=network, publish=publish, allow_host_loopback=allow_host_loopback)
         plan = plan_boot(image, name, backend=backend, state_dir=self.root,
                          memory_mib=memory_mib or prof.memory_mib, cpus=cpus or prof.cpus,
-                         boot_timeout=DEFAULT_BOOT_TIMEOUT_S)
+                         boot_timeout=DEFAULT_BOOT_TIMEOUT_S, arch=arch)
         lock = self.lock(name, "create")
         with lock:
             try:
                 return self._create_locked(name, plan, prof, env, published, image, memory_mib, cpus,
-                                           disk_size_mib, network, allow_host_loopback)
+                                           disk_size_mib, network, allow_host_loopback, created_by, progress)
             except BaseException:
                 lock.unlink_on_release = not self.exists(name)  # a failed create leaves no lock file
                 raise
 
     def _create_locked(self, name: str, plan: Any, prof: Any, env: tuple[str, ...], published: tuple[Any, ...],
                        image: str, memory_mib: int | None, cpus: int | None, disk_size_mib: int | None,
-                       network: str, allow_host_loopback: bool) -> Manifest:
+                       network: str, allow_host_loopback: bool, created_by: str = "",
+                       progress: "PullProgress | None" = None) -> Manifest:
         from microagent.workspace.disk import grow_rootfs, size_mib
         from microagent.workspace.profiles import check_host_fit, resolve_resources
 
@@ -260,7 +272,7 @@ class WorkspaceStore:
         stage = staging.make(self.root, name)
         visible = False
         try:
-            disk = self._stage_disk(plan, stage)
+            disk = self._stage_disk(plan, stage, progress)
             res = resolve_resources(prof, size_mib(plan.image.disk), memory_mib=memory_mib,
                                     cpus=cpus, disk_size_mib=disk_size_mib)
             check_host_fit(None, None, res.diskSizeMiB, self.root)
@@ -277,6 +289,7 @@ class WorkspaceStore:
                                           rootfsBase=FileDigest.of(img.disk),
                                           init=FileDigest.of(plan.guest_init)),
                 env=env, network=network, publish=published, allowHostLoopback=allow_host_loopback,
+                createdBy=created_by,
             )
             save_manifest(self.root, manifest, directory=stage)
             config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
@@ -314,12 +327,13 @@ class WorkspaceStore:
         return prof, env, published
 
     @staticmethod
-    def _stage_disk(plan: Any, stage: Path) -> Path:
+    def _stage_disk(plan: Any, stage: Path, progress: "PullProgress | None" = None) -> Path:
         """The image's base disk (pulled and built, or cached), copied into ``stage``."""
         from microagent.images.ext4 import copy_disk
         from microagent.images.resolve import resolve_image
 
-        plan.image = resolve_image(plan.image_ref, plan.state_root, plan.guest_init)
+        plan.image = resolve_image(plan.image_ref, plan.state_root, plan.guest_init, architecture=plan.arch,
+                                   progress=progress)
         return copy_disk(plan.image.disk, stage / plan.disk_path.name)
 
     def _refuse_clash(self, name: str) -> None:
@@ -363,8 +377,12 @@ class WorkspaceStore:
 
     # ------------------------------------------------------------ start
 
-    def start(self, name: str, *, boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S) -> Transition:
+    def start(self, name: str, *, boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
+              from_snapshot: str | None = None) -> Transition:
         """Boot a prepared, halted, stopped or failed workspace; return once the guest is ready.
+
+        With ``from_snapshot`` (a tag of this workspace) it is restored from that
+        snapshot instead (its disk and memory replace the workspace's).
 
         :raises NotFound: unknown workspace, or its kernel/guest init is gone.
         :raises Conflict: when its state does not allow a start (naming it).
@@ -373,7 +391,7 @@ class WorkspaceStore:
         """
         from microagent.guestinit import find_guest_init
         from microagent.kernels import ensure_initramfs
-        from microagent.paths import host_arch
+        from microagent.kernels.vmlinux import kernel_architecture
 
         boot_timeout = seconds(boot_timeout, "boot_timeout")
         manifest = self.manifest(name)
@@ -388,16 +406,123 @@ class WorkspaceStore:
                 # Runtime state lost (crash between steps, manual cleanup): prepare again.
                 observed.state = WorkspaceState.PREPARED
             require_state("start", name, observed.state)
-            initrd = ensure_initramfs(kernel.parent, find_guest_init(host_arch()))
+            initrd = ensure_initramfs(kernel.parent, find_guest_init(kernel_architecture(kernel)))
             config = self._boot_config(manifest, initrd, boot_timeout)
+            restore = None
+            if from_snapshot is not None:
+                snap = snapshots.load(self.root, name, snapshots.check_tag(from_snapshot))
+                snap.verify(manifest, FileDigest.of(kernel).sha256, initrd)
+                restore = snap.spec(private=False, generation=snapshots.next_generation(self.root, name))
             if not self.runtime_path(name).exists():
                 client.send("prepare", name, config, timeout=120)
-            resp = client.send("start", name, config, timeout=boot_timeout + 30)
+            resp = client.send("start", name, config, timeout=boot_timeout + 30, snapshot=restore)
         runtime = dict(resp.runtime or {})
         return Transition(name, "start", observed.state,
                           WorkspaceState.parse(resp.event.state if resp.event else "running"),
                           detail=resp.event.detail if resp.event else "",
                           pid=runtime.get("pid"), readiness=resp.readiness, runtime=runtime)
+
+    # ------------------------------------------------------------ snapshots and forks
+
+    def snapshot(self, name: str, tag: str) -> dict[str, Any]:
+        """Save a running or paused workspace as snapshot ``tag``; it stays as it was.
+
+        :raises Conflict: unless running or paused, or when ``tag`` exists.
+        """
+        snapshots.check_tag(tag)
+        manifest = self.manifest(name)
+        with self.lock(name, "snapshot"):
+            observed = self.inspect(name, manifest.backend)
+            if observed.state not in (WorkspaceState.RUNNING, WorkspaceState.PAUSED) or not observed.alive:
+                raise Conflict(f"workspace {name} is {observed.state.value}; snapshot needs one of: "
+                               "running, paused", f"start it with 'microagent start {name}'",
+                               state=observed.state.value, operation="snapshot")
+            staged = snapshots.stage(self.root, name, tag)
+            try:
+                resp = self.client(manifest.backend).send(
+                    "snapshot", name, timeout=600, snapshot=snapshots.SnapshotSpec(path=str(staged)))
+                runtime_config = (observed.runtime.get("config") or
+                                  self.observe(name, manifest.backend).runtime.get("config") or {})
+                snap = snapshots.publish(staged, manifest, tag, dict(resp.runtime or {}), runtime_config)
+            except BaseException:
+                staging.remove(staged)
+                raise
+        return {**snap.summary(), "detail": resp.event.detail if resp.event else ""}
+
+    def snapshots(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The snapshots of ``name`` (or of every workspace), oldest first."""
+        names = [check_name(name)] if name else [m.name for m in list_manifests(self.root)]
+        if name:
+            self.manifest(name)  # NotFound for an unknown workspace
+        return [snap.summary() for n in names for snap in snapshots.list_snapshots(self.root, n)]
+
+    def remove_snapshot(self, name: str, tag: str) -> dict[str, Any]:
+        """:raises NotFound: when ``name`` has no snapshot ``tag``."""
+        snapshots.check_tag(tag)
+        self.manifest(name)
+        with self.lock(name, "snapshot rm"):
+            if not snapshots.remove(self.root, name, tag):
+                raise NotFound(f"workspace {name} has no snapshot {tag}",
+                               f"list them with 'microagent snapshot ls {name}'")
+        return {"workspace": name, "tag": tag, "removed": True}
+
+    def fork(self, name: str, source: str, *, boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
+             created_by: str = "") -> Transition:
+        """A new workspace ``name`` running from snapshot ``source`` (``WORKSPACE:TAG``): a copy
+        of its disk, its memory mapped copy-on-write, a fresh clock, entropy and hostname.
+
+        All or nothing: a fork that does not come up is deleted again.
+        :raises Unsupported: for a snapshot of a networked workspace (not yet).
+        """
+        from microagent.guestinit import find_guest_init
+        from microagent.images.ext4 import copy_disk
+        from microagent.kernels import ensure_initramfs
+        from microagent.kernels.vmlinux import kernel_architecture
+
+        boot_timeout = seconds(boot_timeout, "boot_timeout")
+        check_name(name)
+        src_name, tag = snapshots.parse_source(source)
+        src = self.manifest(src_name)
+        snap = snapshots.load(self.root, src_name, tag)
+        if src.network != "isolated":
+            raise Unsupported(f"snapshot {source} is of a workspace with network {src.network}; forks of "
+                              "networked workspaces are not supported yet",
+                              "fork a snapshot of an isolated workspace, or create and start a new one")
+        kernel = Path(src.verification.kernel.path)
+        initrd = ensure_initramfs(kernel.parent, find_guest_init(kernel_architecture(kernel)))
+        snap.verify(src, FileDigest.of(kernel).sha256, initrd)
+        lock = self.lock(name, "create")
+        with lock:
+            try:
+                staging.reap(self.root, name, locked=True)
+                self._refuse_clash(name)
+                client = self.client(src.backend)
+                stage = staging.make(self.root, name)
+                try:
+                    copy_disk(snap.path / "disk", stage / "rootfs.ext4")
+                    manifest = dataclasses.replace(src, name=name, createdAt=now_rfc3339(),
+                                                   createdBy=created_by)
+                    save_manifest(self.root, manifest, directory=stage)
+                    staging.publish(stage, workspace_dir(self.root, name))
+                except BaseException:
+                    staging.remove(stage)
+                    raise
+                try:
+                    config = self._boot_config(manifest, initrd, boot_timeout)
+                    client.send("prepare", name, config, timeout=120)
+                    resp = client.send("start", name, config, timeout=boot_timeout + 30,
+                                       snapshot=snap.spec(private=True, generation=1))
+                except BaseException:
+                    self._remove_quietly(client, name)
+                    raise
+            except BaseException:
+                lock.unlink_on_release = not self.exists(name)
+                raise
+        runtime = dict(resp.runtime or {})
+        return Transition(name, "create", WorkspaceState.UNKNOWN,
+                          WorkspaceState.parse(resp.event.state if resp.event else "running"),
+                          detail=f"forked from {source}", pid=runtime.get("pid"), readiness=resp.readiness,
+                          runtime=runtime)
 
     # ------------------------------------------------------------ halt, stop, kill, quarantine
 
@@ -571,7 +696,7 @@ class WorkspaceStore:
                 continue
             out.append({"name": m.name, "state": obs.state.value, "pid": obs.pid if obs.alive else None,
                         "backend": m.backend, "image": m.image.ref, "profile": m.profile,
-                        "resources": m.resources, "createdAt": m.createdAt})
+                        "resources": m.resources, "createdAt": m.createdAt, "createdBy": m.createdBy or None})
         return out
 
     def wait(self, name: str, *, timeout: float | None = None, poll_s: float = 0.25) -> Observed:

@@ -126,6 +126,7 @@ class Manifest:
     network: str = "isolated"
     publish: tuple[PortForward, ...] = ()
     allowHostLoopback: bool = False
+    createdBy: str = ""  # who asked for it, when not a person at the CLI (e.g. "mcp")
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -145,6 +146,7 @@ class Manifest:
                         **({"allowHostLoopback": True} if self.allowHostLoopback else {})},
             "createdAt": self.createdAt,
             "verification": self.verification.to_json(),
+            **({"createdBy": self.createdBy} if self.createdBy else {}),
             **self.extra,
         }
 
@@ -160,7 +162,7 @@ class Manifest:
         res: dict[str, Any] = data["resources"] if isinstance(data.get("resources"), dict) else {}
         net: dict[str, Any] = data["network"] if isinstance(data.get("network"), dict) else {}
         known = {"schemaVersion", "name", "image", "backend", "profile", "resources", "env",
-                 "network", "createdAt", "verification"}
+                 "network", "createdAt", "verification", "createdBy"}
         try:
             return Manifest(
                 name=data["name"],
@@ -178,6 +180,7 @@ class Manifest:
                                           host=str(p.get("host", "127.0.0.1")))
                               for p in net.get("publish") or ()),
                 allowHostLoopback=net.get("allowHostLoopback") is True,
+                createdBy=str(data.get("createdBy") or ""),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (TypeError, ValueError, KeyError) as exc:

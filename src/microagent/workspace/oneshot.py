@@ -70,8 +70,11 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         state_dir: str | Path | None = None, supervisor: str | None = None,
         stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False,
         network: str = "isolated", publish: list[str] | None = None,
-        progress: "PullProgress | None" = None, allow_host_loopback: bool = False) -> RunOutcome:
+        progress: "PullProgress | None" = None, allow_host_loopback: bool = False,
+        arch: str | None = None) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
+
+    ``arch`` is the guest architecture (default: the host's; QEMU emulates another).
 
     With an empty ``argv`` the image's Entrypoint + Cmd run, as ``docker run IMAGE`` does.
 
@@ -90,7 +93,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         argv, env=env or (), timeout=timeout, memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout,
         network=network, publish=publish or (), allow_host_loopback=allow_host_loopback)
     plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
-                               memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout)
+                               memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout, arch=arch)
     plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback)
     watch.mark("prepare")
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)

@@ -17,6 +17,7 @@ from microagent.vmkit.types import (
     Identity,
     Request,
     Response,
+    SnapshotSpec,
     new_request_id,
 )
 
@@ -31,13 +32,14 @@ class SupervisorClient:
         return Identity(requestID=new_request_id(), runtimeID=name, role="workload", backend=self.backend)
 
     def send(self, command: str, name: str, config: Config | None = None,
-             exec_spec: ExecSpec | None = None, timeout: float = 600.0) -> Response:
+             exec_spec: ExecSpec | None = None, timeout: float = 600.0,
+             snapshot: SnapshotSpec | None = None) -> Response:
         """Send one command; raises the supervisor's error as a MicroagentError.
 
         When this process holds ``name``'s lock the supervisor inherits it:
         the lock stays held by whoever does the work, even if we are killed.
         """
         cfg = config or Config(stateDir=str(self.state_root))
-        request = Request(command=command, identity=self._identity(name), config=cfg, exec=exec_spec)
+        request = Request(command=command, identity=self._identity(name), config=cfg, exec=exec_spec, snapshot=snapshot)
         exe = find_supervisor(self.backend, self.override)
         return call_supervisor(exe, request, timeout=timeout, lock_fd=held_fd(self.state_root, name))

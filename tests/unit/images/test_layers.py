@@ -199,3 +199,51 @@ def test_resolve_in_root_stays_inside(tmp_path: Path) -> None:
     assert resolve_in_root(root, "up/sbin") == "usr/sbin"
     assert resolve_in_root(root, "loop") is None
     assert resolve_in_root(root, "missing/x") is None
+
+
+# -- the same path again, pipelined inflating ---------------------------------------------------
+
+
+def test_a_path_seen_again_sees_the_pending_file(dirs: tuple[Path, Path]) -> None:
+    """The second entry of a path replaces the first, whatever the kinds."""
+    blobs, root = dirs
+    lay = layer(blobs, [E("a", data=b"first"), E("a", data=b"second", mode=0o600),
+                        E("l", "symlink", link="a"), E("l", data=b"not a link")], "gzip")
+    ledger = extract_layers([lay], root)
+    assert (root / "a").read_bytes() == b"second"
+    assert not (root / "l").is_symlink() and (root / "l").read_bytes() == b"not a link"
+    entry = ledger.get("a")
+    assert entry is not None and entry.mode == 0o600
+
+
+def test_a_queued_file_is_not_a_directory(dirs: tuple[Path, Path]) -> None:
+    blobs, root = dirs
+    lay = layer(blobs, [E("f", data=b"x"), E("f/child", data=b"y")], "gzip")
+    with pytest.raises(Permanent, match="'f' is not a directory"):
+        extract_layers([lay], root)
+
+
+def test_hard_links_and_whiteouts_see_queued_files(dirs: tuple[Path, Path]) -> None:
+    blobs, root = dirs
+    lay = layer(blobs, [E("d/", "dir"), E("d/f", data=b"x"), E("d/g", "hardlink", link="d/f"),
+                        E("d/h", data=b"h")], "gzip")
+    upper = layer(blobs, [E("d/.wh.h"), E("d/.wh..wh..opq"), E("d/new", data=b"n")], "gzip")
+    extract_layers([lay, upper], root)
+    assert sorted(os.listdir(root / "d")) == ["new"]
+
+
+def test_no_thread_outlives_a_build(dirs: tuple[Path, Path]) -> None:
+    """The inflating thread stops on success and on a corrupt layer."""
+    import threading
+
+    blobs, root = dirs
+    before = threading.active_count()
+    good = layer(blobs, [E(f"f{i}", data=b"x" * i) for i in range(50)], "gzip")
+    extract_layers([good], root)
+    corrupt = blob_layer(blobs, good.path.read_bytes()[:200] + b"\x00" * 64,
+                         "application/vnd.oci.image.layer.v1.tar+gzip")
+    root2 = root.parent / "root2"
+    root2.mkdir()
+    with pytest.raises(Permanent, match="truncated or corrupt"):
+        extract_layers([corrupt], root2)
+    assert threading.active_count() == before

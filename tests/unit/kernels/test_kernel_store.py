@@ -213,3 +213,12 @@ def test_ensure_initramfs_without_record_uses_sorted_modules(tmp_path):
     init.write_bytes(b"i")
     blob = ensure_initramfs(kdir, init).read_bytes()
     assert blob.index(b"modules/00-a.ko") < blob.index(b"modules/01-b.ko")
+
+
+@pytest.mark.parametrize("backend", ["qemu", "firecracker"])
+def test_an_x86_kernel_is_refused_for_aarch64(tmp_path, kernels, backend):
+    for kind in ("bz", "vmlinux"):
+        with pytest.raises(Permanent, match="for x86_64, not aarch64") as err:
+            install_kernel(tmp_path, backend, from_file=kernels[kind], arch="aarch64")
+        assert "--arch x86_64" in err.value.remediation
+    assert not (tmp_path / "kernels" / backend / "aarch64").exists()

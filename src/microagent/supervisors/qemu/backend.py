@@ -20,15 +20,21 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from microagent.channel.vm_events import pause_reason
-from microagent.errors import MicroagentError, PolicyDenied, ResourceExhausted
+from microagent.errors import Conflict, MicroagentError, PolicyDenied, ResourceExhausted
 from microagent.host import process
 from microagent.network.pasta import QEMU_USER_NETWORK_ENV as USER_NETWORK_ENV
 from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
-from microagent.supervisors.qemu.argv import qemu_argv
+from microagent.supervisors.qemu import guest_arch, ramfile, snapshot
+from microagent.supervisors.qemu.argv import (
+    device_layout,
+    memory_backend,
+    qemu_argv,
+)
 from microagent.supervisors.qemu.qmp import QMPClient
 from microagent.supervisors.vmm import BootContext, VMMBackend
 from microagent.vmkit.types import Request, Response
@@ -42,6 +48,7 @@ def accel_for(kvm_kind: str) -> str:
 class QemuBackend(VMMBackend):
     name = "qemu"
     boot_files = ("channel.sock", "qmp.sock", "qmp-events.sock", "qemu.pid")
+    supports_snapshots = True
 
     #: how long resume watches for QEMU pausing the VM again at once (the disk still full)
     resume_watch_s = 1.0
@@ -50,6 +57,7 @@ class QemuBackend(VMMBackend):
         facts = require_linux(self.name, versions=True)
         doc = host_document(self.name, facts.tools["qemu"], facts, vsock=True,
                             accel=accel_for(facts.kvm.kind))
+        doc["guestArchitectures"] = guest_arch.guest_architectures(facts, accel_for(facts.kvm.kind))
         return Response(ok=True, backend=self.name, host=doc)
 
     def user_provider(self) -> str:
@@ -66,18 +74,58 @@ class QemuBackend(VMMBackend):
             raise PolicyDenied(f"qemu is not installed: {qemu.error}",
                                "apt-get install qemu-system-x86 (or run 'make install')")
         check_files(request)
-        return BootContext(binary=qemu.path, accel=accel_for(facts.kvm.kind))
+        assert request.config is not None
+        binary, accel = guest_arch.vmm_for(guest_arch.guest_arch(request.config.kernelPath), facts,
+                                           accel_for(facts.kvm.kind))
+        return BootContext(binary=binary, accel=accel)
 
     def spawn(self, request: Request, rt: RuntimeDir,
               ctx: BootContext) -> tuple[subprocess.Popen[bytes], list[str]]:
         assert request.config is not None and request.identity is not None
-        plan = ctx.network
-        argv = qemu_argv(ctx.binary, request.config,
-                         hostname=request.config.hostname or request.identity.runtimeID, accel=ctx.accel,
-                         nic_args=plan.qemu_args() if plan is not None else [])
+        cfg, plan, snap = request.config, ctx.network, request.snapshot
+        if snap is not None and snap.private:
+            memory = memory_backend(cfg, str(Path(snap.path) / snapshot.MEMORY_FILE), share=False)
+        else:
+            ram = ramfile.create(rt.path)
+            memory = memory_backend(cfg, str(ram), share=True)
+        argv = qemu_argv(ctx.binary, cfg, hostname=cfg.hostname or request.identity.runtimeID, accel=ctx.accel,
+                         nic_args=plan.qemu_args() if plan is not None else [], memory_args=memory,
+                         incoming=snap is not None, arch=guest_arch.guest_arch(cfg.kernelPath))
+        if snap is not None:
+            from microagent.images.ext4 import copy_disk
+
+            source = Path(snap.path)
+            snapshot.check_compatible(snap.vmmVersion, snap.layout, snapshot.qemu_version(ctx.binary),
+                                      device_layout(argv))
+            if not snap.private:  # in place: the snapshot's disk, and a copy of its memory to write to
+                snapshot.copy_memory(source / snapshot.MEMORY_FILE, ram)
+                copy_disk(source / snapshot.DISK_FILE, Path(cfg.rootfsPath))
         if plan is not None:
             argv = plan.vmm_prefix() + argv  # inside pasta's namespace, when there is one
         return process.spawn_detached(argv, cwd=rt.path, log_path=rt.vmm_log), argv
+
+    def after_spawn(self, request: Request, rt: RuntimeDir, proc: subprocess.Popen[bytes]) -> None:
+        if request.snapshot is None:
+            return
+        snapshot.load(rt.path / "qmp.sock", Path(request.snapshot.path) / snapshot.STATE_FILE,
+                      lambda: proc.poll() is None)
+
+    def save_vm(self, rt: RuntimeDir, dest: Path, *, resume: bool) -> dict[str, Any]:
+        runtime = rt.runtime()
+        assert runtime is not None
+        argv = list(runtime.argv or [])
+        ram = ramfile.find(rt.path)
+        if ram is None or "-M" not in argv:
+            raise Conflict(f"workspace {rt.path.name} was started without its RAM in a file, so it "
+                           "cannot be snapshotted", "halt it and start it again, then take the snapshot")
+        disk = Path(str((runtime.config or {}).get("rootfsPath", "")))
+        snapshot.save(rt.path / "qmp.sock", dest, ram, disk, resume=resume)
+        return {"vmm": self.name, "vmmVersion": snapshot.qemu_version(argv[argv.index("-M") - 1]),
+                "layout": device_layout(argv)}
+
+    def _unlink_boot_files(self, rt: RuntimeDir) -> None:
+        super()._unlink_boot_files(rt)
+        ramfile.release(rt.path)
 
     def guest_spec(self, rt: RuntimeDir) -> str:
         return f"unix:{rt.channel_socket}"

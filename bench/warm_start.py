@@ -1,0 +1,95 @@
+"""Benchmark: restore from a snapshot → first exec result, against a cold boot → first exec result.
+
+One tiny builtin:busybox workspace (isolated) in a private state root:
+
+- cold:    ``start`` (a full boot: kernel, guest init, channel HELLO) then ``exec true``;
+- restore: ``start --from-snapshot`` of a snapshot taken once the guest was
+           ready (device state + memory + disk; clock, entropy and hostname
+           fixed up), then ``exec true``;
+- fork:    ``create --from-snapshot`` of the same snapshot (disk copy,
+           copy-on-write memory), then ``exec true``, and the fork's private memory.
+
+Each is run ``--runs`` times through the library (what the CLI calls) and
+the medians are compared in the same run: restore/cold is the ratio to watch.
+Snapshot create time is printed too.
+Usage: python bench/warm_start.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from microagent.paths import host_arch, kernel_dir, state_root
+from microagent.sdk import Workspace
+from microagent.workspace.lifecycle import WorkspaceStore
+
+
+def private_mib(pid: int) -> float:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return (int(fields["Private_Dirty"].split()[0]) + int(fields["Private_Clean"].split()[0])) / 1024
+
+
+def first_exec(store: WorkspaceStore, name: str) -> None:
+    ws = Workspace(name, store=store)
+    try:
+        result = ws.exec(["true"])
+    finally:
+        ws.close()
+    assert result.exit_code == 0, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="warm-bench-"))
+    src = kernel_dir(state_root(None), "qemu", host_arch())
+    shutil.copytree(src, kernel_dir(root, "qemu", host_arch()), ignore=shutil.ignore_patterns("initramfs-*"))
+    os.environ["MICROAGENT_STATE_DIR"] = str(root)
+    store = WorkspaceStore(root)
+    cold, warm, fork, fork_mem, snap = [], [], [], [], []
+    try:
+        store.create("bench", profile="tiny")
+        store.start("bench")
+        first_exec(store, "bench")
+        t0 = time.perf_counter()
+        store.snapshot("bench", "ready")
+        snap.append(time.perf_counter() - t0)
+        for i in range(args.runs):
+            store.kill("bench")
+            t0 = time.perf_counter()
+            store.start("bench")
+            first_exec(store, "bench")
+            cold.append(time.perf_counter() - t0)
+            store.kill("bench")
+            t0 = time.perf_counter()
+            store.start("bench", from_snapshot="ready")
+            first_exec(store, "bench")
+            warm.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            t = store.fork(f"fork{i}", "bench:ready")
+            first_exec(store, f"fork{i}")
+            fork.append(time.perf_counter() - t0)
+            fork_mem.append(private_mib(int(t.pid)))
+            store.delete(f"fork{i}", force=True)
+    finally:
+        for m in store.list():
+            store.delete(m["name"], force=True)
+        shutil.rmtree(root, ignore_errors=True)
+    c, w, f = statistics.median(cold), statistics.median(warm), statistics.median(fork)
+    print(f"runs: {args.runs} (builtin:busybox, tiny profile, QEMU)")
+    print(f"snapshot create:                 {snap[0] * 1000:7.0f} ms")
+    print(f"cold boot    -> first exec  p50: {c * 1000:7.0f} ms")
+    print(f"restore      -> first exec  p50: {w * 1000:7.0f} ms   restore/cold = {w / c:.3f}")
+    print(f"fork create  -> first exec  p50: {f * 1000:7.0f} ms   fork/cold    = {f / c:.3f}")
+    print(f"fork private memory (QEMU)  p50: {statistics.median(fork_mem):7.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""QEMU snapshots: a migration stream to a file, with guest RAM in its own file.
+
+Guest RAM lives in a ``memory-backend-file`` (:func:`.argv.memory_backend`), so
+with the ``x-ignore-shared`` capability the migration stream carries only the
+device state (tens of KB, saved in milliseconds); the RAM is the file itself.
+QEMU 7.2 has no ``file:`` migration URI, hence ``exec:cat``.  A state file and
+its memory file are a matched pair: a restore with ``share=on`` writes the
+memory, so an in-place restore maps a copy, and a fork maps the snapshot's
+file ``share=off`` (private copy-on-write).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from microagent.errors import Conflict, Permanent, Transient
+from microagent.supervisors.qemu.qmp import QMPClient
+
+STATE_FILE = "state"
+MEMORY_FILE = "memory"
+DISK_FILE = "disk"
+MIGRATE_TIMEOUT_S = 60.0
+
+_IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
+
+
+def qemu_version(binary: str) -> str:
+    """``QEMU emulator version 7.2.x (…)``'s first line, as recorded and compared."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Permanent(f"cannot ask {binary} for its version: {exc}") from exc
+    return out.splitlines()[0].strip() if out.strip() else "unknown"
+
+
+def _wait_migration(qmp: QMPClient, what: str) -> None:
+    deadline = time.monotonic() + MIGRATE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise Permanent(f"{what} failed: {info.get('error-desc', status)}",
+                            "see vmm.log in the runtime directory")
+        time.sleep(0.005)
+    raise Transient(f"{what} did not finish within {MIGRATE_TIMEOUT_S:.0f}s")
+
+
+def save(qmp_socket: Path, dest: Path, ram: Path, disk: Path, *, resume: bool) -> None:
+    """Pause, write the device state, copy the RAM and disk files into ``dest``; resume
+    when ``resume`` (also after a failure: the VM stays as it was)."""
+    from microagent.images.ext4 import copy_disk
+
+    with QMPClient(qmp_socket, timeout=30.0) as qmp:
+        qmp.execute("stop")
+        try:
+            qmp.execute("migrate-set-capabilities", capabilities=_IGNORE_SHARED)
+            qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(dest / STATE_FILE))}")
+            _wait_migration(qmp, "saving the device state")
+            # the vcpus are stopped and the disks flushed: both files are at rest
+            copy_disk(ram, dest / MEMORY_FILE)
+            copy_disk(disk, dest / DISK_FILE)
+        finally:
+            if resume:
+                qmp.execute("cont")
+
+
+def copy_memory(src: Path, dst: Path) -> None:
+    """The snapshot's memory as this boot's RAM file: reflinked or sparse-copied, not fsynced
+    (the RAM file lives as long as the VM; a crash loses nothing worth keeping)."""
+    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise Permanent(f"cannot copy the snapshot's memory {src}: {proc.stderr.strip()}",
+                        "check the free space of the state directory's disk")
+
+
+def check_compatible(recorded_version: str, recorded_layout: str, version: str, layout: str) -> None:
+    """:raises Conflict: when this QEMU or this device layout is not the snapshot's."""
+    if recorded_version and recorded_version != version:
+        raise Conflict(f"the snapshot was saved by {recorded_version!r}, this host runs {version!r}; "
+                       "QEMU does not promise to load another version's microvm state",
+                       "take a new snapshot with this QEMU (a cold start works)")
+    if recorded_layout and recorded_layout != layout:
+        raise Conflict(f"the snapshot's device layout differs from this workspace's: "
+                       f"saved {recorded_layout!r}, now {layout!r}",
+                       "restore it into a workspace with the same memory, CPUs, disks and network")
+
+
+def _connect(qmp_socket: Path, vmm_alive: Callable[[], bool], timeout: float = 10.0) -> QMPClient:
+    """QMP of a QEMU just spawned: its socket may not exist, or not listen, yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return QMPClient(qmp_socket, timeout=30.0)
+        except Transient:
+            if not vmm_alive() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
+def load(qmp_socket: Path, state: Path, vmm_alive: Callable[[], bool]) -> None:
+    """Feed a QEMU started with ``-incoming defer`` the saved state; it runs when done."""
+    with _connect(qmp_socket, vmm_alive) as qmp:
+        qmp.execute("migrate-set-capabilities", capabilities=_IGNORE_SHARED)
+        qmp.execute("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
+        _wait_migration(qmp, "loading the snapshot")
+        if not qmp.execute("query-status").get("running"):
+            qmp.execute("cont")
