@@ -26,6 +26,8 @@ def _request(command: str, tmp_path: Path) -> dict[str, object]:
     if command != "host":
         raw["identity"] = {"requestID": "r", "runtimeID": "ws1", "role": "workload", "backend": "apple-vf"}
         raw["config"] = {"stateDir": str(tmp_path), "kernelPath": "/k", "rootfsPath": "/r"}
+    if command == "snapshot":  # a well-formed request, so the answer is about the host
+        raw["snapshot"] = {"path": str(tmp_path / "snap")}
     return raw
 
 

@@ -29,4 +29,4 @@ class ForeignHostBackend(Backend):
         )
 
     host = check = prepare = start = run = inspect = halt = _refuse
-    quarantine = stop = kill = delete = pause = resume = console = _refuse
+    quarantine = stop = kill = delete = pause = resume = snapshot = console = _refuse
