@@ -7,7 +7,10 @@ One tiny builtin:busybox workspace (isolated) in a private state root:
            ready (device state + memory + disk; clock, entropy and hostname
            fixed up), then ``exec true``;
 - fork:    ``create --from-snapshot`` of the same snapshot (disk copy,
-           copy-on-write memory), then ``exec true``, and the fork's private memory.
+           copy-on-write memory), then ``exec true``, and the fork's private memory;
+- run:     ``run builtin:busybox -- true`` end to end (plan, disk, boot or
+           restore, exec, kill, delete): ``--cold`` against the warm path
+           (the image's boot snapshot, saved by one run beforehand).
 
 Each is run ``--runs`` times through the library (what the CLI calls) and
 the medians are compared in the same run: restore/cold is the ratio to watch.
@@ -28,6 +31,7 @@ from pathlib import Path
 from microagent.paths import host_arch, kernel_dir, state_root
 from microagent.sdk import Workspace
 from microagent.workspace.lifecycle import WorkspaceStore
+from microagent.workspace.oneshot import run
 
 
 def private_mib(pid: int) -> float:
@@ -53,8 +57,17 @@ def main() -> None:
     shutil.copytree(src, kernel_dir(root, "qemu", host_arch()), ignore=shutil.ignore_patterns("initramfs-*"))
     os.environ["MICROAGENT_STATE_DIR"] = str(root)
     store = WorkspaceStore(root)
-    cold, warm, fork, fork_mem, snap = [], [], [], [], []
+    cold, warm, fork, fork_mem, snap, run_cold, run_warm = [], [], [], [], [], [], []
+
+    def timed_run(cold: bool) -> float:
+        t0 = time.perf_counter()
+        outcome = run("builtin:busybox", ["true"], state_dir=root, cold=cold)
+        took = time.perf_counter() - t0
+        assert outcome.exit_code == 0 and outcome.warm is not cold, outcome
+        return took
+
     try:
+        assert run("builtin:busybox", ["true"], state_dir=root).exit_code == 0  # saves the boot snapshot
         store.create("bench", profile="tiny")
         store.start("bench")
         first_exec(store, "bench")
@@ -78,6 +91,8 @@ def main() -> None:
             fork.append(time.perf_counter() - t0)
             fork_mem.append(private_mib(int(t.pid)))
             store.delete(f"fork{i}", force=True)
+            run_cold.append(timed_run(cold=True))
+            run_warm.append(timed_run(cold=False))
     finally:
         for m in store.list():
             store.delete(m["name"], force=True)
@@ -89,6 +104,9 @@ def main() -> None:
     print(f"restore      -> first exec  p50: {w * 1000:7.0f} ms   restore/cold = {w / c:.3f}")
     print(f"fork create  -> first exec  p50: {f * 1000:7.0f} ms   fork/cold    = {f / c:.3f}")
     print(f"fork private memory (QEMU)  p50: {statistics.median(fork_mem):7.1f} MiB")
+    rc, rw = statistics.median(run_cold), statistics.median(run_warm)
+    print(f"run -- true  --cold         p50: {rc * 1000:7.0f} ms")
+    print(f"run -- true  warm           p50: {rw * 1000:7.0f} ms   warm/cold    = {rw / rc:.3f}")
 
 
 if __name__ == "__main__":

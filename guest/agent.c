@@ -14,6 +14,7 @@
  *       session_exec.c     exec and shell (user.c: passwd/group lookups)
  *       session_file.c     put and get
  *       session_forward.c  forward
+ *       session_accept.c   accept (forward in reverse: the egress proxy)
  *   frame.c, json.c, util.c   framing, JSON, logging/clocks/buffers */
 #define _GNU_SOURCE
 #include "agent.h"
@@ -249,7 +250,7 @@ static void send_hello(struct agent *a)
     sb_printf(&b,
               "{\"protocol\":\"microagent-channel\",\"version\":1,\"role\":\"guest\","
               "\"agent\":\"%s\",\"pid\":%d,\"generation\":%lld,"
-              "\"features\":[\"exec\",\"shell\",\"put\",\"get\",\"forward\",\"shutdown\",\"restore\"]}",
+              "\"features\":[\"exec\",\"shell\",\"put\",\"get\",\"forward\",\"accept\",\"shutdown\",\"restore\"]}",
               MA_AGENT_NAME, (int)getpid(), (long long)a->generation);
     frame_put(&a->host.outq, 0, F_HELLO, b.data + b.off, buf_used(&b));
     buf_free(&b);
@@ -380,6 +381,7 @@ static const struct {
     { "put", &put_session_ops },
     { "get", &get_session_ops },
     { "forward", &forward_session_ops },
+    { "accept", &accept_session_ops },
 };
 
 static const struct session_ops *kind_ops(const char *name)
@@ -662,7 +664,10 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         int timeout = -1;
         int64_t now = now_mono_ms();
         for (struct session *s = a->host.sessions; s; s = s->next) {
-            s->pidx_in = s->pidx_out[1] = s->pidx_out[2] = -1;
+            s->pidx_in = s->pidx_out[1] = s->pidx_out[2] = s->pidx_wait = -1;
+            int wfd = s->ops->wait_fd ? s->ops->wait_fd(s) : -1;
+            if (wfd >= 0)
+                s->pidx_wait = ps_add(&ps, wfd, POLLIN);
             if (s->in_fd >= 0 && !s->in_closed && (buf_used(&s->inbuf) > 0 || s->connecting))
                 s->pidx_in = ps_add(&ps, s->in_fd, POLLOUT);
             for (int st = 1; st <= 2; st++)
@@ -692,6 +697,8 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         struct session *next;
         for (struct session *s = a->host.sessions; s; s = next) {
             next = s->next;
+            if (s->pidx_wait >= 0 && ps_revents(&ps, s->pidx_wait, s->ops->wait_fd(s)))
+                s->ops->on_wait_ready(s);
             short rin = ps_revents(&ps, s->pidx_in, s->in_fd);
             if (rin) {
                 /* A failed connect ends the session; no session is created

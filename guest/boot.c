@@ -422,6 +422,17 @@ static char *read_boot_config(struct agent *a, struct jdoc *doc)
     return text;
 }
 
+/* "proxy": {"port": N}: the egress proxy's port on the guest's loopback,
+ * listening before any process starts (docs/egress.md). */
+static void listen_proxy(const struct jv *proxy)
+{
+    int64_t port = 0;
+    if (!proxy || jfield_int(proxy, "port", 1, 65535, &port) != 1)
+        return;
+    if (accept_listen((int)port) < 0)
+        ma_log("proxy: listen 127.0.0.1:%d: %s", (int)port, strerror(errno));
+}
+
 static int open_channel(struct agent *a)
 {
     const char *spec = g_cfg.channel;
@@ -463,6 +474,7 @@ void pid1_main(void)
     char *cfg_text = read_boot_config(&agent, &cfg_doc);
     set_hostname(g_cfg.hostname);
     net_setup(cfg_doc.root ? jget(cfg_doc.root, "network") : NULL, g_cfg.hostname);
+    listen_proxy(cfg_doc.root ? jget(cfg_doc.root, "proxy") : NULL);
     json_free(&cfg_doc);
     free(cfg_text);
     if (open_channel(&agent) < 0) {

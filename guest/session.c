@@ -26,7 +26,7 @@ struct session *session_new(struct session_host *h, uint32_t id, const struct se
         s->credit[i] = INITIAL_WINDOW;
         s->pidx_out[i] = -1;
     }
-    s->pidx_in = -1;
+    s->pidx_in = s->pidx_wait = -1;
     s->next = h->sessions;
     h->sessions = s;
     return s;

@@ -56,11 +56,28 @@ struct session_ops {
     pid_t (*process_group)(const struct session *s);
     /* Release the kind's resources (processes, temp files); sends nothing. */
     void (*destroy)(struct session *s);
+    /* An fd to poll for POLLIN besides the session's streams (accept: the
+     * shared listener while the session waits for a connection), or -1.
+     * NULL: none. */
+    int (*wait_fd)(const struct session *s);
+    /* wait_fd is readable. */
+    void (*on_wait_ready)(struct session *s);
 };
 
 /* The kinds a host may OPEN. */
 extern const struct session_ops exec_session_ops, shell_session_ops, put_session_ops,
-    get_session_ops, forward_session_ops;
+    get_session_ops, forward_session_ops, accept_session_ops;
+
+/* forward and accept share the spliced-socket behaviour (session_forward.c):
+ * the host's EOF becomes the socket's FIN; EXIT once both directions ended. */
+void forward_half_close(struct session *s);
+bool forward_finish(struct session *s);
+
+/* Listen on 127.0.0.1:port for accept sessions (session_accept.c); guest
+ * init calls it at boot when the per-boot config asks for a proxy port, so
+ * connections made before the host opens its first accept wait in the
+ * backlog. Returns 0, or -1 with errno. */
+int accept_listen(int port);
 
 struct session {
     struct session *next;
@@ -98,7 +115,7 @@ struct session {
     int64_t deadline_ms; /* monotonic: when check_timeout has work; 0 = none */
 
     /* poll() bookkeeping: indices into the agent's pollfd array. */
-    int pidx_in, pidx_out[3];
+    int pidx_in, pidx_out[3], pidx_wait;
 };
 
 /* Allocate ops->size bytes, link the session into host's list. */

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +29,8 @@
 #endif
 
 #define BASE_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-extern char **environ;
+/* What execvp searches when the environment has no PATH (musl's default). */
+#define DEFAULT_PATH "/usr/local/bin:/bin:/usr/bin"
 
 struct exec_session {
     struct session s;
@@ -159,13 +161,88 @@ static void __attribute__((noreturn)) child_fail(int fd, int stage, int err)
     _exit(127);
 }
 
+/* The signals whose disposition in the agent is not the default (its
+ * handlers, SIGPIPE ignored, whatever it inherited ignored): the child puts
+ * back only these, not every signal. Noted once, at the first spawn: the
+ * agent sets its dispositions before it serves any session. */
+static int g_changed_signals[NSIG];
+static int g_n_changed_signals = -1;
+
+static void note_changed_signals(void)
+{
+    if (g_n_changed_signals >= 0)
+        return;
+    g_n_changed_signals = 0;
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+            continue;
+        if (sa.sa_handler != SIG_DFL)
+            g_changed_signals[g_n_changed_signals++] = sig;
+    }
+}
+
+static const char *env_get(char **envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (; *envp; envp++)
+        if (strncmp(*envp, name, n) == 0 && (*envp)[n] == '=')
+            return *envp + n + 1;
+    return NULL;
+}
+
+/* execvp with an explicit environment, as musl's: a name without '/' is
+ * looked up in the env's PATH (an empty entry is the working directory),
+ * EACCES remembered while the search goes on, no /bin/sh retry on ENOEXEC.
+ * Each candidate is checked with access() first, so a miss costs a path
+ * lookup rather than a failed execve (which builds a new mm and copies argv
+ * and env into it before it opens the file). Returns the errno to report. */
+static int exec_search(char **argv, char **envp)
+{
+    const char *file = argv[0];
+    if (!*file)
+        return ENOENT;
+    if (strchr(file, '/')) {
+        execve(file, argv, envp);
+        return errno;
+    }
+    const char *path = env_get(envp, "PATH");
+    if (!path)
+        path = DEFAULT_PATH;
+    size_t flen = strnlen(file, NAME_MAX + 1);
+    if (flen > NAME_MAX)
+        return ENAMETOOLONG;
+    bool seen_eacces = false;
+    char buf[PATH_MAX];
+    for (const char *p = path;; p++) {
+        const char *z = strchrnul(p, ':');
+        size_t dlen = (size_t)(z - p);
+        if (dlen + 1 + flen < sizeof buf) {
+            memcpy(buf, p, dlen);
+            buf[dlen] = '/';
+            memcpy(buf + dlen + (dlen > 0), file, flen + 1);
+            int err = access(buf, X_OK) == 0 ? (execve(buf, argv, envp), errno) : errno;
+            if (err == EACCES)
+                seen_eacces = true;
+            else if (err != ENOENT && err != ENOTDIR)
+                return err;
+        }
+        if (!*z)
+            break;
+        p = z;
+    }
+    return seen_eacces ? EACCES : ENOENT;
+}
+
+/* Runs in a vfork-style child (clone with CLONE_VM | CLONE_VFORK): it shares
+ * the agent's memory until execve, so it writes nothing but its own stack
+ * and the kernel's per-process state (fds, credentials, dispositions), and
+ * sets credentials with raw syscalls (musl's wrappers sync "all threads"
+ * through shared state). The agent waits, suspended, until it execs or exits. */
 static void __attribute__((noreturn)) child_main(const struct child_args *c)
 {
-    for (int sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP)
-            continue;
-        signal(sig, SIG_DFL);
-    }
+    for (int i = 0; i < g_n_changed_signals; i++)
+        signal(g_changed_signals[i], SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -203,8 +280,8 @@ static void __attribute__((noreturn)) child_main(const struct child_args *c)
     syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
 
     if (c->user->do_switch) {
-        if (setgroups((size_t)c->user->ngroups, c->user->groups) < 0 ||
-            setgid(c->user->gid) < 0 || setuid(c->user->uid) < 0)
+        if (syscall(SYS_setgroups, (size_t)c->user->ngroups, c->user->groups) < 0 ||
+            syscall(SYS_setgid, c->user->gid) < 0 || syscall(SYS_setuid, c->user->uid) < 0)
             child_fail(c->report_w, CE_USER, errno);
     }
     if (c->cwd) {
@@ -213,9 +290,12 @@ static void __attribute__((noreturn)) child_main(const struct child_args *c)
     } else if (chdir(c->user->home) < 0 && chdir("/") < 0) {
         child_fail(c->report_w, CE_CWD, errno);
     }
-    environ = c->envp;
-    execvp(c->argv[0], c->argv);
-    child_fail(c->report_w, CE_EXEC, errno);
+    child_fail(c->report_w, CE_EXEC, exec_search(c->argv, c->envp));
+}
+
+static int child_entry(void *arg)
+{
+    child_main(arg);
 }
 
 /* ---- parse: the OPEN request -> a validated spec ------------------------ */
@@ -412,12 +492,16 @@ static bool child_failed(struct exec_stdio *io, pid_t pid, const struct child_ar
  * filled. The child's ends of io are closed either way. */
 static pid_t fork_child(const struct child_args *ca, struct exec_stdio *io, struct start_failure *f)
 {
+    note_changed_signals();
+    /* The child's stack while it shares the agent's memory: one at a time
+     * uses it, as the agent is single-threaded and suspended until the child
+     * execs or exits. */
+    static char child_stack[32 << 10] __attribute__((aligned(16)));
     sigset_t all, old;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t pid = fork();
-    if (pid == 0)
-        child_main(ca);
+    pid_t pid = clone(child_entry, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD,
+                      (void *)ca);
     int fork_errno = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {

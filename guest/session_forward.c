@@ -124,14 +124,14 @@ static void forward_on_writable(struct session *s)
 }
 
 /* Half-close: the host's EOF becomes the connection's FIN. */
-static void forward_on_input_eof(struct session *s)
+void forward_half_close(struct session *s)
 {
     if (s->in_fd >= 0)
         shutdown(s->in_fd, SHUT_WR);
     session_close_in(s);
 }
 
-static bool forward_maybe_finish(struct session *s)
+bool forward_finish(struct session *s)
 {
     if (s->connecting || !s->out_eof_sent[1])
         return false;
@@ -149,7 +149,7 @@ static bool forward_maybe_finish(struct session *s)
 const struct session_ops forward_session_ops = {
     .size = sizeof(struct session),
     .open = forward_open,
-    .on_input_eof = forward_on_input_eof,
+    .on_input_eof = forward_half_close,
     .on_writable = forward_on_writable,
-    .maybe_finish = forward_maybe_finish,
+    .maybe_finish = forward_finish,
 };

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -113,7 +114,7 @@ static bool group_scan(const char *group_name, gid_t *gid_out, struct user_info 
     return found;
 }
 
-int user_resolve(const char *spec, struct user_info *u, const char **code, char *msg, size_t msglen)
+static int user_lookup(const char *spec, struct user_info *u, const char **code, char *msg, size_t msglen)
 {
     memset(u, 0, sizeof *u);
     *code = NULL;
@@ -191,4 +192,68 @@ int user_resolve(const char *spec, struct user_info *u, const char **code, char 
         return -1;
     }
     return 0;
+}
+
+/* What a resolution read: /etc/passwd and /etc/group as they were (a changed
+ * file has another inode, size, mtime or ctime). */
+struct file_version {
+    bool present;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+};
+
+static void file_version(const char *path, struct file_version *v)
+{
+    struct stat st;
+    memset(v, 0, sizeof *v);
+    if (stat(path, &st) == 0)
+        *v = (struct file_version){ true, st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim };
+}
+
+static bool same_version(const struct file_version *a, const struct file_version *b)
+{
+    return a->present == b->present && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+           a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+/* The last successful resolution: most execs ask for the same user (often
+ * none), so two stat calls replace reading and parsing both files. */
+static struct {
+    bool valid, spec_null;
+    char spec[128];
+    uid_t euid;
+    gid_t egid;
+    struct file_version passwd, group;
+    struct user_info u;
+} g_last;
+
+int user_resolve(const char *spec, struct user_info *u, const char **code, char *msg, size_t msglen)
+{
+    struct file_version pw, gr;
+    file_version("/etc/passwd", &pw);
+    file_version("/etc/group", &gr);
+    uid_t euid = geteuid();
+    gid_t egid = getegid();
+    if (g_last.valid && g_last.spec_null == !spec && (!spec || strcmp(g_last.spec, spec) == 0) &&
+        g_last.euid == euid && g_last.egid == egid && same_version(&g_last.passwd, &pw) &&
+        same_version(&g_last.group, &gr)) {
+        *u = g_last.u;
+        *code = NULL;
+        return 0;
+    }
+    int r = user_lookup(spec, u, code, msg, msglen);
+    g_last.valid = r == 0 && (!spec || strlen(spec) < sizeof g_last.spec);
+    if (g_last.valid) {
+        g_last.spec_null = !spec;
+        snprintf(g_last.spec, sizeof g_last.spec, "%s", spec ? spec : "");
+        g_last.euid = euid;
+        g_last.egid = egid;
+        g_last.passwd = pw;
+        g_last.group = gr;
+        g_last.u = *u;
+    }
+    return r;
 }

@@ -2,9 +2,10 @@
  * through the frame decoder into the agent's frame dispatch (agent.c) and
  * the exec request parser (session_exec.c), as they do from the host.
  *
- * No process is ever started: fork() and kill() are linked to the stubs
- * below (-Wl,--wrap), so an "exec" either fails to fork or runs as a
- * pretend child whose pipes stay open. put/get/forward, which touch files
+ * No process is ever started: fork(), clone() (the exec spawn path) and
+ * kill() are linked to the stubs below (-Wl,--wrap), so an "exec" either
+ * fails to start or runs as a pretend child whose pipes stay open. Without
+ * them the fuzzer would run the argv it generates on the host. put/get/forward, which touch files
  * and the network, are stubbed to open sessions that accept stream-0 data.
  *
  * Beyond sanitizer reports it checks that everything the guest queues for
@@ -26,6 +27,12 @@ pid_t __wrap_fork(void)
     return 0x3ffffff0; /* no such process; kill() below never sends */
 }
 
+int __wrap_clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
+{
+    (void)fn, (void)stack, (void)flags, (void)arg;
+    return __wrap_fork(); /* the child function never runs */
+}
+
 int __wrap_kill(pid_t pid, int sig)
 {
     (void)pid;
@@ -42,6 +49,7 @@ const struct session_ops put_session_ops = { .size = sizeof(struct session), .op
                                              .on_data = stub_on_data };
 const struct session_ops get_session_ops = { .size = sizeof(struct session), .open = stub_discarding_open };
 const struct session_ops forward_session_ops = { .size = sizeof(struct session), .open = stub_open };
+const struct session_ops accept_session_ops = { .size = sizeof(struct session), .open = stub_open };
 
 /* What the guest sends back must decode, and JSON frames must parse. */
 static void check_reply(void *ctx, const struct frame *f)

@@ -9,9 +9,7 @@ of the current user that nobody else can write (created 0700 when missing).
 from __future__ import annotations
 
 import os
-import platform
 import stat
-import tempfile
 from pathlib import Path
 
 from microagent.errors import PolicyDenied
@@ -22,6 +20,8 @@ ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "ar
 
 def host_arch() -> str:
     """The host architecture in microagent's spelling (``x86_64`` or ``aarch64``)."""
+    import platform  # here, not at the top: the CLI's exec path does not need it
+
     machine = platform.machine().lower()
     return ARCH_ALIASES.get(machine, machine)
 
@@ -43,6 +43,8 @@ def state_root(override: str | os.PathLike[str] | None = None) -> Path:
     elif os.environ.get("HOME"):
         root = Path(os.environ["HOME"]) / ".microagent"
     else:
+        import tempfile
+
         root = Path(tempfile.gettempdir()) / "microagent"
     return require_private_root(root)
 

@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microagent.fsutil import (
     atomic_write,
@@ -37,7 +37,9 @@ from microagent.paths import (
     workspace_dir,
 )
 from microagent.vmkit.states import LIVE_STATES, WorkspaceState
-from microagent.vmkit.types import Event, Identity, to_wire
+
+if TYPE_CHECKING:  # the wire types (msgspec) load only to record: readers (exec's state check) skip them
+    from microagent.vmkit.types import Event, Identity
 
 #: Recorded states in which a VMM may be running from the directory (it must not move then).
 _VMM_MAY_RUN = LIVE_STATES | {WorkspaceState.FAILED}
@@ -210,6 +212,8 @@ class RuntimeDir:
 
         ``best_effort``: on a full disk skip what cannot be written rather than raise.
         """
+        from microagent.vmkit.types import Event
+
         state = WorkspaceState(state)
         event = Event(identity=identity, state=state.value, detail=detail)
         runtime = (self.runtime() or RuntimeRecord()).updated(**runtime_updates, state=state,
@@ -220,6 +224,8 @@ class RuntimeDir:
 
     def record_event(self, event: Event, *, best_effort: bool = False) -> None:
         """Write ``event.json`` and append the event to ``events.jsonl``."""
+        from microagent.vmkit.types import to_wire
+
         doc = to_wire(event)
         write_json_atomic(self.event_json, doc, best_effort=best_effort)
         try:

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["Workspace", "run"]
 
 EnvArg = Mapping[str, str] | Sequence[str] | None
+#: hosts to allow, or {"allowHosts": [...], "allowCidrs": [...]} (docs/egress.md)
+EgressArg = Sequence[str] | Mapping[str, Sequence[str]] | None
 
 
 def _env_list(env: EnvArg) -> list[str]:
@@ -116,7 +118,7 @@ class Workspace:
     def create(cls, name: str, image: str = DEFAULT_IMAGE, *, profile: str | None = None,
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
                env: EnvArg = None, network: str = "isolated", allow_host_loopback: bool = False,
-               backend: str | None = None,
+               backend: str | None = None, egress: EgressArg = None,
                start: bool = True, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
                supervisor: str | None = None, from_snapshot: str | None = None) -> "Workspace":
         """Create workspace ``name`` from ``image`` and (unless ``start=False``) boot it.
@@ -129,13 +131,16 @@ class Workspace:
         :param start: boot it now (``False``: leave it ``prepared``).
         :param allow_host_loopback: let the guest reach the host through its gateway (``user``:
             the host's loopback); off by default (docs/network.md).
-        :raises InvalidRequest: unsafe name, unknown profile, bad env.
+        :param egress: the guest's egress allowlist (docs/egress.md): host names (``.suffix``
+            for subdomains), or ``{"allowHosts": [...], "allowCidrs": [...]}``; needs ``isolated``.
+        :raises InvalidRequest: unsafe name, unknown profile, bad env, a malformed egress entry.
         :raises Conflict: a workspace of that name exists.
         :raises NotFound: kernel, guest init or host tool missing.
         :raises Transient: the guest did not come up in ``boot_timeout`` (the
             workspace is left ``failed``; it is not deleted).
         """
         boot_timeout = seconds(boot_timeout, "boot_timeout")  # before anything is built
+        policy = _egress_policy(network, egress)
         ws = cls(name, state_dir=state_dir, supervisor=supervisor)
         if from_snapshot is not None:
             ws._store.fork(name, from_snapshot, boot_timeout=boot_timeout)
@@ -143,7 +148,7 @@ class Workspace:
             return ws
         ws._store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
                          disk_size_mib=disk_size_mib, env=_env_list(env), network=network,
-                         allow_host_loopback=allow_host_loopback, backend=backend)
+                         allow_host_loopback=allow_host_loopback, backend=backend, egress=policy)
         ws._created = True
         if start:
             ws.start(boot_timeout=boot_timeout)
@@ -206,14 +211,16 @@ class Workspace:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, *, boot_timeout: float = 60.0, from_snapshot: str | None = None) -> "Workspace":
+    def start(self, *, boot_timeout: float = 60.0, from_snapshot: str | None = None,
+              cold: bool = False) -> "Workspace":
         """Boot it (from prepared, halted, stopped or failed); returns when the guest is ready.
 
         :param from_snapshot: a tag of this workspace's: restore it instead of booting.
+        :param cold: boot even when its image's boot snapshot could be restored (docs/snapshots.md).
         :raises Conflict: from any other state.
         """
         self.close()
-        self._store.start(self.name, boot_timeout=boot_timeout, from_snapshot=from_snapshot)
+        self._store.start(self.name, boot_timeout=boot_timeout, from_snapshot=from_snapshot, cold=cold)
         return self
 
     def snapshot(self, tag: str) -> dict[str, Any]:
@@ -352,13 +359,28 @@ class Workspace:
         timeout = optional_seconds(timeout, "timeout")
         return self._guest().send_line(line, timeout=timeout)
 
+    def set_egress(self, egress: EgressArg) -> dict[str, Any]:
+        """Replace the egress allowlist (as ``egress=`` of :meth:`create`); a running
+        workspace applies it from its next connection (docs/egress.md).
+
+        :returns: ``{"egress": {...}, "applied": bool}``.
+        """
+        from microagent.workspace.egress import set_policy
+
+        return set_policy(self._store, self.name, _egress_policy("isolated", egress if egress is not None else []))
+
 
 def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: str | None = None,
         user: str | None = None, timeout: float | None = None, memory_mib: int = 512, cpus: int = 1,
         backend: str | None = None, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
         supervisor: str | None = None, stdout: "OutputSink | None" = None,
-        stderr: "OutputSink | None" = None) -> "ExecResult":
+        stderr: "OutputSink | None" = None, egress: "EgressArg" = None, cold: bool = False) -> "ExecResult":
     """Boot a throwaway VM from ``image``, run ``argv``, tear it all down, return the result.
+
+    It restores the image's boot snapshot instead of booting when it can
+    (docs/snapshots.md); ``cold`` boots regardless.
+
+    ``egress``: as for :meth:`Workspace.create` (docs/egress.md).
 
     :raises Unsupported: a backend or image this host cannot serve.
     :raises NotFound: kernel, guest init or host tool missing.
@@ -369,6 +391,22 @@ def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: s
     outcome = run_oneshot(image, _argv(argv), backend=backend, env=_env_list(env), workdir=workdir,
                           user=user, timeout=timeout, memory_mib=memory_mib, cpus=cpus,
                           boot_timeout=boot_timeout, state_dir=state_dir, supervisor=supervisor,
-                          stdout=stdout, stderr=stderr)  # type: ignore[arg-type]
+                          stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
+                          egress=_egress_policy("isolated", egress), cold=cold)
     result: ExecResult = outcome.result
     return result
+
+
+
+def _egress_policy(network: str, egress: EgressArg) -> Any:
+    """The checked policy for an ``egress=`` argument, or ``None``."""
+    if egress is None:
+        return None
+    from microagent.egress.options import policy_from_options
+
+    if isinstance(egress, Mapping):
+        hosts, cidrs = tuple(egress.get("allowHosts") or ()), tuple(egress.get("allowCidrs") or ())
+        return policy_from_options(network, hosts, cidrs, deny_all=not hosts and not cidrs)
+    if isinstance(egress, str):
+        egress = [egress]
+    return policy_from_options(network, tuple(egress), (), deny_all=not egress)

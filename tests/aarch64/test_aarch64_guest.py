@@ -1,5 +1,5 @@
-"""A real aarch64 guest, emulated by TCG: create → start → exec → cp → halt → delete
-(one boot).  The kernel is Debian's arm64 cloud kernel, the image builtin:busybox
+"""A real aarch64 guest, emulated by TCG: create → start → exec → cp → publish → halt
+→ delete (one boot).  The kernel is Debian's arm64 cloud kernel, the image builtin:busybox
 from Debian's arm64 busybox-static, the init cross-built by zig cc."""
 
 from __future__ import annotations
@@ -9,16 +9,21 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support_registry import free_port
+
+from microagent.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
 NAME = "arm1"
+PUBLISHED_PORT = free_port()  # on the host's 127.0.0.1, served by the channel helper
 BOOT_TIMEOUT = "240"  # TCG emulates every instruction: a boot takes seconds, a busy host more
 
 
@@ -35,7 +40,8 @@ def cli_json(*args: str, expect: int = 0) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def workspace(a64_state: Path) -> Iterator[str]:
-    doc = cli_json("create", NAME, "--arch", "aarch64", "--profile", "tiny")
+    doc = cli_json("create", NAME, "--arch", "aarch64", "--profile", "tiny",
+                   "--network", "user", "--publish", f"{PUBLISHED_PORT}:8080")
     assert doc["state"] == "prepared"
     try:
         assert cli_json("start", NAME, "--boot-timeout", BOOT_TIMEOUT)["state"] == "running"
@@ -61,6 +67,25 @@ def test_cp_both_ways(workspace: str, tmp_path: Path) -> None:
     out = tmp_path / "out.bin"
     cli_json("cp", f"{workspace}:/root/in.bin", str(out))
     assert out.read_bytes() == local.read_bytes()
+
+
+def test_publish_reaches_a_guest_server(workspace: str) -> None:
+    proc = cli("exec", workspace, "--", "sh", "-c",
+               "mkdir -p /www && echo served-by-aarch64 > /www/index.html && httpd -p 8080 -h /www")
+    assert proc.returncode == 0, proc.stderr
+    body = b""
+
+    def fetched() -> bool:
+        nonlocal body
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PUBLISHED_PORT}/index.html", timeout=10) as resp:
+                body = resp.read()
+        except OSError:
+            return False
+        return True
+
+    assert wait_until(fetched, timeout=60, interval=0.2), f"nothing answered on 127.0.0.1:{PUBLISHED_PORT}"
+    assert body == b"served-by-aarch64\n"
 
 
 def test_halt_ends_the_vm(workspace: str) -> None:

@@ -1,7 +1,8 @@
 """Fixtures for the apple-vf backend, tested on Linux against ``FakeVirtualization``.
 
 - ``fake_vz``: a fresh :class:`applevf.fake_vz.FakeVirtualization`.
-- ``vm_files``: dummy kernel, initramfs, root and data disks under ``tmp_path``.
+- ``vm_files``: the real aarch64 kernel and initramfs (linked under ``tmp_path``,
+  installed once per machine: :func:`applevf.harness.aarch64_guest_files`), dummy disks.
 - ``guest_init``: the built ``microagent-init`` (the fake VM's guest runs it
   in agent mode), or a skip saying it is not built.
 - ``applevf``: an :class:`applevf.harness.AppleVF` (the real backend

@@ -20,9 +20,39 @@ HERE = Path(__file__).resolve().parent
 FAKE_VMHOST = HERE / "fake_vmhost.py"
 
 
+REPO = HERE.parents[1]
+#: a state root of its own for the real apple-vf kernel (outside the user's ~/.microagent)
+KERNEL_ROOT = REPO / ".cache" / "applevf-state"
+
+
+def aarch64_guest_files() -> tuple[Path, Path]:
+    """The real apple-vf guest files: Debian's arm64 ``Image`` and the initramfs with the aarch64 init.
+
+    The kernel is installed once per machine with ``install_kernel(…, "apple-vf",
+    arch="aarch64")`` (the .deb from the user's apt-downloaded cache when it is
+    there), the initramfs built by the same ``ensure_initramfs`` a boot uses.
+    """
+    import fcntl
+
+    from microagent.guestinit import find_guest_init as find
+    from microagent.kernels import debian, ensure_initramfs, install_kernel
+    from microagent.paths import kernel_dir, state_root
+
+    kdir = kernel_dir(KERNEL_ROOT, "apple-vf", "aarch64")
+    KERNEL_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(KERNEL_ROOT / ".install.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # tests in parallel: one installs, the rest wait
+        if not (kdir / "kernel.json").is_file():
+            pkg = debian.resolve_kernel_package("aarch64")
+            deb = debian.download_deb(pkg, debian.deb_cache_dir(state_root(None)))
+            install_kernel(KERNEL_ROOT, "apple-vf", deb=deb, arch="aarch64")
+        initrd = ensure_initramfs(kdir, find("aarch64"))
+    return kdir / "Image", initrd
+
+
 @dataclass
 class VMFiles:
-    """Dummy kernel, initramfs, root and data disks (the fake never reads them)."""
+    """The real aarch64 kernel and initramfs (symlinked, so a test may delete its own), dummy disks."""
 
     root: Path
     kernel: Path
@@ -34,7 +64,11 @@ class VMFiles:
     def create(cls, root: Path) -> "VMFiles":
         root.mkdir(parents=True, exist_ok=True)
         files = cls(root, root / "Image", root / "initramfs.cpio", root / "rootfs.ext4", root / "data.img")
-        for path in (files.kernel, files.initrd, files.rootfs, files.data):
+        kernel, initrd = aarch64_guest_files()
+        for link, target in ((files.kernel, kernel), (files.initrd, initrd)):
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+        for path in (files.rootfs, files.data):
             path.write_bytes(b"\0" * 4096)
         return files
 

@@ -1,23 +1,35 @@
 """The CLI's start-up cost, counted in imported modules (no timing).
 
 ``microagent --help`` runs no command module and not click; a plain
-``microagent exec NAME -- CMD`` skips click too. Each list below is a ceiling
+``microagent exec NAME -- CMD`` skips click too, and the wire types (msgspec),
+networking, images, snapshots and subprocess. Each list below is a ceiling
 and a set of modules that must stay off the path: a change that pulls in a
-heavy module fails here, before anyone notices the CLI got slower.
+heavy module fails here, before anyone notices the CLI got slower.  The exec
+path is counted on a whole exec: the real guest agent serves a workspace
+whose records say it runs.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from microagent.cli.exec_run import run_exec
 from microagent.cli.main import COMMANDS, SUMMARIES, main, plain_exec
+from microagent.errors import NotFound
+from microagent.guestinit import find_guest_init
+from microagent.host.process import ref_for
+from microagent.runtime_state import write_json_atomic
+from microagent.vmkit.basics import now_rfc3339
+from microagent.workspace.manifest import FileDigest, ImageRecord, Manifest, Verification, save_manifest
 
 #: Modules never wanted on the --help or exec path.
 HEAVY = ("click", "microagent.images", "microagent.kernels", "microagent.supervisors.qemu",
@@ -28,29 +40,72 @@ HEAVY = ("click", "microagent.images", "microagent.kernels", "microagent.supervi
 HELP_HEAVY = HEAVY + ("microagent.errors", "microagent.workspace", "microagent.channel", "subprocess", "json",
                       "typing")
 HELP_MAX_MODULES = 40
-EXEC_MAX_MODULES = 180  # 208 with click in front of the same path
+#: exec: what a whole exec needs beyond --help (the state records, the channel client).
+EXEC_HEAVY = HEAVY + ("msgspec", "microagent.vmkit.types", "microagent.network", "microagent.host.detect",
+                      "microagent.workspace.snapshots", "microagent.workspace.staging",
+                      "microagent.workspace.supervisor_client", "microagent.vmkit.dispatch", "subprocess",
+                      "logging", "datetime", "tempfile", "platform", "shutil", "secrets", "uuid")
+EXEC_MAX_MODULES = 140  # 132 now; 208 with click in front of the same path
 
 PROBE = """
 import sys
 from microagent.cli.main import main
+code = None
 try:
     main({argv!r})
-except SystemExit:
-    pass
+except SystemExit as exc:
+    code = exc.code
 sys.stdout.flush()
-sys.stderr.write("\\n".join(sorted(sys.modules)))
+sys.stderr.write("exit=%s\\n" % code + "\\n".join(sorted(sys.modules)))
 """
 
 
 def modules_loaded(argv: list[str], state_dir: Path | None = None) -> set[str]:
+    return probe(argv, state_dir)[1]
+
+
+def probe(argv: list[str], state_dir: Path | None = None) -> tuple[str, set[str]]:
+    """The exit code ``main(argv)`` gave and the modules it loaded, in a fresh interpreter."""
     env = None
     if state_dir is not None:
-        import os
-
         env = {**os.environ, "MICROAGENT_STATE_DIR": str(state_dir)}
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
                           env=env, check=True)
-    return set(proc.stderr.split("\n"))
+    first, _, rest = proc.stderr.rpartition("exit=")[2].partition("\n")
+    return first, set(rest.split("\n"))
+
+
+@pytest.fixture
+def running_workspace(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A state root whose workspace ``ws`` reads as running, its channel served by the real guest agent."""
+    try:
+        agent = find_guest_init()
+    except NotFound as exc:
+        print(f"SKIP: {exc.message} (run 'make guest')")
+        pytest.skip(exc.message)
+    root, name = tmp_path / "state", "ws"
+    rt = root / "run" / name
+    rt.mkdir(parents=True, mode=0o700)
+    (root / "workspaces" / name).mkdir(parents=True, mode=0o700)
+    digest = FileDigest(str(agent), "")
+    save_manifest(root, Manifest(name=name, image=ImageRecord("builtin:busybox", ""), backend="qemu",
+                                 profile="tiny", memoryMiB=256, cpuCount=1, diskSizeMiB=0,
+                                 createdAt=now_rfc3339(), verification=Verification(digest, digest, digest)))
+    sock = rt / "channel.sock"
+    proc = subprocess.Popen([str(agent), "--agent", "--listen", str(sock)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sock.exists(), f"the agent did not listen on {sock} (exit {proc.poll()})"
+        ref = ref_for(proc.pid)
+        write_json_atomic(rt / "runtime.json", {"state": "running", "backend": "qemu", "pid": ref.pid,
+                                                "starttime": ref.starttime})
+        yield root, name
+    finally:
+        proc.kill()
+        proc.wait(5)
 
 
 def offenders(loaded: set[str], heavy: tuple[str, ...]) -> list[str]:
@@ -63,12 +118,19 @@ def test_help_imports_only_the_dispatcher() -> None:
     assert len(loaded) <= HELP_MAX_MODULES, f"--help imported {len(loaded)} modules: {sorted(loaded)}"
 
 
-def test_plain_exec_skips_click_and_the_heavy_library(tmp_path: Path) -> None:
-    # A missing workspace takes the whole path up to the state lookup: store, manifest, errors.
-    loaded = modules_loaded(["exec", "nosuch", "--", "true"], state_dir=tmp_path)
-    assert "microagent.cli.exec_run" in loaded and "microagent.workspace.sessions" in loaded
-    assert offenders(loaded, HEAVY) == []
-    assert len(loaded) <= EXEC_MAX_MODULES, f"exec imported {len(loaded)} modules"
+def test_plain_exec_skips_click_and_the_heavy_library(running_workspace: tuple[Path, str]) -> None:
+    root, name = running_workspace
+    code, loaded = probe(["exec", name, "--", "sh", "-c", "exit 7"], state_dir=root)
+    assert code == "7", "the command's exit code is the CLI's"
+    assert "microagent.cli.exec_run" in loaded and "microagent.channel.exec" in loaded
+    assert offenders(loaded, EXEC_HEAVY) == []
+    assert len(loaded) <= EXEC_MAX_MODULES, f"exec imported {len(loaded)} modules: {sorted(loaded)}"
+
+
+def test_exec_of_a_missing_workspace_stays_light(tmp_path: Path) -> None:
+    code, loaded = probe(["exec", "nosuch", "--", "true"], state_dir=tmp_path)
+    assert code == "125"
+    assert offenders(loaded, EXEC_HEAVY) == []
 
 
 def test_every_command_has_its_summary() -> None:

@@ -12,7 +12,6 @@ written out) and, when stdin is bytes or a file, one feeder thread.
 
 from __future__ import annotations
 
-import datetime as _dt
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -205,10 +204,12 @@ def ms_to_rfc3339(ms: Any) -> str:
     if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms <= 0:
         return ""
     try:
-        t = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+        t = time.gmtime(ms // 1000)  # time, not datetime: every exec's result needs this (CLI start-up)
     except (OverflowError, OSError, ValueError):
         return ""
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    if t.tm_year > 9999:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", t) + f"{int(ms % 1000):03d}Z"
 
 
 def _writer(sink: OutputSink) -> Callable[[bytes], object]:

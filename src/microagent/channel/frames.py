@@ -16,8 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from microagent.channel.errors import ProtocolError
 
@@ -89,8 +88,9 @@ class FrameType(enum.IntEnum):
     CLOSE = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+# Named tuples, not dataclasses: immutable and as cheap, without importing
+# dataclasses (and inspect) into the per-workspace helper and the CLI.
+class Frame(NamedTuple):
     """One decoded frame.
 
     :param session: session id (0 = the connection itself).
@@ -112,8 +112,7 @@ class Frame:
             return None
 
 
-@dataclass(frozen=True, slots=True)
-class OversizedFrame:
+class OversizedFrame(NamedTuple):
     """A header whose length exceeds :data:`MAX_PAYLOAD`.
 
     The decoder skips exactly ``length`` payload bytes after reporting it;

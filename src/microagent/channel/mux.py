@@ -22,11 +22,9 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
-import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from microagent.channel.errors import (
     ChannelTimeout,
@@ -67,7 +65,13 @@ __all__ = [
     "SessionState",
 ]
 
-log = logging.getLogger(__name__)
+
+
+def _log() -> Any:
+    """The module's logger; :mod:`logging` loads only when there is something to log (CLI start-up)."""
+    import logging
+
+    return logging.getLogger(__name__)
 
 _READ_SIZE = 256 << 10
 _GRANT_THRESHOLD = INITIAL_WINDOW // 2
@@ -76,8 +80,9 @@ _GUEST_STREAMS = (1, 2)  # the guest sends DATA on stdout and stderr only
 _MAX_LOGGED_OOB = 20  # session-0 chatter lines logged per connection (a guest can send endless ones)
 
 
-@dataclass(frozen=True, slots=True)
-class DataEvent:
+# Events are named tuples: immutable like frozen dataclasses, and cheaper to
+# define (every CLI exec imports this module).
+class DataEvent(NamedTuple):
     """DATA on ``stream``; ``data == b""`` is the end of that stream."""
 
     stream: int
@@ -89,23 +94,20 @@ class DataEvent:
         return not self.data
 
 
-@dataclass(frozen=True, slots=True)
-class ControlEvent:
+class ControlEvent(NamedTuple):
     """A CONTROL frame's JSON object (``size``: its payload length, for queue bounds)."""
 
     body: dict[str, Any]
     size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ExitEvent:
+class ExitEvent(NamedTuple):
     """The EXIT frame that ended the session."""
 
     body: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorEvent:
+class ErrorEvent(NamedTuple):
     """The ERROR that ended the session.
 
     :param local: True when the host ended the session itself because the
@@ -114,7 +116,7 @@ class ErrorEvent:
 
     code: str
     message: str
-    body: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any]  # the ERROR frame's object
     local: bool = False
 
     def to_exception(self) -> Exception:
@@ -639,7 +641,7 @@ class ChannelConnection:
         except ChannelClosed as exc:
             reason = exc.message
         except Exception as exc:  # a bug here must not leave waiters hanging
-            log.exception("channel reader for %s failed", self.name)
+            _log().exception("channel reader for %s failed", self.name)
             reason = f"channel reader for {self.name} failed: {exc!r}"
         finally:
             if self._guest_closed:
@@ -652,9 +654,9 @@ class ChannelConnection:
         """Log session-0 chatter, a bounded number of times per connection."""
         self._oob_logged += 1
         if self._oob_logged <= _MAX_LOGGED_OOB:
-            log.warning("%s: " + fmt, self.name, *args)
+            _log().warning("%s: " + fmt, self.name, *args)
         elif self._oob_logged == _MAX_LOGGED_OOB + 1:
-            log.warning("%s: further unexpected session-0 frames are not logged", self.name)
+            _log().warning("%s: further unexpected session-0 frames are not logged", self.name)
 
     def _answer_error(self, sid: int, code: str, message: str) -> None:
         """Send ERROR from a helper thread: the reader must never block on a write.
@@ -677,7 +679,7 @@ class ChannelConnection:
             session = self._sessions.pop(sid, None)
         if session is None:
             return  # not ours (or already ended): nothing to answer, nothing to log
-        log.warning("%s session %d: %s (%s)", self.name, sid, message, code)
+        _log().warning("%s session %d: %s (%s)", self.name, sid, message, code)
         if sid != 0:
             self._answer_error(sid, code, message)
         if session is not None:
@@ -755,7 +757,7 @@ class ChannelConnection:
                     # Not an answer to HELLO (the guest answers HELLO with
                     # HELLO or version_mismatch): a late reply to something
                     # earlier on session 0. Keep waiting.
-                    log.warning("%s: ERROR %s on session 0 during HELLO: %s", self.name, code, msg)
+                    _log().warning("%s: ERROR %s on session 0 during HELLO: %s", self.name, code, msg)
                     return
                 else:
                     err = VersionMismatch(

@@ -36,16 +36,13 @@ Run as ``python -m microagent.channel.router --guest unix:PATH --listen PATH``
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import os
-import secrets
 import selectors
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from microagent.channel.errors import ProtocolError
@@ -82,22 +79,24 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-@dataclass
+# Plain classes with slots rather than dataclasses: one helper runs per
+# workspace, and dataclasses (with inspect) costs each of them memory.
 class Peer:
     """One socket with its decoder and pending output."""
 
-    sock: socket.socket
-    decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    out: bytearray = field(default_factory=bytearray)
-    hello_done: bool = False
-    # client session id -> guest session id (clients only)
-    sessions: dict[int, int] = field(default_factory=dict)
-    accepted_at: float = field(default_factory=time.monotonic)
-    stalled_since: float | None = None  # out has been above the high mark since
-    events: int = 0  # selector interest currently registered (0 = unregistered)
+    __slots__ = ("sock", "decoder", "out", "hello_done", "sessions", "accepted_at", "stalled_since", "events")
+
+    def __init__(self, sock: socket.socket, *, hello_done: bool = False) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder()
+        self.out = bytearray()
+        self.hello_done = hello_done
+        self.sessions: dict[int, int] = {}  # client session id -> guest session id (clients only)
+        self.accepted_at = time.monotonic()
+        self.stalled_since: float | None = None  # out has been above the high mark since
+        self.events = 0  # selector interest currently registered (0 = unregistered)
 
 
-@dataclass
 class Route:
     """One guest session and the credit the helper has seen granted each way.
 
@@ -105,11 +104,14 @@ class Route:
     the credit it was given loses that session before its bytes are queued.
     """
 
-    client: Peer
-    client_sid: int
-    to_client: dict[int, int] = field(default_factory=lambda: dict.fromkeys(_GUEST_STREAMS, INITIAL_WINDOW))
-    to_guest: int = INITIAL_WINDOW
-    ended_streams: set[int] = field(default_factory=set)
+    __slots__ = ("client", "client_sid", "to_client", "to_guest", "ended_streams")
+
+    def __init__(self, client: Peer, client_sid: int) -> None:
+        self.client = client
+        self.client_sid = client_sid
+        self.to_client = dict.fromkeys(_GUEST_STREAMS, INITIAL_WINDOW)
+        self.to_guest = INITIAL_WINDOW
+        self.ended_streams: set[int] = set()
 
 
 class Router:
@@ -534,6 +536,8 @@ def _token_matches(given: object, token: str) -> bool:
     """Constant-time token check on bytes (``compare_digest`` refuses non-ASCII str)."""
     if not isinstance(given, str):
         return False
+    import hmac  # here: only the loopback-TCP endpoint has a token (helper memory)
+
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
@@ -585,7 +589,7 @@ def bind_tcp_control(listen_path: str) -> tuple[socket.socket, str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     host, port = sock.getsockname()[:2]
-    token = secrets.token_hex(16)
+    token = os.urandom(16).hex()  # as secrets.token_hex, without loading secrets into the helper
     directory = os.path.dirname(os.path.abspath(listen_path))
     atomic_write(os.path.join(directory, "control.json"),
                  json.dumps({"transport": "tcp", "address": f"{host}:{port}", "token": token}).encode())
@@ -660,7 +664,9 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_ready: Callable[[str], None] | None = None) -> int:
+    """The helper process; ``on_ready`` gets the control endpoint once clients can connect
+    (the egress proxy's entry point, :mod:`microagent.egress.helper`, serves from there)."""
     parser = argparse.ArgumentParser(prog="microagent-router")
     parser.add_argument("--guest", required=True, help="unix:PATH or fc-vsock:UDS:PORT")
     parser.add_argument("--listen", required=True, help="control socket path")
@@ -691,8 +697,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report and exit: the supervisor reads our status
         log(f"cannot connect to the guest: {exc}")
         return 3
-    publish = (lambda endpoint: start_publishers(endpoint, args.publish)) if args.publish else None
-    return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=publish,
+
+    def after_ready(endpoint: str) -> None:
+        if args.publish:
+            start_publishers(endpoint, args.publish)
+        if on_ready is not None:
+            on_ready(endpoint)
+
+    return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=after_ready,
                        vm_events=args.vm_events, generation=args.generation)
 
 if __name__ == "__main__":

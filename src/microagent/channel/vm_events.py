@@ -19,7 +19,7 @@ from typing import Any
 
 from microagent.fsutil import atomic_write, overwrite_in_place
 from microagent.unixsock import connect_any_length
-from microagent.vmkit.types import now_rfc3339
+from microagent.vmkit.basics import now_rfc3339
 
 HOST_DISK_FULL = "host disk full"
 DISK_IO_ERROR = "disk I/O error"

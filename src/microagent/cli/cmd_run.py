@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from microagent.cli.egress_options import egress_options, egress_policy
 from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit_json
 from microagent.cli.params import SECONDS
@@ -41,16 +42,22 @@ def _writer(stream: Any) -> Any:
               help="publish a guest TCP port on the host while the command runs")
 @click.option("--allow-host-loopback", is_flag=True,
               help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
+@egress_options
+@click.option("--cold", is_flag=True,
+              help="boot, even when a boot snapshot of this image could be restored (and save none)")
 @click.option("--arch", default=None, metavar="ARCH",
               help="guest architecture: x86_64 or aarch64 (default: this host's; another is emulated, slowly)")
 def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: str | None,
         state_dir: str | None, as_json: bool, timeout: float | None, boot_timeout: float,
         env: tuple[str, ...], workdir: str | None, user: str | None, memory: int, cpus: int,
         keep: bool, network: str, publish: tuple[str, ...], allow_host_loopback: bool,
-        arch: str | None) -> int:
+        egress_allow: tuple[str, ...], egress_allow_cidr: tuple[str, ...], egress_deny_all: bool,
+        arch: str | None, cold: bool) -> int:
     """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
+    An isolated run restores the image's boot snapshot when there is one (the
+    first run saves it); --cold boots instead.
     """
     from microagent.cli.cmd_image import pull_progress
     from microagent.workspace.oneshot import check_run_input
@@ -62,13 +69,14 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
     with usage_errors():
         check_run_input(argv, env=env, timeout=timeout, memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout,
                         network=network, publish=publish, allow_host_loopback=allow_host_loopback)
+        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all)
     progress = pull_progress(as_json)  # layer progress on a TTY only
     try:
         outcome = run_oneshot(
             image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
             memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
             supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
-            allow_host_loopback=allow_host_loopback, arch=arch,
+            allow_host_loopback=allow_host_loopback, arch=arch, cold=cold, egress=egress,
             stdout=None if as_json else _writer(sys.stdout.buffer),
             stderr=None if as_json else _writer(sys.stderr.buffer),
         )

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import click
 
+from microagent.cli.egress_options import egress_options, egress_policy
 from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit, emit_json
 from microagent.cli.params import SECONDS
@@ -58,6 +59,7 @@ def _mib(value: Any) -> str:
               help="publish a guest TCP port on the host (default host IP 127.0.0.1)")
 @click.option("--allow-host-loopback", is_flag=True,
               help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
+@egress_options
 @click.option("--from-snapshot", "from_snapshot", default=None, metavar="WORKSPACE:TAG",
               help="fork: NAME runs from that snapshot (its own disk copy, copy-on-write memory)")
 @click.option("--arch", default=None, metavar="ARCH",
@@ -66,7 +68,8 @@ def _mib(value: Any) -> str:
 @common
 def create(name: str, image: str, profile: str | None, cpus: int | None, memory: int | None,
            disk_size: int | None, env: tuple[str, ...], network: str, publish: tuple[str, ...],
-           allow_host_loopback: bool, from_snapshot: str | None, arch: str | None, backend: str | None,
+           allow_host_loopback: bool, egress_allow: tuple[str, ...], egress_allow_cidr: tuple[str, ...],
+           egress_deny_all: bool, from_snapshot: str | None, arch: str | None, backend: str | None,
            as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
     """Create workspace NAME: build its disk and manifest (state prepared); boot nothing.
 
@@ -81,9 +84,10 @@ def create(name: str, image: str, profile: str | None, cpus: int | None, memory:
         store.check_create_input(name, profile=profile, memory_mib=memory, cpus=cpus, disk_size_mib=disk_size,
                                  env=env, network=network, publish=publish,
                                  allow_host_loopback=allow_host_loopback)
+        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all)
     manifest = store.create(name, image=image, profile=profile, cpus=cpus, memory_mib=memory,
                             disk_size_mib=disk_size, env=env, network=network, publish=publish,
-                            allow_host_loopback=allow_host_loopback, backend=backend, arch=arch)
+                            allow_host_loopback=allow_host_loopback, backend=backend, arch=arch, egress=egress)
     doc = {"ok": True, "state": "prepared", "diskPath": str(store.disk_path(name)),
            "workspace": manifest.to_json()}
 
@@ -111,12 +115,14 @@ def _end_code(state: str) -> int:
               help="give up (and kill the VM) if the guest is not ready after S seconds")
 @click.option("--from-snapshot", "from_snapshot", default=None, metavar="TAG",
               help="restore NAME's snapshot TAG (its disk and memory) instead of booting")
+@click.option("--cold", is_flag=True,
+              help="boot, even when NAME never booted and its image's boot snapshot could be restored")
 @common
-def start(name: str, wait_: bool, boot_timeout: float, from_snapshot: str | None, as_json: bool,
+def start(name: str, wait_: bool, boot_timeout: float, from_snapshot: str | None, cold: bool, as_json: bool,
           state_dir: str | None, supervisor: str | None) -> int:
     """Boot workspace NAME; returns once its guest channel is ready."""
     store = _store(state_dir, supervisor)
-    t = store.start(name, boot_timeout=boot_timeout, from_snapshot=from_snapshot)
+    t = store.start(name, boot_timeout=boot_timeout, from_snapshot=from_snapshot, cold=cold)
     doc: dict[str, Any] = {"ok": True, **t.to_json()}
     boot = (t.runtime or {}).get("bootSeconds")
     line = f"{name} running (pid {t.pid}" + (f", booted in {boot:.1f}s" if isinstance(boot, (int, float)) else "") + ")"

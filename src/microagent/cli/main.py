@@ -57,6 +57,7 @@ COMMANDS = {
     "exec": "microagent.cli.cmd_exec:exec_",
     "connect": "microagent.cli.cmd_exec:connect",
     "mcp": "microagent.cli.cmd_mcp:mcp",
+    "egress": "microagent.cli.cmd_egress:egress",
 }
 
 #: One line per command for ``microagent --help``, so the overview needs no
@@ -90,6 +91,7 @@ SUMMARIES = {
     "exec": "Run COMMAND in running workspace NAME; exit with its exit code.",
     "connect": "Open an interactive shell in running workspace NAME (Ctrl-] detaches).",
     "mcp": "Serve MCP tools that create, drive and delete workspaces (docs/mcp.md).",
+    "egress": "Show the egress audit log of a workspace, or change its allowlist.",
 }
 
 DESCRIPTION = "Run AI-agent workspaces in Linux microVMs."

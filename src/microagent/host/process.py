@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from microagent.errors import Permanent
 from microagent.waiting import wait_until
+
+if TYPE_CHECKING:  # imported where a process is spawned: exec's liveness check needs only /proc
+    import subprocess
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ def spawn_detached(argv: list[str], *, cwd: Path, log_path: Path,
 
     :raises Permanent: when the executable cannot be started.
     """
+    import subprocess
+
     log = open(log_path, "ab")
     try:
         return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

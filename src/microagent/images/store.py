@@ -14,6 +14,7 @@ Layout under ``<state>/images/``::
     index.json                     this module
     blobs/sha256/<hex>             :mod:`.blobs`
     disks/<manifest-hex>-<os>-<arch>.ext4   base disks (the rootfs builder)
+    warm/<base disk stem>/<key>/   boot snapshots (microagent.workspace.warm)
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ def images_root(state_root: Path) -> Path:
 
 def disks_dir(state_root: Path) -> Path:
     return images_root(state_root) / "disks"
+
+
+def warm_dir(state_root: Path) -> Path:
+    """Boot snapshots (microagent.workspace.warm), one directory per base disk's file stem."""
+    return images_root(state_root) / "warm"
+
+
+def _prune_warm(state_root: Path) -> int:
+    """Remove the boot snapshots of every base disk that is gone; returns bytes freed."""
+    import shutil
+
+    freed = 0
+    base = warm_dir(state_root)
+    for group in base.iterdir() if base.is_dir() else ():
+        if group.is_dir() and not (disks_dir(state_root) / f"{group.name}.ext4").exists():
+            freed += sum(p.stat().st_blocks * 512 for p in group.rglob("*") if p.is_file())
+            shutil.rmtree(group, ignore_errors=True)
+    return freed
 
 
 @dataclass
@@ -264,4 +283,5 @@ def prune(state_root: Path) -> dict[str, Any]:
                     freed += entry.stat().st_size
                     entry.unlink()
                     disks += 1
+        freed += _prune_warm(state_root)
     return {"blobs": blobs, "disks": disks, "freed": freed}

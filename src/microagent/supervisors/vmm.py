@@ -161,7 +161,13 @@ class VMMBackend(Backend):
         if cfg.configDiskPath:
             return request
         name = request.identity.runtimeID
-        disk = netattach.write_config_disk(rt, cfg.hostname or name, self.guest_network(attachment, name), cfg.env)
+        env, proxy = cfg.env, None
+        if cfg.network.egress is not None:
+            from microagent.egress import runtime as egress_runtime
+
+            env, proxy = egress_runtime.prepare(rt.path, cfg.network.egress, cfg.env)
+        disk = netattach.write_config_disk(rt, cfg.hostname or name, self.guest_network(attachment, name), env,
+                                           proxy=proxy)
         return structs.replace(request, config=structs.replace(cfg, configDiskPath=str(disk)))
 
     def pause_vm(self, rt: RuntimeDir) -> None:
@@ -233,7 +239,10 @@ class VMMBackend(Backend):
                      listeners: list[tuple[socket.socket, int]], generation: int | None = None) -> HelperHandle:
         """The channel helper; it inherits the published ports' listening sockets.
         ``generation``: a restored guest's, handed to guest init in the helper's HELLO."""
-        argv = [sys.executable, "-m", "microagent.channel.router", "--guest", self.guest_spec(rt),
+        from microagent.egress.runtime import helper_args
+
+        module, egress_args = helper_args(rt.path, runtime.config or {})  # the egress proxy rides in the helper
+        argv = [sys.executable, "-m", module, *egress_args, "--guest", self.guest_spec(rt),
                 "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
                 "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes()),
                 *self.router_args(rt)]

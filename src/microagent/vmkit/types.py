@@ -13,14 +13,13 @@ Each command group has its own request type (:class:`HostRequest`,
 them; all are :class:`Request`, the type callers build and send.
 """
 
-import re
-import time
 import uuid
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
 from microagent.errors import InvalidRequest
+from microagent.vmkit.basics import SAFE_NAME, is_safe_name, now_rfc3339  # noqa: F401 - re-exported
 from microagent.vmkit.invalid import describe
 
 BackendName = Literal["firecracker", "qemu", "apple-vf", "windows-hyperv"]
@@ -38,11 +37,10 @@ READINESS_MODES: tuple[str, ...] = get_args(Readiness)
 
 MEMORY_MIB_RANGE = (64, 1024 * 1024)
 CPU_RANGE = (1, 64)
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: End of string for both Python's ``re`` and JSON Schema's ECMA-262 regexes
 #: (``$`` would accept a trailing newline in Python).
 _END = r"(?![\s\S])"
-SAFE_NAME_PATTERN = f"^{_SAFE_NAME.pattern}{_END}"
+SAFE_NAME_PATTERN = f"^{SAFE_NAME.pattern}{_END}"
 
 # --- field types: the bounds live here, as metadata the decoder enforces -----
 
@@ -75,17 +73,6 @@ BootCommand = Literal["check", "prepare", "start"]
 RunCommand = Literal["run"]
 StateCommand = Literal["inspect", "halt", "quarantine", "stop", "kill", "delete", "pause", "resume", "console"]
 SnapshotCommand = Literal["snapshot"]
-
-
-def is_safe_name(name: str) -> bool:
-    """A workspace/runtime name usable as a path basename and hostname stem."""
-    return isinstance(name, str) and bool(_SAFE_NAME.fullmatch(name))
-
-
-def now_rfc3339() -> str:
-    """The current time as RFC 3339 UTC with millisecond precision."""
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def new_request_id() -> str:
@@ -121,6 +108,19 @@ class PortForward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
+class Egress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The allowlist of the guest's egress proxy (docs/egress.md); needs network mode ``isolated``.
+
+    ``allowHosts``: exact names or ``.suffix`` entries; ``allowCidrs``: private ranges
+    the proxy may dial.  Their syntax is checked by :mod:`microagent.egress.policy`.
+    """
+
+    allowHosts: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=254)], ...] = ()
+    allowCidrs: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], ...] = ()
+    #: where guest processes reach the proxy, on the guest's loopback
+    proxyPort: Port = 3128
+
+
 class Network(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The guest's network; port forwards need mode ``user`` or ``nat``."""
 
@@ -128,6 +128,8 @@ class Network(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     portForwards: tuple[PortForward, ...] = ()
     #: the guest may reach the host through its gateway (off: see network/egress.py)
     allowHostLoopback: bool = False
+    #: an egress allowlist proxy instead of a NIC (``isolated`` only)
+    egress: Egress | None = None
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -329,6 +331,10 @@ def _check_config(cfg: Config) -> None:
     if net.portForwards and net.mode == "isolated":
         raise InvalidRequest("config.network.portForwards cannot be used with network mode isolated",
                              "use --network user or nat to publish ports")
+    if net.egress is not None and net.mode != "isolated":
+        raise InvalidRequest(f"config.network.egress cannot be used with network mode {net.mode}",
+                             "use --network isolated with --egress-allow: with a NIC the guest could go around "
+                             "the proxy, and there is no transparent egress mode yet")
     if net.allowHostLoopback and net.mode == "isolated":
         raise InvalidRequest("config.network.allowHostLoopback cannot be used with network mode isolated",
                              "use --network user or nat")

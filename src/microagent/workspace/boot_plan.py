@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from microagent.errors import NotFound
-from microagent.images.resolve import BaseImage, check_reference, resolve_image
+from microagent.images.resolve import BaseImage, check_reference
 from microagent.paths import host_arch, kernel_dir, runtime_dir, state_root, workspace_dir
 from microagent.vmkit.types import Config, Network
-
-if TYPE_CHECKING:
-    from microagent.images.blobs import PullProgress
 
 
 @dataclass
@@ -45,16 +41,6 @@ class BootPlan:
     @property
     def runtime_dir(self) -> Path:
         return runtime_dir(self.state_root, self.name)
-
-    def materialize_disk(self, progress: "PullProgress | None" = None) -> Path:
-        """Pull and build (or reuse) the base disk and copy it for this workspace."""
-        from microagent.fsutil import private_dir
-        from microagent.images.ext4 import copy_disk
-
-        private_dir(self.disk_path.parent)
-        self.image = resolve_image(self.image_ref, self.state_root, self.guest_init, architecture=self.arch,
-                                   progress=progress)
-        return copy_disk(self.image.disk, self.disk_path)
 
     @property
     def config(self) -> Config:

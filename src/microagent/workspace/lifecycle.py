@@ -28,11 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from microagent.durations import optional_seconds, seconds
 from microagent.errors import Conflict, InvalidRequest, MicroagentError, NotFound, Unsupported
-from microagent.network.publish import check_network, parse_publish
 from microagent.paths import state_root, workspace_dir
-from microagent.vmkit.types import Config, Network, is_safe_name, now_rfc3339
+from microagent.vmkit.basics import is_safe_name, now_rfc3339
 from microagent.waiting import wait_until
-from microagent.workspace import snapshots, staging
 from microagent.workspace.lock import WorkspaceLock
 from microagent.workspace.manifest import (
     FileDigest,
@@ -45,10 +43,14 @@ from microagent.workspace.manifest import (
     save_manifest,
 )
 from microagent.workspace.state import ACTIVE_STATES, LIVE_STATES, WorkspaceState, require_state
-from microagent.workspace.supervisor_client import SupervisorClient
 
+# Heavy modules (wire types, snapshots, networking) are imported by the methods
+# that use them: exec checks state through this module and must start fast.
 if TYPE_CHECKING:
+    from microagent.egress.policy import EgressPolicy
     from microagent.images.blobs import PullProgress
+    from microagent.vmkit.types import Config
+    from microagent.workspace.supervisor_client import SupervisorClient
 
 DEFAULT_IMAGE = "builtin:busybox"
 DEFAULT_BOOT_TIMEOUT_S = 60.0
@@ -137,6 +139,8 @@ class WorkspaceStore:
     # ------------------------------------------------------------ plumbing
 
     def client(self, backend: str) -> SupervisorClient:
+        from microagent.workspace.supervisor_client import SupervisorClient
+
         return SupervisorClient(backend, self.root, self.supervisor)
 
     def lock(self, name: str, command: str) -> WorkspaceLock:
@@ -216,7 +220,8 @@ class WorkspaceStore:
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
                env: Sequence[str] = (), network: str = "isolated", publish: Sequence[str] = (),
                allow_host_loopback: bool = False, backend: str | None = None, created_by: str = "",
-               progress: "PullProgress | None" = None, arch: str | None = None) -> Manifest:
+               progress: "PullProgress | None" = None, arch: str | None = None,
+               egress: "EgressPolicy | None" = None) -> Manifest:
         """Build the workspace's disk and manifest and prepare it (state ``prepared``).
 
         ``arch`` is the guest architecture (default: the host's; QEMU emulates another):
@@ -239,6 +244,7 @@ class WorkspaceStore:
 
         :param created_by: a tag ``list`` shows (e.g. ``mcp`` for the MCP server's workspaces).
         :param progress: told about an image pull's layers and bytes.
+        :param egress: the egress allowlist (:func:`microagent.egress.options.policy_from_options`).
         """
         from microagent.workspace.boot_plan import plan_boot
 
@@ -252,7 +258,8 @@ class WorkspaceStore:
         with lock:
             try:
                 return self._create_locked(name, plan, prof, env, published, image, memory_mib, cpus,
-                                           disk_size_mib, network, allow_host_loopback, created_by, progress)
+                                           disk_size_mib, network, allow_host_loopback, created_by, progress,
+                                           egress=egress.to_wire() if egress is not None else None)
             except BaseException:
                 lock.unlink_on_release = not self.exists(name)  # a failed create leaves no lock file
                 raise
@@ -260,7 +267,8 @@ class WorkspaceStore:
     def _create_locked(self, name: str, plan: Any, prof: Any, env: tuple[str, ...], published: tuple[Any, ...],
                        image: str, memory_mib: int | None, cpus: int | None, disk_size_mib: int | None,
                        network: str, allow_host_loopback: bool, created_by: str = "",
-                       progress: "PullProgress | None" = None) -> Manifest:
+                       progress: "PullProgress | None" = None, egress: dict[str, Any] | None = None) -> Manifest:
+        from microagent.workspace import staging
         from microagent.workspace.disk import grow_rootfs, size_mib
         from microagent.workspace.profiles import check_host_fit, resolve_resources
 
@@ -289,7 +297,7 @@ class WorkspaceStore:
                                           rootfsBase=FileDigest.of(img.disk),
                                           init=FileDigest.of(plan.guest_init)),
                 env=env, network=network, publish=published, allowHostLoopback=allow_host_loopback,
-                createdBy=created_by,
+                egress=egress, createdBy=created_by,
             )
             save_manifest(self.root, manifest, directory=stage)
             config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
@@ -315,6 +323,7 @@ class WorkspaceStore:
         :raises InvalidRequest: unsafe name, unknown profile, bad env, a resource
             this host cannot give, bad network mode or publication.
         """
+        from microagent.network.publish import check_network, parse_publish
         from microagent.workspace.profiles import check_host_fit, get_profile
 
         check_name(name)
@@ -360,6 +369,9 @@ class WorkspaceStore:
 
     def _boot_config(self, manifest: Manifest, initrd: Path, boot_timeout: float) -> Config:
         """The supervisor config; the supervisor writes the per-boot config disk from it."""
+        from microagent.egress.options import to_config
+        from microagent.vmkit.types import Config, Network
+
         return Config(
             stateDir=str(self.root),
             kernelPath=manifest.verification.kernel.path,
@@ -371,18 +383,20 @@ class WorkspaceStore:
             timeoutSeconds=boot_timeout,
             env=(*manifest.image.env, *manifest.env),
             network=Network(mode=manifest.network, portForwards=manifest.publish,
-                            allowHostLoopback=manifest.allowHostLoopback),
+                            allowHostLoopback=manifest.allowHostLoopback, egress=to_config(manifest.egress)),
             stopSignal=manifest.image.stop_signal,
         )
 
     # ------------------------------------------------------------ start
 
     def start(self, name: str, *, boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
-              from_snapshot: str | None = None) -> Transition:
+              from_snapshot: str | None = None, cold: bool = False) -> Transition:
         """Boot a prepared, halted, stopped or failed workspace; return once the guest is ready.
 
         With ``from_snapshot`` (a tag of this workspace) it is restored from that
-        snapshot instead (its disk and memory replace the workspace's).
+        snapshot instead (its disk and memory replace the workspace's).  The first
+        start of an isolated workspace restores the boot snapshot of its image and
+        resources when there is one, or saves it (:mod:`.warm`); ``cold`` boots.
 
         :raises NotFound: unknown workspace, or its kernel/guest init is gone.
         :raises Conflict: when its state does not allow a start (naming it).
@@ -410,12 +424,20 @@ class WorkspaceStore:
             config = self._boot_config(manifest, initrd, boot_timeout)
             restore = None
             if from_snapshot is not None:
+                from microagent.workspace import snapshots
+
                 snap = snapshots.load(self.root, name, snapshots.check_tag(from_snapshot))
                 snap.verify(manifest, FileDigest.of(kernel).sha256, initrd)
                 restore = snap.spec(private=False, generation=snapshots.next_generation(self.root, name))
             if not self.runtime_path(name).exists():
                 client.send("prepare", name, config, timeout=120)
-            resp = client.send("start", name, config, timeout=boot_timeout + 30, snapshot=restore)
+            if restore is None and not cold and observed.state is WorkspaceState.PREPARED:
+                from microagent.workspace import warm  # a first start: from the boot snapshot
+
+                resp = warm.start_fresh(client, self.root, manifest, config, initrd, self.runtime_path(name),
+                                        boot_timeout + 30)
+            else:
+                resp = client.send("start", name, config, timeout=boot_timeout + 30, snapshot=restore)
         runtime = dict(resp.runtime or {})
         return Transition(name, "start", observed.state,
                           WorkspaceState.parse(resp.event.state if resp.event else "running"),
@@ -429,6 +451,8 @@ class WorkspaceStore:
 
         :raises Conflict: unless running or paused, or when ``tag`` exists.
         """
+        from microagent.workspace import snapshots, staging
+
         snapshots.check_tag(tag)
         manifest = self.manifest(name)
         with self.lock(name, "snapshot"):
@@ -451,6 +475,8 @@ class WorkspaceStore:
 
     def snapshots(self, name: str | None = None) -> list[dict[str, Any]]:
         """The snapshots of ``name`` (or of every workspace), oldest first."""
+        from microagent.workspace import snapshots
+
         names = [check_name(name)] if name else [m.name for m in list_manifests(self.root)]
         if name:
             self.manifest(name)  # NotFound for an unknown workspace
@@ -458,6 +484,8 @@ class WorkspaceStore:
 
     def remove_snapshot(self, name: str, tag: str) -> dict[str, Any]:
         """:raises NotFound: when ``name`` has no snapshot ``tag``."""
+        from microagent.workspace import snapshots
+
         snapshots.check_tag(tag)
         self.manifest(name)
         with self.lock(name, "snapshot rm"):
@@ -478,6 +506,7 @@ class WorkspaceStore:
         from microagent.images.ext4 import copy_disk
         from microagent.kernels import ensure_initramfs
         from microagent.kernels.vmlinux import kernel_architecture
+        from microagent.workspace import snapshots, staging
 
         boot_timeout = seconds(boot_timeout, "boot_timeout")
         check_name(name)
@@ -634,6 +663,8 @@ class WorkspaceStore:
         :param force: kill a running VMM first.
         :raises Conflict: while its VMM is alive and ``force`` is false.
         """
+        from microagent.workspace import staging
+
         check_name(name)
         lock = self.lock(name, "delete")
         with lock:
@@ -685,6 +716,8 @@ class WorkspaceStore:
         Also removes what killed creates left (:func:`.staging.reap`), so a name
         that no workspace shows is a name ``create`` accepts.
         """
+        from microagent.workspace import staging
+
         staging.reap(self.root)
         out = []
         for m in list_manifests(self.root):

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from microagent.errors import Conflict, Permanent
-from microagent.vmkit.types import now_rfc3339
+from microagent.vmkit.basics import now_rfc3339
 from microagent.waiting import wait_until
 
 DEFAULT_TIMEOUT_S = 60.0

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from microagent.digests import sha256_file
 from microagent.errors import NotFound, Permanent
 from microagent.paths import workspace_dir
-from microagent.vmkit.types import PortForward, to_wire
+
+if TYPE_CHECKING:  # the wire types (msgspec) load only for publications: exec reads manifests too
+    from microagent.vmkit.types import PortForward
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "workspace.json"
@@ -46,6 +47,8 @@ class FileDigest:
 
         :raises NotFound: when the file is missing.
         """
+        from microagent.digests import sha256_file
+
         try:
             return FileDigest(str(path), "sha256:" + sha256_file(path))
         except FileNotFoundError as exc:
@@ -126,6 +129,8 @@ class Manifest:
     network: str = "isolated"
     publish: tuple[PortForward, ...] = ()
     allowHostLoopback: bool = False
+    #: the egress allowlist ``{"allowHosts": [...], "allowCidrs": [...]}`` (docs/egress.md), or None
+    egress: dict[str, Any] | None = None
     createdBy: str = ""  # who asked for it, when not a person at the CLI (e.g. "mcp")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -134,6 +139,8 @@ class Manifest:
         return {"memoryMiB": self.memoryMiB, "cpuCount": self.cpuCount, "diskSizeMiB": self.diskSizeMiB}
 
     def to_json(self) -> dict[str, Any]:
+        from microagent.vmkit.types import to_wire
+
         return {
             "schemaVersion": SCHEMA_VERSION,
             "name": self.name,
@@ -143,7 +150,8 @@ class Manifest:
             "resources": self.resources,
             "env": list(self.env),
             "network": {"mode": self.network, "publish": [to_wire(p) for p in self.publish],
-                        **({"allowHostLoopback": True} if self.allowHostLoopback else {})},
+                        **({"allowHostLoopback": True} if self.allowHostLoopback else {}),
+                        **({"egress": self.egress} if self.egress is not None else {})},
             "createdAt": self.createdAt,
             "verification": self.verification.to_json(),
             **({"createdBy": self.createdBy} if self.createdBy else {}),
@@ -176,16 +184,24 @@ class Manifest:
                 verification=Verification.from_json(data.get("verification")),
                 env=tuple(str(e) for e in data.get("env") or ()),
                 network=str(net.get("mode", "isolated")),
-                publish=tuple(PortForward(hostPort=int(p["hostPort"]), guestPort=int(p["guestPort"]),
-                                          host=str(p.get("host", "127.0.0.1")))
-                              for p in net.get("publish") or ()),
+                publish=_publish_from_json(net.get("publish")),
                 allowHostLoopback=net.get("allowHostLoopback") is True,
+                egress=net["egress"] if isinstance(net.get("egress"), dict) else None,
                 createdBy=str(data.get("createdBy") or ""),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (TypeError, ValueError, KeyError) as exc:
             raise Permanent(f"workspace.json of {data.get('name')} is malformed: {exc}",
                             "delete the workspace and create it again") from exc
+
+
+def _publish_from_json(entries: Any) -> tuple[PortForward, ...]:
+    if not entries:
+        return ()
+    from microagent.vmkit.types import PortForward
+
+    return tuple(PortForward(hostPort=int(p["hostPort"]), guestPort=int(p["guestPort"]),
+                             host=str(p.get("host", "127.0.0.1"))) for p in entries)
 
 
 def save_manifest(state_root: Path, manifest: Manifest, directory: Path | None = None) -> Path:

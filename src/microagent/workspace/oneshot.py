@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from microagent.errors import InvalidRequest, MicroagentError
 from microagent.vmkit.types import Network, PortForward
+from microagent.images.resolve import resolve_image
+from microagent.workspace import warm as warm_boot
 from microagent.workspace.boot_plan import BootPlan, plan_boot
 from microagent.workspace.channel_path import guest_channel_path
 from microagent.workspace.supervisor_client import SupervisorClient
 
 if TYPE_CHECKING:
+    from microagent.egress.policy import EgressPolicy
     from microagent.images.blobs import PullProgress
 
 OutputSink = Callable[[bytes], None] | BinaryIO | None
@@ -35,6 +38,7 @@ class RunOutcome:
     backend: str
     result: Any  # microagent.channel.ExecResult
     timings: dict[str, float] = field(default_factory=dict)
+    warm: bool = False  # restored from a boot snapshot instead of booting
 
     @property
     def exit_code(self) -> int:
@@ -44,6 +48,7 @@ class RunOutcome:
         return {
             "workspace": self.workspace,
             "backend": self.backend,
+            "warm": self.warm,
             "result": self.result.to_dict(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -71,10 +76,15 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False,
         network: str = "isolated", publish: list[str] | None = None,
         progress: "PullProgress | None" = None, allow_host_loopback: bool = False,
-        arch: str | None = None) -> RunOutcome:
+        arch: str | None = None, cold: bool = False, egress: "EgressPolicy | None" = None) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
 
     ``arch`` is the guest architecture (default: the host's; QEMU emulates another).
+
+    An isolated run on a backend that takes snapshots restores the boot snapshot
+    of its image, kernel, guest init and resources (:mod:`.warm`) instead of
+    booting; the first such run boots and saves it.  ``cold`` boots regardless
+    and saves nothing.
 
     With an empty ``argv`` the image's Entrypoint + Cmd run, as ``docker run IMAGE`` does.
 
@@ -86,6 +96,8 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     """
     from microagent.channel import ExecRequest, open_channel
     from microagent.channel import exec as guest_exec
+    from microagent.fsutil import private_dir
+    from microagent.images.ext4 import copy_disk
 
     watch = _Stopwatch()
     name = f"run-{secrets.token_hex(4)}"
@@ -94,20 +106,42 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         network=network, publish=publish or (), allow_host_loopback=allow_host_loopback)
     plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
                                memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout, arch=arch)
-    plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback)
+    from microagent.egress.options import to_config
+
+    # egress: the allowlist proxy (docs/egress.md); a run with one always boots (the warm
+    # snapshot's guest was booted without the proxy's port and variables).
+    plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback,
+                           egress=to_config(egress.to_wire()) if egress is not None else None)
     watch.mark("prepare")
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)
-    started = False
+    started = warm = False
     try:
-        plan.materialize_disk(progress)
-        watch.mark("disk")
+        key = None
+        plan.image = resolve_image(plan.image_ref, plan.state_root, plan.guest_init, architecture=plan.arch,
+                                   progress=progress)
         argv = list(argv) or plan.image.config.default_argv()
         if not argv:
             raise InvalidRequest(f"image {image} has no Entrypoint or Cmd, and no command was given",
                                  f"give one: microagent run {image} -- CMD...")
-        client.send("start", name, plan.config, timeout=boot_timeout + 30)
-        started = True
-        watch.mark("boot")
+        if (not cold and network == "isolated" and not published and egress is None
+                and plan.backend in warm_boot.WARM_BACKENDS):
+            key = warm_boot.key_for(
+                plan.state_root, backend=plan.backend, arch=plan.arch, image_ref=plan.image_ref,
+                image_digest=plan.image.digest, base_disk=plan.image.disk, kernel=plan.kernel_path,
+                initrd=plan.initrd_path, memory_mib=memory_mib, cpus=cpus,
+                disk_bytes=plan.image.disk.stat().st_size)
+            warm = _restore(client, plan, key, boot_timeout)
+            started = warm
+        watch.mark("restore" if warm else "prepare_disk")
+        if not warm:
+            private_dir(plan.disk_path.parent)
+            copy_disk(plan.image.disk, plan.disk_path)
+            client.send("start", name, plan.config, timeout=boot_timeout + 30)
+            started = True
+            watch.mark("boot")
+            if key is not None:
+                warm_boot.save_booted(client, name, key)
+                watch.mark("save_warm")
         request = ExecRequest(argv=list(argv), env=[*plan.image.config.env, *(env or [])],
                               cwd=workdir or plan.image.config.working_dir or None,
                               user=user or plan.image.config.user or None,
@@ -115,7 +149,8 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         with open_channel(guest_channel_path(plan.state_root, name), hello_timeout=10.0) as conn:
             result = guest_exec.start(conn, request, stdout=stdout, stderr=stderr).wait()
         watch.mark("exec")
-        client.send("halt", name)
+        # a throwaway disk needs no clean shutdown: killing saves the guest's poweroff
+        client.send("halt" if keep else "kill", name)
         watch.mark("shutdown")
     except BaseException:
         if started:
@@ -126,7 +161,31 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     if not keep:
         client.send("delete", name)
         watch.mark("cleanup")
-    return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total())
+    return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total(), warm=warm)
+
+
+def _restore(client: SupervisorClient, plan: BootPlan, key: warm_boot.WarmKey, boot_timeout: float) -> bool:
+    """Start ``plan``'s workspace from ``key``'s boot snapshot: its disk copied, its memory
+    mapped copy-on-write.  ``False`` (nothing left running) when there is none or it
+    cannot be restored (a QEMU update, damage): then the entry is gone and the caller boots."""
+    from microagent.fsutil import private_dir
+    from microagent.images.ext4 import copy_disk
+
+    snap = warm_boot.lookup(key)
+    if snap is None:
+        return False
+    private_dir(plan.disk_path.parent)
+    copy_disk(snap.path / "disk", plan.disk_path)
+    try:
+        client.send("start", plan.name, plan.config, timeout=boot_timeout + 30,
+                    snapshot=warm_boot.restore_spec(snap))
+    except MicroagentError:
+        _force_stop(client, plan.name)
+        warm_boot.discard(key)
+        return False
+    return True
+
+
 
 
 def check_run_input(argv: Sequence[str], *, env: Sequence[str] = (), timeout: float | None = None,

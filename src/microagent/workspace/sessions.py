@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from microagent.durations import optional_seconds
 from microagent.errors import InvalidRequest, MicroagentError, NotFound, Permanent, ResourceExhausted, Transient
-from microagent.vmkit.types import is_safe_name
+from microagent.vmkit.basics import is_safe_name
 from microagent.workspace.channel_path import CHANNEL_SOCKET, guest_channel_path
 from microagent.workspace.lifecycle import WorkspaceStore
 from microagent.workspace.manifest import Manifest

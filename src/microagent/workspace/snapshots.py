@@ -117,16 +117,19 @@ class Snapshot:
             if then != now:
                 raise Conflict(f"the {what} changed since {label} was taken ({then} then, {now} now)",
                                "take a new snapshot after a cold start")
-        files = d.get("files", {})
+        self.verify_files(label, "remove it with 'microagent snapshot rm'")
+
+    def verify_files(self, label: str, remedy: str) -> None:
+        """:raises NotFound: a file gone; :raises Conflict: one changed since it was recorded."""
+        files = self.doc.get("files", {})
         for name in (*_HASHED, *_FINGERPRINTED):
             path = self.path / name
             if not path.is_file():
-                raise NotFound(f"{label} has no {name} file ({path})", "remove it with 'microagent snapshot rm'")
+                raise NotFound(f"{label} has no {name} file ({path})", remedy)
             recorded = files.get(name, {})
             now = {"sha256": _sha256(path)} if name in _HASHED else _fingerprint(path)
             if any(recorded.get(k) != v for k, v in now.items()):
-                raise Conflict(f"the {name} file of {label} changed since it was taken",
-                               "remove it with 'microagent snapshot rm' and take a new one")
+                raise Conflict(f"the {name} file of {label} changed since it was taken", remedy)
 
 
 def _disk_usage(path: Path) -> int:
@@ -183,6 +186,12 @@ def stage(root: Path, name: str, tag: str) -> Path:
     return path
 
 
+def file_records(staged: Path) -> dict[str, Any]:
+    """What :meth:`Snapshot.verify_files` checks later: the state's sha256, the others' size and mtime."""
+    return {**{n: {"sha256": _sha256(staged / n)} for n in _HASHED},
+            **{n: _fingerprint(staged / n) for n in _FINGERPRINTED}}
+
+
 def publish(staged: Path, manifest: Any, tag: str, vmm: dict[str, Any], runtime_config: dict[str, Any]) -> Snapshot:
     """Write ``snapshot.json`` into the stage and rename it to its tag."""
     for name in os.listdir(staged):
@@ -196,8 +205,7 @@ def publish(staged: Path, manifest: Any, tag: str, vmm: dict[str, Any], runtime_
         "kernel": {"path": manifest.verification.kernel.path, "sha256": manifest.verification.kernel.sha256},
         "initramfs": {"path": runtime_config.get("initrdPath", ""),
                       "sha256": _sha256(Path(str(runtime_config.get("initrdPath", ""))))},
-        "files": {**{n: {"sha256": _sha256(staged / n)} for n in _HASHED},
-                  **{n: _fingerprint(staged / n) for n in _FINGERPRINTED}},
+        "files": file_records(staged),
     }
     atomic_write(staged / MANIFEST_NAME, json.dumps(doc, indent=2).encode() + b"\n")
     final = staged.parent / tag

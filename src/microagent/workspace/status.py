@@ -114,6 +114,8 @@ def _network(manifest: Manifest, rt: Path) -> dict[str, Any]:
     """The mode and published ports, plus what the supervisor set up at the last start."""
     out: dict[str, Any] = {"mode": manifest.network,
                            "publish": [f"{p.host}:{p.hostPort}->{p.guestPort}/tcp" for p in manifest.publish]}
+    if manifest.egress is not None:  # the allowlist proxy (docs/egress.md)
+        out["egress"] = manifest.egress
     try:
         out["attached"] = json.loads((rt / "network.json").read_text())
     except (OSError, ValueError):

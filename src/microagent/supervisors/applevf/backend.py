@@ -43,6 +43,7 @@ from microagent.paths import host_arch
 from microagent.runtime_state import RuntimeDir, write_json_atomic
 from microagent.supervisors import netattach
 from microagent.supervisors.applevf import control
+from microagent.supervisors.applevf.guest_files import check_guest_files
 from microagent.supervisors.applevf.vzconfig import (
     SPEC_FILE,
     VZ_NAT_GATEWAY,
@@ -160,6 +161,7 @@ class AppleVFBackend(VMMBackend):
         assert request.config is not None
         network_attachment(request.config.network.mode)  # bridged: policy_denied before anything
         check_files(request)
+        check_guest_files(request.config.kernelPath, request.config.initrdPath)  # arm64 only
         return BootContext()
 
     def check(self, request: Request) -> Response:

@@ -1,0 +1,27 @@
+"""The egress options ``run`` and ``create`` share (docs/egress.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+
+def egress_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--egress-allow``, ``--egress-allow-cidr`` and ``--egress-deny-all``."""
+    f = click.option("--egress-deny-all", is_flag=True,
+                     help="start the egress proxy with an empty allowlist (everything refused and audited)")(f)
+    f = click.option("--egress-allow-cidr", "egress_allow_cidr", multiple=True, metavar="CIDR",
+                     help="let the egress proxy dial addresses in this private range (off by default)")(f)
+    f = click.option("--egress-allow", "egress_allow", multiple=True, metavar="HOST",
+                     help="let the guest reach HOST (or every subdomain of .SUFFIX) through the egress "
+                          "proxy on its 127.0.0.1:3128; only with --network isolated")(f)
+    return f
+
+
+def egress_policy(network: str, allow: tuple[str, ...], cidrs: tuple[str, ...], deny_all: bool) -> Any:
+    """The checked policy, or ``None``; raises ``InvalidRequest`` (a usage error) for bad input."""
+    from microagent.egress.options import policy_from_options
+
+    return policy_from_options(network, allow, cidrs, deny_all)

@@ -1,0 +1,135 @@
+"""The channel helper with the egress proxy in it.
+
+``python -m microagent.egress.helper --egress-policy PATH --egress-workspace NAME
+ROUTER-ARGS...`` is :mod:`microagent.channel.router` plus, once the guest
+answered, a client of its own control endpoint that keeps a few ``accept``
+sessions open in the guest (docs/protocol.md, "accept").  Each connection a
+guest process makes to the proxy port arrives on one of them and is served by
+:func:`microagent.egress.proxy.serve` in a thread of its own; at most
+``MAX_CONNECTIONS`` at once (more wait in the guest's listen backlog).
+
+The policy is re-read from ``egress.json`` when it changes, so ``microagent
+egress set`` applies to the next connection without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from microagent.channel import router
+from microagent.channel.connect import open_channel
+from microagent.channel.errors import ProtocolError
+from microagent.channel.forward import ForwardStream
+from microagent.channel.mux import (
+    ChannelConnection,
+    ControlEvent,
+    ErrorEvent,
+    ExitEvent,
+)
+from microagent.egress.audit import LOG_NAME, AuditLog
+from microagent.egress.policy import PROXY_PORT, EgressPolicy
+from microagent.egress.proxy import serve
+from microagent.errors import MicroagentError
+
+#: accept sessions kept open in the guest, waiting for connections
+WAITERS = 4
+#: proxied connections at once
+MAX_CONNECTIONS = 64
+
+
+class PolicyFile:
+    """The policy in ``egress.json``, re-read when the file changes; unreadable means deny all."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._policy = EgressPolicy()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> EgressPolicy:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                stamp = (st.st_mtime_ns, st.st_size)
+                if stamp != self._stamp:
+                    self._policy = EgressPolicy.from_wire(json.loads(self.path.read_text()))
+                    self._stamp = stamp
+            except (OSError, ValueError, MicroagentError) as exc:
+                router.log(f"egress policy {self.path} unreadable ({exc}); refusing everything")
+                self._policy, self._stamp = EgressPolicy(), None
+            return self._policy
+
+
+def accept_one(conn: ChannelConnection, port: int) -> ForwardStream:
+    """Open an ``accept`` session and wait (without limit) for the guest connection it takes."""
+    session = conn.open_session("accept", port=port)
+    try:
+        while True:
+            event = session.recv(None)
+            if isinstance(event, ControlEvent) and isinstance(event.body.get("accepted"), dict):
+                return ForwardStream(session, port, "127.0.0.1")
+            if isinstance(event, ErrorEvent):
+                raise event.to_exception()
+            if isinstance(event, ExitEvent):
+                raise ProtocolError("accept session ended before a connection")
+    except BaseException:
+        session.close()
+        raise
+
+
+def start_accept_pool(control: str, policy: PolicyFile, audit: AuditLog, port: int = PROXY_PORT) -> None:
+    """Serve the guest's proxy port from threads of this process (daemon: they die with it)."""
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def handle(stream: ForwardStream) -> None:
+        try:
+            serve(stream, policy, audit)
+        finally:
+            slots.release()
+
+    def wait_loop(conn: ChannelConnection) -> None:
+        while True:
+            slots.acquire()
+            try:
+                stream = accept_one(conn, port)
+            except Exception as exc:  # noqa: BLE001 - channel gone or guest refused: stop this waiter
+                slots.release()
+                router.log(f"egress proxy: stopped accepting: {exc}")
+                return
+            threading.Thread(target=handle, args=(stream,), daemon=True, name="egress-conn").start()
+
+    def run() -> None:
+        try:
+            conn = open_channel(control, hello_timeout=10.0)
+        except Exception as exc:  # noqa: BLE001 - logged; the guest's clients then see refused connections
+            router.log(f"egress proxy cannot start: {exc}")
+            return
+        if "accept" not in conn.features:
+            router.log("egress proxy: this guest init has no accept sessions; rebuild the guest")
+            return
+        router.log(f"egress proxy serving guest port {port}")
+        for i in range(WAITERS):
+            threading.Thread(target=wait_loop, args=(conn,), daemon=True, name=f"egress-accept-{i}").start()
+
+    threading.Thread(target=run, daemon=True, name="egress").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microagent-egress-helper", add_help=False)
+    parser.add_argument("--egress-policy", required=True, help="egress.json in the runtime directory")
+    parser.add_argument("--egress-workspace", required=True, help="the workspace name, for the audit log")
+    parser.add_argument("--egress-port", type=int, default=PROXY_PORT)
+    args, rest = parser.parse_known_args(argv)
+    path = Path(args.egress_policy).resolve()  # the router changes directory
+    audit = AuditLog(path.parent / LOG_NAME, args.egress_workspace)
+    return router.main(rest, on_ready=lambda endpoint: start_accept_pool(
+        endpoint, PolicyFile(path), audit, args.egress_port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

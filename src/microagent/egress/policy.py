@@ -1,0 +1,121 @@
+"""What a guest may reach through the egress proxy (pure: no I/O).
+
+A policy is a list of host names (exact, or ``.suffix`` for every subdomain)
+and of CIDRs that open private address ranges.  A name is allowed by the
+name list; the address it resolves to must then be public (the ranges
+``network/egress.py`` refuses for ``user``/``nat``, plus IPv6's loopback,
+ULA, link-local, multicast and NAT64) unless a CIDR of the policy holds it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from microagent.errors import InvalidRequest
+from microagent.network.egress import DENIED_IPV4
+
+#: the guest-side port of the proxy, on the guest's loopback
+PROXY_PORT = 3128
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DENIED_IPV6 = ("::/128", "::1/128", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "ff00::/8")
+_DENIED: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (*DENIED_IPV4, *DENIED_IPV6))
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def proxy_env(port: int = PROXY_PORT) -> tuple[str, ...]:
+    """The environment every guest process gets so that it uses the proxy."""
+    url = f"http://127.0.0.1:{port}"
+    return (f"HTTP_PROXY={url}", f"HTTPS_PROXY={url}", f"http_proxy={url}", f"https_proxy={url}",
+            "NO_PROXY=localhost,127.0.0.1", "no_proxy=localhost,127.0.0.1")
+
+
+def normalize_host(host: str) -> str:
+    """``host`` lower-cased, without a trailing dot; IP literals in canonical form.
+
+    :raises InvalidRequest: not a DNS name or an IP literal.
+    """
+    text = host.strip().lower().rstrip(".")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if 0 < len(text) <= 253 and all(_LABEL.fullmatch(label) for label in text.split(".")):
+        return text
+    raise InvalidRequest(f"{host!r} is not a host name", "give a DNS name (api.example.com), "
+                         "a .suffix for its subdomains (.example.com) or an IP address")
+
+
+def parse_allowed_host(entry: str) -> str:
+    """An ``--egress-allow`` entry: an exact host, or ``.suffix`` for subdomains."""
+    if entry.startswith("."):
+        return "." + normalize_host(entry[1:])
+    return normalize_host(entry)
+
+
+def parse_cidr(entry: str) -> str:
+    """An ``--egress-allow-cidr`` entry in canonical form.
+
+    :raises InvalidRequest: malformed, or host bits set.
+    """
+    try:
+        return str(ipaddress.ip_network(entry.strip(), strict=True))
+    except ValueError as exc:
+        raise InvalidRequest(f"{entry!r} is not a CIDR: {exc}",
+                             "give a network such as 10.1.0.0/16 or 127.0.0.0/8 (host bits zero)") from None
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """The allowlist; the proxy refuses everything it does not name."""
+
+    allow_hosts: tuple[str, ...] = ()
+    allow_cidrs: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, hosts: Any = (), cidrs: Any = ()) -> EgressPolicy:
+        """From user input (CLI, SDK, a manifest); duplicates dropped, order kept.
+
+        :raises InvalidRequest: a malformed host or CIDR.
+        """
+        if isinstance(hosts, str) or isinstance(cidrs, str):
+            raise InvalidRequest("egress hosts and CIDRs are lists", "pass a list, e.g. ['api.example.com']")
+        return cls(tuple(dict.fromkeys(parse_allowed_host(str(h)) for h in hosts)),
+                   tuple(dict.fromkeys(parse_cidr(str(c)) for c in cidrs)))
+
+    @classmethod
+    def from_wire(cls, doc: dict[str, Any]) -> EgressPolicy:
+        return cls.parse(doc.get("allowHosts") or (), doc.get("allowCidrs") or ())
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"allowHosts": list(self.allow_hosts), "allowCidrs": list(self.allow_cidrs)}
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether ``host`` (normalized) is on the list: exact, or under a ``.suffix`` entry."""
+        for entry in self.allow_hosts:
+            if entry.startswith("."):
+                if host.endswith(entry):
+                    return True
+            elif host == entry:
+                return True
+        return False
+
+    def address_refusal(self, address: str) -> str | None:
+        """Why the proxy must not dial ``address``, or ``None`` when it may."""
+        ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        networks = [ipaddress.ip_network(c) for c in self.allow_cidrs]
+        if any(ip.version == n.version and ip in n for n in networks):
+            return None
+        for denied in _DENIED:
+            if ip.version == denied.version and ip in denied:
+                return f"{ip} is in the non-public range {denied}; allow it with --egress-allow-cidr"
+        return None

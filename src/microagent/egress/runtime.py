@@ -1,0 +1,42 @@
+"""What a boot with an egress policy needs: the helper's ``egress.json`` and the guest's side.
+
+The supervisor calls :func:`prepare` while it writes the per-boot config:
+the policy goes to ``egress.json`` in the runtime directory (0600, what the
+helper's proxy reads and ``egress set`` rewrites), and the guest gets the
+proxy port to listen on and the proxy variables for every process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from microagent.egress.policy import EgressPolicy, proxy_env
+from microagent.fsutil import atomic_write
+
+POLICY_NAME = "egress.json"
+
+
+def write_policy(runtime_dir: Path, policy: EgressPolicy) -> None:
+    atomic_write(runtime_dir / POLICY_NAME, json.dumps(policy.to_wire()).encode())
+
+
+def prepare(runtime_dir: Path, egress: Any, env: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Write ``egress.json`` for ``egress`` (a :class:`~microagent.vmkit.types.Egress`).
+
+    :returns: the guest's env with the proxy variables added, and the config disk's ``proxy`` object.
+    :raises InvalidRequest: a malformed host or CIDR.
+    """
+    write_policy(runtime_dir, EgressPolicy.parse(egress.allowHosts, egress.allowCidrs))
+    return (*env, *proxy_env(egress.proxyPort)), {"port": egress.proxyPort}
+
+
+def helper_args(runtime_dir: Path, config: dict[str, Any]) -> tuple[str, list[str]]:
+    """The helper's module and extra arguments for a workspace's recorded ``config``."""
+    egress = (config.get("network") or {}).get("egress")
+    if egress is None:
+        return "microagent.channel.router", []
+    return "microagent.egress.helper", ["--egress-policy", str(runtime_dir / POLICY_NAME),
+                                        "--egress-workspace", runtime_dir.name,
+                                        "--egress-port", str(int(egress.get("proxyPort") or 3128))]
