@@ -43,7 +43,7 @@ def aarch64_kernel_dir() -> Path:
 @pytest.fixture(scope="module")
 def a64_state(tmp_path_factory: pytest.TempPathFactory, aarch64_kernel_dir: Path) -> Iterator[Path]:
     if not shutil.which("qemu-system-aarch64"):
-        pytest.skip("qemu-system-aarch64 is not installed (run 'make install': qemu-system-arm)")
+        pytest.fail("qemu-system-aarch64 is not installed (run 'make install': qemu-system-arm)")
     root = tmp_path_factory.mktemp("a64state")
     shutil.copytree(aarch64_kernel_dir, kernel_dir(root, "qemu", ARCH),
                     ignore=shutil.ignore_patterns("initramfs-*"))

@@ -30,7 +30,7 @@ def _zig_command() -> str:
     try:
         import ziglang  # noqa: F401  (installed by the [test] extra)
     except ImportError:
-        pytest.skip("ziglang is not installed in this venv: pip install -e '.[test]'")
+        pytest.fail("ziglang is not installed in this venv: pip install -e '.[test]'")
     return f"{sys.executable} -m ziglang"
 
 

@@ -35,7 +35,7 @@ def test_installed_image_is_an_arm64_image_with_mmio_modules(aarch64_kernel_dir:
 def _cached_deb(root: Path, debarch: str) -> Path:
     debs = sorted(deb_cache_dir(root).glob(f"linux-image-*_{debarch}.deb"))
     if not debs:
-        pytest.skip(f"no {debarch} kernel package cached (run 'make install')")
+        pytest.fail(f"no {debarch} kernel package cached (run 'make install')")
     return debs[-1]
 
 

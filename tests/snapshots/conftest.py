@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="module")
 def snap_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 is not installed (run 'make install')")
+        pytest.fail("qemu-system-x86_64 is not installed (run 'make install')")
     root = tmp_path_factory.mktemp("snapstate")
     src = kernel_dir(state_root(None), "qemu", host_arch())
     dst = kernel_dir(root, "qemu", host_arch())
