@@ -107,7 +107,7 @@ def test_a_huge_argv_is_refused_with_the_limit_and_the_remedy(tmp_path: Path) ->
 def _with_kernel(root: Path) -> Path:
     src = kernel_dir(state_root(None), "qemu", host_arch())
     if not (src / "kernel.json").is_file():
-        pytest.skip("no qemu kernel installed in the default state root (run 'make install')")
+        pytest.fail("no qemu kernel installed in the default state root (run 'make install')")
     shutil.copytree(src, kernel_dir(root, "qemu", host_arch()), ignore=shutil.ignore_patterns("initramfs-*"))
     return root
 

@@ -81,8 +81,7 @@ def running_workspace(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     try:
         agent = find_guest_init()
     except NotFound as exc:
-        print(f"SKIP: {exc.message} (run 'make guest')")
-        pytest.skip(exc.message)
+        pytest.fail(f"{exc.message} (run 'make guest')")
     root, name = tmp_path / "state", "ws"
     rt = root / "run" / name
     rt.mkdir(parents=True, mode=0o700)
