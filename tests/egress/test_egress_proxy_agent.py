@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from microagent.fsutil import atomic_write
+
 from egress.upstream import client_hello, echo_upstream, http_upstream
 
 
@@ -62,7 +64,8 @@ class Rig:
         return (self.tmp / "router.log").read_text(errors="replace")
 
     def set_policy(self, hosts: list[str], cidrs: list[str]) -> None:
-        self.policy.write_text(json.dumps({"allowHosts": hosts, "allowCidrs": cidrs}))
+        # atomically, as `egress set` does: the helper may read it at any moment
+        atomic_write(self.policy, json.dumps({"allowHosts": hosts, "allowCidrs": cidrs}).encode())
         os.utime(self.policy, ns=(time.time_ns(), time.time_ns()))
 
     def request(self, raw: bytes, *, read: bool = True) -> bytes:
