@@ -8,6 +8,8 @@ removed once its creator is dead.  NAT leases of workspaces that no
 longer exist are freed.  TAPs, rules or pasta namespaces that look like
 microagent's but belong to no workspace of this state root are reported,
 never removed: they may belong to another state root on the same host.
+Guest RAM files on tmpfs that no process maps (their run directory removed
+by hand) are removed: a live VM of any state root maps its own.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ def collect(root: Path, supervisor: str | None = None) -> dict[str, Any]:
         except (MicroagentError, ValueError) as exc:
             errors.append({"workspace": rt.name, "error": getattr(exc, "message", str(exc))})
     freed = _free_stale_leases(root, set(known) | _manifest_names(root))
+    from microagent.ramfiles import reap_orphans
+
     return {"ok": not errors, "reconciled": reconciled, "errors": errors, "freedLeases": freed,
-            "reapedStaging": reaped, "foreign": _foreign(root, known)}
+            "reapedStaging": reaped, "reapedRamFiles": reap_orphans(), "foreign": _foreign(root, known)}
 
 
 def _manifest_names(root: Path) -> set[str]:

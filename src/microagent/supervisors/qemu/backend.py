@@ -29,7 +29,8 @@ from microagent.host import process
 from microagent.network.pasta import QEMU_USER_NETWORK_ENV as USER_NETWORK_ENV
 from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
-from microagent.supervisors.qemu import guest_arch, ramfile, snapshot
+from microagent import ramfiles
+from microagent.supervisors.qemu import guest_arch, snapshot
 from microagent.supervisors.qemu.argv import (
     device_layout,
     memory_backend,
@@ -86,7 +87,7 @@ class QemuBackend(VMMBackend):
         if snap is not None and snap.private:
             memory = memory_backend(cfg, str(Path(snap.path) / snapshot.MEMORY_FILE), share=False)
         else:
-            ram = ramfile.create(rt.path)
+            ram = ramfiles.create(rt.path)
             memory = memory_backend(cfg, str(ram), share=True)
         argv = qemu_argv(ctx.binary, cfg, hostname=cfg.hostname or request.identity.runtimeID, accel=ctx.accel,
                          nic_args=plan.qemu_args() if plan is not None else [], memory_args=memory,
@@ -114,7 +115,7 @@ class QemuBackend(VMMBackend):
         runtime = rt.runtime()
         assert runtime is not None
         argv = list(runtime.argv or [])
-        ram = ramfile.find(rt.path)
+        ram = ramfiles.find(rt.path)
         if ram is None or "-M" not in argv:
             raise Conflict(f"workspace {rt.path.name} was started without its RAM in a file, so it "
                            "cannot be snapshotted", "halt it and start it again, then take the snapshot")
@@ -125,7 +126,7 @@ class QemuBackend(VMMBackend):
 
     def _unlink_boot_files(self, rt: RuntimeDir) -> None:
         super()._unlink_boot_files(rt)
-        ramfile.release(rt.path)
+        ramfiles.release(rt.path)
 
     def guest_spec(self, rt: RuntimeDir) -> str:
         return f"unix:{rt.channel_socket}"

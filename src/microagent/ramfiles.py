@@ -7,6 +7,10 @@ boots measured ~0.7 s slower here.  On tmpfs (``/dev/shm``) the file costs
 what anonymous RAM costs.  It sits in a 0700 directory of the user's, named
 by a hash of the run directory, and ``<run>/ram`` links to it so every
 command finds it; without a usable ``/dev/shm`` it is ``<run>/ram`` itself.
+
+A run directory removed without its VM's teardown leaves its file behind;
+``gc`` reaps files there that no process of this user maps or holds open
+(:func:`reap_orphans`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 from microagent.errors import PolicyDenied
@@ -22,7 +27,7 @@ RAM_LINK = "ram"
 TMPFS = Path("/dev/shm")
 
 
-def _private_tmpfs_dir() -> Path | None:
+def private_tmpfs_dir() -> Path | None:
     if not TMPFS.is_dir() or not os.access(TMPFS, os.W_OK):
         return None
     path = TMPFS / f"microagent-{os.getuid()}"
@@ -40,7 +45,7 @@ def _private_tmpfs_dir() -> Path | None:
 def create(run_dir: Path) -> Path:
     """A fresh empty RAM file (0600) for the VM of ``run_dir`` (QEMU sizes it); returns its path."""
     release(run_dir)
-    tmpfs = _private_tmpfs_dir()
+    tmpfs = private_tmpfs_dir()
     path = run_dir / RAM_LINK
     if tmpfs is not None:
         path = tmpfs / (hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:24] + ".ram")
@@ -66,3 +71,46 @@ def release(run_dir: Path) -> None:
         if target.parent.name == f"microagent-{os.getuid()}" and target.parent.parent == TMPFS:
             target.unlink(missing_ok=True)
     link.unlink(missing_ok=True)
+
+
+#: A file this young may be one whose VMM is still starting (created, not yet mapped).
+ORPHAN_MIN_AGE_S = 300.0
+
+
+def _paths_in_use(directory: Path) -> set[str]:
+    """Files under ``directory`` that a process of this user maps or holds open."""
+    prefix = f"{directory}/"
+    used: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                used.update(line.split(None, 5)[5].strip() for line in maps
+                            if prefix in line and len(line.split(None, 5)) == 6)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(prefix):
+                    used.add(target)
+        except OSError:  # gone, or another user's process (whose files are not in our 0700 dir)
+            continue
+    return {p.removesuffix(" (deleted)") for p in used}
+
+
+def reap_orphans(min_age_s: float = ORPHAN_MIN_AGE_S, directory: Path | None = None) -> list[str]:
+    """Remove this user's RAM files that no process uses and that are older than ``min_age_s``.
+
+    Safe across state roots: a live VM of any root maps its file.  Returns the removed paths.
+
+    :param directory: the tmpfs directory to sweep (default: this user's).
+    """
+    directory = directory or TMPFS / f"microagent-{os.getuid()}"
+    if not directory.is_dir():
+        return []
+    used, now, removed = _paths_in_use(directory), time.time(), []
+    for entry in os.scandir(directory):
+        if not entry.name.endswith(".ram") or entry.path in used:
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= min_age_s:
+            os.unlink(entry.path)
+            removed.append(entry.path)
+    return removed
