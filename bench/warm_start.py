@@ -8,6 +8,9 @@ One tiny builtin:busybox workspace (isolated) in a private state root:
            fixed up), then ``exec true``;
 - fork:    ``create --from-snapshot`` of the same snapshot (disk copy,
            copy-on-write memory), then ``exec true``, and the fork's private memory;
+- fan-out: ``--fanout`` forks (default 10) of that snapshot created at once,
+           the time until every one answered ``exec true``, and each fork's
+           QEMU memory (PSS: shared pages split between the forks, and private);
 - run:     ``run builtin:busybox -- true`` end to end (plan, disk, boot or
            restore, exec, kill, delete): ``--cold`` against the warm path
            (the image's boot snapshot, saved by one run beforehand).
@@ -15,12 +18,13 @@ One tiny builtin:busybox workspace (isolated) in a private state root:
 Each is run ``--runs`` times through the library (what the CLI calls) and
 the medians are compared in the same run: restore/cold is the ratio to watch.
 Snapshot create time is printed too.
-Usage: python bench/warm_start.py [--runs 5]
+Usage: python bench/warm_start.py [--runs 5] [--fanout 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import shutil
 import statistics
@@ -34,9 +38,32 @@ from microagent.workspace.lifecycle import WorkspaceStore
 from microagent.workspace.oneshot import run
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)}
+
+
 def private_mib(pid: int) -> float:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-    return (int(fields["Private_Dirty"].split()[0]) + int(fields["Private_Clean"].split()[0])) / 1024
+    fields = memory_kib(pid)
+    return (fields["Private_Dirty"] + fields["Private_Clean"]) / 1024
+
+
+def fan_out(store: WorkspaceStore, source: str, count: int) -> tuple[float, list[float], list[float]]:
+    """``count`` forks of ``source`` at once: seconds until all answered, PSS and private MiB each."""
+    def fork_and_exec(i: int) -> int:
+        t = store.fork(f"fan{i}", source)
+        first_exec(store, f"fan{i}")
+        return int(t.pid)
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        pids = list(pool.map(fork_and_exec, range(count)))
+    took = time.perf_counter() - t0
+    pss = [memory_kib(pid)["Pss"] / 1024 for pid in pids]
+    private = [private_mib(pid) for pid in pids]
+    for i in range(count):
+        store.delete(f"fan{i}", force=True)
+    return took, pss, private
 
 
 def first_exec(store: WorkspaceStore, name: str) -> None:
@@ -51,6 +78,7 @@ def first_exec(store: WorkspaceStore, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fanout", type=int, default=10)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="warm-bench-"))
     src = kernel_dir(state_root(None), "qemu", host_arch())
@@ -93,6 +121,7 @@ def main() -> None:
             store.delete(f"fork{i}", force=True)
             run_cold.append(timed_run(cold=True))
             run_warm.append(timed_run(cold=False))
+        fan_s, fan_pss, fan_private = fan_out(store, "bench:ready", args.fanout)
     finally:
         for m in store.list():
             store.delete(m["name"], force=True)
@@ -104,6 +133,10 @@ def main() -> None:
     print(f"restore      -> first exec  p50: {w * 1000:7.0f} ms   restore/cold = {w / c:.3f}")
     print(f"fork create  -> first exec  p50: {f * 1000:7.0f} ms   fork/cold    = {f / c:.3f}")
     print(f"fork private memory (QEMU)  p50: {statistics.median(fork_mem):7.1f} MiB")
+    print(f"{args.fanout} forks at once -> all answered:  {fan_s * 1000:7.0f} ms   "
+          f"fan-out/cold = {fan_s / c:.3f}")
+    print(f"per fork (QEMU) p50: PSS {statistics.median(fan_pss):6.1f} MiB, "
+          f"private {statistics.median(fan_private):6.1f} MiB (max {max(fan_private):.1f})")
     rc, rw = statistics.median(run_cold), statistics.median(run_warm)
     print(f"run -- true  --cold         p50: {rc * 1000:7.0f} ms")
     print(f"run -- true  warm           p50: {rw * 1000:7.0f} ms   warm/cold    = {rw / rc:.3f}")
