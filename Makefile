@@ -22,7 +22,7 @@ host-deps:
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test,mcp]'
+	$(BIN)/pip install -q -e '.[test,mcp,ray]'
 	touch $(STAMP)
 
 # bytecode up front: an editable install compiles on first import, which a

@@ -9,6 +9,7 @@
  *   boot.c            PID 1: mounts, config, network, then agent_run, power-off
  *     net.c, dhcp.c   PID 1: the config disk's network
  *   agent.c           this loop: channel, HELLO/OPEN/shutdown, reaping
+ *     service.c       PID 1: the config disk's service (restarts, its log)
  *     channel.c       opening the transport (struct channel)
  *     session.c       what every session kind shares; struct session_ops
  *       session_exec.c     exec and shell (user.c: passwd/group lookups)
@@ -33,6 +34,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "service.h"
 
 static int g_sig_w = -1;
 static volatile sig_atomic_t g_term;
@@ -86,6 +88,8 @@ static void agent_queue_error(struct agent *a, uint32_t session, const char *cod
 /* Hand an exited child to the session that started it, if any. */
 static void child_exited(struct agent *a, pid_t pid, int wstatus)
 {
+    if (service_child_exited(pid, wstatus))
+        return;
     for (struct session *s = a->host.sessions; s; s = s->next)
         if (s->ops->on_child_exit && s->ops->on_child_exit(s, pid, wstatus))
             return;
@@ -611,6 +615,7 @@ static enum shutdown_action do_shutdown(struct agent *a)
         write_all_timeout(a->ch.wfd, a->host.outq.data + a->host.outq.off, buf_used(&a->host.outq), 2000);
     buf_clear(&a->host.outq);
     ma_log("shutting down (%s)", !a->pid1 ? "exit" : a->shutdown == SD_REBOOT ? "reboot" : "poweroff");
+    service_stop(); /* its exit below must not schedule a restart */
     terminate_all(a, a->stop_signal, a->grace_ms);
     session_destroy_all(&a->host);
     return a->shutdown;
@@ -683,6 +688,10 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         }
         if (ch->kind == CH_VPORT && !ch->connected && (timeout < 0 || timeout > 50))
             timeout = 50;
+        int svc_fd = service_fd(), svc_idx = svc_fd >= 0 ? ps_add(&ps, svc_fd, POLLIN) : -1;
+        int svc_left = service_timeout_ms(now);
+        if (svc_left >= 0 && (timeout < 0 || svc_left < timeout))
+            timeout = svc_left;
 
         int n = poll(ps.p, ps.n, timeout);
         if (n < 0 && errno != EINTR) {
@@ -721,7 +730,10 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
             while (read(a->sig_r, junk, sizeof junk) > 0)
                 ;
         }
+        if (svc_idx >= 0 && ps_revents(&ps, svc_idx, svc_fd))
+            service_on_output();
         reap_children(a);
+        service_tick(now_mono_ms());
 
         /* Timeouts; ptys of reaped processes drain without waiting for
          * POLLIN (the tty may never report it). */

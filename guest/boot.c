@@ -21,7 +21,9 @@
 #include "agent.h"
 #include "channel.h"
 #include "json.h"
+#include "mounts.h"
 #include "net.h"
+#include "service.h"
 
 #ifndef SYS_finit_module
 #define SYS_finit_module 313
@@ -52,6 +54,7 @@ static struct boot_config g_cfg = {
 static void __attribute__((noreturn)) pid1_poweroff(enum shutdown_action how)
 {
     sync();
+    mounts_release(); /* volumes clean, for the next workspace that mounts them */
     mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
     sync();
     reboot(how == SD_REBOOT ? RB_AUTOBOOT : RB_POWER_OFF);
@@ -473,8 +476,13 @@ void pid1_main(void)
     struct jdoc cfg_doc = { 0 };
     char *cfg_text = read_boot_config(&agent, &cfg_doc);
     set_hostname(g_cfg.hostname);
+    if (mounts_apply(cfg_doc.root ? jget(cfg_doc.root, "mounts") : NULL) < 0) {
+        errno = EIO; /* no silent fallback: writes would land on the root disk instead */
+        fatal("mounting the volumes and host folders failed (%s): %s", "see the lines above");
+    }
     net_setup(cfg_doc.root ? jget(cfg_doc.root, "network") : NULL, g_cfg.hostname);
     listen_proxy(cfg_doc.root ? jget(cfg_doc.root, "proxy") : NULL);
+    service_configure(cfg_doc.root ? jget(cfg_doc.root, "service") : NULL, &agent.host);
     json_free(&cfg_doc);
     free(cfg_text);
     if (open_channel(&agent) < 0) {

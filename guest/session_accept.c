@@ -60,14 +60,17 @@ static void accept_open(struct session *s, const struct jv *req)
     }
 }
 
+/* out_used[1] marks the connection taken: in_fd alone goes back to -1
+ * once the host's EOF half-closes it, and the session must not then take
+ * the next connection into its finished stream. */
 static int accept_wait_fd(const struct session *s)
 {
-    return s->in_fd < 0 ? g_listen_fd : -1;
+    return s->out_used[1] ? -1 : g_listen_fd;
 }
 
 static void accept_ready(struct session *s)
 {
-    if (s->in_fd >= 0)
+    if (s->out_used[1])
         return;
     struct sockaddr_in peer;
     socklen_t pl = sizeof peer;

@@ -119,8 +119,11 @@ class Workspace:
                memory_mib: int | None = None, cpus: int | None = None, disk_size_mib: int | None = None,
                env: EnvArg = None, network: str = "isolated", allow_host_loopback: bool = False,
                backend: str | None = None, egress: EgressArg = None,
+               secrets: Sequence[str] = (), secret_hosts: Sequence[str] = (),
                start: bool = True, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
-               supervisor: str | None = None, from_snapshot: str | None = None) -> "Workspace":
+               supervisor: str | None = None, from_snapshot: str | None = None,
+               volumes: Sequence[str] = (), setup: Sequence[str] = (), service: str | None = None,
+               restart: str = "never") -> "Workspace":
         """Create workspace ``name`` from ``image`` and (unless ``start=False``) boot it.
 
         With ``from_snapshot="WORKSPACE:TAG"`` it is a fork of that snapshot instead,
@@ -133,14 +136,23 @@ class Workspace:
             the host's loopback); off by default (docs/network.md).
         :param egress: the guest's egress allowlist (docs/egress.md): host names (``.suffix``
             for subdomains), or ``{"allowHosts": [...], "allowCidrs": [...]}``; needs ``isolated``.
-        :raises InvalidRequest: unsafe name, unknown profile, bad env, a malformed egress entry.
+        :param secrets: as ``--secret``: ``"NAME"`` (value from the host's $NAME), ``"NAME=@env:VAR"``
+            or ``"NAME=@file:PATH"``; the guest sees a placeholder, the egress proxy puts the
+            value into request headers toward the hosts ``secret_hosts`` (``"NAME=HOST"``) bind
+            it to (docs/egress.md, "Secrets").  Values are read at every start.
+        :param volumes: as ``-v``: ``"VOLUME:/guest/path[:ro]"`` or ``"/host/dir:/guest/path[:ro]"``
+            (docs/volumes.md); a read-write volume is held until the workspace is deleted.
+        :param setup: as ``--setup``: commands run once, in order, at the first start (docs/services.md).
+        :param service: as ``--service``: a command guest init runs on every boot, restarted
+            by ``restart`` (``never``, ``on-failure``, ``always``).
+        :raises InvalidRequest: unsafe name, unknown profile, bad env, a malformed egress entry or volume.
         :raises Conflict: a workspace of that name exists.
         :raises NotFound: kernel, guest init or host tool missing.
         :raises Transient: the guest did not come up in ``boot_timeout`` (the
             workspace is left ``failed``; it is not deleted).
         """
         boot_timeout = seconds(boot_timeout, "boot_timeout")  # before anything is built
-        policy = _egress_policy(network, egress)
+        policy = _egress_policy(network, egress, secrets, secret_hosts)
         ws = cls(name, state_dir=state_dir, supervisor=supervisor)
         if from_snapshot is not None:
             ws._store.fork(name, from_snapshot, boot_timeout=boot_timeout)
@@ -148,7 +160,8 @@ class Workspace:
             return ws
         ws._store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
                          disk_size_mib=disk_size_mib, env=_env_list(env), network=network,
-                         allow_host_loopback=allow_host_loopback, backend=backend, egress=policy)
+                         allow_host_loopback=allow_host_loopback, backend=backend, egress=policy,
+                         volumes=volumes, setup=setup, service=service, restart=restart)
         ws._created = True
         if start:
             ws.start(boot_timeout=boot_timeout)
@@ -246,6 +259,28 @@ class Workspace:
         """A new running workspace ``name`` from this one's snapshot ``tag``."""
         return Workspace.create(name, from_snapshot=f"{self.name}:{tag}", state_dir=self._store.root,
                                 supervisor=self._store.supervisor)
+
+    def commit(self, ref: str, *, push: bool = False, allow_insecure: bool = False) -> dict[str, Any]:
+        """Save its disk (prepared, stopped or halted) as image ``ref`` (docs/commit.md):
+        a name for the image cache (also sent to its registry with ``push``) or ``oci:PATH[:TAG]``.
+        Returns ``{"digest", "reference", "layer", "changes", ...}``."""
+        from microagent.workspace.commit import commit
+
+        self.close()
+        return commit(self._store, self.name, ref, push=push, allow_insecure=allow_insecure)
+
+    def clone(self, name: str) -> "Workspace":
+        """A copy of it (prepared, stopped or halted) as workspace ``name``, prepared."""
+        from microagent.workspace.clone import clone
+
+        clone(self._store, self.name, name)
+        return Workspace(name, store=self._store)
+
+    def stats(self) -> dict[str, Any]:
+        """CPU time and memory of its VMM and helpers, guest memory, disk and network use."""
+        from microagent.workspace.stats import stats
+
+        return stats(self._store, self.name)
 
     def halt(self) -> None:
         """Clean shutdown through guest init (disk flushed): ``halted``."""
@@ -359,28 +394,37 @@ class Workspace:
         timeout = optional_seconds(timeout, "timeout")
         return self._guest().send_line(line, timeout=timeout)
 
-    def set_egress(self, egress: EgressArg) -> dict[str, Any]:
-        """Replace the egress allowlist (as ``egress=`` of :meth:`create`); a running
-        workspace applies it from its next connection (docs/egress.md).
+    def set_egress(self, egress: EgressArg = None, *, secrets: Sequence[str] | None = None,
+                   secret_hosts: Sequence[str] = ()) -> dict[str, Any]:
+        """Replace the egress allowlist (as ``egress=`` of :meth:`create`) and, when ``secrets``
+        is given, the secrets (their values read now and handed to a running proxy); a running
+        workspace applies them from its next connection (docs/egress.md).  With only
+        ``secrets`` the allowlist is kept.
 
         :returns: ``{"egress": {...}, "applied": bool}``.
         """
         from microagent.workspace.egress import set_policy
 
-        return set_policy(self._store, self.name, _egress_policy("isolated", egress if egress is not None else []))
+        allowlist = egress is not None or secrets is None
+        policy = _egress_policy("isolated", egress if egress is not None else [], secrets or (), secret_hosts)
+        return set_policy(self._store, self.name, policy, allowlist=allowlist, secrets=secrets is not None)
 
 
 def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: str | None = None,
         user: str | None = None, timeout: float | None = None, memory_mib: int = 512, cpus: int = 1,
         backend: str | None = None, boot_timeout: float = 60.0, state_dir: str | Path | None = None,
         supervisor: str | None = None, stdout: "OutputSink | None" = None,
-        stderr: "OutputSink | None" = None, egress: "EgressArg" = None, cold: bool = False) -> "ExecResult":
+        stderr: "OutputSink | None" = None, egress: "EgressArg" = None, cold: bool = False,
+        secrets: Sequence[str] = (), secret_hosts: Sequence[str] = (),
+        volumes: Sequence[str] = (), setup: Sequence[str] = (), service: str | None = None,
+        restart: str = "never") -> "ExecResult":
     """Boot a throwaway VM from ``image``, run ``argv``, tear it all down, return the result.
 
     It restores the image's boot snapshot instead of booting when it can
     (docs/snapshots.md); ``cold`` boots regardless.
 
-    ``egress``: as for :meth:`Workspace.create` (docs/egress.md).
+    ``egress``, ``secrets``, ``secret_hosts``, ``volumes``, ``setup``, ``service``, ``restart``: as for
+    :meth:`Workspace.create` (a failing setup command raises ``Permanent`` and the command does not run).
 
     :raises Unsupported: a backend or image this host cannot serve.
     :raises NotFound: kernel, guest init or host tool missing.
@@ -392,21 +436,23 @@ def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: s
                           user=user, timeout=timeout, memory_mib=memory_mib, cpus=cpus,
                           boot_timeout=boot_timeout, state_dir=state_dir, supervisor=supervisor,
                           stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
-                          egress=_egress_policy("isolated", egress), cold=cold)
+                          egress=_egress_policy("isolated", egress, secrets, secret_hosts), cold=cold,
+                          volumes=volumes, setup=setup, service=service, restart=restart)
     result: ExecResult = outcome.result
     return result
 
 
 
-def _egress_policy(network: str, egress: EgressArg) -> Any:
-    """The checked policy for an ``egress=`` argument, or ``None``."""
-    if egress is None:
-        return None
+def _egress_policy(network: str, egress: EgressArg, secrets: Sequence[str] = (),
+                   secret_hosts: Sequence[str] = ()) -> Any:
+    """The checked policy for ``egress=``, ``secrets=`` and ``secret_hosts=``, or ``None``."""
     from microagent.egress.options import policy_from_options
 
+    if egress is None:
+        return policy_from_options(network, (), (), False, secrets, secret_hosts)
     if isinstance(egress, Mapping):
         hosts, cidrs = tuple(egress.get("allowHosts") or ()), tuple(egress.get("allowCidrs") or ())
-        return policy_from_options(network, hosts, cidrs, deny_all=not hosts and not cidrs)
+        return policy_from_options(network, hosts, cidrs, not hosts and not cidrs, secrets, secret_hosts)
     if isinstance(egress, str):
         egress = [egress]
-    return policy_from_options(network, tuple(egress), (), deny_all=not egress)
+    return policy_from_options(network, tuple(egress), (), not egress, secrets, secret_hosts)

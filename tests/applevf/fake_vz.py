@@ -394,6 +394,12 @@ class FakeVirtualization:
         self.VZVirtioBlockDeviceConfiguration = cls("VZVirtioBlockDeviceConfiguration",
                                                     inits=("initWithAttachment_",), props=("blockDeviceIdentifier",))
         self.VZVirtioSocketDeviceConfiguration = cls("VZVirtioSocketDeviceConfiguration")
+        self.VZSharedDirectory = cls("VZSharedDirectory", inits=("initWithURL_readOnly_",),
+                                     props=("URL", "readOnly"))
+        self.VZSingleDirectoryShare = cls("VZSingleDirectoryShare", inits=("initWithDirectory_",),
+                                          props=("directory",))
+        self.VZVirtioFileSystemDeviceConfiguration = cls("VZVirtioFileSystemDeviceConfiguration",
+                                                         inits=("initWithTag_",), props=("tag", "share"))
         self.VZVirtioNetworkDeviceConfiguration = cls("VZVirtioNetworkDeviceConfiguration",
                                                       props=("attachment", "MACAddress"))
         self.VZNATNetworkDeviceAttachment = cls("VZNATNetworkDeviceAttachment")

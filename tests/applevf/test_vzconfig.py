@@ -120,6 +120,24 @@ def test_disks_in_order_and_config_disk_last_read_only(fake_vz: FakeVirtualizati
         "microagent.shutdown=poweroff microagent.config=/dev/vdd loglevel=4")
 
 
+def test_host_folders_are_virtiofs_shares(fake_vz: FakeVirtualization, vm_files: VMFiles) -> None:
+    """-v /host/dir:/path[:ro]: one VirtioFS device per folder, tagged as guest init mounts it,
+    read-only enforced by the framework; without folders the configuration has no such devices."""
+    folder = vm_files.root / "project"
+    folder.mkdir()
+    tree = _build(fake_vz, vm_files, shares=[
+        {"tag": "share0", "path": str(folder), "mountpoint": "/work"},
+        {"tag": "share1", "path": str(vm_files.root), "mountpoint": "/ro", "mode": "ro"}])
+
+    def device(tag: str, path: Path, read_only: bool) -> dict[str, Any]:
+        return {"class": "VZVirtioFileSystemDeviceConfiguration", "init": ["initWithTag_", [tag]],
+                "share": {"class": "VZSingleDirectoryShare", "init": ["initWithDirectory_", [
+                    {"class": "VZSharedDirectory", "init": ["initWithURL_readOnly_", [f"file://{path}", read_only]]}]]}}
+
+    assert tree["directorySharingDevices"] == [device("share0", folder, False), device("share1", vm_files.root, True)]
+    assert "directorySharingDevices" not in _build(fake_vz, vm_files)
+
+
 def test_no_initrd_sets_no_ramdisk(fake_vz: FakeVirtualization, vm_files: VMFiles) -> None:
     tree = _build(fake_vz, vm_files, initrdPath="")
     assert "initialRamdiskURL" not in tree["bootLoader"]

@@ -35,7 +35,7 @@ from microagent.workspace.manifest import FileDigest, ImageRecord, Manifest, Ver
 HEAVY = ("click", "microagent.images", "microagent.kernels", "microagent.supervisors.qemu",
          "microagent.host.detect", "microagent.network.firewall", "microagent.channel.forward",
          "microagent.channel.files", "microagent.channel.router", "rich", "urllib3", "http.client",
-         "email", "tarfile")
+         "email", "tarfile", "ray", "microagent.cluster")
 #: --help: python's own start-up plus the dispatcher.
 HELP_HEAVY = HEAVY + ("microagent.errors", "microagent.workspace", "microagent.channel", "subprocess", "json",
                       "typing")

@@ -39,11 +39,12 @@ def _listening(port: int) -> bool:
 
 
 class Rig:
-    def __init__(self, binary: Path, tmp: Path, hosts: list[str], cidrs: list[str]) -> None:
+    def __init__(self, binary: Path, tmp: Path, hosts: list[str], cidrs: list[str],
+                 secrets: list[dict[str, object]] | None = None, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.port = _free_port()
         self.policy = tmp / "egress.json"
-        self.set_policy(hosts, cidrs)
+        self.set_policy(hosts, cidrs, secrets)
         guest_sock = tmp / "channel.sock"
         self.control = tmp / "control.sock"
         self.agent = subprocess.Popen([str(binary), "--agent", "--listen", str(guest_sock)],
@@ -52,7 +53,7 @@ class Rig:
             [sys.executable, "-m", "microagent.egress.helper", "--egress-policy", str(self.policy),
              "--egress-workspace", "ws1", "--egress-port", str(self.port),
              "--guest", f"unix:{guest_sock}", "--listen", str(self.control), "--hello-timeout", "10"],
-            stderr=open(tmp / "router.log", "wb"))
+            stderr=open(tmp / "router.log", "wb"), env={**os.environ, **(env or {})})
         # In agent mode guest init listens when the first accept session arrives (in a VM: at boot).
         deadline = time.monotonic() + 10
         while not _listening(self.port):
@@ -63,9 +64,10 @@ class Rig:
     def router_log(self) -> str:
         return (self.tmp / "router.log").read_text(errors="replace")
 
-    def set_policy(self, hosts: list[str], cidrs: list[str]) -> None:
+    def set_policy(self, hosts: list[str], cidrs: list[str], secrets: list[dict[str, object]] | None = None) -> None:
         # atomically, as `egress set` does: the helper may read it at any moment
-        atomic_write(self.policy, json.dumps({"allowHosts": hosts, "allowCidrs": cidrs}).encode())
+        atomic_write(self.policy, json.dumps({"allowHosts": hosts, "allowCidrs": cidrs,
+                                              "secrets": secrets or []}).encode())
         os.utime(self.policy, ns=(time.time_ns(), time.time_ns()))
 
     def request(self, raw: bytes, *, read: bool = True) -> bytes:
@@ -98,8 +100,8 @@ class Rig:
 def make_rig(agent_binary: Path, tmp_path: Path) -> Iterator[object]:
     rigs: list[Rig] = []
 
-    def make(hosts: list[str], cidrs: list[str] = ()) -> Rig:  # type: ignore[assignment]
-        rig = Rig(agent_binary, tmp_path, list(hosts), list(cidrs))
+    def make(hosts: list[str], cidrs: list[str] = (), **kw: object) -> Rig:  # type: ignore[assignment]
+        rig = Rig(agent_binary, tmp_path, list(hosts), list(cidrs), **kw)  # type: ignore[arg-type]
         rigs.append(rig)
         return rig
 
@@ -108,7 +110,7 @@ def make_rig(agent_binary: Path, tmp_path: Path) -> Iterator[object]:
         rig.close()
 
 
-def _wait_audit(rig: Rig, n: int) -> list[dict[str, object]]:
+def wait_audit(rig: Rig, n: int) -> list[dict[str, object]]:
     deadline = time.monotonic() + 5
     while True:
         records = rig.audit()
@@ -127,7 +129,7 @@ def test_allowed_host_is_proxied_and_audited(make_rig) -> None:
     # Host comes from the URL, never from the guest's header (no fronting another name).
     assert f"upstream saw /hello host=localhost:{port}".encode() in answer
     assert "Proxy-Connection" not in up.requests[0]
-    [record] = _wait_audit(rig, 1)
+    [record] = wait_audit(rig, 1)
     assert record["decision"] == "allowed" and record["host"] == "localhost" and record["port"] == port
     assert record["address"] == "127.0.0.1" and record["workspace"] == "ws1"
     assert record["bytesReceived"] == len(answer) and record["bytesSent"] > 0
@@ -141,7 +143,7 @@ def test_unlisted_host_gets_403(make_rig) -> None:
         assert up.requests == []
     assert answer.startswith(b"HTTP/1.1 403 Forbidden"), answer
     assert b"127.0.0.1 is not on the egress allowlist" in answer
-    [record] = _wait_audit(rig, 1)
+    [record] = wait_audit(rig, 1)
     assert record["decision"] == "refused" and record["host"] == "127.0.0.1"
 
 
@@ -154,7 +156,7 @@ def test_private_address_refused_unless_its_cidr_is_allowed(make_rig) -> None:
         assert b"non-public range 127.0.0.0/8" in answer and up.requests == []
         rig.set_policy(["localhost"], ["127.0.0.0/8"])  # changed while running: next connection
         assert rig.request(f"GET {url} HTTP/1.1\r\n\r\n".encode()).startswith(b"HTTP/1.0 200")
-    decisions = [r["decision"] for r in _wait_audit(rig, 2)]
+    decisions = [r["decision"] for r in wait_audit(rig, 2)]
     assert decisions == ["refused", "allowed"]
 
 
@@ -179,7 +181,7 @@ def test_connect_to_443_needs_the_sni_of_the_connect_host(make_rig) -> None:
         assert seen == [good]
     finally:
         upstream.__exit__(None, None, None)
-    records = _wait_audit(rig, 3)
+    records = wait_audit(rig, 3)
     assert [r["decision"] for r in records] == ["allowed", "refused", "refused"]
     assert "does not match the CONNECT host" in str(records[1]["reason"])
     assert "must start with a TLS ClientHello" in str(records[2]["reason"])

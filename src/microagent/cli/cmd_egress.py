@@ -14,7 +14,7 @@ from microagent.cli.output import emit
 
 @click.group()
 def egress() -> None:
-    """Show the egress audit log of a workspace, or change its allowlist."""
+    """Show the egress audit log of a workspace, or change its allowlist and secrets."""
 
 
 @egress.command("log")
@@ -52,22 +52,28 @@ def log(name: str, follow: bool, as_json: bool, state_dir: str | None) -> int:
 @json_option
 @state_dir_option
 def set_(name: str, egress_allow: tuple[str, ...], egress_allow_cidr: tuple[str, ...], egress_deny_all: bool,
-         as_json: bool, state_dir: str | None) -> int:
-    """Replace NAME's egress allowlist; a running workspace applies it from its next connection."""
+         secret: tuple[str, ...], secret_host: tuple[str, ...], as_json: bool, state_dir: str | None) -> int:
+    """Replace NAME's egress allowlist and/or its secrets; a running workspace applies them from
+    its next connection (with --secret, the values are read now and handed to its proxy)."""
     from microagent.egress.options import policy_from_options
     from microagent.workspace.egress import set_policy
     from microagent.workspace.lifecycle import WorkspaceStore
 
+    allowlist = bool(egress_allow or egress_allow_cidr or egress_deny_all)
     with usage_errors():
-        policy = policy_from_options("isolated", egress_allow, egress_allow_cidr, egress_deny_all)
-        if policy is None:
-            raise click.UsageError("give --egress-allow, --egress-allow-cidr or --egress-deny-all")
-    result = set_policy(WorkspaceStore(state_dir), name, policy)
+        if not allowlist and not secret and not secret_host:
+            raise click.UsageError("give --egress-allow, --egress-allow-cidr, --egress-deny-all or --secret")
+        policy = policy_from_options("isolated", egress_allow, egress_allow_cidr, egress_deny_all, secret,
+                                     secret_host)
+    result = set_policy(WorkspaceStore(state_dir), name, policy, allowlist=allowlist,
+                        secrets=bool(secret or secret_host))
 
     def text(d: dict[str, object]) -> str:
-        hosts = ", ".join(policy.allow_hosts) or "nothing"
-        cidrs = f" (private ranges: {', '.join(policy.allow_cidrs)})" if policy.allow_cidrs else ""
+        wire = result["egress"]
+        hosts = ", ".join(wire["allowHosts"]) or "nothing"
+        cidrs = f" (private ranges: {', '.join(wire['allowCidrs'])})" if wire["allowCidrs"] else ""
+        bound = "; ".join(f"secret {s['name']} to {', '.join(s['hosts'])}" for s in wire.get("secrets") or ())
         when = "now" if result["applied"] else "at its next start"
-        return f"{name}: egress allows {hosts}{cidrs}; applies {when}"
+        return f"{name}: egress allows {hosts}{cidrs}{'; ' + bound if bound else ''}; applies {when}"
     emit({"ok": True, "name": name, **result}, as_json, text)
     return 0

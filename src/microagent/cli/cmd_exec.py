@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from microagent.cli import cmd_cluster
 from microagent.cli.exec_run import (
     DEFAULT_OUTPUT_LIMIT,
     RawTerminal,
@@ -84,6 +85,7 @@ class _OptionsAroundName(click.Command):
 
 
 @click.command(cls=_OptionsAroundName, context_settings={"allow_interspersed_args": False})
+@cmd_cluster.on_cluster(cmd_cluster.exec_)
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="environment variable")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from microagent.cli.egress_options import egress_options, egress_policy
+from microagent.cli.service_options import check_services, check_volumes, setup_service_options, volume_option
 from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit_json
 from microagent.cli.params import SECONDS
@@ -43,6 +44,8 @@ def _writer(stream: Any) -> Any:
 @click.option("--allow-host-loopback", is_flag=True,
               help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
 @egress_options
+@setup_service_options
+@volume_option
 @click.option("--cold", is_flag=True,
               help="boot, even when a boot snapshot of this image could be restored (and save none)")
 @click.option("--arch", default=None, metavar="ARCH",
@@ -52,7 +55,8 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
         env: tuple[str, ...], workdir: str | None, user: str | None, memory: int, cpus: int,
         keep: bool, network: str, publish: tuple[str, ...], allow_host_loopback: bool,
         egress_allow: tuple[str, ...], egress_allow_cidr: tuple[str, ...], egress_deny_all: bool,
-        arch: str | None, cold: bool) -> int:
+        secret: tuple[str, ...], secret_host: tuple[str, ...], arch: str | None, cold: bool,
+        setup: tuple[str, ...], service: str | None, restart: str, volume: tuple[str, ...]) -> int:
     """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
@@ -69,7 +73,9 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
     with usage_errors():
         check_run_input(argv, env=env, timeout=timeout, memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout,
                         network=network, publish=publish, allow_host_loopback=allow_host_loopback)
-        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all)
+        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all, secret, secret_host)
+        check_services(setup, service, restart)
+        check_volumes(volume)
     progress = pull_progress(as_json)  # layer progress on a TTY only
     try:
         outcome = run_oneshot(
@@ -77,6 +83,7 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
             memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
             supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
             allow_host_loopback=allow_host_loopback, arch=arch, cold=cold, egress=egress,
+            setup=setup, service=service, restart=restart, volumes=volume,
             stdout=None if as_json else _writer(sys.stdout.buffer),
             stderr=None if as_json else _writer(sys.stderr.buffer),
         )

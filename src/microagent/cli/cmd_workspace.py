@@ -8,13 +8,16 @@ JSON document. ``exec`` and ``connect`` are in :mod:`.cmd_exec`.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import Any, Callable
 
 import click
 
+from microagent.cli import cmd_cluster
 from microagent.cli.egress_options import egress_options, egress_policy
+from microagent.cli.service_options import check_services, check_volumes, setup_service_options, volume_option
 from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
 from microagent.cli.output import emit, emit_json
 from microagent.cli.params import SECONDS
@@ -46,7 +49,10 @@ def _mib(value: Any) -> str:
 
 
 @click.command()
-@click.argument("name")
+@cmd_cluster.on_cluster(cmd_cluster.create, require=True)
+@click.argument("name", required=False)
+@click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
+              help="create from a spec file (microagent.yaml, docs/spec.md) instead of flags")
 @click.option("--image", default="builtin:busybox", show_default=True, help="image reference")
 @click.option("--profile", default=None, help="tiny | small | medium | large (default small)")
 @click.option("--cpus", type=int, default=None, help="vCPUs (overrides the profile)")
@@ -60,6 +66,8 @@ def _mib(value: Any) -> str:
 @click.option("--allow-host-loopback", is_flag=True,
               help="let the guest reach the host through its gateway (user: the host's loopback); off by default")
 @egress_options
+@setup_service_options
+@volume_option
 @click.option("--from-snapshot", "from_snapshot", default=None, metavar="WORKSPACE:TAG",
               help="fork: NAME runs from that snapshot (its own disk copy, copy-on-write memory)")
 @click.option("--arch", default=None, metavar="ARCH",
@@ -69,12 +77,20 @@ def _mib(value: Any) -> str:
 def create(name: str, image: str, profile: str | None, cpus: int | None, memory: int | None,
            disk_size: int | None, env: tuple[str, ...], network: str, publish: tuple[str, ...],
            allow_host_loopback: bool, egress_allow: tuple[str, ...], egress_allow_cidr: tuple[str, ...],
-           egress_deny_all: bool, from_snapshot: str | None, arch: str | None, backend: str | None,
-           as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
+           egress_deny_all: bool, secret: tuple[str, ...], secret_host: tuple[str, ...],
+           setup: tuple[str, ...], service: str | None, restart: str, volume: tuple[str, ...],
+           spec_file: str | None,
+           from_snapshot: str | None, arch: str | None, backend: str | None, as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
     """Create workspace NAME: build its disk and manifest (state prepared); boot nothing.
 
     With --from-snapshot, NAME is a fork of that snapshot and is left running."""
     store = _store(state_dir, supervisor)
+    if spec_file is not None:
+        from microagent.cli.cmd_apply import create_from_spec
+
+        return create_from_spec(store, name, spec_file, as_json)
+    if name is None:
+        raise click.UsageError("missing argument NAME (or give a spec file with -f)")
     if from_snapshot is not None:
         t = store.fork(name, from_snapshot)
         emit({"ok": True, **t.to_json()}, as_json,
@@ -84,10 +100,13 @@ def create(name: str, image: str, profile: str | None, cpus: int | None, memory:
         store.check_create_input(name, profile=profile, memory_mib=memory, cpus=cpus, disk_size_mib=disk_size,
                                  env=env, network=network, publish=publish,
                                  allow_host_loopback=allow_host_loopback)
-        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all)
+        check_services(setup, service, restart)
+        check_volumes(volume)
+        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all, secret, secret_host)
     manifest = store.create(name, image=image, profile=profile, cpus=cpus, memory_mib=memory,
                             disk_size_mib=disk_size, env=env, network=network, publish=publish,
-                            allow_host_loopback=allow_host_loopback, backend=backend, arch=arch, egress=egress)
+                            allow_host_loopback=allow_host_loopback, backend=backend, arch=arch, egress=egress,
+                            setup=setup, service=service, restart=restart, volumes=volume)
     doc = {"ok": True, "state": "prepared", "diskPath": str(store.disk_path(name)),
            "workspace": manifest.to_json()}
 
@@ -176,6 +195,7 @@ quarantine = _transition_command(
 
 
 @click.command()
+@cmd_cluster.on_cluster(cmd_cluster.delete)
 @click.argument("name")
 @click.option("-f", "--force", is_flag=True, help="kill a running VM first")
 @common
@@ -210,6 +230,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _list_command(name: str, running_only: bool, help_text: str) -> click.Command:
     @click.command(name=name, help=help_text)
+    @cmd_cluster.on_cluster(functools.partial(cmd_cluster.list_, running_only=running_only))
     @common
     def cmd(as_json: bool, state_dir: str | None, supervisor: str | None) -> int:
         rows = _store(state_dir, supervisor).list(running_only=running_only)
@@ -250,17 +271,52 @@ def _status_text(d: dict[str, Any]) -> str:
         f"network:      {d['network']['mode']}"
         + (f", published {', '.join(d['network']['publish'])}" if d["network"].get("publish") else "")
         + (f"\n  attached:   {_attached(d['network']['attached'])}"
-           if d.get("alive") and _attached(d["network"].get("attached") or {}) else ""),
+           if d.get("alive") and _attached(d["network"].get("attached") or {}) else "")
+        + _egress_text(d["network"].get("egress")),
         "readiness:    " + ", ".join(f"{k}={'yes' if v.get('ready') else 'no'}" for k, v in rd.items()),
         f"channel:      {d['channel']['path']}",
         f"serial log:   {d['serialLog']}",
         "snapshots:    " + (", ".join(s["tag"] for s in d.get("snapshots", [])) or "-"),
+        *(["volumes:      " + ", ".join(d["volumes"])] if d.get("volumes") else []),
         "verification: " + ("ok" if ver["ok"] else "DIVERGED: " + ", ".join(ver["divergence"])),
     ]
     for key in ("kernel", "rootfsBase", "init"):
         v = ver[key]
         lines.append(f"  {key:<11} {'ok' if v['ok'] else 'CHANGED'}  {v['path']}  {v['recorded'][:19]}…")
-    return "\n".join(lines)
+    return "\n".join(lines + _services_text(d))
+
+
+def _services_text(d: dict[str, Any]) -> list[str]:
+    lines = []
+    if "setup" in d:
+        s = d["setup"]
+        line = f"setup:        {s['state']} ({len(s['commands'])} command{'s' if len(s['commands']) != 1 else ''})"
+        if s["state"] == "failed":
+            line += f": command {s.get('step')} ({s.get('command')!r}) exited with {s.get('exitCode')}"
+            tail = str(s.get("outputTail") or "").rstrip().splitlines()[-10:]
+            line += "".join(f"\n  | {t}" for t in tail)
+        lines.append(line)
+    if "service" in d:
+        s = d["service"]
+        last = s.get("lastExit") or {}
+        ended = (f", last exit {'signal ' + str(last['signal']) if 'signal' in last else 'code ' + str(last.get('code'))}"
+                 if last else "")
+        lines.append(f"service:      {s['state']}" + (f" (pid {s['pid']})" if s.get("pid") else "")
+                     + f", restart {s['restart']}, {s.get('restarts', 0)} restarts{ended}"
+                     + (f" ({s['reason']})" if s.get("reason") else "") + f"\n  command:    {s['command']}")
+    return lines
+
+
+def _egress_text(egress: dict[str, Any] | None) -> str:
+    """The egress lines of ``status``: the allowlist, and each secret's name and hosts (never a value)."""
+    if egress is None:
+        return ""
+    text = "\n  egress:     allows " + (", ".join(egress.get("allowHosts") or ()) or "nothing")
+    if egress.get("allowCidrs"):
+        text += f" (private ranges: {', '.join(egress['allowCidrs'])})"
+    for secret in egress.get("secrets") or ():
+        text += f"\n  secret:     {secret['name']} -> {', '.join(secret['hosts'])} (from {secret['source']})"
+    return text
 
 
 @click.command()
@@ -289,8 +345,11 @@ def _follow_help(what: str) -> Callable[[Any], Any]:
               help="only the last LINES lines")
 @click.option("--bytes", "max_bytes", type=click.IntRange(min=1), default=None, metavar="BYTES",
               help="read at most the last BYTES of the log (default 1 MiB)")
+@click.option("--service", "service", is_flag=True,
+              help="the output of NAME's --service instead (kept in the guest, at most 1 MiB; NAME must run; "
+                   "-f polls it every second)")
 @common
-def logs(name: str, follow: bool, tail_lines: int | None, max_bytes: int | None, as_json: bool,
+def logs(name: str, follow: bool, tail_lines: int | None, max_bytes: int | None, service: bool, as_json: bool,
          state_dir: str | None, supervisor: str | None) -> int:
     """The guest serial console log of NAME (its end: the log itself is capped, see docs/state.md)."""
     from microagent.errors import InvalidRequest
@@ -300,6 +359,8 @@ def logs(name: str, follow: bool, tail_lines: int | None, max_bytes: int | None,
         with usage_errors():
             raise InvalidRequest("logs -f cannot be combined with --json", "drop -f, or drop --json")
     store = _store(state_dir, supervisor)
+    if service:
+        return _service_logs(store, name, follow, tail_lines, max_bytes, as_json)
     chunks = store.logs(name, follow=follow, max_bytes=max_bytes or DEFAULT_LOG_TAIL_BYTES)
     head = next(chunks)  # the bounded tail first; with -f, what the guest writes next
     if tail_lines is not None:
@@ -314,6 +375,28 @@ def logs(name: str, follow: bool, tail_lines: int | None, max_bytes: int | None,
     for chunk in chunks:  # only with -f
         out.write(chunk)
         out.flush()
+    return 0
+
+
+def _service_logs(store: Any, name: str, follow: bool, tail_lines: int | None, max_bytes: int | None,
+                  as_json: bool) -> int:
+    from microagent.workspace.services import follow_service_log, service_log
+
+    rotated, current = service_log(store, name)
+    log = rotated + current
+    if max_bytes is not None:
+        log = log[-max_bytes:]
+    if tail_lines is not None:
+        log = b"".join(log.splitlines(keepends=True)[-tail_lines:]) if tail_lines else b""
+    if as_json:
+        emit_json({"ok": True, "name": name, "service": True, "log": log.decode("utf-8", "replace")})
+        return 0
+    sys.stdout.buffer.write(log)
+    sys.stdout.flush()
+    if follow:  # polled from the guest every second until the workspace stops
+        for chunk in follow_service_log(store, name, offset=len(current)):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
     return 0
 
 

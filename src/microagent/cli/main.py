@@ -37,6 +37,7 @@ COMMANDS = {
     "image": "microagent.cli.cmd_image:image",
     "run": "microagent.cli.cmd_run:run",
     "create": "microagent.cli.cmd_workspace:create",
+    "apply": "microagent.cli.cmd_apply:apply",
     "start": "microagent.cli.cmd_workspace:start",
     "halt": "microagent.cli.cmd_workspace:halt",
     "stop": "microagent.cli.cmd_workspace:stop",
@@ -45,6 +46,10 @@ COMMANDS = {
     "pause": "microagent.cli.cmd_pause:pause",
     "resume": "microagent.cli.cmd_pause:resume",
     "snapshot": "microagent.cli.cmd_snapshot:snapshot",
+    "volume": "microagent.cli.cmd_volume:volume",
+    "commit": "microagent.cli.cmd_commit:commit",
+    "clone": "microagent.cli.cmd_commit:clone",
+    "stats": "microagent.cli.cmd_commit:stats",
     "delete": "microagent.cli.cmd_workspace:delete",
     "list": "microagent.cli.cmd_workspace:list_",
     "ls": "microagent.cli.cmd_workspace:ls",
@@ -58,6 +63,7 @@ COMMANDS = {
     "connect": "microagent.cli.cmd_exec:connect",
     "mcp": "microagent.cli.cmd_mcp:mcp",
     "egress": "microagent.cli.cmd_egress:egress",
+    "cluster": "microagent.cli.cmd_cluster:cluster",
 }
 
 #: One line per command for ``microagent --help``, so the overview needs no
@@ -71,6 +77,7 @@ SUMMARIES = {
     "image": "Pull and manage cached OCI images.",
     "run": "Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.",
     "create": "Create workspace NAME: build its disk and manifest (state prepared); boot nothing.",
+    "apply": "Create a workspace from a spec file, or bring an existing one to it, saying what changed.",
     "start": "Boot workspace NAME; returns once its guest channel is ready.",
     "halt": "Shut NAME down cleanly through guest init (disk flushed): halted.",
     "stop": "SIGTERM the VMM of NAME, wait a grace period: stopped (failed if it survives).",
@@ -79,6 +86,10 @@ SUMMARIES = {
     "pause": "Stop the vcpus of NAME (memory and processes kept): paused.",
     "resume": "Continue paused NAME, also after a full host disk paused it (once there is space again).",
     "snapshot": "Save, list and remove snapshots of a workspace (memory, device state and disk).",
+    "volume": "Create, list, inspect and remove volumes: ext4 disks that outlive workspaces (-v NAME:/path).",
+    "commit": "Save the disk of NAME (prepared, stopped or halted) as image IMAGE_REF.",
+    "clone": "Copy workspace NAME (prepared, stopped or halted) as NEW (prepared).",
+    "stats": "CPU time and memory of NAME's VMM and helpers, guest memory, disk and network use.",
     "delete": "Delete NAME's disk and state (refused while its VM runs, unless -f).",
     "list": "List every workspace with its state.",
     "ls": "List every workspace with its state (alias of list).",
@@ -91,7 +102,8 @@ SUMMARIES = {
     "exec": "Run COMMAND in running workspace NAME; exit with its exit code.",
     "connect": "Open an interactive shell in running workspace NAME (Ctrl-] detaches).",
     "mcp": "Serve MCP tools that create, drive and delete workspaces (docs/mcp.md).",
-    "egress": "Show the egress audit log of a workspace, or change its allowlist.",
+    "egress": "Show the egress audit log of a workspace, or change its allowlist and secrets.",
+    "cluster": "Workspaces across a Ray cluster: nodes, capacity, host agents (docs/cluster.md).",
 }
 
 DESCRIPTION = "Run AI-agent workspaces in Linux microVMs."

@@ -9,7 +9,9 @@ guest process makes to the proxy port arrives on one of them and is served by
 ``MAX_CONNECTIONS`` at once (more wait in the guest's listen backlog).
 
 The policy is re-read from ``egress.json`` when it changes, so ``microagent
-egress set`` applies to the next connection without a restart.
+egress set`` applies to the next connection without a restart.  Secret values
+arrive on ``secrets.sock`` and stay in this process's memory
+(:mod:`microagent.egress.vault`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from microagent.channel.mux import (
 from microagent.egress.audit import LOG_NAME, AuditLog
 from microagent.egress.policy import PROXY_PORT, EgressPolicy
 from microagent.egress.proxy import serve
+from microagent.egress.vault import SOCKET_NAME, Vault
+from microagent.egress.vault import serve as serve_vault
 from microagent.errors import MicroagentError
 
 #: accept sessions kept open in the guest, waiting for connections
@@ -82,13 +86,15 @@ def accept_one(conn: ChannelConnection, port: int) -> ForwardStream:
         raise
 
 
-def start_accept_pool(control: str, policy: PolicyFile, audit: AuditLog, port: int = PROXY_PORT) -> None:
+def start_accept_pool(control: str, policy: PolicyFile, audit: AuditLog, port: int = PROXY_PORT,
+                      vault: Vault | None = None) -> None:
     """Serve the guest's proxy port from threads of this process (daemon: they die with it)."""
     slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    value_of = vault.value if vault is not None else (lambda name: None)
 
     def handle(stream: ForwardStream) -> None:
         try:
-            serve(stream, policy, audit)
+            serve(stream, policy, audit, value_of)
         finally:
             slots.release()
 
@@ -127,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     path = Path(args.egress_policy).resolve()  # the router changes directory
     audit = AuditLog(path.parent / LOG_NAME, args.egress_workspace)
+    vault = Vault()
+    serve_vault(path.parent / SOCKET_NAME, vault, router.log)  # before the guest can ask for a value
     return router.main(rest, on_ready=lambda endpoint: start_accept_pool(
-        endpoint, PolicyFile(path), audit, args.egress_port))
+        endpoint, PolicyFile(path), audit, args.egress_port, vault))
 
 
 if __name__ == "__main__":

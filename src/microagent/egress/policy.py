@@ -12,10 +12,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microagent.errors import InvalidRequest
 from microagent.network.egress import DENIED_IPV4
+
+if TYPE_CHECKING:
+    from microagent.egress.secrets import SecretBinding
 
 #: the guest-side port of the proxy, on the guest's loopback
 PROXY_PORT = 3128
@@ -74,10 +77,15 @@ def parse_cidr(entry: str) -> str:
 
 @dataclass(frozen=True)
 class EgressPolicy:
-    """The allowlist; the proxy refuses everything it does not name."""
+    """The allowlist; the proxy refuses everything it does not name.
+
+    ``secrets``: where each secret's value may go (:mod:`microagent.egress.secrets`); a
+    host a secret is bound to is reachable as if it were on ``allow_hosts``.
+    """
 
     allow_hosts: tuple[str, ...] = ()
     allow_cidrs: tuple[str, ...] = ()
+    secrets: tuple[SecretBinding, ...] = ()
 
     @classmethod
     def parse(cls, hosts: Any = (), cidrs: Any = ()) -> EgressPolicy:
@@ -92,13 +100,26 @@ class EgressPolicy:
 
     @classmethod
     def from_wire(cls, doc: dict[str, Any]) -> EgressPolicy:
-        return cls.parse(doc.get("allowHosts") or (), doc.get("allowCidrs") or ())
+        from microagent.egress.secrets import SecretBinding
+
+        secrets = doc.get("secrets") or []
+        if not isinstance(secrets, list) or not all(isinstance(s, dict) for s in secrets):
+            raise InvalidRequest("egress secrets are a list of objects", "recreate the workspace")
+        policy = cls.parse(doc.get("allowHosts") or (), doc.get("allowCidrs") or ())
+        return cls(policy.allow_hosts, policy.allow_cidrs, tuple(SecretBinding.from_wire(s) for s in secrets))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"allowHosts": list(self.allow_hosts), "allowCidrs": list(self.allow_cidrs)}
+        """What the manifest, ``egress.json`` and ``status`` hold: never a secret's value."""
+        wire: dict[str, Any] = {"allowHosts": list(self.allow_hosts), "allowCidrs": list(self.allow_cidrs)}
+        if self.secrets:
+            wire["secrets"] = [s.to_wire() for s in self.secrets]
+        return wire
 
     def host_allowed(self, host: str) -> bool:
-        """Whether ``host`` (normalized) is on the list: exact, or under a ``.suffix`` entry."""
+        """Whether ``host`` (normalized) is on the list (exact, or under a ``.suffix`` entry),
+        or a secret is bound to it."""
+        if any(s.bound_to(host) for s in self.secrets):
+            return True
         for entry in self.allow_hosts:
             if entry.startswith("."):
                 if host.endswith(entry):

@@ -11,6 +11,15 @@ The guest side is any duplex with ``recv(n, timeout)``, ``sendall(data)``,
   form with ``Host`` set to the URL's authority and ``Connection: close``
   (one request per connection, so a kept-alive connection cannot switch
   hosts), proxy headers dropped.
+- ``METHOD /https/host[:port]/path`` (the guest calls the proxy port as a
+  server, ``http://127.0.0.1:3128/https/host/...``): the broker; the same
+  request goes to ``https://host[:port]/path``, over TLS the host verifies
+  with its trust store.  How a guest reaches HTTPS APIs with a secret.
+
+Secrets (:mod:`microagent.egress.secrets`): a request head carrying a
+placeholder is refused unless its host is bound to that secret; toward a
+bound host the placeholder is replaced by the value in the header lines
+(plain HTTP and the broker; a CONNECT tunnel is opaque, so never).
 
 Anything refused gets ``403`` (``400`` for what is not a proxy request,
 ``502`` when the upstream cannot be reached) with the reason in the body.
@@ -21,11 +30,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from microagent.egress import sni
+from microagent.egress import secrets, sni
 from microagent.egress.audit import AuditLog
 from microagent.egress.policy import EgressPolicy, normalize_host
 from microagent.errors import InvalidRequest
@@ -40,6 +50,9 @@ ANSWER_LINGER_S = 5.0
 CHUNK = 32 * 1024
 log = logging.getLogger(__name__)
 _HOP_HEADERS = {b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive", b"host"}
+#: what the broker also drops: it sends the body itself, by Content-Length
+_BROKER_DROPPED = _HOP_HEADERS | {b"expect", b"te", b"upgrade"}
+BROKER_PREFIX = "/https/"
 
 
 class GuestStream(Protocol):
@@ -61,19 +74,30 @@ class Refused(Exception):
 _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}
 
 
-def serve(guest: GuestStream, policy: Callable[[], EgressPolicy], audit: AuditLog) -> None:
-    """Handle one guest connection to the end; never raises."""
+def serve(guest: GuestStream, policy: Callable[[], EgressPolicy], audit: AuditLog,
+          value_of: Callable[[str], bytes | None] = lambda name: None) -> None:
+    """Handle one guest connection to the end; never raises.
+
+    ``value_of(name)``: a secret's value (:class:`~microagent.egress.vault.Vault`), or ``None``.
+    """
     record: dict[str, Any] = {"host": None, "port": None, "address": None, "method": None}
     upstream: socket.socket | None = None
     try:
         head, rest = _read_head(guest)
-        method, host, port, upstream_head = _parse_request(head)
+        method, host, port, upstream_head, broker = _parse_request(head)
         record.update(method=method, host=host, port=port)
+        if broker:
+            record["broker"] = True
         current = policy()
         if not current.host_allowed(host):
             raise Refused(403, f"{host} is not on the egress allowlist")
+        upstream_head = _apply_secrets(current, head, upstream_head, host, method, value_of, record)
         address = _resolve_checked(current, host, port)
         record["address"] = address
+        if broker:
+            sent, received = _broker(guest, address, host, port, upstream_head, rest)
+            audit.write(**record, decision="allowed", bytesSent=sent, bytesReceived=received)
+            return
         if method == "CONNECT" and port == 443:
             # The server name comes after our 200: check it before anything reaches the upstream.
             record["tunnel"] = True
@@ -118,8 +142,23 @@ def _read_head(guest: GuestStream) -> tuple[bytes, bytes]:
     return head, rest
 
 
-def _parse_request(head: bytes) -> tuple[str, str, int, bytes]:
-    """``(method, host, port, upstream head)``; the head is empty for CONNECT."""
+def _apply_secrets(policy: EgressPolicy, head: bytes, upstream_head: bytes, host: str, method: str,
+                   value_of: Callable[[str], bytes | None], record: dict[str, Any]) -> bytes:
+    """The head to send with placeholders replaced; refuses a placeholder toward an unbound host."""
+    try:
+        # all the guest sent is checked (even headers not forwarded): a placeholder is refused to any other host
+        secrets.rewrite_head(head, host, policy.secrets, None, substitute=False)
+        used = [b.name for b in policy.secrets if b.placeholder.encode() in upstream_head]
+        if used:
+            record["secrets"] = used
+        return secrets.rewrite_head(upstream_head, host, policy.secrets, lambda b: value_of(b.name),
+                                    substitute=method != "CONNECT")
+    except secrets.SecretRefused as exc:
+        raise Refused(403, str(exc)) from None
+
+
+def _parse_request(head: bytes) -> tuple[str, str, int, bytes, bool]:
+    """``(method, host, port, upstream head, broker)``; the head is empty for CONNECT."""
     line, *headers = head.split(b"\r\n")
     parts = line.split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
@@ -127,16 +166,26 @@ def _parse_request(head: bytes) -> tuple[str, str, int, bytes]:
     method, target, version = (p.decode("latin-1") for p in parts)
     if method == "CONNECT":
         host, port = _split_authority(target, None)
-        return method, host, port, b""
+        return method, host, port, b"", False
+    if target.startswith(BROKER_PREFIX):
+        authority, _, path = target[len(BROKER_PREFIX):].partition("/")
+        host, port = _split_authority(authority, 443)
+        kept = [h for h in headers if h.split(b":", 1)[0].strip().lower() not in _BROKER_DROPPED]
+        if any(h.split(b":", 1)[0].strip().lower() == b"transfer-encoding" for h in kept):
+            raise Refused(400, "the broker takes request bodies with Content-Length, not Transfer-Encoding")
+        out = [f"{method} /{path} {version}".encode("latin-1"), b"Host: " + authority.encode("latin-1"),
+               *kept, b"Connection: close"]
+        return method, host, port, b"\r\n".join(out) + b"\r\n\r\n", True
     if not target.lower().startswith("http://"):
-        raise Refused(400, "plain requests need an absolute http:// URL; use CONNECT for https")
+        raise Refused(400, "plain requests need an absolute http:// URL; use CONNECT for https, or "
+                           f"the broker: http://127.0.0.1:PORT{BROKER_PREFIX}HOST/PATH")
     authority, _, path = target[7:].partition("/")
     host, port = _split_authority(authority.rpartition("@")[2], 80)
     kept = [h for h in headers if h.split(b":", 1)[0].strip().lower() not in _HOP_HEADERS]
     host_header = authority.rpartition("@")[2]
     out = [f"{method} /{path} {version}".encode("latin-1"), b"Host: " + host_header.encode("latin-1"),
            *kept, b"Connection: close"]
-    return method, host, port, b"\r\n".join(out) + b"\r\n\r\n"
+    return method, host, port, b"\r\n".join(out) + b"\r\n\r\n", False
 
 
 def _split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
@@ -185,6 +234,70 @@ def _dial(address: str, port: int) -> socket.socket:
         raise Refused(502, f"cannot connect to {address}:{port}: {exc.strerror or exc}") from None
     sock.settimeout(None)
     return sock
+
+
+_tls_context: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """The broker's client context: the host's trust store (OpenSSL's defaults, so
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` in the helper's environment apply), hostname checked."""
+    global _tls_context
+    if _tls_context is None:
+        _tls_context = ssl.create_default_context()
+    return _tls_context
+
+
+def _content_length(head: bytes) -> int:
+    """The body length the head announces (0: none); one Content-Length, a decimal number."""
+    values = [line.partition(b":")[2].strip() for line in head.split(b"\r\n")[1:]
+              if line.partition(b":")[0].strip().lower() == b"content-length"]
+    if not values:
+        return 0
+    if len(values) > 1 or not values[0].isdigit():
+        raise Refused(400, "a request needs at most one Content-Length, a decimal number")
+    return int(values[0])
+
+
+def _broker(guest: GuestStream, address: str, host: str, port: int, head: bytes,
+            rest: bytes) -> tuple[int, int]:
+    """Send the request over TLS to ``host`` at ``address``, relay the answer; ``(sent, received)``.
+
+    One direction at a time (a TLS connection is not shared between threads): the body
+    (by Content-Length) goes up, then the answer comes back until the upstream closes.
+    """
+    length = _content_length(head)  # checked before anything is dialed
+    raw = _dial(address, port)
+    try:
+        raw.settimeout(DIAL_TIMEOUT_S)
+        tls = tls_context().wrap_socket(raw, server_hostname=host)
+    except (ssl.SSLError, OSError) as exc:
+        raw.close()
+        raise Refused(502, f"TLS to {host}:{port} failed: {getattr(exc, 'reason', None) or exc}") from None
+    with tls:
+        body = rest[:length]
+        tls.settimeout(HEAD_TIMEOUT_S)
+        tls.sendall(head + body)
+        sent = len(head) + len(body)
+        while sent - len(head) < length:
+            chunk = guest.recv(min(CHUNK, length - (sent - len(head))), HEAD_TIMEOUT_S)
+            if not chunk:
+                raise ConnectionError("the guest closed before sending its whole body")
+            tls.sendall(chunk)
+            sent += len(chunk)
+        tls.settimeout(None)
+        received = 0
+        while True:
+            try:
+                chunk = tls.recv(CHUNK)
+            except ssl.SSLEOFError:  # closed without close_notify: the answer ends here anyway
+                chunk = b""
+            if not chunk:
+                break
+            guest.sendall(chunk)
+            received += len(chunk)
+        guest.shutdown_write()
+    return sent, received
 
 
 def _check_sni(guest: GuestStream, data: bytes, host: str) -> bytes:

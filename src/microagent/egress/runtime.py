@@ -28,8 +28,15 @@ def prepare(runtime_dir: Path, egress: Any, env: tuple[str, ...]) -> tuple[tuple
     :returns: the guest's env with the proxy variables added, and the config disk's ``proxy`` object.
     :raises InvalidRequest: a malformed host or CIDR.
     """
-    write_policy(runtime_dir, EgressPolicy.parse(egress.allowHosts, egress.allowCidrs))
-    return (*env, *proxy_env(egress.proxyPort)), {"port": egress.proxyPort}
+    from microagent.egress.secrets import SecretBinding
+
+    allowed = EgressPolicy.parse(egress.allowHosts, egress.allowCidrs)
+    bindings = tuple(SecretBinding.from_wire({"name": s.name, "placeholder": s.placeholder, "hosts": s.hosts})
+                     for s in egress.secrets)
+    write_policy(runtime_dir, EgressPolicy(allowed.allow_hosts, allowed.allow_cidrs, bindings))
+    # the guest sees only the placeholders; the helper gets the values (egress/vault.py)
+    placeholders = tuple(f"{b.name}={b.placeholder}" for b in bindings)
+    return (*env, *proxy_env(egress.proxyPort), *placeholders), {"port": egress.proxyPort}
 
 
 def helper_args(runtime_dir: Path, config: dict[str, Any]) -> tuple[str, list[str]]:

@@ -92,8 +92,10 @@ def checks_for(backend: str, facts: HostFacts, kernel: dict[str, Any]) -> list[C
         out.extend(network_checks(backend, facts))
     out.append(_guest_init_check(facts.architecture))
     status = kernel.get("status")
-    out.append(Check("kernel", status == "installed", True,
-                     f"{status}: {kernel.get('path', '')}",
+    # outdated: it boots, but lacks a module a feature needs (virtiofs for host folders)
+    out.append(Check("kernel", status == "installed", status != "outdated",
+                     f"{status}: {kernel.get('path', '')}"
+                     + (f" ({kernel.get('detail')})" if status == "outdated" else ""),
                      f"run 'microagent kernel install --backend {backend}'"))
     return out
 

@@ -36,7 +36,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import urllib3
 
@@ -179,6 +179,59 @@ class RegistryClient:
         raise Transient(f"downloading {what} kept failing: {last}",
                         "the registry or network is unstable; retry the pull later") from last
 
+    # -- push (microagent commit --push) ----------------------------------
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether the repository already has the blob (a ``HEAD``)."""
+        try:
+            resp = self._request("HEAD", repository, f"/v2/{repository}/blobs/{digest}", {},
+                                 what=f"blob {digest} of {self.registry}/{repository}")
+        except NotFound:
+            return False
+        _drain(resp)
+        return True
+
+    def push_blob(self, repository: str, digest: str, path: Path) -> None:
+        """Upload one blob (a monolithic upload: ``POST`` then ``PUT ?digest=``).
+
+        :raises PolicyDenied: no push access; :raises Transient: unreachable.
+        """
+        what = f"upload of blob {digest} to {self.registry}/{repository}"
+        resp = self._request("POST", repository, f"/v2/{repository}/blobs/uploads/", {"Content-Length": "0"},
+                             what=what)
+        location = resp.headers.get("Location") or ""
+        _drain(resp)
+        split = urllib.parse.urlsplit(location)
+        if not split.path.startswith(f"/v2/{repository}/blobs/uploads/") or \
+                (split.netloc and split.netloc != self.api_host):
+            raise Permanent(f"registry {self.registry} sent an upload location {location!r} elsewhere",
+                            "report this to the registry's operator")
+        query = f"{split.query}&" if split.query else ""
+        target = f"{split.path}?{query}{urllib.parse.urlencode({'digest': digest})}"
+        size = path.stat().st_size
+        opened: list[IO[bytes]] = []
+
+        def body() -> IO[bytes]:
+            fh = open(path, "rb")
+            opened.append(fh)
+            return fh
+
+        try:
+            resp = self._request("PUT", repository, target, {"Content-Type": "application/octet-stream",
+                                                             "Content-Length": str(size)},
+                                 what=what, body=body)
+            _drain(resp)
+        finally:
+            for fh in opened:
+                fh.close()
+
+    def put_manifest(self, repository: str, tag: str, manifest: bytes, media_type: str) -> None:
+        """Tag ``manifest`` in the repository."""
+        resp = self._request("PUT", repository, f"/v2/{repository}/manifests/{tag}", {"Content-Type": media_type},
+                             what=f"manifest {self.registry}/{repository}:{tag}",
+                             body=lambda: manifest)
+        _drain(resp)
+
     # -- HTTP -------------------------------------------------------------
 
     def _url(self, path: str) -> str:
@@ -193,8 +246,11 @@ class RegistryClient:
         return None
 
     def _request(self, method: str, repository: str, path: str, headers: dict[str, str], *, what: str,
-                 stream: bool = False) -> urllib3.BaseHTTPResponse:
-        """Send with auth and retries; returns a 2xx response or raises a mapped error."""
+                 stream: bool = False, body: Callable[[], Any] | None = None) -> urllib3.BaseHTTPResponse:
+        """Send with auth and retries; returns a 2xx response or raises a mapped error.
+
+        :param body: makes the request body afresh for each attempt (bytes or an open file).
+        """
         authed_once = False
         attempt = 0
         while True:
@@ -203,7 +259,7 @@ class RegistryClient:
             if auth:
                 h["Authorization"] = auth
             try:
-                resp = self._send(method, self._url(path), h, stream=stream)
+                resp = self._send(method, self._url(path), h, stream=stream, body=body)
             except urllib3.exceptions.HTTPError as exc:
                 if attempt + 1 >= self.attempts:
                     raise _unreachable(self.registry, self._url(path), exc) from exc
@@ -226,12 +282,14 @@ class RegistryClient:
                 return resp
             raise self._error(resp, what)
 
-    def _send(self, method: str, url: str, headers: dict[str, str], *, stream: bool) -> urllib3.BaseHTTPResponse:
+    def _send(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
+              body: Callable[[], Any] | None = None) -> urllib3.BaseHTTPResponse:
         self.counter.count += 1
         retries = urllib3.Retry(total=10, connect=0, read=0, status=0, other=0, redirect=10,
                                 raise_on_redirect=True)
         return self._pool.request(method, url, headers=headers, preload_content=not stream,
-                                  retries=retries, timeout=self.timeout, redirect=True)
+                                  retries=retries, timeout=self.timeout, redirect=True,
+                                  body=body() if body is not None else None)
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = self.backoff * (2 ** attempt) * (0.75 + random.random() / 2)

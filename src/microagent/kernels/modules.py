@@ -57,15 +57,18 @@ DEFAULT_GUEST_MODULES: tuple[str, ...] = (
 # Apple VF attaches virtio devices over PCI, not MMIO.
 APPLEVF_GUEST_MODULES: tuple[str, ...] = (
     "virtio_ring", "virtio", "virtio_pci", "virtio_blk", "virtio_console", "virtio_net",
-    "vsock", "vmw_vsock_virtio_transport",
+    "vsock", "vmw_vsock_virtio_transport", "virtiofs",
 )
 # Hyper-V: VMBus, SCSI disks (storvsc), hv_sock for the channel, netvsc, and
 # hv_utils (the shutdown integration service that makes `stop` work).
 HYPERV_GUEST_MODULES: tuple[str, ...] = (
     "hv_vmbus", "hv_storvsc", "sd_mod", "vsock", "hv_sock", "hv_netvsc", "hv_utils",
 )
+# QEMU shares host folders over virtiofs (docs/volumes.md; the cloud kernel has no 9p);
+# fuse comes in by closure.
+QEMU_GUEST_MODULES: tuple[str, ...] = (*DEFAULT_GUEST_MODULES, "virtiofs")
 GUEST_MODULES_BY_BACKEND: dict[str, tuple[str, ...]] = {
-    "qemu": DEFAULT_GUEST_MODULES,
+    "qemu": QEMU_GUEST_MODULES,
     "firecracker": DEFAULT_GUEST_MODULES,
     "apple-vf": APPLEVF_GUEST_MODULES,
     "windows-hyperv": HYPERV_GUEST_MODULES,

@@ -523,7 +523,8 @@ def kernel_status(state_root: Path, backend: str, arch: str | None = None, *, ve
     :param verify: recompute every sha256 (about 0.2 s for Debian's kernel);
         otherwise only check that the recorded files exist.
     :returns: ``{backend, architecture, path, status, sha256, version, modules,
-        detail}`` with ``status`` one of ``installed``, ``missing``, ``corrupt``;
+        detail}`` with ``status`` one of ``installed``, ``missing``, ``corrupt``,
+        ``outdated`` (a module this microagent needs is not installed);
         ``path`` is the Image path, ``sha256`` its recorded hash (or ``None``).
     :raises Unsupported: an unknown architecture.
     """
@@ -567,7 +568,20 @@ def kernel_status(state_root: Path, backend: str, arch: str | None = None, *, ve
         out.update(status="corrupt", detail=f"{names}; reinstall the kernel")
     elif not record.modules:
         out["detail"] += " (no modules recorded: the virtio drivers must be built into this kernel)"
+    elif missing := missing_guest_modules(record):
+        # installed before this microagent wanted them (e.g. virtiofs for host folders)
+        out.update(status="outdated", detail=f"modules {', '.join(missing)} missing; reinstall the kernel: "
+                                             f"microagent kernel install --backend {backend}")
     return out
+
+
+def missing_guest_modules(record: KernelRecord) -> list[str]:
+    """Guest modules this microagent loads that a Debian-package install did not record."""
+    if record.source.get("type") != "deb":
+        return []
+    have = {m["name"] for m in record.modules}
+    return [m for m in kmodules.GUEST_MODULES_BY_BACKEND.get(record.backend, ())
+            if m not in have and m not in kmodules.OPTIONAL_MODULES]
 
 
 def _initramfs_key(init_sha: str, modules: list[tuple[str, str]]) -> str:

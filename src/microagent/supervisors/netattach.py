@@ -180,11 +180,16 @@ def rebind_published(config: dict[str, Any]) -> list[tuple[socket.socket, int]]:
 
 
 def write_config_disk(rt: RuntimeDir, hostname: str, network: dict[str, Any], env: tuple[str, ...] = (),
-                      proxy: dict[str, Any] | None = None) -> Path:
+                      proxy: dict[str, Any] | None = None, service: dict[str, Any] | None = None,
+                      mounts: list[dict[str, Any]] | None = None) -> Path:
     """The per-boot config disk: one JSON object, NUL-padded (docs/protocol.md); ``proxy``:
-    the egress proxy port guest init listens on (docs/egress.md)."""
+    the egress proxy port guest init listens on (docs/egress.md); ``service``: the command
+    guest init starts and restarts (docs/services.md); ``mounts``: volumes and host folders
+    guest init mounts (docs/volumes.md)."""
     doc = json.dumps({"hostname": hostname, "env": list(env), "network": network,
-                      **({"proxy": proxy} if proxy else {})}).encode()
+                      **({"proxy": proxy} if proxy else {}),
+                      **({"service": service} if service else {}),
+                      **({"mounts": mounts} if mounts else {})}).encode()
     if len(doc) >= CONFIG_DISK_BYTES:
         raise Permanent(f"the per-boot config ({len(doc)} bytes) does not fit the {CONFIG_DISK_BYTES // 1024} KiB "
                         "config disk", "pass fewer or shorter -e values")

@@ -55,7 +55,7 @@ from msgspec import structs
 
 import microagent.serial_log as serial_log
 from microagent.channel.vm_events import paused_detail
-from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient
+from microagent.errors import Conflict, MicroagentError, NotFound, Permanent, Transient, Unsupported
 from microagent.host import process
 from microagent.network.plan import NetworkPlan
 from microagent.paths import require_private_root, workspace_dir
@@ -167,8 +167,27 @@ class VMMBackend(Backend):
 
             env, proxy = egress_runtime.prepare(rt.path, cfg.network.egress, cfg.env)
         disk = netattach.write_config_disk(rt, cfg.hostname or name, self.guest_network(attachment, name), env,
-                                           proxy=proxy)
+                                           proxy=proxy, service=to_wire(cfg.service) if cfg.service else None,
+                                           mounts=self.guest_mounts(cfg))
         return structs.replace(request, config=structs.replace(cfg, configDiskPath=str(disk)))
+
+    def disk_device(self, index: int) -> str:
+        """The guest device of ``config.disks[index]``: after the root disk (vda)."""
+        return f"/dev/vd{chr(ord('b') + index)}"
+
+    #: whether ``config.shares`` (host folders) can be served
+    supports_shares = False
+
+    def guest_mounts(self, cfg: Config) -> list[dict[str, Any]]:
+        """The config disk's ``mounts``: each disk and share, where guest init mounts it (docs/volumes.md)."""
+        if cfg.shares and not self.supports_shares:
+            raise Unsupported(f"the {self.name} backend cannot share host folders with the guest",
+                              "use the qemu backend for -v /host/dir:/guest/path, or a volume")
+        mounts = [{"type": "ext4", "source": self.disk_device(i), "target": d.mountpoint, "ro": d.mode == "ro"}
+                  for i, d in enumerate(cfg.disks)]
+        mounts += [{"type": "virtiofs", "source": s.tag, "target": s.mountpoint, "ro": s.mode == "ro"}
+                   for s in cfg.shares]
+        return mounts
 
     def pause_vm(self, rt: RuntimeDir) -> None:
         raise self._unsupported("pause")

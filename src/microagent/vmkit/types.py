@@ -99,6 +99,18 @@ class Disk(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mode: Literal["ro", "rw"] = "rw"
 
 
+ShareTag = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,36}$", description="a virtiofs tag")]
+
+
+class Share(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A host directory shared live with the guest (virtiofs on QEMU; docs/volumes.md)."""
+
+    tag: ShareTag
+    path: AbsPath
+    mountpoint: AbsPath
+    mode: Literal["ro", "rw"] = "rw"
+
+
 class PortForward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A host port published to a guest port (tcp only; ``udp`` is refused)."""
 
@@ -106,6 +118,15 @@ class PortForward(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     guestPort: Port
     host: str = "127.0.0.1"
     protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class EgressSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A secret of the egress proxy (docs/egress.md): the guest gets ``name=placeholder``; the
+    value never passes through the supervisor (the helper gets it in memory only)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    placeholder: Annotated[str, msgspec.Meta(pattern=r"^microagent-secret-[0-9a-f]{32}$")]
+    hosts: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=254)], ...]
 
 
 class Egress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -119,6 +140,8 @@ class Egress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allowCidrs: tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], ...] = ()
     #: where guest processes reach the proxy, on the guest's loopback
     proxyPort: Port = 3128
+    #: secrets whose placeholders the proxy replaces toward their hosts
+    secrets: tuple[EgressSecret, ...] = ()
 
 
 class Network(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -130,6 +153,23 @@ class Network(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allowHostLoopback: bool = False
     #: an egress allowlist proxy instead of a NIC (``isolated`` only)
     egress: Egress | None = None
+
+
+RestartPolicy = Literal["never", "on-failure", "always"]
+RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicy)
+#: what guest init accepts per service field (guest/service.c)
+SERVICE_FIELD_MAX = 8192
+
+
+class Service(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The workspace's long-running command, started by guest init on every boot as
+    ``sh -c command`` (docs/services.md); restarted by ``restart`` with a backoff."""
+
+    command: Annotated[str, msgspec.Meta(min_length=1, max_length=SERVICE_FIELD_MAX)]
+    restart: RestartPolicy = "never"
+    #: the image's user and working directory ("" = root, the user's home)
+    user: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    workdir: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -149,7 +189,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     env: tuple[EnvEntry, ...] = ()  # per-boot environment, applied by guest init to every process
     stopSignal: Signal = 15  # what halt sends every guest process first (the image's StopSignal)
     disks: tuple[Disk, ...] = ()
+    #: host directories shared with the guest, mounted by guest init like the disks
+    shares: tuple[Share, ...] = ()
     network: Network = msgspec.field(default_factory=Network)
+    service: Service | None = None  # started by guest init on every boot (config disk)
 
 
 class BootConfig(Config, kw_only=True):
@@ -319,6 +362,15 @@ def _check_config(cfg: Config) -> None:
             raise InvalidRequest(f"{where}.mountpoint {disk.mountpoint!r} is used twice")
         names.add(disk.name)
         mounts.add(disk.mountpoint)
+    tags: set[str] = set()
+    for i, share in enumerate(cfg.shares):
+        where = f"config.shares[{i}]"
+        if share.tag in tags:
+            raise InvalidRequest(f"{where}.tag {share.tag!r} is used twice")
+        if share.mountpoint in mounts:
+            raise InvalidRequest(f"{where}.mountpoint {share.mountpoint!r} is used twice")
+        tags.add(share.tag)
+        mounts.add(share.mountpoint)
     net = cfg.network
     published: set[tuple[str, int]] = set()
     for i, fwd in enumerate(net.portForwards):

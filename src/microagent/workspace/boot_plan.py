@@ -15,7 +15,7 @@ from pathlib import Path
 from microagent.errors import NotFound
 from microagent.images.resolve import BaseImage, check_reference
 from microagent.paths import host_arch, kernel_dir, runtime_dir, state_root, workspace_dir
-from microagent.vmkit.types import Config, Network
+from microagent.vmkit.types import Config, Disk, Network, Service, Share
 
 
 @dataclass
@@ -31,6 +31,9 @@ class BootPlan:
     cpus: int
     boot_timeout: float
     network: Network = field(default_factory=Network)
+    service: Service | None = None  # started by guest init on every boot (docs/services.md)
+    disks: tuple[Disk, ...] = ()  # volumes (docs/volumes.md)
+    shares: tuple[Share, ...] = ()  # host folders
     arch: str = field(default_factory=host_arch)  # the guest's: its kernel, init and image
     image: BaseImage = field(init=False)
 
@@ -55,6 +58,8 @@ class BootPlan:
             timeoutSeconds=self.boot_timeout,
             network=self.network,
             stopSignal=self.image.config.stop_signal_number() if hasattr(self, "image") else 15,
+            service=self.service,
+            disks=self.disks, shares=self.shares,
         )
 
 

@@ -1,4 +1,5 @@
-"""A workspace's egress policy: change it (running or not) and read its audit log."""
+"""A workspace's egress policy: change it (running or not), hand its secrets to the proxy,
+read its audit log."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from microagent.errors import InvalidRequest
 from microagent.workspace.manifest import save_manifest
 
 
-def set_policy(store: Any, name: str, policy: EgressPolicy) -> dict[str, Any]:
+def set_policy(store: Any, name: str, policy: EgressPolicy, *, allowlist: bool = True,
+               secrets: bool = False) -> dict[str, Any]:
     """Store ``policy`` in NAME's manifest and, when its helper runs, hand it the new one.
+
+    ``allowlist``: replace the hosts and CIDRs (else keep the current ones); ``secrets``:
+    replace the secret bindings (else keep them) and hand their values, read from their
+    sources now, to a running proxy.  A secret that keeps its name keeps its placeholder
+    (the guest's environment has it); a new secret's placeholder reaches the guest's
+    environment at its next start.
 
     The proxy reads the policy again for every connection, so a running
     workspace applies it from its next connection on.  A workspace created
@@ -20,21 +28,53 @@ def set_policy(store: Any, name: str, policy: EgressPolicy) -> dict[str, Any]:
     effect at the next start.
 
     :returns: ``{"egress": wire, "applied": bool}`` (applied: a running helper got it).
-    :raises InvalidRequest: the workspace has a NIC (egress needs ``--network isolated``).
+    :raises InvalidRequest: the workspace has a NIC (egress needs ``--network isolated``),
+        or a secret's source cannot be read.
     """
     from microagent.egress.runtime import POLICY_NAME, write_policy
+    from microagent.egress.secrets import read_values
 
     with store.lock(name, "egress set"):
         manifest = store.manifest(name)
         if manifest.network != "isolated":
             raise InvalidRequest(f"{name} uses --network {manifest.network}; egress needs --network isolated",
                                  "create the workspace with --network isolated and --egress-allow")
+        current = EgressPolicy.from_wire(manifest.egress) if manifest.egress is not None else EgressPolicy()
+        bindings = current.secrets
+        if secrets:
+            kept = {b.name: b.placeholder for b in current.secrets}
+            bindings = tuple(dataclasses.replace(b, placeholder=kept.get(b.name, b.placeholder))
+                             for b in policy.secrets)
+        base = policy if allowlist else current
+        policy = EgressPolicy(base.allow_hosts, base.allow_cidrs, bindings)
+        values = read_values(bindings) if secrets else {}  # before anything changes
         save_manifest(store.root, dataclasses.replace(manifest, egress=policy.to_wire()))
         runtime = store.runtime_path(name)
         applied = manifest.egress is not None and (runtime / POLICY_NAME).exists()
         if applied:
             write_policy(runtime, policy)
+            if values:
+                supply_secrets(runtime, name, values)
     return {"egress": policy.to_wire(), "applied": applied}
+
+
+def read_secret_values(manifest: Any) -> dict[str, str]:
+    """The values of ``manifest``'s secrets, read from their sources now (empty: none).
+
+    :raises InvalidRequest: an unset variable or unreadable file, naming the secret.
+    """
+    if not manifest.egress or not manifest.egress.get("secrets"):
+        return {}
+    from microagent.egress.secrets import read_values
+
+    return read_values(EgressPolicy.from_wire(manifest.egress).secrets)
+
+
+def supply_secrets(runtime_dir: Path, name: str, values: dict[str, str]) -> None:
+    """Hand ``values`` to the egress proxy of the running workspace (memory only)."""
+    from microagent.egress.vault import supply
+
+    supply(Path(runtime_dir), values, name)
 
 
 def audit_dir(store: Any, name: str) -> Path:

@@ -221,7 +221,8 @@ class WorkspaceStore:
                env: Sequence[str] = (), network: str = "isolated", publish: Sequence[str] = (),
                allow_host_loopback: bool = False, backend: str | None = None, created_by: str = "",
                progress: "PullProgress | None" = None, arch: str | None = None,
-               egress: "EgressPolicy | None" = None) -> Manifest:
+               egress: "EgressPolicy | None" = None, setup: Sequence[str] = (), service: str | None = None,
+               restart: str = "never", volumes: Sequence[str] = ()) -> Manifest:
         """Build the workspace's disk and manifest and prepare it (state ``prepared``).
 
         ``arch`` is the guest architecture (default: the host's; QEMU emulates another):
@@ -245,8 +246,18 @@ class WorkspaceStore:
         :param created_by: a tag ``list`` shows (e.g. ``mcp`` for the MCP server's workspaces).
         :param progress: told about an image pull's layers and bytes.
         :param egress: the egress allowlist (:func:`microagent.egress.options.policy_from_options`).
+        :param setup: commands run once, in order, at the first start (docs/services.md).
+        :param service: a command guest init runs on every boot; ``restart``: never, on-failure, always.
+        :param volumes: ``-v`` specs, ``VOLUME:/guest/path[:ro]`` or ``/host/dir:/guest/path[:ro]``
+            (docs/volumes.md); a read-write volume is claimed here until the workspace is deleted.
         """
         from microagent.workspace.boot_plan import plan_boot
+        from microagent.workspace.services import check_services
+
+        services = check_services(setup, service, restart)
+        from microagent.workspace import volumes as vols
+
+        mounts = vols.parse_mount_specs(volumes)
 
         prof, env, published = self.check_create_input(
             name, profile=profile, memory_mib=memory_mib, cpus=cpus, disk_size_mib=disk_size_mib, env=env,
@@ -254,12 +265,14 @@ class WorkspaceStore:
         plan = plan_boot(image, name, backend=backend, state_dir=self.root,
                          memory_mib=memory_mib or prof.memory_mib, cpus=cpus or prof.cpus,
                          boot_timeout=DEFAULT_BOOT_TIMEOUT_S, arch=arch)
+        vols.check_attachable(self.root, mounts, plan.backend, plan.kernel_path)
         lock = self.lock(name, "create")
         with lock:
             try:
                 return self._create_locked(name, plan, prof, env, published, image, memory_mib, cpus,
                                            disk_size_mib, network, allow_host_loopback, created_by, progress,
-                                           egress=egress.to_wire() if egress is not None else None)
+                                           egress=egress.to_wire() if egress is not None else None,
+                                           services=services, mounts=mounts)
             except BaseException:
                 lock.unlink_on_release = not self.exists(name)  # a failed create leaves no lock file
                 raise
@@ -267,14 +280,18 @@ class WorkspaceStore:
     def _create_locked(self, name: str, plan: Any, prof: Any, env: tuple[str, ...], published: tuple[Any, ...],
                        image: str, memory_mib: int | None, cpus: int | None, disk_size_mib: int | None,
                        network: str, allow_host_loopback: bool, created_by: str = "",
-                       progress: "PullProgress | None" = None, egress: dict[str, Any] | None = None) -> Manifest:
+                       progress: "PullProgress | None" = None, egress: dict[str, Any] | None = None,
+                       services: tuple[tuple[str, ...], str, str] = ((), "", "never"),
+                       mounts: tuple[Any, ...] = ()) -> Manifest:
         from microagent.workspace import staging
+        from microagent.workspace import volumes as vols
         from microagent.workspace.disk import grow_rootfs, size_mib
         from microagent.workspace.profiles import check_host_fit, resolve_resources
 
         staging.reap(self.root, name, locked=True)
         self._refuse_clash(name)
         client = self.client(plan.backend)
+        vols.claim(self.root, name, mounts)  # released by delete, or below when this create fails
         # Built out of sight and published with one rename: a create killed at any
         # point leaves a staging dir (reaped later), never a half-made workspace.
         stage = staging.make(self.root, name)
@@ -298,6 +315,8 @@ class WorkspaceStore:
                                           init=FileDigest.of(plan.guest_init)),
                 env=env, network=network, publish=published, allowHostLoopback=allow_host_loopback,
                 egress=egress, createdBy=created_by,
+                setup=services[0], service=services[1], restart=services[2],
+                volumes=tuple(m.to_spec() for m in mounts),
             )
             save_manifest(self.root, manifest, directory=stage)
             config = self._boot_config(manifest, plan.initrd_path, DEFAULT_BOOT_TIMEOUT_S)
@@ -310,6 +329,7 @@ class WorkspaceStore:
             if visible:
                 self._remove_quietly(client, name)
             staging.remove(stage)
+            vols.release(self.root, name)
             raise
         return manifest
 
@@ -371,7 +391,11 @@ class WorkspaceStore:
         """The supervisor config; the supervisor writes the per-boot config disk from it."""
         from microagent.egress.options import to_config
         from microagent.vmkit.types import Config, Network
+        from microagent.workspace.services import service_config
+        from microagent.workspace.volumes import parse_mount_specs, vm_devices
 
+        # parsed again at every boot: a host folder that went away is an error, not an empty mount
+        disks, shares = vm_devices(self.root, parse_mount_specs(manifest.volumes))
         return Config(
             stateDir=str(self.root),
             kernelPath=manifest.verification.kernel.path,
@@ -385,6 +409,8 @@ class WorkspaceStore:
             network=Network(mode=manifest.network, portForwards=manifest.publish,
                             allowHostLoopback=manifest.allowHostLoopback, egress=to_config(manifest.egress)),
             stopSignal=manifest.image.stop_signal,
+            service=service_config(manifest),
+            disks=disks, shares=shares,
         )
 
     # ------------------------------------------------------------ start
@@ -413,6 +439,9 @@ class WorkspaceStore:
         if not kernel.is_file():
             raise NotFound(f"the kernel of workspace {name} ({kernel}) is gone",
                            f"run 'microagent kernel install --backend {manifest.backend}'")
+        from microagent.workspace.egress import read_secret_values, supply_secrets
+
+        secret_values = read_secret_values(manifest)  # from their sources, before anything boots
         with self.lock(name, "start"):
             client = self.client(manifest.backend)
             observed = self.inspect(name, manifest.backend)
@@ -438,6 +467,12 @@ class WorkspaceStore:
                                         boot_timeout + 30)
             else:
                 resp = client.send("start", name, config, timeout=boot_timeout + 30, snapshot=restore)
+            if secret_values:  # to the egress proxy's memory, never a file (docs/egress.md)
+                supply_secrets(self.runtime_path(name), name, secret_values)
+            if manifest.setup:  # once, after the guest is ready (also after a warm restore)
+                from microagent.workspace.services import run_setup
+
+                run_setup(self, manifest, client)
         runtime = dict(resp.runtime or {})
         return Transition(name, "start", observed.state,
                           WorkspaceState.parse(resp.event.state if resp.event else "running"),
@@ -455,6 +490,7 @@ class WorkspaceStore:
 
         snapshots.check_tag(tag)
         manifest = self.manifest(name)
+        _refuse_mounts(manifest, "snapshot")
         with self.lock(name, "snapshot"):
             observed = self.inspect(name, manifest.backend)
             if observed.state not in (WorkspaceState.RUNNING, WorkspaceState.PAUSED) or not observed.alive:
@@ -512,6 +548,7 @@ class WorkspaceStore:
         check_name(name)
         src_name, tag = snapshots.parse_source(source)
         src = self.manifest(src_name)
+        _refuse_mounts(src, "fork")
         snap = snapshots.load(self.root, src_name, tag)
         if src.network != "isolated":
             raise Unsupported(f"snapshot {source} is of a workspace with network {src.network}; forks of "
@@ -532,6 +569,10 @@ class WorkspaceStore:
                     manifest = dataclasses.replace(src, name=name, createdAt=now_rfc3339(),
                                                    createdBy=created_by)
                     save_manifest(self.root, manifest, directory=stage)
+                    if manifest.setup:  # a snapshot is of a running guest: its setup had run
+                        from microagent.workspace.services import mark_setup_done
+
+                        mark_setup_done(stage, manifest, f"forked from {source}")
                     staging.publish(stage, workspace_dir(self.root, name))
                 except BaseException:
                     staging.remove(stage)
@@ -692,6 +733,9 @@ class WorkspaceStore:
             import shutil
 
             shutil.rmtree(workspace_dir(self.root, name), ignore_errors=True)
+            from microagent.workspace.volumes import release
+
+            release(self.root, name)  # its volumes are free for the next workspace
             lock.unlink_on_release = True
         return {"name": name, "deleted": True, "killed": killed, "previousState": observed.state.value}
 
@@ -796,6 +840,14 @@ class WorkspaceStore:
         if follow:
             yield from _follow_bytes(path, True, poll_s, lambda: manifest_path(self.root, name).is_file(),
                                      offset=size)
+
+
+def _refuse_mounts(manifest: Manifest, op: str) -> None:
+    """A snapshot holds the root disk and memory, not volumes or host folders (docs/volumes.md)."""
+    if manifest.volumes:
+        raise Unsupported(f"workspace {manifest.name} has volumes or host folders ({', '.join(manifest.volumes)}); "
+                          f"{op} would not capture their data, so it is not supported",
+                          "copy what you need into a volume, or create a new workspace with the same -v options")
 
 
 def _follow_bytes(path: Path, follow: bool, poll_s: float, still_there: Any, offset: int = 0) -> Iterator[bytes]:

@@ -132,6 +132,13 @@ class Manifest:
     #: the egress allowlist ``{"allowHosts": [...], "allowCidrs": [...]}`` (docs/egress.md), or None
     egress: dict[str, Any] | None = None
     createdBy: str = ""  # who asked for it, when not a person at the CLI (e.g. "mcp")
+    #: commands run once, in order, at the first start (docs/services.md)
+    setup: tuple[str, ...] = ()
+    #: the command guest init runs on every boot ("" = none), and its restart policy
+    service: str = ""
+    restart: str = "never"
+    #: ``-v`` attachments as given, host folders resolved: "VOLUME:/path[:ro]", "/host/dir:/path[:ro]"
+    volumes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -155,6 +162,9 @@ class Manifest:
             "createdAt": self.createdAt,
             "verification": self.verification.to_json(),
             **({"createdBy": self.createdBy} if self.createdBy else {}),
+            **({"setup": list(self.setup)} if self.setup else {}),
+            **({"service": {"command": self.service, "restart": self.restart}} if self.service else {}),
+            **({"volumes": list(self.volumes)} if self.volumes else {}),
             **self.extra,
         }
 
@@ -170,7 +180,8 @@ class Manifest:
         res: dict[str, Any] = data["resources"] if isinstance(data.get("resources"), dict) else {}
         net: dict[str, Any] = data["network"] if isinstance(data.get("network"), dict) else {}
         known = {"schemaVersion", "name", "image", "backend", "profile", "resources", "env",
-                 "network", "createdAt", "verification", "createdBy"}
+                 "network", "createdAt", "verification", "createdBy", "setup", "service", "volumes"}
+        svc: dict[str, Any] = data["service"] if isinstance(data.get("service"), dict) else {}
         try:
             return Manifest(
                 name=data["name"],
@@ -188,6 +199,10 @@ class Manifest:
                 allowHostLoopback=net.get("allowHostLoopback") is True,
                 egress=net["egress"] if isinstance(net.get("egress"), dict) else None,
                 createdBy=str(data.get("createdBy") or ""),
+                setup=tuple(str(c) for c in data.get("setup") or ()),
+                service=str(svc.get("command") or ""),
+                restart=str(svc.get("restart") or "never"),
+                volumes=tuple(str(v) for v in data.get("volumes") or ()),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (TypeError, ValueError, KeyError) as exc:

@@ -76,7 +76,9 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         stdout: OutputSink = None, stderr: OutputSink = None, keep: bool = False,
         network: str = "isolated", publish: list[str] | None = None,
         progress: "PullProgress | None" = None, allow_host_loopback: bool = False,
-        arch: str | None = None, cold: bool = False, egress: "EgressPolicy | None" = None) -> RunOutcome:
+        arch: str | None = None, cold: bool = False, egress: "EgressPolicy | None" = None,
+        setup: Sequence[str] = (), service: str | None = None, restart: str = "never",
+        volumes: Sequence[str] = ()) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
 
     ``arch`` is the guest architecture (default: the host's; QEMU emulates another).
@@ -87,6 +89,9 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     and saves nothing.
 
     With an empty ``argv`` the image's Entrypoint + Cmd run, as ``docker run IMAGE`` does.
+    ``setup`` commands run first, in order (a failing one ends the run with its exit code
+    and output); ``service`` is started by guest init at boot (docs/services.md).
+    ``volumes``: ``-v`` specs (docs/volumes.md); a run holds its volumes until it ends.
 
     :param stdout: where guest stdout goes as it arrives (a callable or a binary
         file); ``None`` collects it into the result only.
@@ -98,7 +103,12 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     from microagent.channel import exec as guest_exec
     from microagent.fsutil import private_dir
     from microagent.images.ext4 import copy_disk
+    from microagent.workspace.services import check_services
 
+    setup, service_cmd, restart = check_services(setup, service, restart)
+    from microagent.workspace import volumes as vols
+
+    mounts = vols.parse_mount_specs(volumes)
     watch = _Stopwatch()
     name = f"run-{secrets.token_hex(4)}"
     timeout, boot_timeout, published = check_run_input(
@@ -106,15 +116,21 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         network=network, publish=publish or (), allow_host_loopback=allow_host_loopback)
     plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
                                memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout, arch=arch)
+    vols.check_attachable(plan.state_root, mounts, plan.backend, plan.kernel_path)
+    plan.disks, plan.shares = vols.vm_devices(plan.state_root, mounts)
     from microagent.egress.options import to_config
 
     # egress: the allowlist proxy (docs/egress.md); a run with one always boots (the warm
     # snapshot's guest was booted without the proxy's port and variables).
     plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback,
                            egress=to_config(egress.to_wire()) if egress is not None else None)
+    from microagent.egress.secrets import read_values
+
+    secret_values = read_values(egress.secrets) if egress is not None else {}  # before anything boots
     watch.mark("prepare")
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)
     started = warm = False
+    vols.claim(plan.state_root, name, mounts)
     try:
         key = None
         plan.image = resolve_image(plan.image_ref, plan.state_root, plan.guest_init, architecture=plan.arch,
@@ -123,8 +139,13 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         if not argv:
             raise InvalidRequest(f"image {image} has no Entrypoint or Cmd, and no command was given",
                                  f"give one: microagent run {image} -- CMD...")
-        if (not cold and network == "isolated" and not published and egress is None
-                and plan.backend in warm_boot.WARM_BACKENDS):
+        if service_cmd:
+            from microagent.vmkit.types import Service
+
+            plan.service = Service(command=service_cmd, restart=restart,  # type: ignore[arg-type]
+                                   user=user or plan.image.config.user, workdir=workdir or plan.image.config.working_dir)
+        if (not cold and network == "isolated" and not published and egress is None and not service_cmd
+                and not mounts and plan.backend in warm_boot.WARM_BACKENDS):
             key = warm_boot.key_for(
                 plan.state_root, backend=plan.backend, arch=plan.arch, image_ref=plan.image_ref,
                 image_digest=plan.image.digest, base_disk=plan.image.disk, kernel=plan.kernel_path,
@@ -138,6 +159,10 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
             copy_disk(plan.image.disk, plan.disk_path)
             client.send("start", name, plan.config, timeout=boot_timeout + 30)
             started = True
+            if secret_values:  # to the egress proxy's memory, never a file (docs/egress.md)
+                from microagent.egress.vault import supply
+
+                supply(plan.runtime_dir, secret_values, name)
             watch.mark("boot")
             if key is not None:
                 warm_boot.save_booted(client, name, key)
@@ -147,19 +172,25 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                               user=user or plan.image.config.user or None,
                               timeout_s=timeout)
         with open_channel(guest_channel_path(plan.state_root, name), hello_timeout=10.0) as conn:
+            if setup:
+                _run_setup(conn, setup, request)
+                watch.mark("setup")
             result = guest_exec.start(conn, request, stdout=stdout, stderr=stderr).wait()
         watch.mark("exec")
-        # a throwaway disk needs no clean shutdown: killing saves the guest's poweroff
-        client.send("halt" if keep else "kill", name)
+        # a throwaway disk needs no clean shutdown: killing saves the guest's poweroff;
+        # volumes do (the guest's unwritten pages, a clean journal for the next user)
+        client.send("halt" if keep or mounts else "kill", name)
         watch.mark("shutdown")
     except BaseException:
         if started:
             _force_stop(client, name)
         if not keep:
             _delete_quietly(client, name)
+            vols.release(plan.state_root, name)
         raise
     if not keep:
         client.send("delete", name)
+        vols.release(plan.state_root, name)
         watch.mark("cleanup")
     return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total(), warm=warm)
 
@@ -186,6 +217,34 @@ def _restore(client: SupervisorClient, plan: BootPlan, key: warm_boot.WarmKey, b
     return True
 
 
+
+
+def _run_setup(conn: Any, setup: Sequence[str], like: Any) -> None:
+    """Each setup command as ``sh -c CMD`` with the run's env, user and workdir.
+
+    :raises Permanent: naming the first that failed, its exit code and its output's end.
+    """
+    import dataclasses
+
+    from microagent.channel import exec as guest_exec
+    from microagent.errors import Permanent
+    from microagent.workspace.services import SETUP_OUTPUT_TAIL
+
+    for i, cmd in enumerate(setup):
+        tail = bytearray()
+
+        def keep(chunk: bytes) -> None:
+            tail.extend(chunk)
+            del tail[:max(0, len(tail) - SETUP_OUTPUT_TAIL)]
+
+        req = dataclasses.replace(like, argv=["sh", "-c", cmd], timeout_s=None, stdout_limit=0, stderr_limit=0)
+        result = guest_exec.start(conn, req, stdout=keep, stderr=keep).wait()
+        if result.exit_code != 0:
+            raise Permanent(f"setup command {i + 1} of {len(setup)} ({cmd!r}) exited with {result.exit_code}; "
+                            f"the command did not run. Its output ended with:\n"
+                            f"{bytes(tail).decode('utf-8', 'replace').rstrip()[-2000:]}",
+                            "fix the setup command, or check it with 'microagent run IMAGE -- sh -c CMD'",
+                            exitCode=result.exit_code)
 
 
 def check_run_input(argv: Sequence[str], *, env: Sequence[str] = (), timeout: float | None = None,

@@ -36,6 +36,9 @@ ALLOWED_FROM: dict[str, frozenset[WorkspaceState]] = {
     "cp": frozenset({S.RUNNING}),
     "connect": frozenset({S.RUNNING}),
     "delete": AT_REST_STATES,
+    # the disk is read (commit) or copied (clone): it must be at rest and consistent
+    "commit": frozenset({S.PREPARED, S.HALTED, S.STOPPED}),
+    "clone": frozenset({S.PREPARED, S.HALTED, S.STOPPED}),
 }
 
 #: operation -> the state a successful operation leads to.

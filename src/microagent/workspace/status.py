@@ -18,6 +18,7 @@ from microagent.vmkit.types import now_rfc3339
 from microagent.workspace.channel_path import guest_channel_path, has_helper
 from microagent.workspace.lifecycle import WorkspaceStore
 from microagent.workspace.manifest import Manifest
+from microagent.workspace.services import status_fields
 from microagent.workspace.snapshots import list_snapshots
 from microagent.workspace.state import WorkspaceState
 
@@ -107,6 +108,8 @@ def workspace_status(store: WorkspaceStore, name: str, *, probe: bool = True) ->
                                 else None, probe),
         "verification": verify(manifest),
         "snapshots": [snap.summary() for snap in list_snapshots(store.root, name)],
+        **({"volumes": list(manifest.volumes)} if manifest.volumes else {}),  # -v (docs/volumes.md)
+        **status_fields(store, manifest, running=obs.alive and obs.state is WorkspaceState.RUNNING),
     }
 
 

@@ -180,7 +180,10 @@ def start_fresh(client: Any, state_root: Path, manifest: Any, config: Any, initr
     :returns: the supervisor's answer to ``start``; ``runtime["warm"]`` says which it was.
     """
     eligible = (manifest.backend in WARM_BACKENDS and manifest.network == "isolated" and not manifest.publish
-                and getattr(manifest, "egress", None) is None and not (runtime_dir / "serial.log").exists())
+                and getattr(manifest, "egress", None) is None and not getattr(manifest, "service", "")
+                and not getattr(manifest, "volumes", ())
+                and not (runtime_dir / "serial.log").exists()  # a service runs from boot: its own
+                and not getattr(manifest, "extra", {}).get("clonedFrom"))  # a clone's disk is its own
     if not eligible:
         return client.send("start", manifest.name, config, timeout=timeout)
     kernel = Path(manifest.verification.kernel.path)

@@ -343,8 +343,9 @@ def test_guest_vanishing_fails_every_waiter_promptly() -> None:
 
 def test_session_state_follows_its_life(pair: tuple[ChannelConnection, FakeGuest]) -> None:
     conn, _ = pair
-    s = conn.open_session("exec", argv=["echo", "x"])
+    s = conn.open_session("exec", argv=["cat"])  # ends only at our EOF: "echo" could end before the check
     assert s.state is SessionState.OPEN and not s.ended
+    s.send_eof()
     _wait_until(lambda: s.state is SessionState.GUEST_ENDED)
     assert s.ended
     with pytest.raises(SessionEnded):

@@ -91,6 +91,7 @@ class AppleVFBackend(VMMBackend):
 
     name = "apple-vf"
     boot_files = (control.CONTROL_SOCKET, control.VSOCK_SOCKET)
+    supports_shares = True  # VirtioFS (vzconfig._share)
 
     def __init__(self, vmhost_command: Sequence[str] | None = None) -> None:
         self._vmhost_command = list(vmhost_command) if vmhost_command else None

@@ -121,6 +121,8 @@ def vm_spec(cfg: Config, name: str, serial_log: str) -> dict[str, Any]:
         "network": {"attachment": attachment, "macAddress": mac_address(name) if attachment == "nat" else ""},
         "vsockPort": CHANNEL_PORT,
         "serialLog": serial_log,
+        # host folders: VirtioFS shares, read-only enforced by the framework (docs/volumes.md)
+        "shares": [{"tag": sh.tag, "path": sh.path, "readOnly": sh.mode == "ro"} for sh in cfg.shares],
     }
 
 
@@ -173,6 +175,17 @@ def check_bounds(vz: Any, cpu_count: int, memory_mib: int) -> None:
                         f"Mac, got {memory_mib}", "pass a --memory value in that range")
 
 
+def _share(vz: Any, share: dict[str, Any]) -> Any:
+    """A host folder as a VirtioFS device tagged ``share["tag"]`` (guest init mounts it by tag)."""
+    if not os.path.isdir(share["path"]):
+        raise NotFound(f"host folder {share['path']} does not exist")
+    directory = vz.VZSharedDirectory.alloc().initWithURL_readOnly_(_url(vz, share["path"]),
+                                                                   bool(share["readOnly"]))
+    device = vz.VZVirtioFileSystemDeviceConfiguration.alloc().initWithTag_(share["tag"])
+    device.setShare_(vz.VZSingleDirectoryShare.alloc().initWithDirectory_(directory))
+    return device
+
+
 def _storage(vz: Any, disk: dict[str, Any]) -> Any:
     if not os.path.isfile(disk["path"]):
         raise NotFound(f"disk {disk['name']} at {disk['path']} does not exist")
@@ -218,6 +231,8 @@ def build_configuration(vz: Any, spec: dict[str, Any]) -> Any:
     config.setBootLoader_(boot)
 
     config.setStorageDevices_([_storage(vz, disk) for disk in spec["disks"]])
+    if spec.get("shares"):
+        config.setDirectorySharingDevices_([_share(vz, share) for share in spec["shares"]])
     config.setSocketDevices_([vz.VZVirtioSocketDeviceConfiguration.alloc().init()])
 
     attachment = spec["network"]["attachment"]

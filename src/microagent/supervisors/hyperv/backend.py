@@ -41,7 +41,7 @@ from microagent.supervisors.hyperv.hcs import ComputeCore, HcsApi
 from microagent.supervisors.hyperv.helpers import HelperLauncher, default_launcher
 from microagent.supervisors.hyperv.system import HCS_TIMEOUT_S, ComputeSystemHandle, LaunchedHelper
 from microagent.supervisors.vmm import BootContext, VMMBackend
-from microagent.vmkit.types import Config, Request, Response
+from microagent.vmkit.types import Config, Request, Response, to_wire
 
 CONFIG_DISK_BYTES = 64 * 1024
 VHD_SUFFIXES = (".vhd", ".vhdx")
@@ -183,6 +183,9 @@ class HyperVBackend(VMMBackend):
                 raise NotFound(f"{label} {path} does not exist",
                                "run 'microagent kernel install --backend windows-hyperv'"
                                if label != "rootfs" else "create the workspace first")
+        if cfg.shares:
+            raise Unsupported("the windows-hyperv backend cannot share host folders with the guest",
+                              "use the qemu backend for -v /host/dir:/guest/path")
         for disk in cfg.disks:
             if not disk.path.lower().endswith(VHD_SUFFIXES):
                 raise Unsupported(f"disk {disk.name} at {disk.path} is not a VHD/VHDX; Hyper-V attaches only "
@@ -269,7 +272,8 @@ class HyperVBackend(VMMBackend):
         cfg = request.config
         assert cfg is not None
         body = json.dumps({"hostname": cfg.hostname or self._name(request), "env": list(cfg.env),
-                           "network": docs.guest_network_config(ip, prefix)}).encode()
+                           "network": docs.guest_network_config(ip, prefix),
+                           **({"service": to_wire(cfg.service)} if cfg.service else {})}).encode()
         if len(body) >= CONFIG_DISK_BYTES:
             raise Permanent(f"the per-boot config ({len(body)} bytes) does not fit the 64 KiB config disk",
                             "pass fewer or shorter -e values")

@@ -79,10 +79,11 @@ def device_layout(argv: list[str]) -> str:
 
 def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
               nic_args: list[str] | None = None, memory_args: list[str] | None = None,
-              incoming: bool = False, arch: str = "x86_64") -> list[str]:
+              incoming: bool = False, arch: str = "x86_64", share_sockets: list[str] | None = None) -> list[str]:
     """Every argument QEMU gets, in order; ``nic_args`` come from the network plan,
     ``memory_args`` from :func:`memory_backend`; ``incoming`` waits for a migration
-    stream (a snapshot restore) instead of booting; ``arch`` is the guest's."""
+    stream (a snapshot restore) instead of booting; ``arch`` is the guest's;
+    ``share_sockets``: the virtiofsd socket of each of ``cfg.shares`` (:mod:`.virtiofs`)."""
     machine = MACHINES[arch]
     argv = [
         binary,
@@ -114,6 +115,14 @@ def qemu_argv(binary: str, cfg: Config, *, hostname: str, accel: str,
     for disk_args in disks:
         argv += disk_args
     argv += nic_args or []
+    if cfg.shares:
+        # vhost-user (libvhost-user) serves virtio 1.0 only; virtio-mmio defaults to legacy
+        argv += ["-global", "virtio-mmio.force-legacy=false"]
+    for index, (share, sock) in enumerate(zip(cfg.shares, share_sockets or ())):
+        # vhost-user needs guest RAM the daemon can map: memory_args share it (a file, share=on);
+        # the tag is [A-Za-z0-9_-] (vmkit.types.ShareTag) and the socket name ours: no commas
+        argv += ["-chardev", f"socket,id=fs{index},path={sock}",
+                 "-device", f"vhost-user-fs-device,chardev=fs{index},tag={share.tag}"]
     argv += [
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", "socket,id=channel,path=channel.sock,server=on,wait=off",

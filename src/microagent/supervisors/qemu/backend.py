@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from microagent.channel.vm_events import pause_reason
-from microagent.errors import Conflict, MicroagentError, PolicyDenied, ResourceExhausted
+from microagent.errors import Conflict, MicroagentError, PolicyDenied, ResourceExhausted, Unsupported
 from microagent.host import process
 from microagent.network.pasta import QEMU_USER_NETWORK_ENV as USER_NETWORK_ENV
 from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent import ramfiles
-from microagent.supervisors.qemu import guest_arch, snapshot
+from microagent.supervisors.qemu import guest_arch, snapshot, virtiofs
 from microagent.supervisors.qemu.argv import (
     device_layout,
     memory_backend,
@@ -50,6 +50,7 @@ class QemuBackend(VMMBackend):
     name = "qemu"
     boot_files = ("channel.sock", "qmp.sock", "qmp-events.sock", "qemu.pid")
     supports_snapshots = True
+    supports_shares = True  # virtiofs (:mod:`.virtiofs`)
 
     #: how long resume watches for QEMU pausing the VM again at once (the disk still full)
     resume_watch_s = 1.0
@@ -89,9 +90,14 @@ class QemuBackend(VMMBackend):
         else:
             ram = ramfiles.create(rt.path)
             memory = memory_backend(cfg, str(ram), share=True)
+        if cfg.shares and snap is not None and snap.private:
+            raise Unsupported("a workspace sharing host folders cannot start from a private snapshot (a fork)",
+                              "create a new workspace with the same -v folders")
+        sockets = virtiofs.start(rt, cfg.shares)  # before QEMU: it connects at startup
         argv = qemu_argv(ctx.binary, cfg, hostname=cfg.hostname or request.identity.runtimeID, accel=ctx.accel,
                          nic_args=plan.qemu_args() if plan is not None else [], memory_args=memory,
-                         incoming=snap is not None, arch=guest_arch.guest_arch(cfg.kernelPath))
+                         incoming=snap is not None, arch=guest_arch.guest_arch(cfg.kernelPath),
+                         share_sockets=sockets)
         if snap is not None:
             from microagent.images.ext4 import copy_disk
 
@@ -127,6 +133,7 @@ class QemuBackend(VMMBackend):
     def _unlink_boot_files(self, rt: RuntimeDir) -> None:
         super()._unlink_boot_files(rt)
         ramfiles.release(rt.path)
+        virtiofs.stop(rt)
 
     def guest_spec(self, rt: RuntimeDir) -> str:
         return f"unix:{rt.channel_socket}"
@@ -136,6 +143,9 @@ class QemuBackend(VMMBackend):
         if rt.channel_socket.exists():
             rt.channel_socket.unlink()  # QEMU keeps listening, but nothing can reach the path
             severed.append("channel.sock")
+        if virtiofs.socket_names(rt):  # host folders: their daemons are host paths into the guest too
+            virtiofs.stop(rt)
+            severed.append("shares")
         runtime = rt.runtime()
         if runtime is not None and "-netdev" in (runtime.argv or []):
             try:  # the guest's NIC: link down, then the backend gone (user-mode slirp or TAP)
