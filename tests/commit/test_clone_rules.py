@@ -35,3 +35,21 @@ def test_clone_refusals_and_the_single_writer_of_a_volume(vm_root: Path) -> None
     finally:
         rw.delete(force=True)
         ro.delete(force=True)
+
+
+def test_a_clone_keeps_its_sources_setup_record(vm_root: Path) -> None:
+    """The setup's work is on the copied disk: the clone must not run it a second time."""
+    from microagent.paths import workspace_dir
+    from microagent.workspace import services
+
+    store = WorkspaceStore(vm_root)
+    src = Workspace.create("prepped", start=False, state_dir=vm_root, setup=["echo once >> /setup.log"])
+    try:
+        manifest = store.manifest("prepped")
+        assert services.setup_pending(vm_root, manifest)
+        services.mark_setup_done(workspace_dir(vm_root, "prepped"), manifest, "test: as after a first start")
+        twin = src.clone("prepped-twin")
+        assert not services.setup_pending(vm_root, store.manifest("prepped-twin"))
+        twin.delete()
+    finally:
+        src.delete(force=True)

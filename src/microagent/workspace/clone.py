@@ -6,6 +6,7 @@ staging directory (a reflink where the filesystem allows, else a sparse copy:
 new name, and the directory published with one rename, then prepared.  A
 clone that fails or is killed leaves no workspace behind.  Snapshots and the
 runtime state (serial log, events) are the source's own and are not copied;
+its setup record is (the setup's work is on the copied disk);
 the clone's first start boots its own disk (never the image's boot snapshot).
 """
 
@@ -37,7 +38,7 @@ def clone(store: WorkspaceStore, name: str, new: str, *, created_by: str = "") -
     from microagent.kernels import ensure_initramfs
     from microagent.kernels.vmlinux import kernel_architecture
     from microagent.paths import workspace_dir
-    from microagent.workspace import staging
+    from microagent.workspace import services, staging
     from microagent.workspace import volumes as vols
     from microagent.workspace.lifecycle import DEFAULT_BOOT_TIMEOUT_S, check_name
     from microagent.workspace.manifest import save_manifest
@@ -71,6 +72,9 @@ def clone(store: WorkspaceStore, name: str, new: str, *, created_by: str = "") -
                     manifest = dataclasses.replace(src, name=new, createdAt=now_rfc3339(), createdBy=created_by,
                                                    extra=extra)
                     save_manifest(store.root, manifest, directory=stage)
+                    # the setup's outcome is on the copied disk: a clone never runs it again
+                    if (record := services.load_record(store.root, name)) is not None:
+                        services.save_record(stage, record)
                     config = store._boot_config(manifest, initrd, DEFAULT_BOOT_TIMEOUT_S)
                     staging.publish(stage, workspace_dir(store.root, new))
                 except BaseException:
