@@ -108,6 +108,17 @@ class EgressPolicy:
         policy = cls.parse(doc.get("allowHosts") or (), doc.get("allowCidrs") or ())
         return cls(policy.allow_hosts, policy.allow_cidrs, tuple(SecretBinding.from_wire(s) for s in secrets))
 
+    def keeping_placeholders(self, current: EgressPolicy | None) -> EgressPolicy:
+        """This policy with each secret that ``current`` also names keeping ``current``'s placeholder
+        (the guest's environment holds it); new secrets keep their new ones."""
+        if current is None or not self.secrets:
+            return self
+        import dataclasses
+
+        kept = {b.name: b.placeholder for b in current.secrets}
+        return dataclasses.replace(self, secrets=tuple(
+            dataclasses.replace(b, placeholder=kept.get(b.name, b.placeholder)) for b in self.secrets))
+
     def to_wire(self) -> dict[str, Any]:
         """What the manifest, ``egress.json`` and ``status`` hold: never a secret's value."""
         wire: dict[str, Any] = {"allowHosts": list(self.allow_hosts), "allowCidrs": list(self.allow_cidrs)}

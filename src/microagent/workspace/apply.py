@@ -33,6 +33,17 @@ def _volume_specs(specs: list[str]) -> list[str]:
     return [m.to_spec() for m in parse_mount_specs(specs)]
 
 
+def _egress_wire(policy: Any, manifest: Manifest) -> dict[str, Any] | None:
+    """The spec's policy as the manifest would record it: a secret that keeps its name keeps
+    its placeholder (the spec parse makes new ones; the guest has the old)."""
+    if policy is None:
+        return None
+    from microagent.egress.policy import EgressPolicy
+
+    current = EgressPolicy.from_wire(manifest.egress) if manifest.egress is not None else None
+    return policy.keeping_placeholders(current).to_wire()
+
+
 def _change(key: str, old: Any, new: Any, effect: str) -> dict[str, Any]:
     return {"key": key, "from": old, "to": new, "effect": effect}
 
@@ -65,7 +76,7 @@ def diff(store: WorkspaceStore, manifest: Manifest, spec: Spec, kwargs: dict[str
         "network": (manifest.network, spec.network),
         "publish": ([to_wire(p) for p in manifest.publish], [to_wire(p) for p in kwargs["published"]]),
         "allow-host-loopback": (manifest.allowHostLoopback, spec.allow_host_loopback),
-        "egress": (manifest.egress, kwargs["egress"].to_wire() if kwargs["egress"] is not None else None),
+        "egress": (manifest.egress, _egress_wire(kwargs["egress"], manifest)),
         "setup": (list(manifest.setup), list(spec.setup)),
         "service": (manifest.service or None, spec.service),
         "restart": (manifest.restart, spec.restart),
@@ -125,7 +136,7 @@ def apply(store: WorkspaceStore, name: str, spec: Spec, *, recreate: bool = Fals
         updated = dataclasses.replace(
             current, memoryMiB=spec.memory or profile.memory_mib, cpuCount=spec.cpus or profile.cpus, env=env,
             network=spec.network, publish=published, allowHostLoopback=spec.allow_host_loopback,
-            egress=kwargs["egress"].to_wire() if kwargs["egress"] is not None else None,
+            egress=_egress_wire(kwargs["egress"], current),
             setup=setup, service=service, restart=restart)
         save_manifest(store.root, updated)
         if any(c["key"] == "setup" for c in changes):

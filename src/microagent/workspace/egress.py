@@ -40,11 +40,7 @@ def set_policy(store: Any, name: str, policy: EgressPolicy, *, allowlist: bool =
             raise InvalidRequest(f"{name} uses --network {manifest.network}; egress needs --network isolated",
                                  "create the workspace with --network isolated and --egress-allow")
         current = EgressPolicy.from_wire(manifest.egress) if manifest.egress is not None else EgressPolicy()
-        bindings = current.secrets
-        if secrets:
-            kept = {b.name: b.placeholder for b in current.secrets}
-            bindings = tuple(dataclasses.replace(b, placeholder=kept.get(b.name, b.placeholder))
-                             for b in policy.secrets)
+        bindings = policy.keeping_placeholders(current).secrets if secrets else current.secrets
         base = policy if allowlist else current
         policy = EgressPolicy(base.allow_hosts, base.allow_cidrs, bindings)
         values = read_values(bindings) if secrets else {}  # before anything changes
