@@ -3,7 +3,8 @@
 # Idempotent: does nothing (and no apt-get update) when everything is present.
 set -euo pipefail
 PACKAGES=(qemu-system-x86 qemu-system-arm e2fsprogs busybox-static musl-tools gcc make patch lz4 cpio passt nftables iptables iproute2 util-linux python3-venv docker-registry skopeo debootstrap
-          clang libclang-rt-dev)  # clang + libFuzzer runtime: the guest parser fuzzers
+          clang libclang-rt-dev  # clang + libFuzzer runtime: the guest parser fuzzers
+          flex bison bc libelf-dev)  # the Firecracker slow-lane test kernel (tests/firecracker_slow/harness)
 # Foreign architectures apt must know: aarch64 guests' kernel and busybox are
 # Debian's arm64 packages (apt-get download only; nothing arm64 is installed).
 FOREIGN_ARCHES=(arm64)

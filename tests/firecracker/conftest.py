@@ -200,5 +200,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     hardware, detail = hardware_kvm()
     if not hardware and any("tests/firecracker/" in str(r.fspath) for r in terminalreporter.stats.get("skipped", [])):
         terminalreporter.write_line(
-            f"firecracker guest tests skipped: a firecracker guest needs hardware KVM ({detail}); "
-            "the process-model tests ran against the real firecracker binary")
+            f"firecracker guest tests skipped: Debian's stock kernel under firecracker needs hardware KVM ({detail}); "
+            "the process-model tests ran against the real firecracker binary, and the guest path runs "
+            "through the slow lane (tests/firecracker_slow/)")

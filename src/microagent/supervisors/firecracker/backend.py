@@ -27,7 +27,9 @@ Without hardware KVM a Firecracker guest cannot boot (docs/architecture.md,
 "Facts about our hosts"); the supervisor refuses such hosts unless
 ``MICROAGENT_FIRECRACKER_ALLOW_NO_KVM=1`` is set, which starts the VMM process
 anyway so the process model (config accepted, PID, API, signals, quarantine,
-pause/resume) can be checked.
+pause/resume) can be checked.  The test-only slow lane
+(``MICROAGENT_TEST_FIRECRACKER_SLOW_LANE``, :mod:`.slow_lane`) boots real
+guests on such a host, through KVM's instruction emulator: slowly, for tests.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from microagent.supervisors.firecracker.config import (
     firecracker_argv,
     firecracker_config,
 )
+from microagent.supervisors.firecracker.slow_lane import ENV as SLOW_LANE_ENV, slow_lane
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.runtime_state import RuntimeDir
 from microagent.supervisors.vmm import BootContext, VMMBackend
@@ -94,7 +97,11 @@ class FirecrackerBackend(VMMBackend):
             raise PolicyDenied(f"firecracker binary not usable: {exc.message}",
                                "run 'make install' or set MICROAGENT_FIRECRACKER") from exc
         kvm = probe_kvm()
-        if kvm.kind != "hardware" and not allow_no_kvm():
+        lane = slow_lane()  # tests only; validated before any side effect
+        if lane is not None and not kvm.present:
+            raise PolicyDenied(f"the firecracker slow lane still needs /dev/kvm: {kvm.detail}",
+                               f"unset {SLOW_LANE_ENV} and use --backend qemu on this host")
+        if kvm.kind != "hardware" and not allow_no_kvm() and lane is None:
             raise PolicyDenied(f"firecracker cannot boot guests here: {kvm.detail}",
                                f"use --backend qemu on this host (or set {ALLOW_NO_KVM_ENV}=1 to start the "
                                "VMM process anyway, for process-model checks)")
@@ -105,7 +112,7 @@ class FirecrackerBackend(VMMBackend):
         from microagent.host.detect import probe_kvm
 
         kvm = probe_kvm()
-        if kvm.kind == "hardware":
+        if kvm.kind == "hardware" or slow_lane() is not None:
             return ""
         return f"no hardware KVM here ({kvm.detail}), so the guest cannot boot"
 
@@ -119,7 +126,7 @@ class FirecrackerBackend(VMMBackend):
         cfg, ident = request.config, request.identity
         assert cfg is not None and ident is not None
         hostname = cfg.hostname or ident.runtimeID
-        doc = firecracker_config(cfg, hostname)
+        doc = firecracker_config(cfg, hostname, slow_lane())
         plan = ctx.network
         if plan is not None and plan.tap:  # nat's host TAP, or the TAP in pasta's namespace
             doc["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": plan.tap}]

@@ -23,10 +23,13 @@ API's ``PUT /boot-source``, ``/drives``, ``/machine-config``, ``/vsock``).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microagent import guestinit
 from microagent.vmkit.types import Config
+
+if TYPE_CHECKING:
+    from microagent.supervisors.firecracker.slow_lane import SlowLane
 
 GUEST_CID = 3
 CHANNEL_PORT = 1024
@@ -54,14 +57,17 @@ def config_disk_device(cfg: Config) -> str:
     return f"/dev/vd{chr(ord('a') + index)}"
 
 
-def boot_args(cfg: Config, hostname: str) -> str:
+def boot_args(cfg: Config, hostname: str, lane: SlowLane | None = None) -> str:
     """The kernel command line (guest init reads the ``microagent.*`` keys).
+
+    ``lane`` (tests only, :mod:`.slow_lane`) adds its arguments after the base ones.
 
     ``microagent.shutdown=reboot``: Firecracker has no ACPI power-off; a guest
     reboot (``reboot=k``) makes the firecracker process exit, which is what
     ``halt`` waits for.
     """
-    return guestinit.kernel_cmdline(BASE_BOOT_ARGS, root="/dev/vda", channel=f"vsock:{CHANNEL_PORT}",
+    base = f"{BASE_BOOT_ARGS} {lane.boot_args}" if lane is not None and lane.boot_args else BASE_BOOT_ARGS
+    return guestinit.kernel_cmdline(base, root="/dev/vda", channel=f"vsock:{CHANNEL_PORT}",
                                     hostname=hostname, shutdown="reboot",
                                     config=config_disk_device(cfg) if cfg.configDiskPath else None,
                                     extra=cfg.kernelArgs)
@@ -71,22 +77,25 @@ def _drive(drive_id: str, path: str, *, read_only: bool) -> dict[str, Any]:
     return {"drive_id": drive_id, "path_on_host": path, "is_root_device": False, "is_read_only": read_only}
 
 
-def firecracker_config(cfg: Config, hostname: str) -> dict[str, Any]:
-    """The ``--config-file`` document for ``cfg``."""
+def firecracker_config(cfg: Config, hostname: str, lane: SlowLane | None = None) -> dict[str, Any]:
+    """The ``--config-file`` document for ``cfg`` (``lane``: tests only, adds the CPU template)."""
     drives = [_drive("rootfs", cfg.rootfsPath, read_only=False)]
     drives += [_drive(f"disk-{d.name}", d.path, read_only=d.mode == "ro") for d in cfg.disks]
     if cfg.configDiskPath:
         drives.append(_drive("config", cfg.configDiskPath, read_only=True))
-    boot: dict[str, Any] = {"kernel_image_path": cfg.kernelPath, "boot_args": boot_args(cfg, hostname)}
+    boot: dict[str, Any] = {"kernel_image_path": cfg.kernelPath, "boot_args": boot_args(cfg, hostname, lane)}
     if cfg.initrdPath:
         boot["initrd_path"] = cfg.initrdPath
-    return {
+    doc: dict[str, Any] = {
         "boot-source": boot,
         "drives": drives,
         "machine-config": {"vcpu_count": cfg.cpuCount, "mem_size_mib": cfg.memoryMiB, "smt": False},
         "vsock": {"guest_cid": GUEST_CID, "uds_path": VSOCK_UDS},
         "network-interfaces": [],
     }
+    if lane is not None:
+        doc["cpu-config"] = lane.cpu_template
+    return doc
 
 
 def firecracker_argv(binary: str, name: str) -> list[str]:

@@ -1,0 +1,87 @@
+"""Fixtures for the Firecracker slow lane: real firecracker guests through KVM's emulator.
+
+- ``slow_lane``: the cached test kernel's ``slow-lane.json``
+  (``harness/build_kernel.py``; ``make test`` builds it first, 6-11 min
+  once, then cached).  Missing → the test FAILS with the remedy.
+- ``fc_slow_state``: a temp state root with that kernel installed as the
+  firecracker kernel (``kernel install --from``, ``modules: []``), and the
+  environment every CLI call of the test gets: ``MICROAGENT_STATE_DIR``,
+  ``MICROAGENT_TEST_FIRECRACKER_SLOW_LANE``, ``MICROAGENT_FIRECRACKER`` (the
+  pinned binary).  After the test no process may mention the state root.
+
+Run by hand under the VM lock (one core is busy for minutes)::
+
+    flock /tmp/microagent-vm.lock .venv/bin/python -m pytest -p no:cacheprovider -q tests/firecracker_slow
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from microagent.host.detect import probe_kvm
+from firecracker_slow.slow_state import TIMINGS, SlowState
+from support import vmm_processes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/firecracker_slow/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def slow_lane() -> Path:
+    from firecracker_slow.harness import build_kernel
+
+    kvm = probe_kvm()
+    if not kvm.present:
+        pytest.skip(f"the firecracker slow lane needs /dev/kvm, even an emulating one: {kvm.detail}")
+    lane = build_kernel.cached_lane()
+    if lane is None:
+        pytest.fail("the slow-lane test kernel is not built; run 'make slow-lane-kernel' "
+                    "(make test does; about 11 minutes once, then cached)")
+    return lane
+
+
+@pytest.fixture
+def fc_slow_state(tmp_path: Path, slow_lane: Path) -> Iterator[SlowState]:
+    import json
+
+    from microagent.errors import MicroagentError
+    from microagent.host import firecracker_binary
+
+    try:
+        binary = firecracker_binary.install_pinned()
+    except MicroagentError as exc:
+        pytest.fail(f"the pinned firecracker is not installed and could not be: {exc.message} "
+                    "(run 'make firecracker')")
+    root = tmp_path / "state"
+    env = {**os.environ, "MICROAGENT_STATE_DIR": str(root), "MICROAGENT_FIRECRACKER": str(binary),
+           "MICROAGENT_TEST_FIRECRACKER_SLOW_LANE": str(slow_lane)}
+    env.pop("MICROAGENT_FIRECRACKER_ALLOW_NO_KVM", None)
+    state = SlowState(root, env)
+    kernel = json.loads(slow_lane.read_text())["kernel"]
+    proc = state.cli("kernel", "install", "--backend", "firecracker", "--from", kernel, "--json")
+    assert proc.returncode == 0, proc.stderr
+    yield state
+    deadline = time.monotonic() + 5  # a quarantined VM's serial-log watcher notices the VMM's exit within 1 s
+    while (leaked := vmm_processes(str(root))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for line in leaked:
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    assert leaked == [], f"VMM processes left running: {leaked}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in TIMINGS:
+        terminalreporter.write_line(line)
