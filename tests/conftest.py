@@ -21,3 +21,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(
         f"VM tests (real guest boots): {o['passed']} passed, {o['failed']} failed, {o['skipped']} skipped"
     )
+
+
+def _process_umask() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+
+
+@pytest.fixture(autouse=True)
+def _umask_untouched() -> object:
+    """A test that leaves the process umask (or fsutil's record of the user's) changed fails:
+    later tests of file modes would otherwise pass or fail by test order."""
+    from microagent import fsutil
+
+    before, recorded = _process_umask(), fsutil._user_umask
+    yield
+    after = _process_umask()
+    if (after, fsutil._user_umask) != (before, recorded):
+        import os
+
+        os.umask(before)
+        fsutil._user_umask = recorded
+        pytest.fail(f"the test changed the process umask ({before:03o} -> {after:03o}) or the recorded user "
+                    "umask; restore it (entry points restrict it, libraries must not)")

@@ -26,7 +26,6 @@ from typing import Any
 from microagent.cluster.capabilities import HOST_RESERVE_MIB, detect_capabilities, mem_available_mib
 from microagent.cluster.placement import Offer
 from microagent.errors import MicroagentError, ResourceExhausted
-from microagent.fsutil import restrict_umask
 from microagent.workspace.lifecycle import WorkspaceStore, check_env, check_name
 from microagent.workspace.sessions import DEFAULT_OUTPUT_LIMIT, GuestConnection
 
@@ -51,7 +50,6 @@ class HostAgent:
     def __init__(self, node_id: str, *, state_dir: str | Path | None = None,
                  capabilities: Mapping[str, Any] | None = None, max_workspaces: int | None = None,
                  memory_budget_mib: int | None = None) -> None:
-        restrict_umask()
         self.node_id = node_id
         self.store = WorkspaceStore(state_dir)
         self.capabilities = detect_capabilities(capabilities)

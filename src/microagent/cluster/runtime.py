@@ -120,6 +120,9 @@ class AgentActor(HostAgent):
     """The Ray actor form of a host agent: it registers its workspaces when it (re)starts."""
 
     def __init__(self, node_id: str, **config: Any) -> None:
+        from microagent.fsutil import restrict_umask
+
+        restrict_umask()  # the actor's own worker process: its state files and VMM sockets are the user's alone
         super().__init__(node_id, **config)
         ray = import_ray()
         try:
