@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GUEST := src/microagent/guest/x86_64/microagent-init
 
-.PHONY: demo test install host-deps venv guest firecracker pasta kernel slow-lane-kernel clean bench
+.PHONY: demo test install host-deps venv guest firecracker pasta kernel slow-lane-kernel minimal-kernel clean bench
 
 demo: install
 	$(BIN)/microagent run builtin:busybox -- uname -a
 
-test: install slow-lane-kernel
+test: install slow-lane-kernel minimal-kernel
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -52,6 +52,11 @@ kernel: venv guest
 # for users; built once (about 11 min on 2 cores) into ~/.microagent/cache, a no-op when cached
 slow-lane-kernel: venv
 	nice -n 19 $(BIN)/python tests/firecracker_slow/harness/build_kernel.py
+
+# The minimal guest kernel (docs/kernels.md, `microagent kernel build`) that tests boot: built once
+# (about 11 min on 2 cores) into ~/.microagent/cache, a no-op when cached; not installed for users
+minimal-kernel: venv
+	nice -n 19 $(BIN)/python -m microagent.kernels.build
 
 bench: install
 	$(BIN)/python bench/run_vs_qemu.py

@@ -9,8 +9,6 @@ Every edge (CLI, SDK, library entry points) checks with :func:`seconds`.
 
 from __future__ import annotations
 
-import math
-
 from microagent.errors import Permanent
 
 #: 30 days: longer than any workspace command should wait; bigger values are typos.
@@ -29,6 +27,8 @@ def seconds(value: float | int | str, what: str = "timeout") -> float:
     except (TypeError, ValueError):
         raise Permanent(f"{what} must be a number of seconds, not {value!r}",
                         "give a decimal number such as 30 or 2.5") from None
+    import math  # here: a command without a timeout (most CLI execs) never loads it
+
     if not math.isfinite(number) or number < 0 or number > MAX_SECONDS:
         raise Permanent(f"{what} must be between 0 and {int(MAX_SECONDS)} seconds, not {value!r}",
                         "give a finite, non-negative number of seconds such as 30 or 2.5")

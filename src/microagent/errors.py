@@ -21,7 +21,9 @@ subprocess failures are translated at module edges with ``raise ... from``.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from typing import Any
 
 KINDS = (
     "not_found",

@@ -9,10 +9,30 @@ explicitly rather than trusted to the caller's umask.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from functools import wraps
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and pathlib cost the CLI's start-up (every command sets the umask here)
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+    from typing import BinaryIO, TypeVar
+
+    _T = TypeVar("_T")
+
+
+def _contextmanager(func: Callable[..., Iterator[_T]]) -> Callable[..., AbstractContextManager[_T]]:
+    """:func:`contextlib.contextmanager`, with contextlib imported on first use: every
+    CLI command imports this module (the umask), few write a file."""
+
+    @wraps(func)
+    def call(*args: object, **kwargs: object) -> AbstractContextManager[_T]:
+        from contextlib import contextmanager
+
+        return contextmanager(func)(*args, **kwargs)
+
+    return call
+
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -56,6 +76,8 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
 
     Existing parents are left as they are; only ``path`` is tightened when it exists.
     """
+    from pathlib import Path
+
     path = Path(path)
     missing = []
     probe = path
@@ -85,7 +107,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_
         fh.write(data)
 
 
-@contextmanager
+@_contextmanager
 def atomic_writer(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> Iterator[BinaryIO]:
     """:func:`atomic_write` for content written in pieces: a binary file object
     on the temp file, which replaces ``path`` when the block ends without an
@@ -94,12 +116,14 @@ def atomic_writer(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -
         yield fh
 
 
-@contextmanager
+@_contextmanager
 def atomic_path(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> Iterator[Path]:
     """:func:`atomic_write` for a writer that needs a file name (another program):
     the empty temp file's path, created with ``mode``.  When the block ends
     without an exception the file is fsynced and renamed over ``path``, then the
     directory fsynced; otherwise it is removed.  The writer may change its mode."""
+    from pathlib import Path
+
     path = Path(path)
     tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # within NAME_MAX
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from microagent.errors import PolicyDenied
 from microagent.fsutil import PRIVATE_DIR_MODE, private_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pathlib loads where a Path is made: exec's fast path takes the root as text
+    from pathlib import Path
+    from typing import TypeVar
+
+    _P = TypeVar("_P", str, Path)
 
 ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -36,20 +42,34 @@ def state_root(override: str | os.PathLike[str] | None = None) -> Path:
 
     :raises PolicyDenied: when another user owns it or can write to it.
     """
+    from pathlib import Path
+
+    return Path(state_root_text(override))
+
+
+def state_root_text(override: str | os.PathLike[str] | None = None) -> str:
+    """:func:`state_root` as text, without importing pathlib (the CLI's exec fast path).
+
+    :raises PolicyDenied: when another user owns it or can write to it.
+    """
     if override:
-        root = Path(override).expanduser().absolute()
+        root = os.path.expanduser(os.fspath(override))
     elif os.environ.get("MICROAGENT_STATE_DIR"):
-        root = Path(os.environ["MICROAGENT_STATE_DIR"]).expanduser().absolute()
+        root = os.path.expanduser(os.environ["MICROAGENT_STATE_DIR"])
     elif os.environ.get("HOME"):
-        root = Path(os.environ["HOME"]) / ".microagent"
+        root = os.path.join(os.environ["HOME"], ".microagent")
     else:
         import tempfile
 
-        root = Path(tempfile.gettempdir()) / "microagent"
+        root = os.path.join(tempfile.gettempdir(), "microagent")
+    if not os.path.isabs(root):
+        root = os.path.join(os.getcwd(), root)  # like Path.absolute(): no '..' resolved
+    if os.sep == "/":
+        root = root.rstrip("/") or "/"  # as Path has it: lstat of "link/" would follow the symlink
     return require_private_root(root)
 
 
-def require_private_root(root: Path) -> Path:
+def require_private_root(root: _P) -> _P:
     """Refuse a state root another user owns or can write to; create a missing one 0700
     and tighten one of ours that others can read.
 
@@ -101,17 +121,22 @@ def kernel_dir(root: Path, backend: str, arch: str | None = None) -> Path:
     return root / "kernels" / backend / (arch or host_arch())
 
 
-def workspace_dir(root: Path, name: str) -> Path:
+def workspace_dir(root: _P, name: str) -> _P:
     """``<root>/workspaces/<name>``: the disk and the manifest."""
-    return root / "workspaces" / name
+    return _join(root, "workspaces", name)
 
 
-def runtime_dir(root: Path, name: str) -> Path:
+def runtime_dir(root: _P, name: str) -> _P:
     """``<root>/run/<name>``: runtime state, sockets, serial.log, events.
 
     A subtree of its own, so no workspace name can alias ``images``, ``workspaces``, ...
     """
-    return root / "run" / name
+    return _join(root, "run", name)
+
+
+def _join(root: _P, *parts: str) -> _P:
+    """``root / parts``; text for a text root (:func:`state_root_text`: exec's fast path skips pathlib)."""
+    return os.path.join(root, *parts) if isinstance(root, str) else root.joinpath(*parts)  # type: ignore[return-value]
 
 
 def legacy_runtime_dir(root: Path, name: str) -> Path:
@@ -121,4 +146,6 @@ def legacy_runtime_dir(root: Path, name: str) -> Path:
 
 def package_root() -> Path:
     """The directory of the installed ``microagent`` package."""
+    from pathlib import Path
+
     return Path(__file__).resolve().parent

@@ -417,7 +417,7 @@ def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: s
         stderr: "OutputSink | None" = None, egress: "EgressArg" = None, cold: bool = False,
         secrets: Sequence[str] = (), secret_hosts: Sequence[str] = (),
         volumes: Sequence[str] = (), setup: Sequence[str] = (), service: str | None = None,
-        restart: str = "never") -> "ExecResult":
+        restart: str = "never", outputs: Sequence[str] = ()) -> "ExecResult":
     """Boot a throwaway VM from ``image``, run ``argv``, tear it all down, return the result.
 
     It restores the image's boot snapshot instead of booting when it can
@@ -425,6 +425,7 @@ def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: s
 
     ``egress``, ``secrets``, ``secret_hosts``, ``volumes``, ``setup``, ``service``, ``restart``: as for
     :meth:`Workspace.create` (a failing setup command raises ``Permanent`` and the command does not run).
+    ``outputs``: ``"HOST_DIR=/guest/path"`` specs copied back after the command (docs/volumes.md).
 
     :raises Unsupported: a backend or image this host cannot serve.
     :raises NotFound: kernel, guest init or host tool missing.
@@ -437,7 +438,7 @@ def run(image: str, argv: Sequence[str] | str, *, env: EnvArg = None, workdir: s
                           boot_timeout=boot_timeout, state_dir=state_dir, supervisor=supervisor,
                           stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
                           egress=_egress_policy("isolated", egress, secrets, secret_hosts), cold=cold,
-                          volumes=volumes, setup=setup, service=service, restart=restart)
+                          volumes=volumes, setup=setup, service=service, restart=restart, outputs=outputs)
     result: ExecResult = outcome.result
     return result
 

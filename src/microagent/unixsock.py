@@ -9,7 +9,10 @@ Standard library only: the CLI, supervisors and the channel all use it.
 from __future__ import annotations
 
 import os
-import socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # importing socket costs the CLI's exec start-up; connect needs only the socket given
+    import socket
 
 SUN_PATH_MAX = 100
 
@@ -42,6 +45,8 @@ def listen_unix(name: str, backlog: int = 64) -> socket.socket:
         os.unlink(name)
     except FileNotFoundError:
         pass
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = f".{name}.{os.getpid()}"
     sock.bind(tmp)

@@ -148,3 +148,97 @@ def test_tcp_control_endpoint_needs_the_token(agent_binary: Path, tmp_path: Path
         for p in (router, agent):
             p.kill()
             p.wait(5)
+
+
+def test_the_router_counts_exec_sessions_in_the_run_dir(rig: Rig, tmp_path: Path) -> None:
+    """``stats``' exec count: exec sessions only (not get/put), published in exec-count.json (0600)
+    at most twice a second; a helper that starts again continues the count."""
+    import json
+
+    from microagent.channel.files import put
+    from microagent.waiting import wait_until
+    from microagent.workspace.stats import exec_count
+
+    count_file = tmp_path / "exec-count.json"
+    assert exec_count(tmp_path) is None  # nothing counted yet
+    with open_channel(rig.control) as conn:
+        for _ in range(3):
+            assert run(conn, ExecRequest(argv=["true"])).exit_code == 0
+        put(conn, str(tmp_path / "put-target"), b"x")  # a file session is not an exec
+    assert wait_until(lambda: exec_count(tmp_path) == 3, 5.0, 0.05), exec_count(tmp_path)
+    assert count_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(count_file.read_text()) == {"execs": 3}
+    rig.router.kill()
+    rig.router.wait(5)
+    rig.control.unlink(missing_ok=True)
+    rig.router = subprocess.Popen(
+        [sys.executable, "-m", "microagent.channel.router", "--guest", f"unix:{rig.guest_sock}",
+         "--listen", str(rig.control), "--hello-timeout", "10"], stderr=open(tmp_path / "router2.log", "wb"))
+    assert wait_until(rig.control.exists, 10.0, 0.01)
+    with open_channel(rig.control) as conn:
+        assert run(conn, ExecRequest(argv=["true"])).exit_code == 0
+    assert wait_until(lambda: exec_count(tmp_path) == 4, 5.0, 0.05), exec_count(tmp_path)
+
+
+def test_router_connects_again_when_the_guest_drops_it_during_hello(agent_binary: Path, tmp_path: Path) -> None:
+    """A Firecracker guest resetting its vsock connections after a snapshot may drop the helper's
+    first connection before answering HELLO: with ``--reconnect-during-hello`` (what the
+    Firecracker supervisor passes) the helper connects again (until its timeout)."""
+    import socket
+
+    guest_sock, control = tmp_path / "channel.sock", tmp_path / "control.sock"
+    first = socket.socket(socket.AF_UNIX)
+    first.bind(str(guest_sock))
+    first.listen(1)
+    router = subprocess.Popen(
+        [sys.executable, "-m", "microagent.channel.router", "--guest", f"unix:{guest_sock}",
+         "--listen", str(control), "--hello-timeout", "20", "--reconnect-during-hello"],
+        stderr=open(tmp_path / "router.log", "wb"))
+    agent = None
+    try:
+        conn, _ = first.accept()
+        conn.settimeout(10)
+        assert conn.recv(4096)  # the router's HELLO: dropped, unanswered
+        conn.close()
+        first.close()
+        guest_sock.unlink()
+        agent = subprocess.Popen([str(agent_binary), "--agent", "--listen", str(guest_sock)],
+                                 stderr=open(tmp_path / "agent.log", "wb"))
+        deadline = time.monotonic() + 15
+        while not control.exists():
+            assert router.poll() is None, (tmp_path / "router.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "router.log").read_text()
+            time.sleep(0.01)
+        with open_channel(control) as channel:
+            assert run(channel, ExecRequest(argv=["echo", "again"])).stdout == b"again\n"
+        assert "guest dropped the channel during HELLO" in (tmp_path / "router.log").read_text()
+    finally:
+        for proc in (router, agent):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+def test_without_reconnect_a_guest_closing_during_hello_ends_the_helper(tmp_path: Path) -> None:
+    """Elsewhere a channel closed during HELLO means the VM went away: the helper exits at
+    once (status 4) instead of lingering until its timeout."""
+    import socket
+
+    guest_sock, control = tmp_path / "channel.sock", tmp_path / "control.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(guest_sock))
+    listener.listen(1)
+    router = subprocess.Popen(
+        [sys.executable, "-m", "microagent.channel.router", "--guest", f"unix:{guest_sock}",
+         "--listen", str(control), "--hello-timeout", "30"], stderr=open(tmp_path / "router.log", "wb"))
+    try:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        assert conn.recv(4096)
+        conn.close()
+        assert router.wait(10) == 4
+    finally:
+        listener.close()
+        if router.poll() is None:
+            router.kill()
+            router.wait(5)

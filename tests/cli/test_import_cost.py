@@ -11,6 +11,7 @@ whose records say it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -45,7 +46,17 @@ EXEC_HEAVY = HEAVY + ("msgspec", "microagent.vmkit.types", "microagent.network",
                       "microagent.workspace.snapshots", "microagent.workspace.staging",
                       "microagent.workspace.supervisor_client", "microagent.vmkit.dispatch", "subprocess",
                       "logging", "datetime", "tempfile", "platform", "shutil", "secrets", "uuid")
-EXEC_MAX_MODULES = 140  # 132 now; 208 with click in front of the same path
+#: exec of a running workspace: its records are read as plain JSON, so neither the
+#: lifecycle module nor the manifest's dataclasses load; no module on the path imports
+#: typing, pathlib (with urllib.parse and ipaddress) or socket.py (the channel uses
+#: _socket), and what only some execs need (select, math, contextlib) loads where
+#: used. Each of these costs up to milliseconds on every call.
+RUNNING_EXEC_HEAVY = EXEC_HEAVY + ("typing", "dataclasses", "inspect", "ast", "pathlib", "urllib", "ipaddress",
+                                   "socket", "signal", "selectors", "select", "math", "contextlib",
+                                   "microagent.workspace.lifecycle",
+                                   "microagent.workspace.manifest", "microagent.runtime_state",
+                                   "microagent.waiting")
+EXEC_MAX_MODULES = 92  # 87 now; 132 with the lifecycle module, dataclasses, typing, pathlib; 208 with click
 
 PROBE = """
 import sys
@@ -122,7 +133,7 @@ def test_plain_exec_skips_click_and_the_heavy_library(running_workspace: tuple[P
     code, loaded = probe(["exec", name, "--", "sh", "-c", "exit 7"], state_dir=root)
     assert code == "7", "the command's exit code is the CLI's"
     assert "microagent.cli.exec_run" in loaded and "microagent.channel.exec" in loaded
-    assert offenders(loaded, EXEC_HEAVY) == []
+    assert offenders(loaded, RUNNING_EXEC_HEAVY) == []
     assert len(loaded) <= EXEC_MAX_MODULES, f"exec imported {len(loaded)} modules: {sorted(loaded)}"
 
 
@@ -130,6 +141,29 @@ def test_exec_of_a_missing_workspace_stays_light(tmp_path: Path) -> None:
     code, loaded = probe(["exec", "nosuch", "--", "true"], state_dir=tmp_path)
     assert code == "125"
     assert offenders(loaded, EXEC_HEAVY) == []
+
+
+def test_the_fast_path_keeps_the_image_defaults(running_workspace: tuple[Path, str]) -> None:
+    """The records read without the manifest module still give the image's working directory."""
+    root, name = running_workspace
+    from microagent.workspace.manifest import load_manifest
+
+    manifest = load_manifest(root, name)
+    save_manifest(root, dataclasses.replace(manifest, image=dataclasses.replace(manifest.image, workdir="/tmp")))
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=["exec", name, "--", "pwd"])],
+                          capture_output=True, text=True, env={**os.environ, "MICROAGENT_STATE_DIR": str(root)})
+    assert proc.stdout == "/tmp\n", proc.stderr[:2000]
+
+
+def test_a_workspace_not_recorded_running_takes_the_full_guard(running_workspace: tuple[Path, str]) -> None:
+    """Any record but a plainly running one goes through the lifecycle module's state check."""
+    root, name = running_workspace
+    write_json_atomic(root / "run" / name / "runtime.json", {"state": "stopped", "backend": "qemu"})
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=["exec", name, "--", "true"])],
+                          capture_output=True, text=True, env={**os.environ, "MICROAGENT_STATE_DIR": str(root)})
+    assert "exit=125" in proc.stderr
+    assert f"workspace {name} is stopped; exec needs one of: running" in proc.stderr
+    assert "microagent.workspace.lifecycle" in proc.stderr.split("exit=125")[1]
 
 
 def test_every_command_has_its_summary() -> None:

@@ -24,6 +24,45 @@ def test_hosts_match_exactly_or_by_suffix() -> None:
     assert not policy.host_allowed("notpypi.org")
 
 
+def test_an_entry_with_a_port_allows_only_that_port() -> None:
+    policy = EgressPolicy.parse(["pypi.org:443", ".pythonhosted.org:443", "api.test", "[::1]:8080", "::2",
+                                 "10.0.0.1:22", "PyPI.org.:80"])
+    assert policy.allow_hosts == ("pypi.org:443", ".pythonhosted.org:443", "api.test", "[::1]:8080", "::2",
+                                  "10.0.0.1:22", "pypi.org:80")
+    assert policy.host_allowed("pypi.org", 443) and policy.host_allowed("pypi.org", 80)
+    assert not policy.host_allowed("pypi.org", 22) and policy.host_allowed("pypi.org")
+    assert policy.refusal("pypi.org", 22) == "port 22 of pypi.org is not on the egress allowlist (allowed: 443, 80)"
+    assert policy.host_allowed("files.pythonhosted.org", 443)
+    assert not policy.host_allowed("files.pythonhosted.org", 80)
+    # a bare host keeps meaning every port (as before ports existed)
+    assert policy.host_allowed("api.test", 80) and policy.host_allowed("api.test", 6379)
+    assert policy.host_allowed("::1", 8080) and not policy.host_allowed("::1", 80)
+    assert policy.host_allowed("::2", 1) and policy.host_allowed("10.0.0.1", 22)
+    assert policy.refusal("other.test", 443) == "other.test is not on the egress allowlist"
+    assert EgressPolicy.from_wire(policy.to_wire()) == policy  # the wire form is the same strings
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("pypi.org:0", "is not a port"), ("pypi.org:65536", "is not a port"), ("pypi.org:", "is not a port"),
+    ("pypi.org:https", "is not a port"), ("pypi.org:-1", "is not a port"), ("[::1]:x", "is not a port"),
+    ("bad host:443", "is not a host name"), (":443", "is not a host name"),
+    ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 + ":65535", "longer than 254")])
+def test_malformed_ports_are_clear_errors(entry: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as info:
+        EgressPolicy.parse([entry])
+    assert info.value.remediation
+
+
+def test_a_secret_host_takes_no_port_and_opens_every_port_of_its_host() -> None:
+    from microagent.egress.secrets import parse_options
+
+    with pytest.raises(InvalidRequest, match="is not a host name"):
+        parse_options(["K=@env:HOME"], ["K=api.test:443"])
+    [binding] = parse_options(["K=@env:HOME"], ["K=api.test"])
+    policy = EgressPolicy(("api.test:443",), (), (binding,))
+    assert policy.host_allowed("api.test", 8443)
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
                                      "100.64.0.1", "224.0.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1",
                                      "ff02::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"])

@@ -40,7 +40,9 @@ def _listening(port: int) -> bool:
 
 class Rig:
     def __init__(self, binary: Path, tmp: Path, hosts: list[str], cidrs: list[str],
-                 secrets: list[dict[str, object]] | None = None, env: dict[str, str] | None = None) -> None:
+                 secrets: list[dict[str, object]] | None = None, env: dict[str, str] | None = None,
+                 module: str = "microagent.egress.helper") -> None:
+        """``module``: the helper with the proxy in it (the Hyper-V backend has its own)."""
         self.tmp = tmp
         self.port = _free_port()
         self.policy = tmp / "egress.json"
@@ -50,7 +52,7 @@ class Rig:
         self.agent = subprocess.Popen([str(binary), "--agent", "--listen", str(guest_sock)],
                                       stderr=open(tmp / "agent.log", "wb"))
         self.helper = subprocess.Popen(
-            [sys.executable, "-m", "microagent.egress.helper", "--egress-policy", str(self.policy),
+            [sys.executable, "-m", module, "--egress-policy", str(self.policy),
              "--egress-workspace", "ws1", "--egress-port", str(self.port),
              "--guest", f"unix:{guest_sock}", "--listen", str(self.control), "--hello-timeout", "10"],
             stderr=open(tmp / "router.log", "wb"), env={**os.environ, **(env or {})})
@@ -193,3 +195,28 @@ def test_malformed_requests_get_400(make_rig) -> None:
     assert rig.request(b"GET https://localhost/ HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert rig.request(b"CONNECT localhost HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert rig.helper.poll() is None and rig.agent.poll() is None
+
+
+def test_an_entry_with_a_port_allows_only_that_port(make_rig) -> None:
+    """``HOST:PORT`` on the list: plain HTTP and CONNECT to that port pass, any other port gets 403."""
+    with http_upstream() as up, http_upstream() as other:
+        port, other_port = up.server_address[1], other.server_address[1]
+        rig = make_rig([f"localhost:{port}"], ["127.0.0.0/8"])
+        ok = rig.request(f"GET http://localhost:{port}/p HTTP/1.1\r\n\r\n".encode())
+        assert ok.startswith(b"HTTP/1.0 200") and b"upstream saw /p" in ok, ok
+        refused = rig.request(f"GET http://localhost:{other_port}/p HTTP/1.1\r\n\r\n".encode())
+        assert refused.startswith(b"HTTP/1.1 403"), refused
+        assert f"port {other_port} of localhost is not on the egress allowlist (allowed: {port})".encode() in refused
+        tunnel = rig.request(f"CONNECT localhost:{port} HTTP/1.1\r\n\r\nGET /t HTTP/1.0\r\n\r\n".encode())
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.0 200"), tunnel
+        assert b"upstream saw /t" in tunnel
+        refused = rig.request(f"CONNECT localhost:{other_port} HTTP/1.1\r\n\r\n".encode())
+        assert refused.startswith(b"HTTP/1.1 403") and b"is not on the egress allowlist" in refused, refused
+        # the broker is an https request on its port (443 unless named): checked the same way
+        refused = rig.request(b"GET /https/localhost/x HTTP/1.1\r\n\r\n")
+        assert b"port 443 of localhost is not on the egress allowlist" in refused, refused
+        assert other.requests == [] and len(up.requests) == 2
+    records = wait_audit(rig, 5)
+    # a record is written when its connection ended on the host: in any order
+    assert sorted((r["port"], r["decision"]) for r in records) == sorted([
+        (port, "allowed"), (other_port, "refused"), (port, "allowed"), (other_port, "refused"), (443, "refused")])

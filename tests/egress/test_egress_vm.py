@@ -121,6 +121,7 @@ def test_run_with_egress_and_bad_input_before_boot(vm_state: Path, ns: Ns) -> No
     assert proc.returncode == 0 and "agent_binary" in proc.stdout, proc.stdout + proc.stderr
     for bad, message in ((["--egress-allow", "no spaces.test"], "is not a host name"),
                          (["--egress-allow-cidr", "10.0.0.0/33"], "is not a CIDR"),
+                         (["--egress-allow", "allowed.test:0"], "'0' is not a port"),
                          (["--network", "user", "--egress-allow", "a.test"], "cannot be used with --network user")):
         proc = ns.ma("run", *bad, "builtin:busybox", "true")
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -80,7 +80,10 @@ def test_start_config_accepted_pid_recorded_api_answers(fc) -> None:
     assert live["vsock"] == written["vsock"]
     # the root disk, then the per-boot config disk the supervisor wrote (read-only, always last)
     assert [(d["drive_id"], d["is_read_only"]) for d in live["drives"]] == [("rootfs", False), ("config", True)]
-    assert live["drives"][1]["path_on_host"] == str(rt / "config.disk")
+    # each opened through its runtime-directory symlink (relative: snapshots stay relocatable)
+    assert [d["path_on_host"] for d in live["drives"]] == ["drive-rootfs", "drive-config"]
+    assert os.readlink(rt / "drive-rootfs") == str(fc.rootfs)
+    assert os.readlink(rt / "drive-config") == str(rt / "config.disk")
     config = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
     assert config["hostname"] == "ws.one" and config["network"]["interfaces"] == []
     assert live["network-interfaces"] == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 from unit.channel.fake_guest import FakeGuest, FakeSession, fake_pair
@@ -32,7 +31,7 @@ def session() -> Iterator[tuple[GuestConnection, FakeGuest]]:
     guest.handlers["exec"] = _flood
     gs = object.__new__(GuestConnection)  # a GuestConnection on a fake channel: no workspace needed
     gs.name = "fake"
-    gs.manifest = SimpleNamespace(image=SimpleNamespace(workdir="", user=""))  # type: ignore[assignment]
+    gs.workdir, gs.user = "", ""  # the image's run defaults
     gs.conn = ChannelConnection.open(SocketStream(host), name="fake", hello_timeout=2)
     yield gs, guest
     gs.close()

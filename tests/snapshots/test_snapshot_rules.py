@@ -94,12 +94,12 @@ def test_stage_publish_remove(tmp_path: Path) -> None:
 
 def test_backends_without_snapshots_refuse_them(tmp_path: Path) -> None:
     from microagent.errors import Unsupported
-    from microagent.supervisors.firecracker.backend import FirecrackerBackend
+    from microagent.supervisors.applevf.backend import AppleVFBackend
     from microagent.vmkit.types import Identity, Request, SnapshotSpec
 
-    ident = Identity(requestID="r", runtimeID="ws", role="workload", backend="firecracker")
+    ident = Identity(requestID="r", runtimeID="ws", role="workload", backend="apple-vf")
     cfg = Config(stateDir=str(tmp_path))
-    backend = FirecrackerBackend()
+    backend = AppleVFBackend()  # firecracker takes snapshots (tests/firecracker/test_snapshot_api.py)
     with pytest.raises(Unsupported, match="does not implement 'snapshot'"):
         backend.snapshot(Request(command="snapshot", identity=ident, config=cfg,
                                  snapshot=SnapshotSpec(path=str(tmp_path))))

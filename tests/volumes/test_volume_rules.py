@@ -77,11 +77,11 @@ def test_store_and_claims(tmp_path: Path) -> None:
     assert vols.remove_volume(root, "v1")["removed"] and vols.list_volumes(root) == []
 
 
-def test_folders_need_a_shared_filesystem() -> None:
+def test_folders_need_a_shared_filesystem_or_a_snapshot_disk() -> None:
     folder = [vols.MountSpec("/tmp", "/x")]
-    for backend in ("firecracker", "windows-hyperv"):
-        with pytest.raises(Unsupported, match="shared filesystem"):
-            vols.check_backend(folder, backend)
+    with pytest.raises(Unsupported, match="shared filesystem"):
+        vols.check_backend(folder, "windows-hyperv")  # VHDs only: no raw ext4 copy either
+    vols.check_backend(folder, "firecracker")  # a copy as an ext4 disk (tests/volumes/test_folder_snapshots.py)
     vols.check_backend(folder, "qemu")  # virtiofs with virtiofsd
     vols.check_backend(folder, "apple-vf")  # VirtioFS shares (tests/applevf)
     vols.check_backend([vols.MountSpec("v", "/x")], "firecracker")  # volumes are disks: fine

@@ -18,10 +18,12 @@ session kind.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import sys
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from typing import Any
+
     from microagent.channel.connect import open_channel
     from microagent.channel.errors import (
         ChannelTimeout,
@@ -170,7 +172,8 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    __import__(home)  # not importlib.import_module: importlib (and warnings) cost the CLI's start-up
+    value = getattr(sys.modules[home], name)
     globals()[name] = value
     return value
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-from pathlib import Path
 
 from microagent.channel.mux import ChannelConnection
 from microagent.channel.stream import SocketStream, connect_unix
 from microagent.errors import ChannelClosed, Permanent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def open_channel(path: str | os.PathLike[str], *, hello_timeout: float = 10.0,
@@ -26,7 +28,9 @@ def open_channel(path: str | os.PathLike[str], *, hello_timeout: float = 10.0,
     :raises VersionMismatch: the guest speaks another protocol version.
     :raises Permanent: ``control.json`` is unreadable or names an unknown transport.
     """
-    if Path(path).name == "control.json":
+    if os.path.basename(os.fspath(path)) == "control.json":
+        from pathlib import Path  # here: exec's fast path avoids pathlib's start-up time
+
         stream, token = _connect_control_json(Path(path), connect_timeout)
         return ChannelConnection.open(stream, name=name, hello_timeout=hello_timeout,
                                       hello_fields={"token": token})
@@ -46,6 +50,8 @@ def _connect_control_json(path: Path, timeout: float) -> tuple[SocketStream, str
         raise Permanent(f"{path} does not describe a tcp control endpoint")
     host, _, port = str(doc["address"]).rpartition(":")
     try:
+        import socket  # only for a TCP endpoint: the CLI's exec start-up skips it
+
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
         raise ChannelClosed(f"cannot connect to the channel helper at {doc['address']}: {exc}",

@@ -21,7 +21,10 @@ never by message text.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from typing import Any
+
 
 from microagent.errors import NotFound, Permanent, PolicyDenied, ResourceExhausted, Transient
 

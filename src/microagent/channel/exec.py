@@ -14,15 +14,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import IO, Any, Protocol, TypeAlias
+from collections.abc import Mapping
 
 from microagent.channel.errors import ChannelTimeout, SessionEnded
 from microagent.channel.frames import STDERR, STDIN, STDOUT
 from microagent.channel.limits import EXIT_GRACE_S, START_TIMEOUT_S
 from microagent.channel.mux import ChannelConnection, ControlEvent, DataEvent, ErrorEvent, ExitEvent, Session
 from microagent.errors import ChannelClosed, InvalidRequest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from collections.abc import Callable, Sequence
+    from typing import IO, Any, Protocol, TypeAlias
+
+    class SupportsWrite(Protocol):
+        """A binary file-like object output can be written to."""
+
+        def write(self, data: bytes, /) -> Any: ...
+
+    OutputSink: TypeAlias = Callable[[bytes], object] | SupportsWrite
+    StdinSource: TypeAlias = bytes | bytearray | memoryview | IO[bytes] | bool | None
 
 __all__ = [
     "ExecRequest",
@@ -36,23 +47,83 @@ __all__ = [
 ]
 
 
-class SupportsWrite(Protocol):
-    """A binary file-like object output can be written to."""
+def __getattr__(name: str) -> object:
+    """The typing-only names, built on first use (typing costs the CLI's start-up).
 
-    def write(self, data: bytes, /) -> Any: ...
+    - ``SupportsWrite``: a binary file-like object output can be written to.
+    - ``OutputSink``: where streamed output goes: a callback or a writable binary file.
+    - ``StdinSource``: ``None``/``False``: /dev/null. bytes: sent then EOF. A
+      binary file: read and sent from a thread until its EOF. ``True``: open;
+      the caller writes with :meth:`ExecSession.write` and ends with
+      :meth:`ExecSession.close_stdin`.
+    """
+    if name not in ("SupportsWrite", "OutputSink", "StdinSource"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from collections.abc import Callable
+    from typing import IO, Protocol
+
+    class SupportsWrite(Protocol):
+        """A binary file-like object output can be written to."""
+
+        def write(self, data: bytes, /) -> object: ...
+
+    SupportsWrite.__qualname__ = "SupportsWrite"
+
+    names = {"SupportsWrite": SupportsWrite, "OutputSink": Callable[[bytes], object] | SupportsWrite,
+             "StdinSource": bytes | bytearray | memoryview | IO[bytes] | bool | None}
+    globals().update(names)
+    return names[name]
 
 
-OutputSink: TypeAlias = Callable[[bytes], object] | SupportsWrite
-"""Where streamed output goes: a callback or a writable binary file."""
+class _Record:
+    """Plain classes with slots rather than dataclasses: every CLI exec builds
+    these, and dataclasses (with inspect) would double its start-up time.
+    Subclasses list their fields and defaults in ``_FIELDS``; this gives the
+    keyword constructor, equality, repr and :meth:`replace`."""
 
-StdinSource: TypeAlias = bytes | bytearray | memoryview | IO[bytes] | bool | None
-"""``None``/``False``: /dev/null. bytes: sent then EOF. A binary file: read
-and sent from a thread until its EOF. ``True``: open; the caller writes with
-:meth:`ExecSession.write` and ends with :meth:`ExecSession.close_stdin`."""
+    __slots__ = ()
+    _FIELDS: tuple[tuple[str, object], ...] = ()
+    _REQUIRED = object()
+    _HIDDEN: frozenset[str] = frozenset()  # left out of repr
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(self._FIELDS):
+            raise TypeError(f"{type(self).__name__}() takes at most {len(self._FIELDS)} positional arguments")
+        for (name, default), value in zip(self._FIELDS, args):
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__}() got multiple values for argument {name!r}")
+            kwargs[name] = value
+        for name, default in self._FIELDS:
+            if name in kwargs:
+                value = kwargs.pop(name)
+            elif default is _Record._REQUIRED:
+                raise TypeError(f"{type(self).__name__}() missing required argument {name!r}")
+            else:
+                value = default() if callable(default) else default  # a callable default is a factory
+            setattr(self, name, value)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name, _ in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name, _ in self._FIELDS if name not in self._HIDDEN)
+        return f"{type(self).__name__}({shown})"
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (like :func:`dataclasses.replace`)."""
+        return type(self)(**{**{name: getattr(self, name) for name, _ in self._FIELDS}, **changes})
 
 
-@dataclass
-class ExecRequest:
+class ExecRequest(_Record):
     """What to run in the guest (the ``OPEN {"kind":"exec"}`` fields).
 
     :param argv: program and arguments; ``argv[0]`` without ``/`` is looked
@@ -75,17 +146,21 @@ class ExecRequest:
     """
 
     argv: Sequence[str]
-    env: Mapping[str, str] | Sequence[str] = ()
-    cwd: str | None = None
-    user: str | int | None = None
-    stdin: StdinSource = None
-    pty: bool = False
-    term: str = "xterm-256color"
-    rows: int = 24
-    cols: int = 80
-    timeout_s: float | None = None
-    stdout_limit: int = 0
-    stderr_limit: int = 0
+    env: Mapping[str, str] | Sequence[str]
+    cwd: str | None
+    user: str | int | None
+    stdin: StdinSource
+    pty: bool
+    term: str
+    rows: int
+    cols: int
+    timeout_s: float | None
+    stdout_limit: int
+    stderr_limit: int
+    _FIELDS = (("argv", _Record._REQUIRED), ("env", ()), ("cwd", None), ("user", None), ("stdin", None),
+               ("pty", False), ("term", "xterm-256color"), ("rows", 24), ("cols", 80), ("timeout_s", None),
+               ("stdout_limit", 0), ("stderr_limit", 0))
+    __slots__ = tuple(name for name, _ in _FIELDS)
 
     def env_list(self) -> list[str]:
         """``env`` as ``K=V`` strings.
@@ -133,8 +208,7 @@ class ExecRequest:
         return body
 
 
-@dataclass
-class ExecResult:
+class ExecResult(_Record):
     """How a command ended (the ``EXIT`` payload plus collected output).
 
     :param status: ``exited``, ``signaled``, ``timed_out`` or ``failed_to_start``.
@@ -151,16 +225,21 @@ class ExecResult:
 
     status: str
     exit_code: int
-    signal: int = 0
-    stdout: bytes = b""
-    stderr: bytes = b""
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    started_at: str = ""
-    completed_at: str = ""
-    error: dict[str, Any] | None = None
-    pid: int | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    signal: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    started_at: str
+    completed_at: str
+    error: dict[str, Any] | None
+    pid: int | None
+    raw: dict[str, Any]
+    _FIELDS = (("status", _Record._REQUIRED), ("exit_code", _Record._REQUIRED), ("signal", 0), ("stdout", b""),
+               ("stderr", b""), ("stdout_truncated", False), ("stderr_truncated", False), ("started_at", ""),
+               ("completed_at", ""), ("error", None), ("pid", None), ("raw", dict))
+    __slots__ = tuple(name for name, _ in _FIELDS)
+    _HIDDEN = frozenset({"raw"})
 
     @property
     def ok(self) -> bool:
@@ -169,8 +248,9 @@ class ExecResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; output is decoded as UTF-8 with replacement."""
-        out = asdict(self)
-        out.pop("raw")
+        out = {name: getattr(self, name) for name, _ in self._FIELDS if name != "raw"}
+        if out["error"] is not None:
+            out["error"] = dict(out["error"])
         out["stdout"] = self.stdout.decode("utf-8", "replace")
         out["stderr"] = self.stderr.decode("utf-8", "replace")
         return out

@@ -16,9 +16,13 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from typing import Any, NamedTuple
+from collections import namedtuple
 
 from microagent.channel.errors import ProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from typing import Any
 
 __all__ = [
     "HEADER_SIZE",
@@ -89,8 +93,9 @@ class FrameType(enum.IntEnum):
 
 
 # Named tuples, not dataclasses: immutable and as cheap, without importing
-# dataclasses (and inspect) into the per-workspace helper and the CLI.
-class Frame(NamedTuple):
+# dataclasses (and inspect) into the per-workspace helper and the CLI, nor
+# typing (collections.namedtuple rather than typing.NamedTuple).
+class Frame(namedtuple("Frame", "session type payload", defaults=(b"",))):
     """One decoded frame.
 
     :param session: session id (0 = the connection itself).
@@ -99,9 +104,10 @@ class Frame(NamedTuple):
     :param payload: the payload bytes (at most :data:`MAX_PAYLOAD`).
     """
 
+    __slots__ = ()
     session: int
     type: int
-    payload: bytes = b""
+    payload: bytes
 
     @property
     def known_type(self) -> FrameType | None:
@@ -112,13 +118,14 @@ class Frame(NamedTuple):
             return None
 
 
-class OversizedFrame(NamedTuple):
+class OversizedFrame(namedtuple("OversizedFrame", "session type length")):
     """A header whose length exceeds :data:`MAX_PAYLOAD`.
 
     The decoder skips exactly ``length`` payload bytes after reporting it;
     the receiver answers ``ERROR {code:"frame_too_large"}`` on ``session``.
     """
 
+    __slots__ = ()
     session: int
     type: int
     length: int

@@ -24,7 +24,7 @@ import enum
 import itertools
 import threading
 import time
-from typing import Any, NamedTuple, TypeAlias
+from collections import namedtuple
 
 from microagent.channel.errors import (
     ChannelTimeout,
@@ -51,8 +51,13 @@ from microagent.channel.frames import (
     json_frame,
 )
 from microagent.channel.limits import MAX_QUEUED_CONTROL_BYTES, MAX_QUEUED_CONTROLS
-from microagent.channel.stream import ByteStream
 from microagent.errors import ChannelClosed, InvalidRequest, PolicyDenied
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from typing import Any
+
+    from microagent.channel.stream import ByteStream
 
 __all__ = [
     "ChannelConnection",
@@ -81,10 +86,12 @@ _MAX_LOGGED_OOB = 20  # session-0 chatter lines logged per connection (a guest c
 
 
 # Events are named tuples: immutable like frozen dataclasses, and cheaper to
-# define (every CLI exec imports this module).
-class DataEvent(NamedTuple):
+# define (every CLI exec imports this module); collections.namedtuple, as
+# typing.NamedTuple would import typing.
+class DataEvent(namedtuple("DataEvent", "stream data")):
     """DATA on ``stream``; ``data == b""`` is the end of that stream."""
 
+    __slots__ = ()
     stream: int
     data: bytes
 
@@ -94,30 +101,33 @@ class DataEvent(NamedTuple):
         return not self.data
 
 
-class ControlEvent(NamedTuple):
+class ControlEvent(namedtuple("ControlEvent", "body size", defaults=(0,))):
     """A CONTROL frame's JSON object (``size``: its payload length, for queue bounds)."""
 
+    __slots__ = ()
     body: dict[str, Any]
-    size: int = 0
+    size: int
 
 
-class ExitEvent(NamedTuple):
+class ExitEvent(namedtuple("ExitEvent", "body")):
     """The EXIT frame that ended the session."""
 
+    __slots__ = ()
     body: dict[str, Any]
 
 
-class ErrorEvent(NamedTuple):
+class ErrorEvent(namedtuple("ErrorEvent", "code message body local", defaults=(False,))):
     """The ERROR that ended the session.
 
     :param local: True when the host ended the session itself because the
         guest broke the protocol on it (the guest was sent the same ERROR).
     """
 
+    __slots__ = ()
     code: str
     message: str
     body: dict[str, Any]  # the ERROR frame's object
-    local: bool = False
+    local: bool
 
     def to_exception(self) -> Exception:
         """The exception this event stands for."""
@@ -126,7 +136,7 @@ class ErrorEvent(NamedTuple):
         return guest_error(self.code, self.message)
 
 
-SessionEvent: TypeAlias = DataEvent | ControlEvent | ExitEvent | ErrorEvent
+SessionEvent = DataEvent | ControlEvent | ExitEvent | ErrorEvent
 
 
 class SessionState(enum.Enum):

@@ -66,6 +66,8 @@ from microagent.channel.frames import (
 from microagent.fsutil import atomic_write, restrict_umask
 
 READ_CHUNK = 256 * 1024
+#: beside the control endpoint (the run dir): ``{"execs": N}``, read by ``stats``
+EXEC_COUNT_FILE = "exec-count.json"
 #: the guest's HELLO normally answers within milliseconds; silence this long means ours was lost
 HELLO_RESEND_S = 0.5
 # Ends a session; the mapping is dropped once the guest sends one of these.
@@ -126,6 +128,8 @@ class Router:
     """Seconds a new client has to complete its HELLO."""
     max_clients = 64
     max_sessions_per_client = 256
+    count_interval_s = 0.5
+    """Seconds between writes of ``exec-count.json`` (so ``stats`` lags by at most about this)."""
 
     def __init__(self, guest: socket.socket, listener: socket.socket, token: str | None = None) -> None:
         self.token = token  # required in every client HELLO when set (the loopback-TCP endpoint)
@@ -139,6 +143,10 @@ class Router:
         self.running = True
         self._warnings = 0
         self.vm_events: Any = None  # a PauseWatcher when the VMM reports pauses
+        self.exec_count = 0  # exec sessions opened through this run dir's helpers (``stats``)
+        self.count_path: str | None = None  # where the count is published (exec-count.json)
+        self._count_written = 0
+        self._count_written_at = 0.0
         guest.setblocking(False)
         listener.setblocking(False)
 
@@ -182,7 +190,7 @@ class Router:
                 resend_at = time.monotonic() + HELLO_RESEND_S
                 continue
             if not data:
-                raise ConnectionError("guest closed the channel during the handshake")
+                raise GuestClosed("guest closed the channel during the handshake")
             for item in self.guest.decoder.feed(data):
                 if isinstance(item, Frame) and item.session == 0 and item.type == FrameType.HELLO:
                     self.guest_hello = item.payload
@@ -215,6 +223,7 @@ class Router:
                     self._read(peer)
             self._expire_clients()
             self._update_interest()
+            self.publish_exec_count()
 
     def _read_vm_events(self) -> None:
         before = self.vm_events.reason
@@ -433,6 +442,8 @@ class Router:
             peer.sessions[item.session] = gsid
             self.routes[gsid] = Route(peer, item.session)
             self._send(self.guest, encode_frame(gsid, item.type, item.payload))
+            if _open_kind(item.payload) == "exec":
+                self.exec_count += 1
             return
         mapped = peer.sessions.get(item.session)
         if mapped is None:
@@ -499,11 +510,47 @@ class Router:
         self._set_events(peer, 0)
         peer.sock.close()
 
+    def load_exec_count(self, path: str) -> None:
+        """Publish the count at ``path``, continuing the one a previous helper of this run dir left."""
+        self.count_path = path
+        try:
+            with open(path, "rb") as fh:
+                doc = json.loads(fh.read(4096))
+            count = doc.get("execs") if isinstance(doc, dict) else None
+        except (OSError, ValueError):
+            count = None
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            self.exec_count = self._count_written = count
+
+    def publish_exec_count(self, *, force: bool = False) -> None:
+        """Write the count when it changed, at most once per :attr:`count_interval_s`
+        (an fsynced write per exec would cost more than the count is worth)."""
+        if self.count_path is None or self.exec_count == self._count_written:
+            return
+        now = time.monotonic()
+        if not force and now - self._count_written_at < self.count_interval_s:
+            return
+        try:
+            atomic_write(self.count_path, json.dumps({"execs": self.exec_count}).encode())
+        except OSError as exc:  # a full disk: the count is informational; routing goes on
+            self._warn(f"cannot write {self.count_path}: {exc}")
+        self._count_written, self._count_written_at = self.exec_count, now
+
     def close(self) -> None:
+        self.publish_exec_count(force=True)
         for peer in list(self.clients.values()):
             self._drop_client(peer)
         self.guest.sock.close()
         self.listener.close()
+
+
+def _open_kind(payload: bytes) -> object:
+    """The ``kind`` of an ``OPEN`` payload (``None`` when it is not a JSON object)."""
+    try:
+        doc = decode_json(payload)
+    except (ProtocolError, ValueError):
+        return None
+    return doc.get("kind") if isinstance(doc, dict) else None
 
 
 def _note_paused(runtime_dir: Any, reason: str) -> None:
@@ -539,6 +586,10 @@ def _token_matches(given: object, token: str) -> bool:
     import hmac  # here: only the loopback-TCP endpoint has a token (helper memory)
 
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
+
+
+class GuestClosed(ConnectionError):
+    """The guest closed the channel before answering HELLO (it may accept a new connection)."""
 
 
 def connect_guest(spec: str, deadline: float) -> socket.socket:
@@ -625,21 +676,37 @@ def start_publishers(control: str, specs: list[str]) -> None:
 
 def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport: str,
                 after_ready: Callable[[str], None] | None = None, vm_events: str | None = None,
-                generation: int | None = None) -> int:
+                generation: int | None = None, reconnect: Callable[[], socket.socket] | None = None) -> int:
     """HELLO the guest, open the control endpoint, route until the guest goes away.
 
     Shared by this module's ``main`` and the Hyper-V helper.  The endpoint is
     ``listen`` (a Unix socket) or, with ``transport="tcp"``, the
     ``control.json`` beside it; ``after_ready`` gets it once clients can connect.
+    ``reconnect``: a new guest connection, for a guest that drops the first during
+    HELLO (a Firecracker guest resetting its vsock connections after a snapshot).
 
     :returns: the process exit status (4: the guest never answered HELLO).
     """
-    router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until the handshake succeeds
-    try:
-        router.handshake(max(0.1, deadline - time.monotonic()), generation)
-    except (OSError, ConnectionError) as exc:
-        log(f"guest did not answer HELLO: {exc}")
-        return 4
+    while True:
+        router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until the handshake succeeds
+        try:
+            router.handshake(max(0.1, deadline - time.monotonic()), generation)
+            break
+        except (ConnectionResetError, BrokenPipeError, GuestClosed) as exc:
+            router.guest.sock.close()
+            router.listener.close()
+            if reconnect is None or time.monotonic() >= deadline:
+                log(f"guest did not answer HELLO: {exc}")
+                return 4
+            log(f"guest dropped the channel during HELLO ({exc}); connecting again")
+            try:
+                guest = reconnect()
+            except Exception as again:  # noqa: BLE001 - report and exit: the supervisor reads our status
+                log(f"guest did not answer HELLO: {exc}; reconnecting failed: {again}")
+                return 4
+        except (OSError, ConnectionError) as exc:
+            log(f"guest did not answer HELLO: {exc}")
+            return 4
     endpoint = os.path.abspath(listen)
     router.listener.close()
     if transport == "tcp":
@@ -650,6 +717,7 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     router.listener.setblocking(False)
     if vm_events:
         router.vm_events = watch_vm_events(vm_events)
+    router.load_exec_count(os.path.join(os.path.dirname(endpoint), EXEC_COUNT_FILE))
     log(f"ready: {endpoint}")
     if after_ready is not None:
         after_ready(endpoint)
@@ -679,6 +747,9 @@ def main(argv: list[str] | None = None, on_ready: Callable[[str], None] | None =
                         help="a QMP monitor to follow the VM's pauses on (QEMU)")
     parser.add_argument("--generation", type=int, default=None,
                         help="the restore generation to hand guest init in HELLO (after a snapshot restore)")
+    parser.add_argument("--reconnect-during-hello", action="store_true",
+                        help="connect again when the guest drops the channel during HELLO (Firecracker resets "
+                             "vsock connections around snapshots); elsewhere a closed channel means the VM is gone")
     parser.add_argument("--serial-log", default=None, help="the guest console log to keep under the cap")
     parser.add_argument("--serial-log-max-bytes", type=int, default=None)
     args = parser.parse_args(argv)
@@ -705,7 +776,9 @@ def main(argv: list[str] | None = None, on_ready: Callable[[str], None] | None =
             on_ready(endpoint)
 
     return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=after_ready,
-                       vm_events=args.vm_events, generation=args.generation)
+                       vm_events=args.vm_events, generation=args.generation,
+                       reconnect=(lambda: connect_guest(args.guest, deadline)) if args.reconnect_during_hello
+                       else None)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,15 +14,17 @@ established stream raise :class:`ChannelClosed` too.
 
 from __future__ import annotations
 
+import _socket  # socket.py's own start-up (its enum conversions) costs every CLI exec ~4 ms
 import os
-import select
-import socket
 import threading
-from typing import Protocol, runtime_checkable
 
 from microagent.channel.limits import WRITE_STALL_TIMEOUT_S
 from microagent.unixsock import connect_any_length
 from microagent.errors import ChannelClosed, Permanent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = [
     "ByteStream",
@@ -31,33 +33,6 @@ __all__ = [
     "connect_firecracker_vsock",
     "connect_unix",
 ]
-
-
-@runtime_checkable
-class ByteStream(Protocol):
-    """A reliable, ordered, bidirectional byte stream.
-
-    One thread reads while others write; ``close`` may be called from any
-    thread and must make a blocked ``read`` return.
-    """
-
-    def read(self, n: int) -> bytes:
-        """Read up to ``n`` bytes; ``b""`` means end of stream.
-
-        :raises ChannelClosed: when the transport fails.
-        """
-        ...
-
-    def write(self, data: bytes) -> None:
-        """Write all of ``data``.
-
-        :raises ChannelClosed: when the transport fails or is closed.
-        """
-        ...
-
-    def close(self) -> None:
-        """Close the stream; idempotent."""
-        ...
 
 
 class SocketStream:
@@ -102,7 +77,7 @@ class SocketStream:
         if self._closed:
             raise ChannelClosed("channel is closed")
         try:
-            if self._stall is None or not hasattr(socket, "MSG_DONTWAIT") or not hasattr(select, "poll"):
+            if self._stall is None or not hasattr(_socket, "MSG_DONTWAIT"):
                 self._sock.sendall(data)
             else:
                 self._send_or_give_up(memoryview(data).cast("B"), self._stall)
@@ -115,11 +90,16 @@ class SocketStream:
         poller = None
         while view:
             try:
-                view = view[self._sock.send(view, socket.MSG_DONTWAIT):]
+                view = view[self._sock.send(view, _socket.MSG_DONTWAIT):]
                 continue
             except (BlockingIOError, InterruptedError):
                 pass
             if poller is None:
+                import select  # only once a write would block: it costs the CLI's start-up
+
+                if not hasattr(select, "poll"):
+                    self._sock.sendall(view)  # no poll here: wait as long as it takes
+                    return
                 poller = select.poll()
                 poller.register(self._sock.fileno(), select.POLLOUT)
             if not poller.poll(stall * 1000):
@@ -133,7 +113,7 @@ class SocketStream:
                 return
             self._closed = True
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
@@ -199,7 +179,7 @@ def connect_unix(path: str | os.PathLike[str], timeout: float | None = 10.0) -> 
     :param timeout: connect timeout in seconds.
     :raises ChannelClosed: if nothing accepts on ``path``.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # socket.socket's C base: same calls
     sock.settimeout(timeout)
     try:
         connect_any_length(sock, os.fspath(path))
@@ -255,3 +235,40 @@ def connect_firecracker_vsock(
         raise Permanent(f"unexpected vsock handshake reply {bytes(line)!r}")
     sock.settimeout(None)
     return stream
+
+
+def __getattr__(name: str) -> object:
+    """:class:`ByteStream` is built on first use: it needs typing, which costs the CLI's start-up."""
+    if name != "ByteStream":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from typing import Protocol, runtime_checkable
+
+    global ByteStream
+
+    @runtime_checkable
+    class ByteStream(Protocol):
+        """A reliable, ordered, bidirectional byte stream.
+
+        One thread reads while others write; ``close`` may be called from any
+        thread and must make a blocked ``read`` return.
+        """
+
+        def read(self, n: int) -> bytes:
+            """Read up to ``n`` bytes; ``b""`` means end of stream.
+
+            :raises ChannelClosed: when the transport fails.
+            """
+            ...
+
+        def write(self, data: bytes) -> None:
+            """Write all of ``data``.
+
+            :raises ChannelClosed: when the transport fails or is closed.
+            """
+            ...
+
+        def close(self) -> None:
+            """Close the stream; idempotent."""
+            ...
+
+    return ByteStream

@@ -1,4 +1,4 @@
-"""``microagent kernel install|list|verify``."""
+"""``microagent kernel install|build|list|verify``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from microagent.cli.output import emit
 
 @click.group()
 def kernel() -> None:
-    """Install and check guest kernels."""
+    """Install, build and check guest kernels."""
 
 
 def _backend(backend: str | None) -> str:
@@ -52,6 +52,43 @@ def install(backend: str | None, state_dir: str | None, as_json: bool, from_file
                             modules_from_deb=modules_from_deb, arch=arch)
     doc = {"ok": True, "installed": True, "path": str(record.image), **record.to_json()}
     emit(doc, as_json, lambda d: f"installed {d['version']} for {chosen}/{d['architecture']}: {d['path']}")
+    return 0
+
+
+@kernel.command("build")
+@click.option("--backend", type=click.Choice(["qemu", "firecracker"]), default=None,
+              help="install it as this backend's kernel (default: per host); one build serves both")
+@state_dir_option
+@json_option
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the source package and builds are cached (default: <state-dir>/cache)")
+@click.option("--if-missing", is_flag=True, help="do nothing when today's build is installed and verified")
+def build(backend: str | None, state_dir: str | None, as_json: bool, cache_dir: Path | None,
+          if_missing: bool) -> int:
+    """Build the minimal guest kernel from Debian's linux-source-6.12 and install it."""
+    from microagent.fsutil import restrict_umask
+    from microagent.kernels import build as kbuild
+    from microagent.kernels import kernel_status, load_kernel
+    from microagent.paths import state_root
+
+    root = state_root(state_dir)
+    chosen = _backend(backend)
+    if chosen not in ("qemu", "firecracker"):
+        raise click.UsageError(f"kernel build installs for qemu or firecracker, not {chosen}; pass --backend")
+    cache = (cache_dir.expanduser().absolute() if cache_dir else root / "cache")
+    restrict_umask()  # cache and kernel files 0600, directories 0700
+    pkg = kbuild.source_package(kbuild.MINIMAL)
+    if if_missing and kernel_status(root, chosen, "x86_64").get("status") == "installed":
+        record = load_kernel(root, chosen, "x86_64")
+        if record.source.get("key") == kbuild.cache_key(kbuild.MINIMAL, pkg.sha256 or ""):
+            emit({"ok": True, "installed": False, "path": str(record.image), **record.to_json()}, as_json,
+                 lambda d: f"built kernel for {chosen} already installed: {d['path']}")
+            return 0
+    built = kbuild.ensure_built(kbuild.MINIMAL, cache, pkg=pkg)
+    record = kbuild.install_built_kernel(root, chosen, built)
+    doc = {"ok": True, "installed": True, "path": str(record.image), "build": str(built.directory),
+           **record.to_json()}
+    emit(doc, as_json, lambda d: f"installed built kernel {d['version']} for {chosen}: {d['path']}")
     return 0
 
 

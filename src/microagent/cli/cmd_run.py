@@ -46,6 +46,9 @@ def _writer(stream: Any) -> Any:
 @egress_options
 @setup_service_options
 @volume_option
+@click.option("--output", "output", multiple=True, metavar="HOST_DIR=/GUEST/PATH",
+              help="after the command, copy /GUEST/PATH (a file or a directory's tree) into HOST_DIR, "
+                   "created if missing; works on every backend (repeatable)")
 @click.option("--cold", is_flag=True,
               help="boot, even when a boot snapshot of this image could be restored (and save none)")
 @click.option("--arch", default=None, metavar="ARCH",
@@ -56,7 +59,8 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
         keep: bool, network: str, publish: tuple[str, ...], allow_host_loopback: bool,
         egress_allow: tuple[str, ...], egress_allow_cidr: tuple[str, ...], egress_deny_all: bool,
         secret: tuple[str, ...], secret_host: tuple[str, ...], arch: str | None, cold: bool,
-        setup: tuple[str, ...], service: str | None, restart: str, volume: tuple[str, ...]) -> int:
+        setup: tuple[str, ...], service: str | None, restart: str, volume: tuple[str, ...],
+        output: tuple[str, ...]) -> int:
     """Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.
 
     Put options before IMAGE; everything after IMAGE (or after --) is the command.
@@ -76,6 +80,9 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
         egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all, secret, secret_host)
         check_services(setup, service, restart)
         check_volumes(volume)
+        from microagent.workspace.outputs import parse_output_specs
+
+        parse_output_specs(output)
     progress = pull_progress(as_json)  # layer progress on a TTY only
     try:
         outcome = run_oneshot(
@@ -83,7 +90,7 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
             memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
             supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
             allow_host_loopback=allow_host_loopback, arch=arch, cold=cold, egress=egress,
-            setup=setup, service=service, restart=restart, volumes=volume,
+            setup=setup, service=service, restart=restart, volumes=volume, outputs=output,
             stdout=None if as_json else _writer(sys.stdout.buffer),
             stderr=None if as_json else _writer(sys.stderr.buffer),
         )

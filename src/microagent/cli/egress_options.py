@@ -20,9 +20,10 @@ def egress_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="start the egress proxy with an empty allowlist (everything refused and audited)")(f)
     f = click.option("--egress-allow-cidr", "egress_allow_cidr", multiple=True, metavar="CIDR",
                      help="let the egress proxy dial addresses in this private range (off by default)")(f)
-    f = click.option("--egress-allow", "egress_allow", multiple=True, metavar="HOST",
+    f = click.option("--egress-allow", "egress_allow", multiple=True, metavar="HOST[:PORT]",
                      help="let the guest reach HOST (or every subdomain of .SUFFIX) through the egress "
-                          "proxy on its 127.0.0.1:3128; only with --network isolated")(f)
+                          "proxy on its 127.0.0.1:3128, on any port or only on PORT; only with "
+                          "--network isolated")(f)
     return f
 
 

@@ -8,23 +8,24 @@ for every other form, so both run the same code.
 from __future__ import annotations
 
 import os
-import select
-import signal
 import sys
-from collections.abc import Sequence
-from types import FrameType
-from typing import Any
 
 from microagent.cli.main import usage_errors
-from microagent.cli.output import emit_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing itself costs CLI start-up time; mypy reads this block
+    from collections.abc import Sequence
+    from types import FrameType
+    from typing import Any
 
 DEFAULT_OUTPUT_LIMIT = 16 << 20  # bytes kept of stdout and of stderr with --json
 
 
 def open_store(state_dir: str | None, supervisor: str | None) -> Any:
-    from microagent.workspace.lifecycle import WorkspaceStore
+    """The workspace store, built on first use: a plain exec of a running workspace never needs it."""
+    from microagent.workspace.sessions import LazyStore
 
-    return WorkspaceStore(state_dir, supervisor)
+    return LazyStore(state_dir, supervisor)
 
 
 def terminal_size() -> tuple[int, int]:
@@ -77,6 +78,8 @@ class ResizeForwarder:
             pass
 
     def __enter__(self) -> "ResizeForwarder":
+        import signal
+
         try:
             self._old = signal.signal(signal.SIGWINCH, self._on_winch)
         except ValueError:  # not the main thread
@@ -85,11 +88,15 @@ class ResizeForwarder:
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
+            import signal
+
             signal.signal(signal.SIGWINCH, self._old)
 
 
 def pump_terminal(session: Any, *, forward_stdin: bool, detach_key: bytes | None) -> bool:
     """Copy local stdin to the session until it ends; True when the user detached."""
+    import select  # here: a plain exec forwards no terminal
+
     fd = 0
     reading = forward_stdin
     while not session.done:
@@ -131,14 +138,16 @@ def run_exec(name: str, command: Sequence[str], *, env: Sequence[str] = (), work
              tty: bool = False, output_limit: int = DEFAULT_OUTPUT_LIMIT, supervisor: str | None = None,
              state_dir: str | None = None, as_json: bool = False) -> int:
     """``microagent exec``: run COMMAND in running workspace NAME; return its exit code."""
-    from microagent.workspace.lifecycle import check_env
     from microagent.workspace.sessions import GuestConnection, check_command_size
 
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     with usage_errors():
-        check_env(env)
+        if env:  # the lifecycle module holds the one check of -e entries; a plain exec has none
+            from microagent.workspace.lifecycle import check_env
+
+            check_env(env)
         check_command_size(argv, env)
     store = open_store(state_dir, supervisor)
     with GuestConnection(store, name, "exec") as gs:
@@ -147,6 +156,8 @@ def run_exec(name: str, command: Sequence[str], *, env: Sequence[str] = (), work
                              stdin=sys.stdin.buffer if interactive else None, pty=tty,
                              stdout_limit=output_limit, stderr_limit=output_limit)
             result = gs.start_exec(req).wait()
+            from microagent.cli.output import emit_json
+
             emit_json({"ok": True, "workspace": name, "result": result.to_dict()})
             return int(result.exit_code)
         if tty:
@@ -178,4 +189,6 @@ def _wait_forwarding_interrupt(session: Any) -> Any:
                 session.close()
                 raise
             interrupted = True
+            import signal  # here: the signal module's start-up is paid only on a Ctrl-C
+
             session.signal(signal.SIGINT)

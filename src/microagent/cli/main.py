@@ -73,7 +73,7 @@ SUMMARIES = {
     "gc": "Reconcile every workspace; remove leftovers (helpers, TAPs, rules, leases) of dead VMs.",
     "host": "Show what this host can run and which backend is active, and why.",
     "doctor": "Check the host for the active backend; exit 1 when a required check fails.",
-    "kernel": "Install and check guest kernels.",
+    "kernel": "Install, build and check guest kernels.",
     "image": "Pull and manage cached OCI images.",
     "run": "Boot IMAGE in a fresh VM, run COMMAND, print its output, exit with its code.",
     "create": "Create workspace NAME: build its disk and manifest (state prepared); boot nothing.",

@@ -33,8 +33,9 @@ def check_services(setup: tuple[str, ...], service: str | None, restart: str) ->
 def volume_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``-v/--volume`` (repeatable), shared by ``run`` and ``create`` (docs/volumes.md)."""
     return click.option("-v", "--volume", "volume", multiple=True, metavar="SRC:/GUEST/PATH[:ro]",
-                        help="attach volume SRC (see 'microagent volume') or share host folder SRC "
-                             "(an absolute path; qemu) at /GUEST/PATH; :ro read-only (repeatable)")(f)
+                        help="attach volume SRC (see 'microagent volume') or host folder SRC (an absolute "
+                             "path: live on qemu; on firecracker a copy made at start, read-only unless :rw, "
+                             "changes never written back) at /GUEST/PATH; :ro read-only (repeatable)")(f)
 
 
 def check_volumes(volume: tuple[str, ...]) -> None:

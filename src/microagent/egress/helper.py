@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from microagent.channel import router
@@ -125,18 +126,34 @@ def start_accept_pool(control: str, policy: PolicyFile, audit: AuditLog, port: i
     threading.Thread(target=run, daemon=True, name="egress").start()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="microagent-egress-helper", add_help=False)
-    parser.add_argument("--egress-policy", required=True, help="egress.json in the runtime directory")
-    parser.add_argument("--egress-workspace", required=True, help="the workspace name, for the audit log")
+def add_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The egress options of a helper: without ``--egress-policy`` (when not ``required``), no proxy."""
+    parser.add_argument("--egress-policy", required=required, default="",
+                        help="egress.json in the runtime directory")
+    parser.add_argument("--egress-workspace", required=required, default="",
+                        help="the workspace name, for the audit log")
     parser.add_argument("--egress-port", type=int, default=PROXY_PORT)
-    args, rest = parser.parse_known_args(argv)
+
+
+def prepare(args: argparse.Namespace, secrets: bool = True) -> Callable[[str], None] | None:
+    """What a helper does for egress before its guest answers (the vault's socket, when
+    ``secrets``); returns what starts the proxy on the control endpoint once it answered
+    (``None`` without ``--egress-policy``)."""
+    if not args.egress_policy:
+        return None
     path = Path(args.egress_policy).resolve()  # the router changes directory
     audit = AuditLog(path.parent / LOG_NAME, args.egress_workspace)
-    vault = Vault()
-    serve_vault(path.parent / SOCKET_NAME, vault, router.log)  # before the guest can ask for a value
-    return router.main(rest, on_ready=lambda endpoint: start_accept_pool(
-        endpoint, PolicyFile(path), audit, args.egress_port, vault))
+    vault = Vault() if secrets else None
+    if vault is not None:
+        serve_vault(path.parent / SOCKET_NAME, vault, router.log)  # before the guest can ask for a value
+    return lambda endpoint: start_accept_pool(endpoint, PolicyFile(path), audit, args.egress_port, vault)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microagent-egress-helper", add_help=False)
+    add_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    return router.main(rest, on_ready=prepare(args))
 
 
 if __name__ == "__main__":

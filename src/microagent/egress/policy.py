@@ -1,8 +1,9 @@
 """What a guest may reach through the egress proxy (pure: no I/O).
 
-A policy is a list of host names (exact, or ``.suffix`` for every subdomain)
-and of CIDRs that open private address ranges.  A name is allowed by the
-name list; the address it resolves to must then be public (the ranges
+A policy is a list of host names (exact, or ``.suffix`` for every subdomain),
+each on any port or on one (``host:port``), and of CIDRs that open private
+address ranges.  A name and port are allowed by the list; the address the
+name resolves to must then be public (the ranges
 ``network/egress.py`` refuses for ``user``/``nat``, plus IPv6's loopback,
 ULA, link-local, multicast and NAT64) unless a CIDR of the policy holds it.
 """
@@ -56,11 +57,56 @@ def normalize_host(host: str) -> str:
                          "a .suffix for its subdomains (.example.com) or an IP address")
 
 
-def parse_allowed_host(entry: str) -> str:
-    """An ``--egress-allow`` entry: an exact host, or ``.suffix`` for subdomains."""
+def parse_host_pattern(entry: str) -> str:
+    """An exact host, or ``.suffix`` for subdomains (a ``--secret-host`` entry; no port)."""
     if entry.startswith("."):
         return "." + normalize_host(entry[1:])
     return normalize_host(entry)
+
+
+#: the longest allowlist entry (the supervisor protocol's bound on ``allowHosts`` items)
+MAX_ENTRY_CHARS = 254
+
+
+def split_entry(entry: str) -> tuple[str, int | None]:
+    """An allowlist entry in canonical form as ``(host pattern, port or None for any port)``."""
+    if entry.startswith("["):  # [v6]:port
+        host, _, port = entry[1:].partition("]:")
+        return host, int(port)
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port)
+    return entry, None  # a name, or a bare IPv6 literal (any port)
+
+
+def parse_allowed_host(entry: str) -> str:
+    """An ``--egress-allow`` entry in canonical form: ``HOST`` (any port), ``HOST:PORT``
+    (that port only); HOST is an exact name, a ``.suffix`` for subdomains, an IPv4
+    literal or an IPv6 literal (``[::1]:443`` with a port, ``::1`` without).
+
+    :raises InvalidRequest: a malformed host or port.
+    """
+    text = entry.strip()
+    port_text: str | None = None
+    if text.startswith("[") and "]:" in text:
+        text, _, port_text = text[1:].partition("]:")
+    elif text.count(":") == 1:
+        text, _, port_text = text.partition(":")
+    host = parse_host_pattern(text)
+    if port_text is None:
+        return host
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise InvalidRequest(f"{entry!r}: {port_text!r} is not a port",
+                             "give HOST for any port or HOST:PORT with a port from 1 to 65535, e.g. pypi.org:443")
+    canonical = f"[{host}]:{int(port_text)}" if ":" in host else f"{host}:{int(port_text)}"
+    if len(canonical) > MAX_ENTRY_CHARS:
+        raise InvalidRequest(f"{entry!r} is longer than {MAX_ENTRY_CHARS} characters", "use a shorter name")
+    return canonical
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """Whether ``host`` is ``pattern`` (exact) or under it (a ``.suffix`` pattern)."""
+    return host.endswith(pattern) if pattern.startswith(".") else host == pattern
 
 
 def parse_cidr(entry: str) -> str:
@@ -126,18 +172,30 @@ class EgressPolicy:
             wire["secrets"] = [s.to_wire() for s in self.secrets]
         return wire
 
-    def host_allowed(self, host: str) -> bool:
-        """Whether ``host`` (normalized) is on the list (exact, or under a ``.suffix`` entry),
-        or a secret is bound to it."""
+    def host_allowed(self, host: str, port: int | None = None) -> bool:
+        """Whether ``host`` (normalized) on ``port`` is on the list (exact, or under a ``.suffix``
+        entry; an entry with a port only on that port), or a secret is bound to it (any port).
+        ``port`` ``None``: on some port."""
+        if port is not None:
+            return self.refusal(host, port) is None
+        return (any(s.bound_to(host) for s in self.secrets)
+                or any(host_matches(host, split_entry(e)[0]) for e in self.allow_hosts))
+
+    def refusal(self, host: str, port: int) -> str | None:
+        """Why the proxy must not connect to ``host`` on ``port``, or ``None`` when the list allows it."""
         if any(s.bound_to(host) for s in self.secrets):
-            return True
+            return None
+        ports = []
         for entry in self.allow_hosts:
-            if entry.startswith("."):
-                if host.endswith(entry):
-                    return True
-            elif host == entry:
-                return True
-        return False
+            pattern, only = split_entry(entry)
+            if host_matches(host, pattern):
+                if only is None or only == port:
+                    return None
+                ports.append(str(only))
+        if ports:
+            return (f"port {port} of {host} is not on the egress allowlist "
+                    f"(allowed: {', '.join(dict.fromkeys(ports))})")
+        return f"{host} is not on the egress allowlist"
 
     def address_refusal(self, address: str) -> str | None:
         """Why the proxy must not dial ``address``, or ``None`` when it may."""

@@ -89,8 +89,9 @@ def serve(guest: GuestStream, policy: Callable[[], EgressPolicy], audit: AuditLo
         if broker:
             record["broker"] = True
         current = policy()
-        if not current.host_allowed(host):
-            raise Refused(403, f"{host} is not on the egress allowlist")
+        refusal = current.refusal(host, port)
+        if refusal is not None:
+            raise Refused(403, refusal)
         upstream_head = _apply_secrets(current, head, upstream_head, host, method, value_of, record)
         address = _resolve_checked(current, host, port)
         record["address"] = address

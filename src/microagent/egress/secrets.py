@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from microagent.errors import InvalidRequest
-from microagent.egress.policy import parse_allowed_host
+from microagent.egress.policy import parse_host_pattern
 
 PLACEHOLDER_PREFIX = "microagent-secret-"
 #: a placeholder, as the proxy looks for it in request heads
@@ -62,7 +62,7 @@ class SecretBinding:
         """
         try:
             name, source, placeholder = str(doc["name"]), str(doc.get("source") or ""), str(doc["placeholder"])
-            hosts = tuple(parse_allowed_host(str(h)) for h in doc.get("hosts") or ())
+            hosts = tuple(parse_host_pattern(str(h)) for h in doc.get("hosts") or ())
         except (KeyError, TypeError):
             raise InvalidRequest(f"malformed secret entry {sorted(doc)}", "recreate the workspace") from None
         if not _NAME.fullmatch(name) or not PLACEHOLDER_RE.fullmatch(placeholder.encode()) or not hosts:
@@ -101,7 +101,7 @@ def parse_options(secrets: Sequence[str], secret_hosts: Sequence[str],
         if name not in hosts:
             raise InvalidRequest(f"--secret-host {entry!r} names no --secret {name}",
                                  f"add --secret {name} (its value from the host's ${name}), or fix the name")
-        hosts[name].append(parse_allowed_host(host))
+        hosts[name].append(parse_host_pattern(host))
     for name, bound in hosts.items():
         if not bound:
             raise InvalidRequest(f"secret {name} is bound to no host, so its value could never be used",

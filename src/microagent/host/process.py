@@ -8,23 +8,45 @@ time on macOS, so a recycled PID never passes for our VMM.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from microagent.errors import Permanent
-from microagent.waiting import wait_until
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported where a process is spawned: exec's liveness check needs only /proc
+    import signal
     import subprocess
+    from pathlib import Path
 
 
-@dataclass(frozen=True)
 class ProcessRef:
+    """A recorded process. Immutable; a plain class, not a dataclass: exec's
+    liveness check would pay for importing dataclasses (and inspect)."""
+
+    __slots__ = ("pid", "starttime")
     pid: int
     starttime: int
+
+    def __init__(self, pid: int, starttime: int) -> None:
+        object.__setattr__(self, "pid", pid)
+        object.__setattr__(self, "starttime", starttime)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.pid, self.starttime) == (other.pid, other.starttime)  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.pid, self.starttime))
+
+    def __repr__(self) -> str:
+        return f"ProcessRef(pid={self.pid!r}, starttime={self.starttime!r})"
+
+    def __reduce__(self) -> tuple[type[ProcessRef], tuple[int, int]]:  # pickle and copy, despite __setattr__
+        return ProcessRef, (self.pid, self.starttime)
 
     def to_json(self) -> dict[str, int]:
         return {"pid": self.pid, "starttime": self.starttime}
@@ -40,7 +62,8 @@ def _starttime(pid: int) -> int | None:
 
 def _linux_starttime(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
     except OSError:
         return None
     # comm may contain spaces/parens: split after the last ')'.
@@ -93,6 +116,8 @@ def reap_if_child(pid: int) -> None:
 
 def wait_gone(ref: ProcessRef, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for the process to exit."""
+
+    from microagent.waiting import wait_until
 
     def gone() -> bool:
         reap_if_child(ref.pid)

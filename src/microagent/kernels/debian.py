@@ -30,6 +30,7 @@ __all__ = [
     "deb_cache_dir",
     "deb_package",
     "download_deb",
+    "package_info",
     "resolve_kernel_package",
     "unpack_kernel_deb",
 ]
@@ -163,6 +164,15 @@ def resolve_kernel_package(arch: str | None = None, metapackage: str | None = No
                 found = _apt_show(f"{name}={version}" if version else name)[0]
             return _package_from_fields(found)
     raise Permanent(f"debian package {meta} does not depend on a linux-image package", "pass --deb FILE")
+
+
+def package_info(name: str) -> DebianPackage:
+    """What apt offers for ``name`` today (version, size, sha256): one ``apt-cache show``.
+
+    :raises NotFound: no apt, or apt does not know the package.
+    :raises Transient: apt-cache failed.
+    """
+    return _package_from_fields(_apt_show(name)[0])
 
 
 def _package_from_fields(fields: dict[str, str]) -> DebianPackage:

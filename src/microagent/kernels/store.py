@@ -87,8 +87,10 @@ class KernelRecord:
     """The contents of ``kernel.json`` plus the directory it was read from.
 
     :ivar image_format: ``bzImage``, ``vmlinux`` or ``arm64-Image``: what ``Image`` is.
-    :ivar source: ``{"type": "deb", "package", "version", ...}`` or
-        ``{"type": "file", "path", "sha256"}`` (plus ``modules_from`` when set).
+    :ivar source: ``{"type": "deb", "package", "version", ...}``,
+        ``{"type": "file", "path", "sha256"}`` (plus ``modules_from`` when set) or
+        ``{"type": "build", "package", "version", "sha256", "fragmentSha256", ...}``
+        (``microagent kernel build``, :mod:`microagent.kernels.build`).
     :ivar modules: ``[{"name", "path", "sha256"}]`` in load order.
     """
 
@@ -326,6 +328,7 @@ def install_kernel(
     from_file: Path | None = None,
     modules_from_deb: Path | None = None,
     arch: str | None = None,
+    source: dict[str, Any] | None = None,
 ) -> KernelRecord:
     """Install a guest kernel for ``backend`` into ``<state_root>/kernels/<backend>/<arch>/``.
 
@@ -343,6 +346,8 @@ def install_kernel(
     uncompressed vmlinux ELF with the ``bzImage`` kept beside it.
 
     :param arch: ``x86_64``/``aarch64`` (aliases ``amd64``/``arm64``); the host's by default.
+    :param source: with ``from_file``: the ``source`` to record instead of
+        ``{"type": "file", ...}`` (a built kernel records ``{"type": "build", ...}``).
     :returns: the installed record.
     :raises Unsupported: an unknown backend or architecture.
     :raises Permanent: both ``deb`` and ``from_file``, or ``modules_from_deb``
@@ -370,7 +375,7 @@ def install_kernel(
         try:
             staging = work / "kernel"
             staging.mkdir()
-            record = _stage(state_root, backend, arch, staging, work, deb, from_file, modules_from_deb)
+            record = _stage(state_root, backend, arch, staging, work, deb, from_file, modules_from_deb, source)
             _swap_into_place(staging, target)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
@@ -390,6 +395,7 @@ def _stage(
     deb: Path | None,
     from_file: Path | None,
     modules_from_deb: Path | None,
+    recorded_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fill ``staging`` with the kernel files and kernel.json; returns the JSON document."""
     source: dict[str, Any]
@@ -398,7 +404,7 @@ def _stage(
         fmt = detect_kernel_format(from_file)
         image_format = _place_image(from_file, fmt, backend, arch, staging)
         release = kernel_release(from_file)
-        source = {"type": "file", "path": str(from_file), "sha256": sha256_file(from_file)}
+        source = recorded_source or {"type": "file", "path": str(from_file), "sha256": sha256_file(from_file)}
         mods: list[dict[str, str]] = []
         if modules_from_deb is not None:
             mdeb = Path(modules_from_deb).absolute()
@@ -524,7 +530,8 @@ def kernel_status(state_root: Path, backend: str, arch: str | None = None, *, ve
         otherwise only check that the recorded files exist.
     :returns: ``{backend, architecture, path, status, sha256, version, modules,
         detail}`` with ``status`` one of ``installed``, ``missing``, ``corrupt``,
-        ``outdated`` (a module this microagent needs is not installed);
+        ``outdated`` (a module this microagent needs is not installed, or a
+        built kernel's config fragment is not this microagent's);
         ``path`` is the Image path, ``sha256`` its recorded hash (or ``None``).
     :raises Unsupported: an unknown architecture.
     """
@@ -566,6 +573,13 @@ def kernel_status(state_root: Path, backend: str, arch: str | None = None, *, ve
     if problems:
         names = ", ".join(f"{p.name} {p.status}" for p in problems)
         out.update(status="corrupt", detail=f"{names}; reinstall the kernel")
+    elif record.source.get("type") == "build":
+        from microagent.kernels.build import stale_fragment  # only for built kernels
+
+        out["detail"] += " (built by microagent kernel build; drivers built in)"
+        if stale_fragment(record.source):
+            out.update(status="outdated", detail="built from an older config fragment; rebuild it: "
+                                                 f"microagent kernel build --backend {backend}")
     elif not record.modules:
         out["detail"] += " (no modules recorded: the virtio drivers must be built into this kernel)"
     elif missing := missing_guest_modules(record):

@@ -18,7 +18,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from microagent.errors import Permanent
+from microagent.errors import InvalidRequest, Permanent
 from microagent.mcp_server import results as r
 from microagent.mcp_server.capture import CappedSink, exec_outcome, outcome
 from microagent.mcp_server.errors import as_tool_errors
@@ -84,6 +84,20 @@ def _argv(command: list[str] | str) -> list[str]:
     return ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
 
 
+def _named_volumes(specs: list[str]) -> list[str]:
+    """``-v`` specs of named volumes only: a host folder would hand the agent any file the
+    server's user can read (docs/mcp.md)."""
+    from microagent.workspace.volumes import parse_mount_specs
+
+    with as_tool_errors():
+        for mount in parse_mount_specs(specs):
+            if mount.is_folder:
+                raise InvalidRequest(f"host folder {mount.source} cannot be attached through MCP",
+                                "attach a named volume (microagent volume create NAME), or create the "
+                                "workspace with the CLI: microagent create NAME -v /host/dir:/guest/path")
+    return specs
+
+
 def _env(env: dict[str, str] | None) -> list[str]:
     return [f"{k}={v}" for k, v in (env or {}).items()]
 
@@ -141,17 +155,30 @@ def build_server(options: ServerOptions | None = None) -> tuple[MCPServer, Ledge
             allow_host_loopback: Annotated[bool, Field(description="let the guest reach the host's loopback")] = False,
             start: Annotated[bool, Field(description="boot it now (false: leave it prepared)")] = True,
             boot_timeout: Annotated[float, Field(description="seconds the guest may take to come up", gt=0)] = 60.0,
+            volumes: Annotated[list[str] | None, Field(
+                description='named volumes to attach, "VOLUME:/guest/path" or "VOLUME:/guest/path:ro" '
+                            "(created with 'microagent volume create'; host folders are not offered here)",
+                max_length=16)] = None,
+            setup: Annotated[list[str] | None, Field(
+                description="shell commands run once, in order, at the first boot; a failing one leaves the "
+                            "workspace failed", max_length=64)] = None,
+            service: Annotated[str | None, Field(
+                description="a long-running shell command guest init starts at every boot (e.g. a dev server)")] = None,
+            restart: Annotated[Literal["never", "on-failure", "always"], Field(
+                description="restart the service when it exits (backoff 1 s doubling to 30 s)")] = "never",
     ) -> r.Created:
         """Create a named workspace (its own disk from `image`) and, unless start=false, boot it.
 
         It persists until workspace_delete. Counts against this server's workspace cap."""
         progress = Progress(ctx)
+        mounts = _named_volumes(volumes or [])
 
         def create() -> Any:
             return store.create(name, image=image, profile=profile, memory_mib=memory_mib, cpus=cpus,
                                 disk_size_mib=disk_size_mib, env=_env(env), network=network,
                                 allow_host_loopback=allow_host_loopback, backend=options.backend,
-                                created_by=CREATED_BY, progress=progress.pull(0, 40))
+                                created_by=CREATED_BY, progress=progress.pull(0, 40), volumes=mounts,
+                                setup=setup or (), service=service, restart=restart)
 
         with as_tool_errors(), ledger.creating(name):
             manifest = await progress.phase(0, 50, "creating disk", create)

@@ -9,9 +9,11 @@ path. This module is the one place that decides between them.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-from microagent.runtime_state import locate_runtime_dir
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONTROL_SOCKET = "control.sock"
 CONTROL_JSON = "control.json"
@@ -20,14 +22,26 @@ CHANNEL_SOCKET = "channel.sock"
 
 def guest_channel_path(state_root: Path, name: str) -> Path:
     """The helper's ``control.sock`` or ``control.json`` when it serves one, else ``channel.sock``."""
-    rt = locate_runtime_dir(state_root, name)
+    from pathlib import Path
+
+    from microagent.runtime_state import locate_runtime_dir
+
+    return Path(channel_endpoint(locate_runtime_dir(state_root, name)))
+
+
+def channel_endpoint(rt: str | os.PathLike[str]) -> str:
+    """:func:`guest_channel_path` in the runtime directory ``rt`` (exec's fast path knows it
+    already, as text: pathlib costs start-up time)."""
     for endpoint in (CONTROL_SOCKET, CONTROL_JSON):
-        if (rt / endpoint).exists():
-            return rt / endpoint
-    return rt / CHANNEL_SOCKET
+        path = os.path.join(rt, endpoint)
+        if os.path.exists(path):
+            return path
+    return os.path.join(rt, CHANNEL_SOCKET)
 
 
 def has_helper(state_root: Path, name: str) -> bool:
     """Whether a host helper endpoint (many concurrent clients) is present."""
+    from microagent.runtime_state import locate_runtime_dir
+
     rt = locate_runtime_dir(state_root, name)
     return (rt / CONTROL_SOCKET).exists() or (rt / CONTROL_JSON).exists()

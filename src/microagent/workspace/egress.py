@@ -39,6 +39,11 @@ def set_policy(store: Any, name: str, policy: EgressPolicy, *, allowlist: bool =
         if manifest.network != "isolated":
             raise InvalidRequest(f"{name} uses --network {manifest.network}; egress needs --network isolated",
                                  "create the workspace with --network isolated and --egress-allow")
+        if secrets and policy.secrets and manifest.backend == "windows-hyperv":
+            from microagent.errors import Unsupported
+
+            raise Unsupported("the windows-hyperv backend cannot hand egress secrets to its proxy",
+                              "drop --secret (the allowlist works), or use the qemu or firecracker backend")
         current = EgressPolicy.from_wire(manifest.egress) if manifest.egress is not None else EgressPolicy()
         bindings = policy.keeping_placeholders(current).secrets if secrets else current.secrets
         base = policy if allowlist else current

@@ -395,7 +395,8 @@ class WorkspaceStore:
         from microagent.workspace.volumes import parse_mount_specs, vm_devices
 
         # parsed again at every boot: a host folder that went away is an error, not an empty mount
-        disks, shares = vm_devices(self.root, parse_mount_specs(manifest.volumes))
+        disks, shares = vm_devices(self.root, parse_mount_specs(manifest.volumes), backend=manifest.backend,
+                                   workspace=manifest.name)
         return Config(
             stateDir=str(self.root),
             kernelPath=manifest.verification.kernel.path,
@@ -609,6 +610,10 @@ class WorkspaceStore:
                 resp = self.client(manifest.backend).send(op, name, timeout=timeout)
             except Conflict as exc:
                 raise self._went_down_meanwhile(name, op, manifest.backend, observed) or exc from exc
+            if op in ("halt", "stop", "kill") and manifest.volumes:
+                from microagent.workspace.volumes import remove_folder_snapshots
+
+                remove_folder_snapshots(self.root, name)  # a firecracker boot's folder copies
         runtime = dict(resp.runtime or {})
         return Transition(name, op, observed.state,
                           WorkspaceState.parse(resp.event.state if resp.event else "unknown"),

@@ -39,6 +39,7 @@ class RunOutcome:
     result: Any  # microagent.channel.ExecResult
     timings: dict[str, float] = field(default_factory=dict)
     warm: bool = False  # restored from a boot snapshot instead of booting
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # what --output copied back
 
     @property
     def exit_code(self) -> int:
@@ -51,6 +52,7 @@ class RunOutcome:
             "warm": self.warm,
             "result": self.result.to_dict(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            **({"outputs": self.outputs} if self.outputs else {}),
         }
 
 
@@ -78,7 +80,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         progress: "PullProgress | None" = None, allow_host_loopback: bool = False,
         arch: str | None = None, cold: bool = False, egress: "EgressPolicy | None" = None,
         setup: Sequence[str] = (), service: str | None = None, restart: str = "never",
-        volumes: Sequence[str] = ()) -> RunOutcome:
+        volumes: Sequence[str] = (), outputs: Sequence[str] = ()) -> RunOutcome:
     """Run ``argv`` in a fresh workspace booted from ``image``.
 
     ``arch`` is the guest architecture (default: the host's; QEMU emulates another).
@@ -92,6 +94,8 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     ``setup`` commands run first, in order (a failing one ends the run with its exit code
     and output); ``service`` is started by guest init at boot (docs/services.md).
     ``volumes``: ``-v`` specs (docs/volumes.md); a run holds its volumes until it ends.
+    ``outputs``: ``HOST_DIR=/guest/path`` specs copied back after the command, whatever its
+    exit code, before the VM goes away (:mod:`.outputs`); a failed copy fails the run.
 
     :param stdout: where guest stdout goes as it arrives (a callable or a binary
         file); ``None`` collects it into the result only.
@@ -109,6 +113,10 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     from microagent.workspace import volumes as vols
 
     mounts = vols.parse_mount_specs(volumes)
+    from microagent.workspace.outputs import copy_outputs, parse_output_specs
+
+    wanted_outputs = parse_output_specs(outputs)
+    copied: list[dict[str, Any]] = []
     watch = _Stopwatch()
     name = f"run-{secrets.token_hex(4)}"
     timeout, boot_timeout, published = check_run_input(
@@ -117,7 +125,13 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     plan: BootPlan = plan_boot(image, name, backend=backend, state_dir=state_dir,
                                memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout, arch=arch)
     vols.check_attachable(plan.state_root, mounts, plan.backend, plan.kernel_path)
-    plan.disks, plan.shares = vols.vm_devices(plan.state_root, mounts)
+    try:  # on firecracker a host folder is copied into a disk now (docs/volumes.md)
+        plan.disks, plan.shares = vols.vm_devices(plan.state_root, mounts, backend=plan.backend, workspace=name)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(plan.disk_path.parent, ignore_errors=True)
+        raise
     from microagent.egress.options import to_config
 
     # egress: the allowlist proxy (docs/egress.md); a run with one always boots (the warm
@@ -176,7 +190,10 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                 _run_setup(conn, setup, request)
                 watch.mark("setup")
             result = guest_exec.start(conn, request, stdout=stdout, stderr=stderr).wait()
-        watch.mark("exec")
+            watch.mark("exec")
+            if wanted_outputs:
+                copied = copy_outputs(conn, wanted_outputs)
+                watch.mark("outputs")
         # a throwaway disk needs no clean shutdown: killing saves the guest's poweroff;
         # volumes do (the guest's unwritten pages, a clean journal for the next user)
         client.send("halt" if keep or mounts else "kill", name)
@@ -192,7 +209,8 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         client.send("delete", name)
         vols.release(plan.state_root, name)
         watch.mark("cleanup")
-    return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total(), warm=warm)
+    return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total(), warm=warm,
+                      outputs=copied)
 
 
 def _restore(client: SupervisorClient, plan: BootPlan, key: warm_boot.WarmKey, boot_timeout: float) -> bool:
@@ -224,8 +242,6 @@ def _run_setup(conn: Any, setup: Sequence[str], like: Any) -> None:
 
     :raises Permanent: naming the first that failed, its exit code and its output's end.
     """
-    import dataclasses
-
     from microagent.channel import exec as guest_exec
     from microagent.errors import Permanent
     from microagent.workspace.services import SETUP_OUTPUT_TAIL
@@ -237,7 +253,7 @@ def _run_setup(conn: Any, setup: Sequence[str], like: Any) -> None:
             tail.extend(chunk)
             del tail[:max(0, len(tail) - SETUP_OUTPUT_TAIL)]
 
-        req = dataclasses.replace(like, argv=["sh", "-c", cmd], timeout_s=None, stdout_limit=0, stderr_limit=0)
+        req = like.replace(argv=["sh", "-c", cmd], timeout_s=None, stdout_limit=0, stderr_limit=0)
         result = guest_exec.start(conn, req, stdout=keep, stderr=keep).wait()
         if result.exit_code != 0:
             raise Permanent(f"setup command {i + 1} of {len(setup)} ({cmd!r}) exited with {result.exit_code}; "

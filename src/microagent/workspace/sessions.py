@@ -12,23 +12,28 @@ belongs to the CLI.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
 
 from microagent.durations import optional_seconds
 from microagent.errors import InvalidRequest, MicroagentError, NotFound, Permanent, ResourceExhausted, Transient
+from microagent.paths import runtime_dir, state_root_text, workspace_dir
 from microagent.vmkit.basics import is_safe_name
-from microagent.workspace.channel_path import CHANNEL_SOCKET, guest_channel_path
-from microagent.workspace.lifecycle import WorkspaceStore
-from microagent.workspace.manifest import Manifest
-from microagent.workspace.state import WorkspaceState, require_state
+from microagent.workspace.channel_path import CHANNEL_SOCKET, channel_endpoint
 
-if TYPE_CHECKING:
+# The lifecycle module (and the manifest's dataclasses) load only off exec's
+# fast path, which reads just the records it needs (see _running_records).
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and pathlib cost CLI start-up time; mypy reads this block
+    from pathlib import Path
+    from types import TracebackType
+    from typing import IO, Any
+
     from microagent.channel import ChannelConnection, ExecRequest, ExecResult, ExecSession, FileStat
     from microagent.channel.exec import OutputSink, StdinSource
+    from microagent.workspace.lifecycle import WorkspaceStore
+    from microagent.workspace.manifest import Manifest
 
 HELLO_TIMEOUT_S = 10.0
 MAX_COMMAND_BYTES = 256 << 10
@@ -58,39 +63,135 @@ def check_command_size(argv: Sequence[str], env: Mapping[str, str] | Sequence[st
 DEFAULT_OUTPUT_LIMIT = 16 << 20  # = microagent.channel.limits.DEFAULT_OUTPUT_LIMIT (not imported: CLI import cost)
 
 
+#: Operations that need a running workspace, the case exec's fast path recognises.
+_RUNNING_OPS = frozenset({"exec", "cp", "connect"})
+
+
+class LazyStore:
+    """A state root whose :class:`~microagent.workspace.lifecycle.WorkspaceStore` is built on first use.
+
+    The CLI's ``exec`` passes one to :class:`GuestConnection`: a workspace whose
+    records say it runs never needs the store (nor the lifecycle module);
+    every other case asks the real store, whose methods this forwards to.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, supervisor: str | None = None) -> None:
+        self.root_text = state_root_text(state_dir)  # checked here, as WorkspaceStore checks its root
+        self.supervisor = supervisor
+        self._store: WorkspaceStore | None = None
+
+    def __getattr__(self, attr: str) -> Any:  # root, manifest, observe, inspect, ...
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        if self._store is None:
+            from microagent.workspace.lifecycle import WorkspaceStore
+
+            self._store = WorkspaceStore(self.root_text, self.supervisor)
+        return getattr(self._store, attr)
+
+
+def _read_object(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _running_records(root: str | Path, name: str) -> tuple[dict[str, Any], str] | None:
+    """``(workspace.json, runtime dir)`` when the records say ``name`` runs and its VMM is alive.
+
+    The cheap half of :meth:`WorkspaceStore.observe <microagent.workspace.lifecycle.WorkspaceStore.observe>`
+    for the one state exec accepts; anything else (no such workspace, another
+    state, a dead VMM, an unreadable record) is None, and the full guard decides.
+    """
+    from microagent.host.process import ProcessRef, is_alive
+
+    if not is_safe_name(name):
+        return None
+    rt = runtime_dir(root, name)
+    runtime = _read_object(os.path.join(rt, "runtime.json"))
+    if runtime is None or runtime.get("state") != "running":
+        return None
+    pid, start = runtime.get("pid"), runtime.get("starttime")
+    if not (isinstance(pid, int) and isinstance(start, int) and is_alive(ProcessRef(pid, start))):
+        return None
+    doc = _read_object(os.path.join(workspace_dir(root, name), "workspace.json"))  # = manifest.manifest_path
+    if doc is None or doc.get("name") != name:
+        return None
+    return doc, rt
+
+
+def _run_defaults(doc: dict[str, Any]) -> tuple[str, str]:
+    """The image's working directory and user from a ``workspace.json`` document
+    (read as :meth:`ImageRecord.from_json <microagent.workspace.manifest.ImageRecord.from_json>` does)."""
+    image = doc.get("image")
+    cfg = image.get("config") if isinstance(image, dict) else None
+    if not isinstance(cfg, dict):
+        return "", ""
+    return str(cfg.get("workdir") or ""), str(cfg.get("user") or "")
+
+
 class GuestConnection:
     """An open channel to a running workspace's guest; many sessions can run on it at once.
 
     Use as a context manager, or call :meth:`close`. Thread-safe: exec,
     put and get may be called concurrently from several threads.
 
-    :param store: the workspace store.
+    :param store: the workspace store (the CLI passes a :class:`LazyStore`).
     :param name: the workspace.
     :param operation: what the caller intends (``exec``, ``cp``, ``connect``),
         checked against the state table.
     :raises NotFound: when the workspace does not exist.
     :raises Conflict: unless the workspace is running (naming its state).
     :raises Transient: when the guest channel cannot be reached.
+
+    ``workdir`` and ``user`` hold the image's run defaults (``""``: none).
     """
 
-    def __init__(self, store: WorkspaceStore, name: str, operation: str = "exec") -> None:
+    def __init__(self, store: WorkspaceStore | LazyStore, name: str, operation: str = "exec") -> None:
         self.store = store
         self.name = name
-        self.manifest: Manifest = store.manifest(name)
-        observed = store.observe(name, self.manifest.backend)
-        if observed.state is WorkspaceState.PAUSED and (observed.runtime or {}).get("pausedReason"):
-            from microagent.errors import ResourceExhausted  # the VMM paused it: a full host disk
-
-            raise ResourceExhausted(f"workspace {name} is {observed.detail or 'paused'}",
-                                    f"free space on the host disk, then 'microagent resume {name}'")
-        require_state(operation, name, observed.state)
+        self._manifest: Manifest | None = None
+        root = store.root_text if isinstance(store, LazyStore) else store.root
+        fast = _running_records(root, name) if operation in _RUNNING_OPS else None
+        if fast is not None:
+            doc, rt = fast
+            backend = str(doc.get("backend", ""))
+            self.workdir, self.user = _run_defaults(doc)
+        else:
+            self._manifest = store.manifest(name)
+            backend = self._manifest.backend
+            self.workdir, self.user = self._manifest.image.workdir, self._manifest.image.user
+            rt = self._check_state(operation)
         try:
-            self.conn: ChannelConnection = _connect(store.root, name)
+            self.conn: ChannelConnection = _connect(rt, name)
         except Transient:
             # The channel helper may have died while the VM runs: the supervisor's
             # inspect starts a new one (the guest resets its sessions); try once more.
-            store.inspect(name, self.manifest.backend)
-            self.conn = _connect(store.root, name)
+            store.inspect(name, backend)
+            self.conn = _connect(rt, name)
+
+    def _check_state(self, operation: str) -> str | Path:
+        """The full guard (exec's fast path found the records not plainly running); the runtime dir."""
+        from microagent.runtime_state import locate_runtime_dir
+        from microagent.workspace.state import WorkspaceState, require_state
+
+        observed = self.store.observe(self.name, self.manifest.backend)
+        if observed.state is WorkspaceState.PAUSED and (observed.runtime or {}).get("pausedReason"):
+            # the VMM paused it: a full host disk
+            raise ResourceExhausted(f"workspace {self.name} is {observed.detail or 'paused'}",
+                                    f"free space on the host disk, then 'microagent resume {self.name}'")
+        require_state(operation, self.name, observed.state)
+        return locate_runtime_dir(self.store.root, self.name)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The workspace's manifest (read on first use: exec's fast path needs only the run defaults)."""
+        if self._manifest is None:
+            self._manifest = self.store.manifest(self.name)
+        return self._manifest
 
     def __enter__(self) -> "GuestConnection":
         return self
@@ -124,8 +225,8 @@ class GuestConnection:
             raise InvalidRequest("no command given", "put the command after --, e.g. exec NAME -- uname -a")
         check_command_size(argv, env)
         timeout = optional_seconds(timeout, "timeout")
-        req = ExecRequest(argv=list(argv), env=env, cwd=workdir or self.manifest.image.workdir or None,
-                          user=user or self.manifest.image.user or None, stdin=stdin, pty=pty,
+        req = ExecRequest(argv=list(argv), env=env, cwd=workdir or self.workdir or None,
+                          user=user or self.user or None, stdin=stdin, pty=pty,
                           rows=rows, cols=cols, timeout_s=timeout or None,
                           stdout_limit=stdout_limit, stderr_limit=stderr_limit)
         if term:
@@ -215,7 +316,7 @@ class GuestConnection:
         guest's ``/etc/passwd``; ``/bin/sh`` when it cannot be told."""
         from microagent.channel import GuestError
 
-        who = user or self.manifest.image.user or "root"
+        who = user or self.user or "root"
         try:
             passwd = self.get("/etc/passwd", max_bytes=1 << 20)
         except (GuestError, ResourceExhausted):
@@ -233,8 +334,7 @@ class GuestConnection:
         from microagent.channel import open_shell
 
         return open_shell(self.conn, rows=rows, cols=cols, term=term,
-                          user=user or self.manifest.image.user or None,
-                          cwd=self.manifest.image.workdir or None, output=output)
+                          user=user or self.user or None, cwd=self.workdir or None, output=output)
 
     def send_line(self, line: str, *, timeout: float | None = None, user: str | None = None,
                   output: "OutputSink | None" = None, rows: int = 24, cols: int = 200) -> "ExecResult":
@@ -251,8 +351,7 @@ class GuestConnection:
         timeout = optional_seconds(timeout, "timeout")
         check_command_size([shell, "-c", line])
         req = ExecRequest(argv=[shell, "-c", line], stdin=True, pty=True, rows=rows, cols=cols,
-                          user=user or self.manifest.image.user or None,
-                          cwd=self.manifest.image.workdir or None, timeout_s=timeout or None,
+                          user=user or self.user or None, cwd=self.workdir or None, timeout_s=timeout or None,
                           stdout_limit=DEFAULT_OUTPUT_LIMIT if output is None else 0)
         collected = bytearray()
         sink = CRLFToLF(output if output is not None else collected.extend)
@@ -300,15 +399,16 @@ class CRLFToLF:
             self._write(b"\r")
 
 
-def _connect(root: Path, name: str) -> "ChannelConnection":
+def _connect(rt: str | Path, name: str) -> "ChannelConnection":
     from microagent.channel import ChannelTimeout, open_channel
 
-    path = guest_channel_path(root, name)
+    path = channel_endpoint(rt)
     try:
         return open_channel(path, hello_timeout=HELLO_TIMEOUT_S, name=f"workspace {name}")
     except ChannelTimeout as exc:
         hint = ("the single-client channel socket is probably held by another microagent command; "
-                "retry when it finished" if path.name == CHANNEL_SOCKET else "check 'microagent status " + name + "'")
+                "retry when it finished" if os.path.basename(path) == CHANNEL_SOCKET
+                else "check 'microagent status " + name + "'")
         raise Transient(f"workspace {name} did not answer on its channel within {HELLO_TIMEOUT_S:g}s", hint) from exc
     except MicroagentError as exc:
         raise Transient(f"cannot reach the guest channel of workspace {name}: {exc.message}",
@@ -354,6 +454,8 @@ def copy(store: WorkspaceStore, src: str, dst: str) -> dict[str, Any]:
     :raises NotFound: for a missing local source or guest file.
     :raises Conflict: unless the workspace is running.
     """
+    from pathlib import Path
+
     (src_ws, src_path), (dst_ws, dst_path) = check_cp_args(src, dst)
     if dst_ws is not None:
         local = Path(src_path)

@@ -9,8 +9,10 @@ namespace: the host's TAP for ``nat``, pasta's namespace for ``user``);
 omitted for an isolated workspace, which has no network.  From the guest,
 while it runs: ``/proc/meminfo`` through an exec of ``cat``.
 
-Exec counts are not kept anywhere (the channel helper does not count
-sessions), so there is none to report.
+The exec count is what the channel helper publishes in the run dir
+(``exec-count.json``, rewritten at most twice a second): every ``exec``
+session it relayed since the workspace was created, ``null`` before its
+first boot.  ``stats`` itself runs one exec while the guest is up.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def network_usage(runtime_dir: Path, vmm_pid: int) -> dict[str, Any] | None:
     return {"mode": recorded["mode"], "interface": tap, "guestRxBytes": tx, "guestTxBytes": rx}
 
 
+def exec_count(runtime_dir: Path) -> int | None:
+    """Exec sessions the channel helper counted, or ``None`` when it has published none."""
+    from microagent.channel.router import EXEC_COUNT_FILE
+    from microagent.runtime_state import read_json
+
+    doc = read_json(runtime_dir / EXEC_COUNT_FILE)
+    count = doc.get("execs") if isinstance(doc, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+
+
 def guest_memory(store: WorkspaceStore, name: str) -> dict[str, Any]:
     """The guest's ``/proc/meminfo`` (bytes), or ``{"error": ...}`` when it cannot be read."""
     from microagent.errors import MicroagentError
@@ -130,6 +142,7 @@ def stats(store: WorkspaceStore, name: str) -> dict[str, Any]:
                            "resources": manifest.resources, "execCount": None}
     runtime = observed.runtime or {}
     rt = store.runtime_path(name)
+    out["execCount"] = exec_count(rt)
     procs: dict[str, Any] = {}
     pid = runtime.get("pid")
     if observed.alive and isinstance(pid, int):

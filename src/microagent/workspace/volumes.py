@@ -3,8 +3,10 @@
 A volume is ``<root>/volumes/<name>/disk.ext4`` with ``volume.json`` beside it
 (docs/volumes.md).  A workspace attaches it with ``-v NAME:/guest/path[:ro]``;
 a host folder is ``-v /host/dir:/guest/path[:ro]`` (a live share: virtiofs on
-QEMU).  Both reach the guest as ``config.disks`` / ``config.shares`` and guest
-init mounts them from the config disk's ``mounts`` list (guest/mounts.c).
+QEMU; on Firecracker, which has no shared filesystem, a snapshot of the folder
+as an ext4 disk made at every start).  Both reach the guest as
+``config.disks`` / ``config.shares`` and guest init mounts them from the config
+disk's ``mounts`` list (guest/mounts.c).
 
 Single writer: a read-write attachment excludes every other attachment of
 the volume; read-only ones may share it.  An attachment is a *claim* file
@@ -21,13 +23,14 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from microagent.errors import Conflict, InvalidRequest, NotFound, Permanent
+from microagent.errors import Conflict, InvalidRequest, NotFound, Permanent, ResourceExhausted
 from microagent.fsutil import atomic_write, private_dir
 from microagent.paths import runtime_dir, workspace_dir
 from microagent.vmkit.basics import is_safe_name, now_rfc3339
@@ -40,6 +43,13 @@ SIZE_RANGE_MIB = (16, 1024 * 1024)
 RESERVED_GUEST_PATHS = ("/proc", "/sys", "/dev")
 MAX_GUEST_PATH = 255
 MAX_MOUNTS = 16
+#: backends that serve a host folder live; elsewhere (SNAPSHOT_BACKENDS) it is copied at start
+SHARE_BACKENDS = ("qemu", "apple-vf")
+SNAPSHOT_BACKENDS = ("firecracker",)
+#: a folder snapshot's bounds: the folder's content and its entries (files, dirs, links)
+FOLDER_SNAPSHOT_MAX_BYTES = 2 << 30
+FOLDER_SNAPSHOT_MAX_ENTRIES = 200_000
+FOLDER_SNAPSHOTS_DIR = "folder-snapshots"  # in the workspace directory
 
 _NAME_RULE = "1-63 characters from A-Z a-z 0-9 . _ - starting with a letter or digit"
 _SPEC_FORM = "use NAME:/guest/path[:ro] for a volume or /host/dir:/guest/path[:ro] for a host folder"
@@ -54,13 +64,15 @@ class MountSpec:
     source: str
     target: str
     read_only: bool = False
+    #: ``:rw`` was written out (a folder snapshot is read-only unless asked)
+    rw_given: bool = field(default=False, compare=False)
 
     @property
     def is_folder(self) -> bool:
         return self.source.startswith("/")
 
     def to_spec(self) -> str:
-        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else ":rw" if self.rw_given else "")
 
 
 def check_volume_name(name: str) -> str:
@@ -102,7 +114,7 @@ def parse_mount_spec(spec: str) -> MountSpec:
     """
     if not isinstance(spec, str) or not spec:
         raise InvalidRequest(f"volume spec {spec!r} is empty", _SPEC_FORM)
-    read_only = False
+    read_only = rw_given = False
     source, sep, target = spec.partition(":")
     if not sep or not target:
         raise InvalidRequest(f"volume spec {spec!r} has no guest path", _SPEC_FORM)
@@ -111,7 +123,7 @@ def parse_mount_spec(spec: str) -> MountSpec:
         if mode not in ("ro", "rw"):
             raise InvalidRequest(f"volume spec {spec!r}: mode {mode!r} is not ro or rw "
                                  "(a host path cannot contain ':')", _SPEC_FORM)
-        target, read_only = head, mode == "ro"
+        target, read_only, rw_given = head, mode == "ro", mode == "rw"
     target = check_guest_path(target, f"volume spec {spec!r}: guest path")
     if source.startswith("/"):
         if "\x00" in source:
@@ -127,7 +139,7 @@ def parse_mount_spec(spec: str) -> MountSpec:
         except InvalidRequest as exc:
             raise InvalidRequest(f"volume spec {spec!r}: {exc.message}",
                                  f"{_SPEC_FORM} (a host folder must be an absolute path)") from None
-    return MountSpec(source, target, read_only)
+    return MountSpec(source, target, read_only, rw_given)
 
 
 def parse_mount_specs(specs: Sequence[str]) -> tuple[MountSpec, ...]:
@@ -357,15 +369,71 @@ def release(root: Path, workspace: str) -> None:
 # ------------------------------------------------------------------ what the VM gets
 
 def check_backend(mounts: Sequence[MountSpec], backend: str) -> None:
-    """:raises Unsupported: host folders on a backend without a live shared filesystem."""
+    """:raises Unsupported: host folders on a backend that can neither share nor snapshot them."""
     from microagent.errors import Unsupported
 
     folders = [m for m in mounts if m.is_folder]
-    if folders and backend not in ("qemu", "apple-vf"):
-        raise Unsupported(f"host folders (-v {folders[0].to_spec()}) need a shared filesystem, which the "
-                          f"{backend} backend does not have here",
-                          "use --backend qemu (or apple-vf on macOS), or copy files in with 'microagent cp', "
-                          "or use a volume")
+    if folders and backend not in SHARE_BACKENDS + SNAPSHOT_BACKENDS:
+        raise Unsupported(f"host folders (-v {folders[0].to_spec()}) need a shared filesystem or a raw "
+                          f"extra disk, which the {backend} backend does not have here",
+                          "use --backend qemu (or apple-vf on macOS), or copy files in with 'microagent cp'")
+
+
+def folder_usage(folder: str) -> tuple[int, int]:
+    """``(bytes, entries)`` of a host folder as an ext4 copy needs them (4 KiB blocks), never
+    following a symlink.
+
+    :raises ResourceExhausted: past :data:`FOLDER_SNAPSHOT_MAX_BYTES` or ``_ENTRIES``.
+    :raises Permanent: an unreadable directory.
+    """
+    total = entries = 0
+
+    def fail(exc: OSError) -> None:
+        raise Permanent(f"cannot read host folder {folder}: {exc}", "make it readable, or share another folder")
+
+    for top, dirs, files in os.walk(folder, onerror=fail):
+        for name in dirs + files:
+            entries += 1
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue  # gone meanwhile
+            if not stat.S_ISDIR(st.st_mode):
+                total += (st.st_size + 4095) // 4096 * 4096
+        if total > FOLDER_SNAPSHOT_MAX_BYTES or entries > FOLDER_SNAPSHOT_MAX_ENTRIES:
+            raise ResourceExhausted(
+                f"host folder {folder} is too large to copy into the guest (over "
+                f"{FOLDER_SNAPSHOT_MAX_BYTES >> 20} MiB or {FOLDER_SNAPSHOT_MAX_ENTRIES} entries); this "
+                "backend has no shared filesystem, so a folder is copied at every start",
+                "share a smaller folder, put the data in a volume, or use --backend qemu")
+    return total, entries
+
+
+def folder_snapshot(root: Path, workspace: str, index: int, mount: MountSpec) -> Any:
+    """The ``Disk`` for host folder ``mount`` on a backend without a shared filesystem: a
+    fresh ext4 copy (``mke2fs -d``: symlinks stay symlinks, resolved in the guest) at
+    ``<workspace dir>/folder-snapshots/N.ext4`` (0600).  Read-only unless ``:rw`` was
+    written out; a ``:rw`` copy is writable but nothing is written back.
+
+    :raises ResourceExhausted: a folder over the bounds, or no room for its copy.
+    """
+    from microagent.images.ext4 import build_ext4
+    from microagent.vmkit.types import Disk
+
+    used, entries = folder_usage(mount.source)
+    headroom = 64 << 20 if mount.rw_given else 16 << 20
+    size = used * 5 // 4 + entries * 512 + headroom  # data, inodes and directories, then slack
+    size = (size + (1 << 20) - 1) >> 20 << 20
+    out = private_dir(workspace_dir(root, workspace) / FOLDER_SNAPSHOTS_DIR) / f"{index}.ext4"
+    build_ext4(Path(mount.source), out, key=f"folder:{workspace}:{index}:{os.urandom(8).hex()}",
+               size_bytes=size, label=f"folder{index}")
+    return Disk(name=f"folder-{index}", path=str(out), mountpoint=mount.target,
+                mode="rw" if mount.rw_given else "ro")
+
+
+def remove_folder_snapshots(root: Path, workspace: str) -> None:
+    """Drop the folder copies of a workspace's last boot (idempotent)."""
+    shutil.rmtree(workspace_dir(root, workspace) / FOLDER_SNAPSHOTS_DIR, ignore_errors=True)
 
 
 def check_attachable(root: Path, mounts: Sequence[MountSpec], backend: str, kernel: Path) -> None:
@@ -384,7 +452,9 @@ def check_attachable(root: Path, mounts: Sequence[MountSpec], backend: str, kern
             # the guest would reach its own disk, kernel, guest init and every other workspace
             raise InvalidRequest(f"host folder {m.source} is inside the microagent state directory {state}",
                                  "share a folder outside it; use a volume for data that lives with microagent")
-    if any(m.is_folder for m in mounts):
+        elif backend in SNAPSHOT_BACKENDS:
+            folder_usage(m.source)  # too large is refused now, not at the first start
+    if any(m.is_folder for m in mounts) and backend in SHARE_BACKENDS:
         from microagent.kernels.store import KERNEL_JSON, KernelRecord, missing_guest_modules
 
         try:
@@ -396,20 +466,30 @@ def check_attachable(root: Path, mounts: Sequence[MountSpec], backend: str, kern
                            f"reinstall it: microagent kernel install --backend {backend}")
 
 
-def vm_devices(root: Path, mounts: Sequence[MountSpec]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    """``(disks, shares)`` for the supervisor config, in the order given.
+def vm_devices(root: Path, mounts: Sequence[MountSpec], *, backend: str = "qemu",
+               workspace: str | None = None) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """``(disks, shares)`` for the supervisor config, in the order given.  On a
+    :data:`SNAPSHOT_BACKENDS` backend a host folder becomes a disk: a copy made now
+    (:func:`folder_snapshot`, which needs ``workspace``).
 
     :raises NotFound: an unknown volume or a host folder that is gone.
     """
     from microagent.vmkit.types import Disk, Share
 
     disks, shares = [], []
+    snapshot = backend in SNAPSHOT_BACKENDS
+    if snapshot and workspace is not None:
+        remove_folder_snapshots(root, workspace)  # the last boot's copies
     for m in mounts:
         mode = "ro" if m.read_only else "rw"
         if m.is_folder:
             if not os.path.isdir(m.source):
                 raise NotFound(f"host folder {m.source} is gone", "recreate it, or delete the workspace")
-            shares.append(Share(tag=f"share{len(shares)}", path=m.source, mountpoint=m.target, mode=mode))
+            if snapshot:
+                assert workspace is not None, "a folder snapshot belongs to a workspace"
+                disks.append(folder_snapshot(root, workspace, len(disks), m))
+            else:
+                shares.append(Share(tag=f"share{len(shares)}", path=m.source, mountpoint=m.target, mode=mode))
         else:
             disks.append(Disk(name=f"volume-{m.source}", path=str(volume_disk(root, m.source)),
                               mountpoint=m.target, mode=mode))

@@ -17,7 +17,14 @@ Files in the runtime directory of a boot:
   log is kept as ``vmm.log.1`` because firecracker writes its log file from
   offset 0 instead of appending;
 - ``vmm.stderr.log``: firecracker's stderr (appended), kept apart from
-  ``vmm.log`` so the two writers cannot overwrite each other.
+  ``vmm.log`` so the two writers cannot overwrite each other;
+- ``drive-<id>``: symlinks to the drives, which the configuration names by
+  these relative paths so that snapshots stay relocatable (:mod:`.snapshot`);
+- ``vsock-reset``: a snapshot of the paused VM reset the guest's vsock
+  connections; ``resume`` gives the workspace a new channel helper.
+
+A restore (``start`` with a snapshot) runs firecracker without
+``--config-file`` and loads the snapshot through the API (:mod:`.snapshot`).
 
 ``--network user`` runs firecracker inside a network namespace of the
 workspace's own, joined to the host by pasta (:mod:`microagent.network.pasta`):
@@ -38,17 +45,21 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from microagent.errors import MicroagentError, Permanent, PolicyDenied, Transient
+from microagent.errors import Conflict, InvalidRequest, MicroagentError, Permanent, PolicyDenied, Transient
 from microagent.supervisors.firecracker.config import (
     API_SOCKET,
     CHANNEL_PORT,
     CONFIG_FILE,
+    DRIVE_LINK_PREFIX,
     VSOCK_UDS,
+    drive_links,
     firecracker_argv,
     firecracker_config,
 )
+from microagent.supervisors.firecracker import snapshot
 from microagent.supervisors.firecracker.slow_lane import ENV as SLOW_LANE_ENV, slow_lane
 from microagent.supervisors.linux_host import check_files, host_document, require_linux
 from microagent.runtime_state import RuntimeDir
@@ -65,6 +76,8 @@ API_READY_TIMEOUT_S = 10.0
 STARTED_LINE = "Successfully started microvm"
 #: firecracker's stderr (a panic, the final ``Error: ...``), appended per boot
 STDERR_LOG = "vmm.stderr.log"
+#: a snapshot of the paused VM reset its vsock connections: the channel helper follows at resume
+VSOCK_RESET_MARK = "vsock-reset"
 
 
 def allow_no_kvm(env: dict[str, str] | None = None) -> bool:
@@ -74,7 +87,8 @@ def allow_no_kvm(env: dict[str, str] | None = None) -> bool:
 
 class FirecrackerBackend(VMMBackend):
     name = "firecracker"
-    boot_files = (API_SOCKET, VSOCK_UDS)
+    boot_files = (API_SOCKET, VSOCK_UDS, VSOCK_RESET_MARK)
+    supports_snapshots = True  # :mod:`.snapshot`
 
     # --- host ------------------------------------------------------------------
 
@@ -126,16 +140,23 @@ class FirecrackerBackend(VMMBackend):
         cfg, ident = request.config, request.identity
         assert cfg is not None and ident is not None
         hostname = cfg.hostname or ident.runtimeID
-        doc = firecracker_config(cfg, hostname, slow_lane())
+        doc = firecracker_config(cfg, hostname, slow_lane(), linked=True)
         plan = ctx.network
         if plan is not None and plan.tap:  # nat's host TAP, or the TAP in pasta's namespace
             doc["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": plan.tap}]
+        snap = request.snapshot
+        if snap is not None:
+            self._prepare_restore(ctx, cfg.rootfsPath, doc, Path(snap.path), private=snap.private,
+                                  recorded=(snap.vmmVersion, snap.layout))
+        self._link_drives(rt, cfg)
+        # written for a restore too: what the VM runs with, and its layout for the next snapshot
         (rt.path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
         # firecracker writes its log from offset 0 of an existing file: one fresh file per boot
         if rt.vmm_log.exists():
             os.replace(rt.vmm_log, rt.path / "vmm.log.1")
         rt.vmm_log.touch()
-        argv = (plan.vmm_prefix() if plan is not None else []) + firecracker_argv(ctx.binary, ident.runtimeID)
+        argv = ((plan.vmm_prefix() if plan is not None else [])
+                + firecracker_argv(ctx.binary, ident.runtimeID, restore=snap is not None))
         serial = open(rt.serial_log, "ab")
         stderr = open(rt.path / STDERR_LOG, "ab")  # panics and the final error; not vmm.log (see above)
         try:
@@ -156,9 +177,16 @@ class FirecrackerBackend(VMMBackend):
         configuration was accepted, or exits with the reason.  The API is not
         asked before that line: an API request pending while the build fails
         makes firecracker 1.12 panic instead of reporting the reason.
+
+        A restore (``request.snapshot``) has no configuration: once the API
+        answers, the snapshot is loaded through it and the VM runs.
         """
         assert request.config is not None
         deadline = time.monotonic() + min(API_READY_TIMEOUT_S, max(request.config.timeoutSeconds, 1.0))
+        if request.snapshot is not None:
+            self._wait_api(rt, proc, deadline)
+            snapshot.load(self._api(rt, timeout=snapshot.LOAD_TIMEOUT_S), Path(request.snapshot.path))
+            return
         while STARTED_LINE not in self._read_log(rt):
             if proc.poll() is not None:
                 raise self._exited(rt, proc)
@@ -183,6 +211,86 @@ class FirecrackerBackend(VMMBackend):
         raise Transient(f"firecracker's API did not report a started VM in time ({last})",
                         "see vmm.log in the runtime directory")
 
+    def _wait_api(self, rt: RuntimeDir, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        """Until the API of a firecracker started without a configuration answers."""
+        api, last = self._api(rt, timeout=2.0), ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise self._exited(rt, proc)
+            try:
+                api.instance_info()
+                return
+            except Transient as exc:
+                last = exc.message
+            time.sleep(0.005)
+        raise Transient(f"firecracker's API did not answer in time ({last})", "see vmm.log in the runtime directory")
+
+    # --- snapshots ---------------------------------------------------------------
+
+    @staticmethod
+    def _link_drives(rt: RuntimeDir, cfg: Any) -> None:
+        """The runtime directory's ``drive-<id>`` symlinks the configuration opens the drives by."""
+        for link, target in drive_links(cfg).items():
+            if "/" in link or "\0" in link:
+                raise InvalidRequest(f"drive id {link.removeprefix(DRIVE_LINK_PREFIX)!r} is not a file name",
+                                     "name disks with letters, digits, '-' and '_'")
+            (rt.path / link).unlink(missing_ok=True)
+            os.symlink(target, rt.path / link)
+
+    def _prepare_restore(self, ctx: BootContext, rootfs: str, doc: dict[str, Any], source: Path, *,
+                         private: bool, recorded: tuple[str, str]) -> None:
+        """Refuse another firecracker or device layout; an in-place restore takes the
+        snapshot's disk (a fork's was copied when it was created)."""
+        from microagent.host.firecracker_binary import firecracker_version
+
+        snapshot.check_compatible(*recorded, snapshot.vmm_version(firecracker_version(Path(ctx.binary))),
+                                  snapshot.device_layout(doc))
+        if not private:
+            from microagent.images.ext4 import copy_disk
+
+            copy_disk(source / snapshot.DISK_FILE, Path(rootfs))
+
+    def save_vm(self, rt: RuntimeDir, dest: Path, *, resume: bool) -> dict[str, Any]:
+        runtime = rt.runtime()
+        assert runtime is not None
+        try:
+            doc = json.loads((rt.path / CONFIG_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise Permanent(f"cannot read {CONFIG_FILE} of workspace {rt.path.name}: {exc}") from exc
+        if not all(str(d.get("path_on_host", "")).startswith(DRIVE_LINK_PREFIX) for d in doc.get("drives", [])):
+            raise Conflict(f"workspace {rt.path.name} was started with absolute drive paths, which its "
+                           "snapshot would record", "halt it and start it again, then take the snapshot")
+        api = self._api(rt, timeout=snapshot.SAVE_TIMEOUT_S)
+        version = snapshot.vmm_version(api.instance_info().vmm_version)
+        try:
+            snapshot.save(api, dest, Path(str((runtime.config or {}).get("rootfsPath", ""))), resume=resume)
+        finally:
+            # Firecracker resets the guest's vsock connections when it saves: the helper's channel
+            # ends once the guest runs again, so a new helper follows (now, or at resume)
+            if resume:
+                self._reconnect_helper(rt)
+            else:
+                (rt.path / VSOCK_RESET_MARK).touch()
+        return {"vmm": self.name, "vmmVersion": version, "layout": snapshot.device_layout(doc)}
+
+    def _reconnect_helper(self, rt: RuntimeDir) -> None:
+        """A new channel helper in place of the one whose vsock connection Firecracker reset at
+        the snapshot (the old one would notice only at its next request).  The guest may drop
+        the new connection too while it handles the reset; the helper then connects again."""
+        (rt.path / VSOCK_RESET_MARK).unlink(missing_ok=True)
+        old = self.live_helper(rt)
+        if old is not None:
+            old.kill()
+        runtime = rt.runtime()
+        if runtime is not None and self.live_vm(rt) is not None:
+            self._respawn_helper(rt, runtime)
+
+    def _unlink_boot_files(self, rt: RuntimeDir) -> None:
+        super()._unlink_boot_files(rt)
+        for link in rt.path.glob(f"{DRIVE_LINK_PREFIX}*"):
+            if link.is_symlink():
+                link.unlink(missing_ok=True)
+
     @staticmethod
     def _read_log(rt: RuntimeDir) -> str:
         try:
@@ -202,6 +310,11 @@ class FirecrackerBackend(VMMBackend):
         reason = reason.split("] ", 1)[-1]  # drop firecracker's "<time> [<id>:<thread>]" prefix
         return Permanent(f"firecracker exited with status {proc.returncode} while starting the VM: {reason}",
                          "see vmm.log and firecracker.json in the runtime directory")
+
+    def router_args(self, rt: RuntimeDir) -> list[str]:
+        # Firecracker resets vsock connections when it saves or loads a snapshot: a guest
+        # dropping the helper's first connection is no sign the VM went away.
+        return ["--reconnect-during-hello"]
 
     def guest_spec(self, rt: RuntimeDir) -> str:
         return f"fc-vsock:{rt.path / VSOCK_UDS}:{CHANNEL_PORT}"
@@ -242,6 +355,8 @@ class FirecrackerBackend(VMMBackend):
         state = api.instance_info().state
         if state != "Running":
             raise Permanent(f"firecracker reports state {state!r} after a resume")
+        if (rt.path / VSOCK_RESET_MARK).exists():  # snapshotted while paused (see save_vm)
+            self._reconnect_helper(rt)
 
     def vmm_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
         try:

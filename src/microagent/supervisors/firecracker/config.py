@@ -12,6 +12,8 @@ API's ``PUT /boot-source``, ``/drives``, ``/machine-config``, ``/vsock``).
   as the QEMU backend).  No drive is ``is_root_device``: the guest boots
   through the initramfs, whose init mounts ``microagent.root=/dev/vda``
   itself; a root device would only make Firecracker append ``root=/dev/vda``.
+  The backend opens each through a symlink in the runtime directory
+  (``drive-<id>``, relative: ``linked``), so snapshots stay relocatable.
 - ``machine-config``: vCPUs, memory, SMT off.
 - ``vsock``: guest CID 3, host UDS ``vsock.sock`` *relative* to the runtime
   directory (firecracker runs with that directory as its cwd, which keeps
@@ -36,6 +38,8 @@ CHANNEL_PORT = 1024
 VSOCK_UDS = "vsock.sock"
 API_SOCKET = "firecracker.sock"
 CONFIG_FILE = "firecracker.json"
+#: the runtime directory's per-drive symlinks (:func:`drive_links`)
+DRIVE_LINK_PREFIX = "drive-"
 
 # Firecracker's recommended base: serial console, reboot through the keyboard
 # controller (Firecracker exits when the guest resets), reboot on panic, no PCI.
@@ -73,16 +77,40 @@ def boot_args(cfg: Config, hostname: str, lane: SlowLane | None = None) -> str:
                                     extra=cfg.kernelArgs)
 
 
-def _drive(drive_id: str, path: str, *, read_only: bool) -> dict[str, Any]:
-    return {"drive_id": drive_id, "path_on_host": path, "is_root_device": False, "is_read_only": read_only}
+def _drive(drive_id: str, path: str, *, read_only: bool, linked: bool) -> dict[str, Any]:
+    return {"drive_id": drive_id, "path_on_host": drive_link(drive_id) if linked else path,
+            "is_root_device": False, "is_read_only": read_only}
 
 
-def firecracker_config(cfg: Config, hostname: str, lane: SlowLane | None = None) -> dict[str, Any]:
-    """The ``--config-file`` document for ``cfg`` (``lane``: tests only, adds the CPU template)."""
-    drives = [_drive("rootfs", cfg.rootfsPath, read_only=False)]
-    drives += [_drive(f"disk-{d.name}", d.path, read_only=d.mode == "ro") for d in cfg.disks]
+def drive_link(drive_id: str) -> str:
+    """The runtime directory's symlink a linked drive is opened through (relative)."""
+    return f"{DRIVE_LINK_PREFIX}{drive_id}"
+
+
+def _drives(cfg: Config) -> list[tuple[str, str, bool]]:
+    """``(drive_id, host path, read-only)`` in guest order: root, declared disks, config."""
+    drives = [("rootfs", cfg.rootfsPath, False)]
+    drives += [(f"disk-{d.name}", d.path, d.mode == "ro") for d in cfg.disks]
     if cfg.configDiskPath:
-        drives.append(_drive("config", cfg.configDiskPath, read_only=True))
+        drives.append(("config", cfg.configDiskPath, True))
+    return drives
+
+
+def drive_links(cfg: Config) -> dict[str, str]:
+    """The symlinks (relative name → host path) a ``linked`` configuration needs in the runtime dir."""
+    return {drive_link(drive_id): path for drive_id, path, _ in _drives(cfg)}
+
+
+def firecracker_config(cfg: Config, hostname: str, lane: SlowLane | None = None, *,
+                       linked: bool = False) -> dict[str, Any]:
+    """The ``--config-file`` document for ``cfg`` (``lane``: tests only, adds the CPU template).
+
+    ``linked``: every drive is opened through its runtime-directory symlink
+    (:func:`drive_links`), a path relative to firecracker's cwd, so a snapshot's
+    state file names no workspace's disk and a restore in another runtime
+    directory (a fork) opens its own.
+    """
+    drives = [_drive(drive_id, path, read_only=ro, linked=linked) for drive_id, path, ro in _drives(cfg)]
     boot: dict[str, Any] = {"kernel_image_path": cfg.kernelPath, "boot_args": boot_args(cfg, hostname, lane)}
     if cfg.initrdPath:
         boot["initrd_path"] = cfg.initrdPath
@@ -98,11 +126,14 @@ def firecracker_config(cfg: Config, hostname: str, lane: SlowLane | None = None)
     return doc
 
 
-def firecracker_argv(binary: str, name: str) -> list[str]:
+def firecracker_argv(binary: str, name: str, *, restore: bool = False) -> list[str]:
     """Every argument firecracker gets (run with cwd = the runtime directory).
 
     The serial console is firecracker's stdout (→ ``serial.log``); its own log
-    goes to ``vmm.log`` through ``--log-path``.
+    goes to ``vmm.log`` through ``--log-path``.  ``restore``: no
+    ``--config-file``: a snapshot is loaded through the API into an
+    unconfigured VMM (:mod:`.snapshot`).
     """
-    return [binary, "--api-sock", API_SOCKET, "--config-file", CONFIG_FILE, "--id", instance_id(name),
+    config = [] if restore else ["--config-file", CONFIG_FILE]
+    return [binary, "--api-sock", API_SOCKET, *config, "--id", instance_id(name),
             "--log-path", "vmm.log", "--level", "Info"]

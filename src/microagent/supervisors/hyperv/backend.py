@@ -115,6 +115,9 @@ class HyperVBackend(VMMBackend):
                 "--serial-pipe", docs.com_pipe(runtime.systemId), "--serial-log", str(rt.serial_log)]
         for f in ((runtime.config or {}).get("network") or {}).get("portForwards") or ():
             argv += ["--publish", f"{f.get('host', '127.0.0.1')}:{f['hostPort']}:{f['guestPort']}"]
+        from microagent.egress.runtime import helper_args
+
+        argv += helper_args(rt.path, runtime.config or {})[1]  # the egress proxy rides in the helper
         ref = self.helpers.spawn(argv, cwd=rt.path, log_path=rt.path / "helper.log")
         rt.update_runtime(helper=ref)
         return LaunchedHelper(self.helpers, ref)
@@ -186,6 +189,10 @@ class HyperVBackend(VMMBackend):
         if cfg.shares:
             raise Unsupported("the windows-hyperv backend cannot share host folders with the guest",
                               "use the qemu backend for -v /host/dir:/guest/path")
+        if cfg.network.egress is not None and cfg.network.egress.secrets:
+            # the vault's socket is AF_UNIX with a peer-uid check (egress/vault.py): none on Windows
+            raise Unsupported("the windows-hyperv backend cannot hand egress secrets to its proxy",
+                              "drop --secret (the allowlist works), or use the qemu or firecracker backend")
         for disk in cfg.disks:
             if not disk.path.lower().endswith(VHD_SUFFIXES):
                 raise Unsupported(f"disk {disk.name} at {disk.path} is not a VHD/VHDX; Hyper-V attaches only "
@@ -271,8 +278,14 @@ class HyperVBackend(VMMBackend):
 
         cfg = request.config
         assert cfg is not None
-        body = json.dumps({"hostname": cfg.hostname or self._name(request), "env": list(cfg.env),
+        env, proxy = cfg.env, None
+        if cfg.network.egress is not None:  # the proxy port and variables, as on every backend
+            from microagent.egress import runtime as egress_runtime
+
+            env, proxy = egress_runtime.prepare(rt.path, cfg.network.egress, cfg.env)
+        body = json.dumps({"hostname": cfg.hostname or self._name(request), "env": list(env),
                            "network": docs.guest_network_config(ip, prefix),
+                           **({"proxy": proxy} if proxy else {}),
                            **({"service": to_wire(cfg.service)} if cfg.service else {})}).encode()
         if len(body) >= CONFIG_DISK_BYTES:
             raise Permanent(f"the per-boot config ({len(body)} bytes) does not fit the 64 KiB config disk",

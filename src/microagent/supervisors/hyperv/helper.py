@@ -8,7 +8,11 @@ Linux, because an HCS compute system has no host process of its own:
   :class:`~microagent.channel.router.Router`;
 - bridges published TCP ports over the channel (``forward`` sessions);
 - copies COM1 (the guest's ``ttyS0``, served by Hyper-V on a named pipe)
-  into ``serial.log``.
+  into ``serial.log``;
+- with ``--egress-policy``, serves the guest's egress proxy port
+  (:mod:`microagent.egress.helper`'s accept pool and proxy; docs/egress.md).
+  Without the secrets vault: its socket is AF_UNIX with a peer-uid check,
+  which Windows lacks, so the backend refuses secrets.
 
 The control endpoint is ``control.sock`` (AF_UNIX) where Python has it.
 CPython on Windows has no AF_UNIX (python/cpython#77589), so there the
@@ -101,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial-pipe", default="", help=r"\\.\pipe\... of COM1")
     parser.add_argument("--serial-log", default="serial.log")
     parser.add_argument("--publish", action="append", default=[], metavar="HOST:HOSTPORT:GUESTPORT")
+    from microagent.egress.helper import add_arguments, prepare
+
+    add_arguments(parser, required=False)
     args = parser.parse_args(argv)
+    egress = prepare(args, secrets=False)
     deadline = time.monotonic() + args.hello_timeout
     if args.serial_pipe:
         threading.Thread(target=_serial_copier, args=(args.serial_pipe, args.serial_log, deadline),
@@ -112,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cannot connect to the guest: {exc}")
         return 3
     transport = "unix" if hasattr(socket, "AF_UNIX") else "tcp"  # Windows' CPython has no AF_UNIX
-    publish = (lambda endpoint: _publish(endpoint, args.publish)) if args.publish else None
-    return serve_guest(guest, args.listen, deadline, transport=transport, after_ready=publish)
+
+    def after_ready(endpoint: str) -> None:
+        if args.publish:
+            _publish(endpoint, args.publish)
+        if egress is not None:
+            egress(endpoint)
+
+    return serve_guest(guest, args.listen, deadline, transport=transport, after_ready=after_ready)
 
 if __name__ == "__main__":
     sys.exit(main())
