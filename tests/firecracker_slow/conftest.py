@@ -29,6 +29,17 @@ from firecracker_slow.slow_state import TIMINGS, SlowState
 from support import vmm_processes
 
 
+def _find_lane() -> Path | None:
+    from firecracker_slow.harness import build_kernel
+
+    return build_kernel.cached_lane()
+
+
+# Looked up at collection, before any fixture points MICROAGENT_STATE_DIR at a temp root
+# (the cache is under the user's state root, as `make slow-lane-kernel` left it).
+_LANE = _find_lane()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/firecracker_slow/" in str(item.fspath):
@@ -38,16 +49,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def slow_lane() -> Path:
-    from firecracker_slow.harness import build_kernel
-
     kvm = probe_kvm()
     if not kvm.present:
         pytest.skip(f"the firecracker slow lane needs /dev/kvm, even an emulating one: {kvm.detail}")
-    lane = build_kernel.cached_lane()
-    if lane is None:
+    if _LANE is None:
         pytest.fail("the slow-lane test kernel is not built; run 'make slow-lane-kernel' "
                     "(make test does; about 11 minutes once, then cached)")
-    return lane
+    return _LANE
 
 
 @pytest.fixture
