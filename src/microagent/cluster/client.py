@@ -26,6 +26,8 @@ from microagent.workspace.sessions import DEFAULT_OUTPUT_LIMIT
 EnvArg = Mapping[str, str] | Sequence[str] | None
 #: seconds to wait for the agents' offers before leaving a silent node out of placement
 OFFER_TIMEOUT_S = 30.0
+#: how long a registry call waits out a restart of the registry actor
+REGISTRY_RESTART_S = 30.0
 
 
 class WorkspaceLost(Conflict):
@@ -136,8 +138,22 @@ class Cluster:
             raise value
         return value
 
+    def _ask_registry(self, method: str, *args: Any) -> Any:
+        """``method`` on the registry actor, waiting out a restart of it (Ray answers
+        ``ActorUnavailableError`` meanwhile) for up to :data:`REGISTRY_RESTART_S`."""
+        import time
+
+        deadline = time.monotonic() + REGISTRY_RESTART_S
+        while True:
+            try:
+                return self._ray.get(getattr(self._registry, method).remote(*args))
+            except self._ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
     def _node_label(self, node_id: str) -> str:
-        host = self._ray.get(self._registry.table.remote())[1].get(node_id, {}).get("hostname", "?")
+        host = self._ask_registry("table")[1].get(node_id, {}).get("hostname", "?")
         return f"{host} ({node_id})"
 
     def _unreachable(self, node_id: str, name: str, why: str) -> MicroagentError:
@@ -155,12 +171,12 @@ class Cluster:
     def _locate(self, name: str) -> str:
         """The node that holds ``name``; asks the agents when the registry does not know it."""
         check_name(name)
-        node_id = self._ray.get(self._registry.lookup.remote(name))
+        node_id = self._ask_registry("lookup", name)
         if node_id is not None:
             return str(node_id)
         for node_id, rows in self._gather(self._agents(), "list").items():
             if any(r["name"] == name for r in rows):
-                self._ray.get(self._registry.reserve.remote(name, node_id))
+                self._ask_registry("reserve", name, node_id)
                 return node_id
         raise NotFound(f"no workspace {name} in the cluster", "see them with: microagent list --cluster ADDRESS")
 
@@ -172,7 +188,7 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """``{nodes: [...], workspaces: [...]}``: every node (alive or not, with or without an agent)."""
-        placed, known = self._ray.get(self._registry.table.remote())
+        placed, known = self._ask_registry("table")
         alive = runtime.alive_nodes()
         offers = {o.node_id: o for o in self.offers()}
         counts: dict[str, int] = {}
@@ -213,7 +229,7 @@ class Cluster:
         env_list = _env_list(env)
         candidates = choose(self.offers(), memory_mib=need, require=require, strategy=strategy)
         first = candidates[0].node_id
-        holder = self._ray.get(self._registry.reserve.remote(name, first))
+        holder = self._ask_registry("reserve", name, first)
         if holder is not None:
             raise Conflict(f"workspace {name} exists already in the cluster, on node {self._node_label(holder)}",
                            "pick another name, or delete that one first")
@@ -221,7 +237,7 @@ class Cluster:
         try:
             for offer in candidates:
                 if offer.node_id != node_id:
-                    self._ray.get(self._registry.move.remote(name, node_id, offer.node_id))
+                    self._ask_registry("move", name, node_id, offer.node_id)
                     node_id = offer.node_id
                 try:
                     self.call(node_id, name, "create", name, image=image, profile=profile, memory_mib=memory_mib,
@@ -233,10 +249,10 @@ class Cluster:
                 return ClusterWorkspace(self, name, node_id, offer.hostname, created=True)
         except BaseException:
             if not self._exists_on(node_id, name):
-                self._ray.get(self._registry.release.remote(name, node_id))
+                self._ask_registry("release", name, node_id)
             raise
         assert last_full is not None
-        self._ray.get(self._registry.release.remote(name, node_id))
+        self._ask_registry("release", name, node_id)
         raise last_full
 
     def _exists_on(self, node_id: str, name: str) -> bool:
@@ -258,7 +274,7 @@ class Cluster:
 
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every workspace of the cluster with its node, hostname and state (``lost`` for a departed node)."""
-        placed, known = self._ray.get(self._registry.table.remote())
+        placed, known = self._ask_registry("table")
         rows: builtins.list[dict[str, Any]] = []
         seen = set()
         answered = self._gather(self._agents(), "list")
@@ -289,9 +305,9 @@ class Cluster:
         try:
             out = self.call(node_id, name, "delete", name, force=force)
         except WorkspaceLost:
-            self._ray.get(self._registry.release.remote(name, node_id))
+            self._ask_registry("release", name, node_id)
             return {"name": name, "deleted": True, "killed": False, "lost": True, "node": node_id}
-        self._ray.get(self._registry.release.remote(name, node_id))
+        self._ask_registry("release", name, node_id)
         return {**out, "node": node_id}
 
 
