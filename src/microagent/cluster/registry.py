@@ -4,9 +4,9 @@ One :class:`Registry` runs as a named Ray actor on the head node
 (:mod:`.runtime`); an actor runs one call at a time, so a name is reserved
 atomically and is unique across the cluster. It only maps names to nodes:
 each workspace's state is its host agent's (the library's records on that
-node). Host agents register what they own when they start, so a restarted
-registry learns the names of the live nodes again; the names of nodes that
-died before it restarted are forgotten (docs/cluster.md, "Limits").
+node). Host agents register what they own when they start; the actor form
+(:class:`microagent.cluster.runtime.RegistryActor`) keeps the table in Ray's
+GCS so that a restart of the actor loses nothing (docs/cluster.md, "Limits").
 """
 
 from __future__ import annotations

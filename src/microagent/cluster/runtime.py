@@ -30,6 +30,7 @@ NAMESPACE = "microagent"
 REGISTRY = "microagent-registry"
 HOST_RESOURCE = "microagent_host"
 HEAD_RESOURCE = "node:__internal_head__"
+REGISTRY_KV_KEY = "microagent-registry"
 #: threads of an agent: calls to different workspaces (a long exec, a boot) do not wait for each other
 AGENT_CONCURRENCY = 32
 READY_TIMEOUT_S = 120.0
@@ -113,7 +114,47 @@ def host_nodes() -> dict[str, dict[str, Any]]:
 
 
 class RegistryActor(Registry):
-    pass
+    """The registry as a Ray actor, its table kept in Ray's GCS key-value store after every
+    change: an actor that Ray restarts (as it did here when a node was removed) starts from
+    the table it had, so the names of a departed node still read as ``lost``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import json
+
+        from ray.experimental import internal_kv
+
+        saved = internal_kv._internal_kv_get(REGISTRY_KV_KEY, namespace=NAMESPACE)
+        if saved:
+            doc = json.loads(saved)
+            self.placed, self.nodes = dict(doc["placed"]), dict(doc["nodes"])
+
+    def _save(self) -> None:
+        import json
+
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(REGISTRY_KV_KEY, json.dumps({"placed": self.placed, "nodes": self.nodes}),
+                                     overwrite=True, namespace=NAMESPACE)
+
+    def register_agent(self, node_id: str, info: dict[str, Any], names: list[str]) -> list[str]:
+        clashes = super().register_agent(node_id, info, names)
+        self._save()
+        return clashes
+
+    def reserve(self, name: str, node_id: str) -> str | None:
+        owner = super().reserve(name, node_id)
+        self._save()
+        return owner
+
+    def move(self, name: str, old: str, new: str) -> bool:
+        moved = super().move(name, old, new)
+        self._save()
+        return moved
+
+    def release(self, name: str, node_id: str) -> None:
+        super().release(name, node_id)
+        self._save()
 
 
 class AgentActor(HostAgent):
