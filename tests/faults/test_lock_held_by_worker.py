@@ -1,8 +1,9 @@
 """The workspace lock is held by whoever does the work.
 
 A CLI killed with SIGKILL while its supervisor boots the VM must not free
-the workspace for another mutating command: the supervisor inherited the
-lock and keeps it until it has finished; then the state is consistent.
+the workspace for another mutating command: the supervisor (the CLI's forked
+worker for a Linux backend, else the executable) inherited the lock and keeps
+it until it has finished; then the state is consistent.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import time
 from fault_support import Faults, _descendants
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
 def _supervisors(cli_pid: int) -> list[int]:
-    found = []
-    for pid in _descendants(cli_pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"supervisor" in fh.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
+    """Supervisor executables, or workers forked from the CLI (its own command line)."""
+    cli = _cmdline(cli_pid)
+    return [pid for pid in _descendants(cli_pid)
+            if b"supervisor" in _cmdline(pid) or (cli and _cmdline(pid) == cli)]
 
 
 def _alive(pid: int) -> bool:

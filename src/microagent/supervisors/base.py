@@ -150,32 +150,49 @@ def _os_error(backend_name: str, exc: OSError) -> MicroagentError:
                            "this is a bug in microagent; the traceback is on stderr")
 
 
-def serve(backend_factory: Callable[[], Backend], backend_name: str, argv: list[str] | None = None) -> int:
-    """Run one supervisor invocation; returns the process exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    raw: Any = None
+def answer(backend_factory: Callable[[], Backend], backend_name: str, raw: Any,
+           *, lock_handed_down: bool = False) -> Response:
+    """Validate one decoded request, call the backend command it names, and turn
+    every error into an answer: what a supervisor executable prints, and what
+    :func:`microagent.vmkit.dispatch.call_in_process` returns.
+
+    ``lock_handed_down``: an executable adopts the workspace lock its caller passed
+    down (in process, the caller holds it and does the work itself).
+    """
     try:
-        raw = read_request(argv)
         request = parse_request(raw)
-        adopt_lock(request.command)
+        if lock_handed_down:
+            adopt_lock(request.command)
         if request.identity is not None and request.identity.backend != backend_name:
             raise InvalidRequest(
                 f"identity.backend is {request.identity.backend!r} but this is the {backend_name} supervisor",
                 f"send the request to microagent-{request.identity.backend.replace('-', '').replace('windowshyperv', 'hyperv')}-supervisor",
             )
         backend = backend_factory()
-        response = getattr(backend, request.command)(request)
+        return getattr(backend, request.command)(request)
     except MicroagentError as err:
-        response = _error_response(backend_name, err, raw)
+        return _error_response(backend_name, err, raw)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             traceback.print_exc(file=sys.stderr)
-        response = _error_response(backend_name, _os_error(backend_name, exc), raw)
+        return _error_response(backend_name, _os_error(backend_name, exc), raw)
     except Exception as exc:  # noqa: BLE001 - the one place an unexpected error becomes an answer
         traceback.print_exc(file=sys.stderr)
-        response = _error_response(backend_name, MicroagentError(
+        return _error_response(backend_name, MicroagentError(
             f"internal error in the {backend_name} supervisor: {exc.__class__.__name__}: {exc}",
             "this is a bug in microagent; the traceback is on stderr"), raw)
+
+
+def serve(backend_factory: Callable[[], Backend], backend_name: str, argv: list[str] | None = None) -> int:
+    """Run one supervisor invocation; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    raw: Any = None
+    try:
+        raw = read_request(argv)
+    except MicroagentError as err:
+        response = _error_response(backend_name, err, raw)
+    else:
+        response = answer(backend_factory, backend_name, raw, lock_handed_down=True)
     json.dump(response.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()

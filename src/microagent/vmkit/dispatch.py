@@ -1,10 +1,15 @@
-"""Finding and running a backend's supervisor executable.
+"""Reaching a backend's supervisor: in this process, or as an executable.
 
-The CLI and library talk to a backend only through its supervisor: one JSON
-request on stdin, one JSON response on stdout, exit 0 iff ``ok`` (docs/supervisor-api.md;
-why executables: docs/architecture.md, "Layers").
-Lookup order: explicit override → ``MICROAGENT_<BACKEND>_SUPERVISOR`` →
-beside the running ``microagent`` → ``<prefix>/libexec`` → ``PATH``.
+Every backend speaks one contract: a JSON request in, one JSON response out
+(docs/supervisor-api.md).  The Linux backends (``qemu``, ``firecracker``) are
+answered in the calling process by default (:func:`call_in_process`): a
+supervisor process would cost a Python start-up and the backend's imports,
+about 100 ms, on every ``start``, ``kill`` and ``delete``.  Apple VF and
+Hyper-V always run as their executables (their OS bindings load only there),
+and so does any backend whose executable is named explicitly.
+Lookup order of an executable: explicit override → ``MICROAGENT_<BACKEND>_SUPERVISOR`` →
+beside the running ``microagent`` → ``<prefix>/libexec`` → ``PATH``
+(why executables at all: docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,12 @@ ENV_NAMES = {
     "qemu": "MICROAGENT_QEMU_SUPERVISOR",
     "apple-vf": "MICROAGENT_APPLEVF_SUPERVISOR",
     "windows-hyperv": "MICROAGENT_HYPERV_SUPERVISOR",
+}
+#: backends answered in the caller's process: module and class of the backend, loaded by
+#: name (the workspace layer never imports a backend; only the contract's types are shared)
+IN_PROCESS = {
+    "qemu": ("microagent.supervisors.qemu.backend", "QemuBackend"),
+    "firecracker": ("microagent.supervisors.firecracker.backend", "FirecrackerBackend"),
 }
 
 
@@ -114,3 +126,110 @@ def call_supervisor(executable: Path, request: Request | dict[str, Any], *,
     if not response.ok:
         raise MicroagentError.from_dict(response.error or {"message": "supervisor failed"})
     return response
+
+
+def in_process(backend: str, override: str | None = None,
+               env: os._Environ[str] | dict[str, str] | None = None) -> bool:
+    """Whether ``backend`` is answered in this process: a Linux backend whose
+    executable nobody named (``--supervisor``, ``MICROAGENT_<BACKEND>_SUPERVISOR``)."""
+    env = os.environ if env is None else env
+    return backend in IN_PROCESS and not override and not env.get(ENV_NAMES[backend])
+
+
+def load_backend(backend: str) -> tuple[Any, Any]:
+    """Import ``backend``'s supervisor code (the first time: ~50 ms for QEMU's); returns
+    its backend class and the supervisor's ``answer``. Calling it before a step that must
+    not be interrupted without a worker (create's publish) narrows that window to a fork."""
+    import importlib
+
+    module, cls = IN_PROCESS[backend]
+    return (getattr(importlib.import_module(module), cls),
+            importlib.import_module("microagent.supervisors.base").answer)
+
+
+def call_in_process(backend: str, request: Request, *, timeout: float = 600.0,
+                    lock_fd: int | None = None) -> Response:
+    """Answer ``request`` with ``backend``'s supervisor code, loaded into this process,
+    exactly as its executable would: the request and the answer cross the same wire
+    encoding, the umask is 077 meanwhile (what the VMM and its sockets inherit), and
+    every error becomes an answer before it is raised here.
+
+    The work runs in a forked child when this process has one thread (the CLI): it
+    inherits the workspace lock, so a caller killed mid-``start`` leaves the lock
+    with the worker, which finishes and records the outcome, as an executable would.
+    A threaded caller (the SDK in a server, the MCP server) cannot fork safely (a lock
+    another thread held stays held in the child): it does the work in its own thread.
+
+    :raises Transient: when the forked worker does not answer within ``timeout``.
+    :raises MicroagentError: the supervisor's own error when ``ok`` is false.
+    """
+    factory, answer = load_backend(backend)  # before a fork: the worker imports nothing
+    raw = json.loads(json.dumps(to_wire(request)))
+    if _single_threaded():
+        doc = _answer_in_child(lambda: answer(factory, backend, raw, lock_handed_down=lock_fd is not None),
+                               backend, timeout, lock_fd)
+    else:
+        from microagent.fsutil import private_umask
+
+        with private_umask():
+            doc = answer(factory, backend, raw).to_json()
+    response = Response.from_json(json.loads(json.dumps(doc)))
+    if not response.ok:
+        raise MicroagentError.from_dict(response.error or {"message": "supervisor failed"})
+    return response
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1  # every thread, not only threading's
+    except OSError:
+        return False
+
+
+def _answer_in_child(work: Any, backend: str, timeout: float, lock_fd: int | None) -> dict[str, Any]:
+    """Fork, run ``work`` in the child, and read its answer back over a pipe."""
+    import select
+    import signal
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: never returns into the caller's code
+        status = 1
+        try:
+            os.close(read_end)
+            os.umask(0o077)
+            if lock_fd is not None:  # answer() adopts it: closed on exec, the record names us
+                os.environ["MICROAGENT_LOCK_FD"] = str(lock_fd)
+            response = work()
+            with os.fdopen(write_end, "w", encoding="utf-8") as out:
+                json.dump(response.to_json(), out)
+            status = 0 if response.ok else 1
+        except BaseException:  # noqa: BLE001 - a caller that went away (EPIPE) or a bug: just end
+            pass
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise Transient(f"the {backend} supervisor did not answer within {timeout:.0f}s",
+                                "check the workspace with 'microagent status'")
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        doc = json.loads(b"".join(chunks))
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise Permanent(f"the {backend} supervisor's worker (pid {pid}) ended without an answer",
+                        "see the traceback above; this is a bug in microagent") from exc
+    return doc

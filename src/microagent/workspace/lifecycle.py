@@ -291,6 +291,7 @@ class WorkspaceStore:
         staging.reap(self.root, name, locked=True)
         self._refuse_clash(name)
         client = self.client(plan.backend)
+        client.load()  # now: between the publish below and the supervisor's prepare, no import
         vols.claim(self.root, name, mounts)  # released by delete, or below when this create fails
         # Built out of sight and published with one rename: a create killed at any
         # point leaves a staging dir (reaped later), never a half-made workspace.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from microagent.vmkit.dispatch import call_supervisor, find_supervisor
+from microagent.vmkit.dispatch import call_in_process, call_supervisor, find_supervisor, in_process, load_backend
 from microagent.workspace.lock import held_fd
 from microagent.vmkit.types import (
     Config,
@@ -31,15 +31,25 @@ class SupervisorClient:
     def _identity(self, name: str) -> Identity:
         return Identity(requestID=new_request_id(), runtimeID=name, role="workload", backend=self.backend)
 
+    def load(self) -> None:
+        """Have the backend's code loaded when it is answered in process (a no-op for an
+        executable), so a later :meth:`send` starts its worker at once."""
+        if in_process(self.backend, self.override):
+            load_backend(self.backend)
+
     def send(self, command: str, name: str, config: Config | None = None,
              exec_spec: ExecSpec | None = None, timeout: float = 600.0,
              snapshot: SnapshotSpec | None = None) -> Response:
         """Send one command; raises the supervisor's error as a MicroagentError.
 
-        When this process holds ``name``'s lock the supervisor inherits it:
+        When this process holds ``name``'s lock the worker inherits it (an executable,
+        or the forked worker of a Linux backend answered in process: :mod:`microagent.vmkit.dispatch`):
         the lock stays held by whoever does the work, even if we are killed.
         """
         cfg = config or Config(stateDir=str(self.state_root))
         request = Request(command=command, identity=self._identity(name), config=cfg, exec=exec_spec, snapshot=snapshot)
+        if in_process(self.backend, self.override):
+            return call_in_process(self.backend, request, timeout=timeout,
+                                   lock_fd=held_fd(self.state_root, name))
         exe = find_supervisor(self.backend, self.override)
         return call_supervisor(exe, request, timeout=timeout, lock_fd=held_fd(self.state_root, name))

@@ -214,8 +214,29 @@ def save_booted(client: Any, name: str, key: WarmKey) -> None:
     with saving(key) as stage:
         if stage is None:
             return
+        _warm_up(client.state_root, name)
         try:
             resp = client.send("snapshot", name, timeout=600, snapshot=SnapshotSpec(path=str(stage)))
             publish(stage, key, dict(resp.runtime or {}))
         except (MicroagentError, OSError):
             pass
+
+
+#: run once before a boot snapshot is saved: the first command after a restore then finds
+#: the shell's binary in the guest's page cache (measured: its first exec ~60 ms sooner under TCG)
+WARM_UP_ARGV = ("true",)
+
+
+def _warm_up(state_root: Path, name: str) -> None:
+    """Run :data:`WARM_UP_ARGV` in the guest; best effort (an image without it saves as is).
+    It counts in the workspace's ``execCount`` like any exec."""
+    from microagent.channel import ExecRequest, open_channel
+    from microagent.channel import exec as guest_exec
+    from microagent.errors import MicroagentError
+    from microagent.workspace.channel_path import guest_channel_path
+
+    try:
+        with open_channel(guest_channel_path(state_root, name), hello_timeout=10.0) as conn:
+            guest_exec.start(conn, ExecRequest(argv=list(WARM_UP_ARGV), timeout_s=10.0)).wait()
+    except (MicroagentError, OSError):
+        pass

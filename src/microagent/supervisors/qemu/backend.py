@@ -102,8 +102,8 @@ class QemuBackend(VMMBackend):
             from microagent.images.ext4 import copy_disk
 
             source = Path(snap.path)
-            snapshot.check_compatible(snap.vmmVersion, snap.layout, snapshot.qemu_version(ctx.binary),
-                                      device_layout(argv))
+            running = snapshot.qemu_version(ctx.binary, Path(cfg.stateDir) / "cache")
+            snapshot.check_compatible(snap.vmmVersion, snap.layout, running, device_layout(argv))
             if not snap.private:  # in place: the snapshot's disk, and a copy of its memory to write to
                 snapshot.copy_memory(source / snapshot.MEMORY_FILE, ram)
                 copy_disk(source / snapshot.DISK_FILE, Path(cfg.rootfsPath))
@@ -127,7 +127,10 @@ class QemuBackend(VMMBackend):
                            "cannot be snapshotted", "halt it and start it again, then take the snapshot")
         disk = Path(str((runtime.config or {}).get("rootfsPath", "")))
         snapshot.save(rt.path / "qmp.sock", dest, ram, disk, resume=resume)
-        return {"vmm": self.name, "vmmVersion": snapshot.qemu_version(argv[argv.index("-M") - 1]),
+        state_dir = (runtime.config or {}).get("stateDir")
+        return {"vmm": self.name,
+                "vmmVersion": snapshot.qemu_version(argv[argv.index("-M") - 1],
+                                                    Path(state_dir) / "cache" if state_dir else None),
                 "layout": device_layout(argv)}
 
     def _unlink_boot_files(self, rt: RuntimeDir) -> None:

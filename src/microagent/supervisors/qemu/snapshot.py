@@ -28,13 +28,40 @@ MIGRATE_TIMEOUT_S = 60.0
 _IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
 
 
-def qemu_version(binary: str) -> str:
-    """``QEMU emulator version 7.2.x (…)``'s first line, as recorded and compared."""
+def qemu_version(binary: str, cache_dir: Path | None = None) -> str:
+    """``QEMU emulator version 7.2.x (…)``'s first line, as recorded and compared.
+
+    Asking costs a QEMU start-up (~25 ms) on every restore, so the answer is kept in
+    ``cache_dir/qemu-version.json`` under the binary's identity (path, inode, size,
+    mtime, ctime): replacing or rewriting the binary changes it, and ctime cannot be set back.
+    """
+    import json
+    import os
+
+    from microagent.fsutil import atomic_write, private_dir
+
+    st = os.stat(binary)
+    identity = [os.path.realpath(binary), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    cache = cache_dir / "qemu-version.json" if cache_dir is not None else None
+    if cache is not None:
+        try:
+            known = json.loads(cache.read_text(encoding="utf-8"))
+            if isinstance(known, dict) and known.get("identity") == identity and isinstance(known.get("version"), str):
+                return known["version"]
+        except (OSError, ValueError):
+            pass
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise Permanent(f"cannot ask {binary} for its version: {exc}") from exc
-    return out.splitlines()[0].strip() if out.strip() else "unknown"
+    version = out.splitlines()[0].strip() if out.strip() else "unknown"
+    if cache is not None and version != "unknown":
+        try:
+            private_dir(cache.parent)
+            atomic_write(cache, json.dumps({"identity": identity, "version": version}).encode())
+        except OSError:
+            pass  # only a cache
+    return version
 
 
 def _wait_migration(qmp: QMPClient, what: str) -> None:

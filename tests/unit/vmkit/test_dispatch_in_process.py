@@ -1,0 +1,121 @@
+"""The Linux backends answered in the caller's process: the same answers as their
+executables, the workspace lock left with the forked worker, and a worker that
+hangs or dies reported, not waited on forever."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from microagent.errors import NotFound, Permanent, Transient
+from microagent.supervisors.base import Backend
+from microagent.vmkit import dispatch
+from microagent.vmkit.types import Config, Identity, Request, Response, to_wire
+from microagent.workspace.lock import WorkspaceLock, held_fd, lock_path
+
+
+def _request(root: Path, command: str = "inspect", name: str = "nope") -> Request:
+    return Request(command=command, identity=Identity(requestID="r1", runtimeID=name, role="workload", backend="qemu"),
+                   config=Config(stateDir=str(root)))
+
+
+class SlowBackend(Backend):
+    name = "qemu"
+
+    def inspect(self, request: Request) -> Response:
+        time.sleep(30)
+        raise AssertionError("not reached")
+
+
+class DyingBackend(Backend):
+    name = "qemu"
+
+    def inspect(self, request: Request) -> Response:
+        os._exit(3)
+
+
+class LockReadingBackend(Backend):
+    """Answers with the lock file's holder record, as the worker sees it."""
+
+    name = "qemu"
+
+    def inspect(self, request: Request) -> Response:
+        path = lock_path(Path(request.config.stateDir), request.identity.runtimeID)
+        record = json.loads(path.read_bytes()[:512].decode().strip())
+        return Response(ok=True, backend="qemu", runtime={"holder": record, "worker": os.getpid(),
+                                                         "umask": _umask()})
+
+
+def _umask() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+
+
+def test_linux_backends_are_answered_in_process_unless_an_executable_is_named() -> None:
+    assert dispatch.in_process("qemu", None, {}) and dispatch.in_process("firecracker", None, {})
+    assert not dispatch.in_process("qemu", "/usr/local/bin/my-supervisor", {})
+    assert not dispatch.in_process("qemu", None, {"MICROAGENT_QEMU_SUPERVISOR": "/x"})
+    assert not dispatch.in_process("apple-vf", None, {}) and not dispatch.in_process("windows-hyperv", None, {})
+
+
+def test_the_answer_is_the_executables(tmp_path: Path) -> None:
+    request = _request(tmp_path)
+    with pytest.raises(NotFound) as in_process:
+        dispatch.call_in_process("qemu", request)
+    exe = Path(sys.executable).parent / "microagent-qemu-supervisor"
+    proc = subprocess.run([str(exe)], input=json.dumps(to_wire(request)), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"] == in_process.value.to_dict()
+
+
+def test_the_forked_worker_holds_the_callers_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.IN_PROCESS, "qemu", (__name__, "LockReadingBackend"))
+    with WorkspaceLock(tmp_path, "ws", "start"):
+        fd = held_fd(tmp_path, "ws")
+        assert fd is not None
+        resp = dispatch.call_in_process("qemu", _request(tmp_path, name="ws"), lock_fd=fd)
+    runtime = resp.runtime or {}
+    assert runtime["worker"] != os.getpid()  # a child did the work
+    assert runtime["holder"]["pid"] == runtime["worker"], runtime  # and the lock names it
+    assert runtime["holder"]["command"] == "inspect (supervisor)"
+    assert runtime["umask"] == 0o077
+
+
+def test_a_threaded_caller_works_in_its_thread_under_a_private_umask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.IN_PROCESS, "qemu", (__name__, "LockReadingBackend"))
+    before = _umask()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # a second thread: forking is unsafe now
+    other.start()
+    try:
+        with WorkspaceLock(tmp_path, "ws", "start"):
+            resp = dispatch.call_in_process("qemu", _request(tmp_path, name="ws"))
+    finally:
+        stop.set()
+        other.join()
+    assert (resp.runtime or {})["worker"] == os.getpid()
+    assert (resp.runtime or {})["umask"] == 0o077
+    assert _umask() == before  # the caller's umask is back
+
+
+def test_a_worker_that_does_not_answer_in_time_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.IN_PROCESS, "qemu", (__name__, "SlowBackend"))
+    started = time.monotonic()
+    with pytest.raises(Transient, match="did not answer within"):
+        dispatch.call_in_process("qemu", _request(tmp_path), timeout=0.5)
+    assert time.monotonic() - started < 10
+
+
+def test_a_worker_that_dies_without_an_answer_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.IN_PROCESS, "qemu", (__name__, "DyingBackend"))
+    with pytest.raises(Permanent, match="ended without an answer"):
+        dispatch.call_in_process("qemu", _request(tmp_path))
