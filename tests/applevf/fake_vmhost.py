@@ -5,7 +5,8 @@ interpreter's ``-m microagent.supervisors.applevf.vmhost``; it takes the same
 arguments plus the fake's knobs::
 
     python fake_vmhost.py [--guest-init PATH] [--start-error TEXT] [--validation-error TEXT]
-                          [--cpu-range LO:HI] -- --state-dir D --name N [--check|--probe]
+                          [--cpu-range LO:HI] [--framework-version TEXT] [--save-restore-error TEXT]
+                          -- --state-dir D --name N [--check|--probe|--restore FILE]
 
 Everything else is the production vmhost: its sockets, control protocol,
 bridges, signals and exit codes.
@@ -30,11 +31,16 @@ def main() -> int:
     parser.add_argument("--start-error", default="")
     parser.add_argument("--validation-error", default="")
     parser.add_argument("--cpu-range", default="1:8")
+    parser.add_argument("--framework-version", default="")
+    parser.add_argument("--save-restore-error", default="")
     args, rest = parser.parse_known_args()
     lo, hi = (int(x) for x in args.cpu_range.split(":"))
     vz = FakeVirtualization(guest_init=args.guest_init, cpu_range=(lo, hi))
     vz.start_error = args.start_error
     vz.validation_error = args.validation_error
+    vz.save_restore_error = args.save_restore_error
+    if args.framework_version:
+        vz.framework_version = args.framework_version
     return vmhost.main([a for a in rest if a != "--"], platform=FakePlatform(vz))
 
 

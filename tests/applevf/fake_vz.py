@@ -21,27 +21,127 @@ here talks to Virtualization.framework.  What it holds to:
   ``VZVirtioSocketDevice.connectToPort_completionHandler_`` connects to it.
   When that process exits (a ``shutdown`` session), the fake VM stops and
   calls the delegate's ``guestDidStopVirtualMachine_``, as a guest power-off
-  does.  Pause/resume SIGSTOP/SIGCONT it.
+  does.  Pause/resume SIGSTOP/SIGCONT it.  The guest is a host process, so
+  it runs under a seccomp filter (:func:`sandbox_guest`) that makes setting
+  the clock, the hostname and the kernel's random pool succeed without
+  doing anything: a ``restore`` session must not change *this* host;
+- save/restore (macOS 14+): ``saveMachineStateToURL_completionHandler_``
+  refuses unless the VM is paused (the VM stays as it was), and writes a
+  saved-state file: the configuration's hardware (:meth:`FakeVirtualization.hardware`:
+  CPUs, memory, devices, not file paths), a stand-in for memory and a
+  checksum.  ``restoreMachineStateFromURL_completionHandler_`` needs a VM
+  that was never started; it refuses a file it cannot read, a corrupt one,
+  or one saved from another hardware configuration, and leaves the VM
+  paused.  The restored guest is a *new* guest init process: nothing of
+  the saved guest's memory (its processes) comes back;
+  ``validateSaveRestoreSupportWithError_`` answers ``save_restore_error``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import platform
 import signal
 import socket
 import subprocess
 from typing import Any, Callable
 
-STOPPED, RUNNING, PAUSED, ERROR, STARTING, PAUSING, RESUMING, STOPPING = 0, 1, 2, 3, 4, 5, 6, 7
+STOPPED, RUNNING, PAUSED, ERROR, STARTING, PAUSING, RESUMING, STOPPING, SAVING, RESTORING = range(10)
 GUEST_SOCKET = "fake-guest.sock"
+SAVE_FORMAT = "fake-vz-saved-state/1"
+#: the error codes the fake reports (its own numbers; the names follow VZError.h's VZErrorCode)
+VZ_ERROR_INVALID_STATE, VZ_ERROR_SAVE, VZ_ERROR_RESTORE = 3, 12, 13
+
+# seccomp: syscall numbers (x86_64, aarch64) whose effect a guest may ask for but a host
+# process must not have: clock_settime, settimeofday, sethostname; ioctl is filtered by request
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_SWALLOWED = {"x86_64": (227, 164, 170), "aarch64": (112, 170, 161)}
+_IOCTL = {"x86_64": 16, "aarch64": 29}
+_RANDOM_IOCTLS = (0x40085203, 0x5207)  # RNDADDENTROPY, RNDRESEEDCRNG
 
 
-def _die_with_parent() -> None:
-    """The fake guest ends with the vmhost, as a VM ends with its process (Linux prctl)."""
+def _seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
+    """A classic-BPF filter: the calls above return 0 without running; the rest run."""
+    ld, jeq, ret = 0x20, 0x15, 0x06
+    allow, swallow = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | 0
+    swallowed = _SWALLOWED[machine]
+    prog: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH[machine]), (ret, 0, 0, allow),
+                                             (ld, 0, 0, 0)]
+    # after these: [JEQ ioctl] [LD arg1] [JEQ r1] [JEQ r2] [RET allow] [RET swallow]
+    n = len(swallowed)
+    for i, nr in enumerate(swallowed):
+        prog.append((jeq, (n - i - 1) + 5, 0, nr))  # to RET swallow
+    prog.append((jeq, 0, 3, _IOCTL[machine]))  # not ioctl: to RET allow
+    prog.append((ld, 0, 0, 24))  # args[1], low 32 bits (little endian)
+    prog.append((jeq, 2, 0, _RANDOM_IOCTLS[0]))
+    prog.append((jeq, 1, 0, _RANDOM_IOCTLS[1]))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, swallow)]
+    return prog
+
+
+def sandbox_guest() -> None:
+    """In the fake guest's child before exec: die with the vmhost, and swallow the calls that
+    would set this host's clock, hostname or random pool (the guest is a host process)."""
     import ctypes
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 38, 22, 2
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    machine = platform.machine()
+    if machine not in _AUDIT_ARCH:
+        raise OSError(f"the fake guest's sandbox knows x86_64 and aarch64, not {machine}")
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Insn))]
+
+    insns = _seccomp_program(machine)
+    array = (Insn * len(insns))(*[Insn(*i) for i in insns])
+    prog = Prog(len(insns), ctypes.cast(array, ctypes.POINTER(Insn)))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
+            libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "cannot install the fake guest's seccomp filter")
+
+
+def start_fake_guest(guest_init: str, socket_path: str, out: Any) -> subprocess.Popen[bytes]:
+    """The real guest init in agent mode, listening on ``socket_path``, sandboxed."""
+    try:
+        os.unlink(socket_path)
+    except FileNotFoundError:
+        pass
+    return subprocess.Popen([guest_init, "--agent", "--listen", os.path.abspath(socket_path)],
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=sandbox_guest)
+
+
+def saved_state(hardware: Any) -> bytes:
+    """A fake saved-state file: its JSON body, then a line with the body's sha256."""
+    body = json.dumps({"format": SAVE_FORMAT, "hardware": hardware, "memory": os.urandom(32).hex()},
+                      sort_keys=True).encode()
+    return body + b"\n" + hashlib.sha256(body).hexdigest().encode() + b"\n"
+
+
+def read_saved_state(path: str) -> tuple[Any, str]:
+    """``(hardware, "")`` from a fake saved-state file, or ``(None, why it is unusable)``."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return None, f"the saved state file cannot be opened: {exc.strerror}"
+    body, _, rest = data.partition(b"\n")
+    if hashlib.sha256(body).hexdigest().encode() != rest.strip():
+        return None, "the saved state file is corrupt"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None, "the saved state file is corrupt"
+    if not isinstance(doc, dict) or doc.get("format") != SAVE_FORMAT:
+        return None, "the saved state file is not a saved state"
+    return doc.get("hardware"), ""
 
 
 class FakeNSError:
@@ -153,6 +253,7 @@ class FakeVM(FakeObject):
         self.guest: subprocess.Popen[bytes] | None = None
         self.socket_device = FakeSocketDevice(self)
         self.network_devices: list[FakeObject] = []
+        self.started_once = False
         vz.vms.append(self)
 
     # initWithConfiguration_ comes through the table; keep the devices
@@ -200,6 +301,7 @@ class FakeVM(FakeObject):
     def startWithCompletionHandler_(self, handler: Callable[[Any], None]) -> None:
         self._call("startWithCompletionHandler_", handler)
         self._state = STARTING
+        self.started_once = True
 
         def finish() -> None:
             if self._vz.start_error:
@@ -224,14 +326,59 @@ class FakeVM(FakeObject):
         if serial is not None:
             os.write(serial, f"[fake-vz] booting {boot._init[1][0].path} {boot._props.get('commandLine')}\n".encode())
         if self._vz.guest_init:
-            try:
-                os.unlink(GUEST_SOCKET)
-            except FileNotFoundError:
-                pass
             out = serial if serial is not None else subprocess.DEVNULL
-            self.guest = subprocess.Popen([self._vz.guest_init, "--agent", "--listen", os.path.abspath(GUEST_SOCKET)],
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                          preexec_fn=_die_with_parent)
+            self.guest = start_fake_guest(self._vz.guest_init, GUEST_SOCKET, out)
+
+    # --- save and restore (macOS 14+) -------------------------------------------------
+
+    def saveMachineStateToURL_completionHandler_(self, url: "FakeURL", handler: Callable[[Any], None]) -> None:
+        self._call("saveMachineStateToURL_completionHandler_", url, handler)
+        if self._state != PAUSED:
+            self._vz.later(lambda: handler(FakeNSError(
+                "the virtual machine must be paused to save its state", VZ_ERROR_INVALID_STATE)))
+            return
+        self._state = SAVING
+
+        def finish() -> None:
+            self._state = PAUSED  # saved or not, the VM stays paused
+            try:
+                fd = os.open(url.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(saved_state(self._vz.hardware(self.config)))
+            except OSError as exc:
+                handler(FakeNSError(f"the saved state file cannot be written: {exc.strerror}", VZ_ERROR_SAVE))
+                return
+            handler(None)
+        self._vz.later(finish)
+
+    def restoreMachineStateFromURL_completionHandler_(self, url: "FakeURL",
+                                                       handler: Callable[[Any], None]) -> None:
+        self._call("restoreMachineStateFromURL_completionHandler_", url, handler)
+        if self._state != STOPPED or self.started_once:
+            self._vz.later(lambda: handler(FakeNSError(
+                "only a virtual machine that was never started can be restored", VZ_ERROR_INVALID_STATE)))
+            return
+        self._state = RESTORING
+
+        def finish() -> None:
+            hardware, why = read_saved_state(url.path)
+            if not why and hardware != self._vz.hardware(self.config):
+                why = "the saved state is incompatible with the virtual machine's configuration"
+            if why:
+                self._state = STOPPED
+                handler(FakeNSError(why, VZ_ERROR_RESTORE))
+                return
+            serial = self._serial_fd()
+            if serial is not None:
+                os.write(serial, f"[fake-vz] restored from {url.path} (a new guest init stands in)\n".encode())
+            if self._vz.guest_init:
+                self.guest = start_fake_guest(self._vz.guest_init, GUEST_SOCKET,
+                                              serial if serial is not None else subprocess.DEVNULL)
+                self.guest.send_signal(signal.SIGSTOP)
+            self.started_once = True
+            self._state = PAUSED
+            handler(None)
+        self._vz.later(finish)
 
     def stopWithCompletionHandler_(self, handler: Callable[[Any], None]) -> None:
         self._call("stopWithCompletionHandler_", handler)
@@ -363,6 +510,9 @@ class FakeVirtualization:
         self.guest_init = guest_init
         self.start_error = ""
         self.validation_error = ""
+        self.save_restore_error = ""
+        #: what the vmhost records as the framework's version (a fake's, never macOS's)
+        self.framework_version = "fake-vz 1 (not Virtualization.framework)"
         self.cpu_range = cpu_range
         self.memory_range = (memory_mib_range[0] * self.MIB, memory_mib_range[1] * self.MIB)
         vz = self
@@ -376,12 +526,19 @@ class FakeVirtualization:
                 return False, FakeNSError(vz.validation_error)
             return True, None
 
+        def validate_save_restore(config: FakeObject, error: Any) -> tuple[bool, Any]:
+            vz.calls.append(("VZVirtualMachineConfiguration", "validateSaveRestoreSupportWithError_", (error,)))
+            if vz.save_restore_error:
+                return False, FakeNSError(vz.save_restore_error)
+            return True, None
+
         self.VZVirtualMachineConfiguration = cls(
             "VZVirtualMachineConfiguration",
             props=("CPUCount", "memorySize", "bootLoader", "storageDevices", "socketDevices", "networkDevices",
                    "serialPorts", "entropyDevices", "memoryBalloonDevices", "directorySharingDevices",
                    "consoleDevices", "platform"),
-            methods={"validateWithError_": validate},
+            methods={"validateWithError_": validate,
+                     "validateSaveRestoreSupportWithError_": validate_save_restore},
             class_methods={"minimumAllowedCPUCount": lambda: vz.cpu_range[0],
                            "maximumAllowedCPUCount": lambda: vz.cpu_range[1],
                            "minimumAllowedMemorySize": lambda: vz.memory_range[0],
@@ -419,6 +576,21 @@ class FakeVirtualization:
         self.NSFileHandle = cls("NSFileHandle", inits=("initWithFileDescriptor_closeOnDealloc_",),
                                 factory=lambda v, c: FakeFileHandle(v, c))
 
+    def hardware(self, config: FakeObject) -> dict[str, Any]:
+        """What a saved state is bound to: CPUs, memory and the devices, not the files behind them."""
+        props = config._props
+
+        def disk(dev: FakeObject) -> bool:
+            return bool(dev._init[1][0]._init[1][1])  # type: ignore[index]  # the attachment's readOnly
+
+        return {"cpus": props.get("CPUCount"), "memory": props.get("memorySize"),
+                "storage": [disk(d) for d in props.get("storageDevices") or []],
+                "network": [str(describe(n._props.get("MACAddress"))) for n in props.get("networkDevices") or []],
+                "sockets": len(props.get("socketDevices") or []),
+                "shares": [d._init[1][0] for d in props.get("directorySharingDevices") or []],  # type: ignore[index]
+                "serial": len(props.get("serialPorts") or []), "entropy": len(props.get("entropyDevices") or []),
+                "balloon": len(props.get("memoryBalloonDevices") or [])}
+
     def later(self, fn: Callable[[], None]) -> None:
         """Queue a completion handler for the next run-loop slice (VZ's main queue)."""
         self.pending.append(fn)
@@ -446,6 +618,9 @@ class FakePlatform:
 
     def __init__(self, vz: FakeVirtualization) -> None:
         self.vz = vz
+
+    def framework_version(self) -> str:
+        return self.vz.framework_version
 
     def run_slice(self, seconds: float) -> None:
         while self.vz.pending:

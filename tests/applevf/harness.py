@@ -119,10 +119,12 @@ class AppleVF:
         return raw
 
     def call(self, command: str, name: str | None = None, exec: dict[str, Any] | None = None,
-             **config: Any) -> dict[str, Any]:
+             snapshot: dict[str, Any] | None = None, **config: Any) -> dict[str, Any]:
         raw = self.request(command, name, **config)
         if exec is not None:
             raw["exec"] = exec
+        if snapshot is not None:
+            raw["snapshot"] = snapshot
         return invoke(self.backend, raw)
 
     def runtime(self, name: str | None = None) -> Path:

@@ -124,3 +124,21 @@ def test_ids_are_stable_and_distinct_per_state_dir() -> None:
     assert a == d.compute_system_id(r"C:\a", "ws1") and a.startswith("microagent-ws1-")
     assert a != d.compute_system_id(r"C:\b", "ws1")
     assert d.scsi_device(0) == "/dev/sda" and d.scsi_device(2) == "/dev/sdc"
+
+
+def test_save_options_and_restore_state() -> None:
+    assert d.save_options(r"C:\snap\state") == {"SaveType": "ToFile", "SaveStateFilePath": r"C:\snap\state"}
+    with pytest.raises(d.ShapeError, match="SaveType"):
+        d.check_shape({"SaveType": "ToTape"}, d.SAVE_OPTIONS_SHAPE)
+    doc = d.compute_system_document(spec(restore_from=r"C:\snap\state"))
+    assert doc["VirtualMachine"]["RestoreState"] == {"SaveStateFilePath": r"C:\snap\state"}
+    assert "RestoreState" not in d.compute_system_document(spec())["VirtualMachine"]
+
+
+def test_device_layout_ignores_files_and_names_but_not_devices() -> None:
+    base = d.device_layout(d.compute_system_document(spec()))
+    moved = d.device_layout(d.compute_system_document(spec(system_id="microagent-fork-0123456789ab",
+                                                            rootfs_vhd=r"D:\fork\rootfs.vhd", hostname="fork")))
+    assert moved == base  # a fork: other files, pipe name and hostname, the same hardware
+    assert d.device_layout(d.compute_system_document(spec(memory_mib=1024))) != base
+    assert d.device_layout(d.compute_system_document(spec(extra_disks=(d.DiskAttachment(r"C:\x.vhdx", True),)))) != base

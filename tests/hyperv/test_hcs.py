@@ -121,3 +121,18 @@ def test_guid_structure_layout() -> None:
 def test_real_loader_refuses_off_windows() -> None:
     with pytest.raises(Unsupported, match="only on Windows"):
         hcs.ComputeCore().start_compute_system("ws1", 1)
+
+
+def test_save_passes_the_save_options_and_invalid_state_is_a_conflict() -> None:
+    options = json.dumps({"SaveType": "ToFile", "SaveStateFilePath": r"C:\s\state"})
+    core, log, _ = make_core()
+    core.save_compute_system("ws1", options, timeout=4)
+    assert [c[0] for c in log] == ["HcsOpenComputeSystem", "HcsCreateOperation", "HcsSaveComputeSystem",
+                                   "HcsWaitForOperationResult", "HcsCloseOperation", "HcsCloseComputeSystem"]
+    save_args = log[2][1]
+    assert save_args[1] == 0x1234 and save_args[2] == options and log[3][1][1] == 4000
+    core, _, _ = make_core(wait_hr=0x80370105, result=json.dumps({"Error": "still running"}))
+    with pytest.raises(Conflict, match="HcsSaveComputeSystem.*HCS_E_INVALID_STATE.*still running"):
+        core.save_compute_system("ws1", options, timeout=4)
+    assert hcs.error_for(hcs.ERROR_FILE_CORRUPT, "HcsCreateComputeSystem(ws1)").remediation.startswith(
+        "the saved state is damaged")

@@ -94,12 +94,15 @@ def test_stage_publish_remove(tmp_path: Path) -> None:
 
 def test_backends_without_snapshots_refuse_them(tmp_path: Path) -> None:
     from microagent.errors import Unsupported
-    from microagent.supervisors.applevf.backend import AppleVFBackend
+    from microagent.supervisors.vmm import VMMBackend
     from microagent.vmkit.types import Identity, Request, SnapshotSpec
 
-    ident = Identity(requestID="r", runtimeID="ws", role="workload", backend="apple-vf")
+    class NoSnapshots(VMMBackend):  # every shipped backend takes snapshots now (apple-vf, windows-hyperv:
+        name = "qemu"               # tests/applevf/test_snapshots.py, tests/hyperv/test_snapshots.py)
+
+    ident = Identity(requestID="r", runtimeID="ws", role="workload", backend="qemu")
     cfg = Config(stateDir=str(tmp_path))
-    backend = AppleVFBackend()  # firecracker takes snapshots (tests/firecracker/test_snapshot_api.py)
+    backend = NoSnapshots()
     with pytest.raises(Unsupported, match="does not implement 'snapshot'"):
         backend.snapshot(Request(command="snapshot", identity=ident, config=cfg,
                                  snapshot=SnapshotSpec(path=str(tmp_path))))

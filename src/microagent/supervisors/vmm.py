@@ -200,6 +200,21 @@ class VMMBackend(Backend):
         ``resume``); returns what the snapshot manifest records about the VMM."""
         raise self._unsupported("snapshot")
 
+    def refuse_incompatible(self, request: Request, version: str, layout: str, why: str) -> None:
+        """Before a restore touches anything: the snapshot's recorded VMM version and device
+        layout must be this host's and this workspace's (``why``: what binds a saved state to them).
+
+        :raises Conflict: naming both versions or both layouts.
+        """
+        snap = request.snapshot
+        assert snap is not None
+        if snap.vmmVersion and snap.vmmVersion != version:
+            raise Conflict(f"the snapshot was saved by {snap.vmmVersion!r}, this host runs {version!r}; {why}",
+                           "take a new snapshot on this host (a cold start works)")
+        if snap.layout and snap.layout != layout:
+            raise Conflict(f"the snapshot's device layout differs from this workspace's: saved {snap.layout}, "
+                           f"now {layout}", "restore it into a workspace with the same memory, CPUs, disks and network")
+
     def vmm_status(self, rt: RuntimeDir) -> dict[str, Any] | None:
         """What the live VMM itself reports (best effort; ``inspect`` shows it)."""
         return None

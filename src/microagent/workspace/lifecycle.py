@@ -503,8 +503,12 @@ class WorkspaceStore:
             try:
                 resp = self.client(manifest.backend).send(
                     "snapshot", name, timeout=600, snapshot=snapshots.SnapshotSpec(path=str(staged)))
-                runtime_config = (observed.runtime.get("config") or
-                                  self.observe(name, manifest.backend).runtime.get("config") or {})
+                from microagent.runtime_state import read_json
+
+                # the boot's config is in the runtime record (inspect answers it only where the VM is a
+                # process of ours: not a Hyper-V compute system)
+                recorded = read_json(self.runtime_path(name) / "runtime.json") or {}
+                runtime_config = observed.runtime.get("config") or recorded.get("config") or {}
                 snap = snapshots.publish(staged, manifest, tag, dict(resp.runtime or {}), runtime_config)
             except BaseException:
                 staging.remove(staged)

@@ -37,6 +37,9 @@ STAGE_PREFIX = ".stage-"
 GENERATION_FILE = ".generation"
 #: the files a QEMU snapshot holds: ``state`` is small and hashed, the others are fingerprinted
 _HASHED, _FINGERPRINTED = ("state",), ("memory", "disk")
+#: absent where the VMM's saved state holds the guest memory (apple-vf, windows-hyperv): then
+#: the manifest records no ``memory`` and a restore asks for none
+_OPTIONAL = ("memory",)
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _TAG_RULE = "1-63 characters from A-Z a-z 0-9 . _ - starting with a letter or digit"
 
@@ -123,6 +126,8 @@ class Snapshot:
         """:raises NotFound: a file gone; :raises Conflict: one changed since it was recorded."""
         files = self.doc.get("files", {})
         for name in (*_HASHED, *_FINGERPRINTED):
+            if name in _OPTIONAL and name not in files:
+                continue
             path = self.path / name
             if not path.is_file():
                 raise NotFound(f"{label} has no {name} file ({path})", remedy)
@@ -189,7 +194,8 @@ def stage(root: Path, name: str, tag: str) -> Path:
 def file_records(staged: Path) -> dict[str, Any]:
     """What :meth:`Snapshot.verify_files` checks later: the state's sha256, the others' size and mtime."""
     return {**{n: {"sha256": _sha256(staged / n)} for n in _HASHED},
-            **{n: _fingerprint(staged / n) for n in _FINGERPRINTED}}
+            **{n: _fingerprint(staged / n) for n in _FINGERPRINTED
+               if n not in _OPTIONAL or (staged / n).exists()}}
 
 
 def publish(staged: Path, manifest: Any, tag: str, vmm: dict[str, Any], runtime_config: dict[str, Any]) -> Snapshot:

@@ -14,7 +14,9 @@ module supplies:
 - the guest channel: ``unix:<runtime>/vsock.sock``, the vmhost's bridge to
   guest vsock port 1024, so the channel helper needs nothing new;
 - quarantine (``sever``: the vsock listener and bridges, the NIC's
-  attachment), pause/resume and status, over the vmhost's control socket.
+  attachment), pause/resume and status, over the vmhost's control socket;
+- snapshots (:mod:`.snapshot`): ``save_vm`` through the vmhost's ``save``
+  op, and a ``start`` with a snapshot runs the vmhost with ``--restore``.
 
 The supervisor process itself never imports PyObjC: only the vmhost does
 (``--check`` and ``--probe`` included), run by the interpreter that carries
@@ -42,7 +44,7 @@ from microagent.network.plan import NetworkPlan
 from microagent.paths import host_arch
 from microagent.runtime_state import RuntimeDir, write_json_atomic
 from microagent.supervisors import netattach
-from microagent.supervisors.applevf import control
+from microagent.supervisors.applevf import control, snapshot
 from microagent.supervisors.applevf.guest_files import check_guest_files
 from microagent.supervisors.applevf.vzconfig import (
     SPEC_FILE,
@@ -92,6 +94,7 @@ class AppleVFBackend(VMMBackend):
     name = "apple-vf"
     boot_files = (control.CONTROL_SOCKET, control.VSOCK_SOCKET)
     supports_shares = True  # VirtioFS (vzconfig._share)
+    supports_snapshots = True  # :mod:`.snapshot` (macOS 14+)
 
     def __init__(self, vmhost_command: Sequence[str] | None = None) -> None:
         self._vmhost_command = list(vmhost_command) if vmhost_command else None
@@ -211,9 +214,61 @@ class AppleVFBackend(VMMBackend):
         assert cfg is not None and ident is not None
         name = ident.runtimeID
         spec = vm_spec(cfg, name, str(rt.serial_log))
+        restore: list[str] = []
+        if request.snapshot is not None:
+            restore = ["--restore", str(self._prepare_restore(request, spec) / snapshot.STATE_FILE)]
         write_json_atomic(rt.path / SPEC_FILE, spec)
-        argv = self.vmhost_prefix() + ["--state-dir", str(rt.path.parent), "--name", name]
+        argv = self.vmhost_prefix() + ["--state-dir", str(rt.path.parent), "--name", name, *restore]
         return process.spawn_detached(argv, cwd=rt.path, log_path=rt.vmm_log), argv
+
+    # --- snapshots ---------------------------------------------------------------
+
+    def framework_version(self) -> str:
+        """What the vmhost reports for this Mac's macOS and Virtualization.framework."""
+        with tempfile.TemporaryDirectory(prefix="microagent-applevf-") as tmp:
+            probe = self._vmhost_json(["--state-dir", tmp, "--name", "probe", "--probe"])
+        if not probe.get("ok"):
+            raise MicroagentError.from_dict(probe.get("error") or {})
+        return str(probe.get("framework", ""))
+
+    def _prepare_restore(self, request: Request, spec: dict[str, Any]) -> Path:
+        """Refuse another macOS/framework or device layout; an in-place restore takes the
+        snapshot's disk (a fork's was copied when it was created).  Returns the snapshot."""
+        assert request.snapshot is not None and request.config is not None
+        source = Path(request.snapshot.path)
+        version = self.framework_version() if request.snapshot.vmmVersion else ""  # a probe: ask only to compare
+        self.refuse_incompatible(request, version, snapshot.device_layout(spec), snapshot.WHY_VERSION)
+        if not (source / snapshot.STATE_FILE).is_file():
+            raise NotFound(f"the snapshot {source} has no {snapshot.STATE_FILE} file",
+                           "take a new snapshot after a cold start")
+        if not request.snapshot.private:
+            from microagent.images.ext4 import copy_disk
+
+            copy_disk(source / snapshot.DISK_FILE, Path(request.config.rootfsPath))
+        return source
+
+    def save_vm(self, rt: RuntimeDir, dest: Path, *, resume: bool) -> dict[str, Any]:
+        """Pause (the framework saves only a paused VM), save, copy the disk, resume when asked."""
+        from microagent.images.ext4 import copy_disk
+
+        runtime = rt.runtime()
+        assert runtime is not None
+        try:
+            spec = json.loads((rt.path / SPEC_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise Permanent(f"cannot read {SPEC_FILE} of workspace {rt.path.name}: {exc}") from exc
+        state = control.call(rt.path, "state", timeout=5.0)
+        if state.get("vzState") == "running":
+            control.call(rt.path, "pause", timeout=15.0)
+        try:
+            control.call(rt.path, "save", timeout=snapshot.SAVE_TIMEOUT_S, path=str(dest / snapshot.STATE_FILE))
+            # the vcpus are stopped: the root disk is at rest
+            copy_disk(Path(str((runtime.config or {}).get("rootfsPath", ""))), dest / snapshot.DISK_FILE)
+        finally:
+            if resume:
+                control.call(rt.path, "resume", timeout=15.0)
+        return {"vmm": self.name, "vmmVersion": str(state.get("framework", "")),
+                "layout": snapshot.device_layout(spec)}
 
     def after_spawn(self, request: Request, rt: RuntimeDir, proc: subprocess.Popen[bytes]) -> None:
         """Wait until the vmhost reports the VM running.

@@ -12,13 +12,15 @@ Requests (``op`` and its fields) and answers:
 op                 fields                        answer (besides ``"ok": true``)
 =================  ============================  ===========================================
 ``state``                                        ``state`` (ours), ``vzState`` (the VZ enum),
-                                                 ``pid``, ``severed``, ``bridges``,
+                                                 ``pid``, ``severed``, ``bridges``, ``framework``,
                                                  ``canStop``/``canPause``/``canResume``/``canRequestStop``
 ``stop``                                         after ``stopWithCompletionHandler:``; the
                                                  host process then exits
 ``request-stop``                                 after ``requestStopWithError:`` (asks the guest)
 ``pause``                                        after ``pauseWithCompletionHandler:``
 ``resume``                                       after ``resumeWithCompletionHandler:``
+``save``           ``path``                      after ``saveMachineStateToURL:completionHandler:``
+                                                 (the VM must be paused; it stays paused)
 ``sever``                                        ``severed``: names of the host paths cut
 ``connect-vsock``  ``port``                      then raw bytes to/from the guest's port
 =================  ============================  ===========================================
@@ -40,7 +42,7 @@ from microagent.unixsock import connect_any_length
 
 CONTROL_SOCKET = "vmhost.sock"
 VSOCK_SOCKET = "vsock.sock"
-OPS = ("state", "stop", "request-stop", "pause", "resume", "sever", "connect-vsock")
+OPS = ("state", "stop", "request-stop", "pause", "resume", "save", "sever", "connect-vsock")
 #: the prefix of the vmhost's fatal-error line in its log (then the error as JSON)
 ERROR_LINE = "microagent-vmhost: error: "
 #: ``VZVirtualMachineState`` values (VZVirtualMachine.h) and our names for them

@@ -61,6 +61,20 @@ class DarwinPlatform:
     def make_delegate(self, on_guest_stop: Callable[[], None], on_error: Callable[[str], None]) -> Any:
         return _delegate_class().alloc().initWithCallbacks_((on_guest_stop, on_error))
 
+    def framework_version(self) -> str:
+        """``macOS 14.5 (23F79), Virtualization.framework 1.0 (…)``: a saved state is bound to both."""
+        import platform
+
+        f = self._foundation
+        info = f.NSProcessInfo.processInfo().operatingSystemVersionString()
+        bundle = f.NSBundle.bundleWithIdentifier_("com.apple.Virtualization")
+        version = "unknown"
+        if bundle is not None:
+            short = bundle.objectForInfoDictionaryKey_("CFBundleShortVersionString")
+            build = bundle.objectForInfoDictionaryKey_("CFBundleVersion")
+            version = f"{short or '?'} ({build or '?'})"
+        return f"macOS {platform.mac_ver()[0]} ({info}), Virtualization.framework {version}"
+
 
 def load_platform() -> DarwinPlatform:
     """Import PyObjC's Virtualization (macOS only).

@@ -30,14 +30,23 @@ ends the VM with the process; the guest powering off (``halt``: the delegate's
 ``microagent-vmhost: error: {json}`` (:data:`.control.ERROR_LINE`), which the
 supervisor turns back into the same error kind; exit status 2.
 
+Snapshots (macOS 14+): the ``save`` control op writes the paused VM's
+state with ``saveMachineStateToURL:completionHandler:`` (the VM stays
+paused; the supervisor pauses and resumes it around the op).  ``--restore
+FILE`` creates the VM from the same configuration and, instead of starting
+it, restores it with ``restoreMachineStateFromURL:completionHandler:`` and
+resumes it; everything after that (``running``, ``vsock.sock``) is as after
+a start.  Both first ask the configuration ``validateSaveRestoreSupportWithError:``.
+
 ``--check`` builds and validates the configuration of ``--spec FILE`` and
-prints the outcome as JSON; ``--probe`` prints what this Mac allows.  Both
+prints the outcome as JSON; ``--probe`` prints what this Mac allows and the
+framework's version (what a snapshot records and a restore compares).  Both
 exist so that only this process (run by the signed interpreter) ever touches
 Virtualization.framework.
 
 The OS API arrives through a *platform*: ``vz`` (the ``Virtualization``
-module), ``run_slice(seconds)`` and ``make_delegate(on_guest_stop,
-on_error)``.  :mod:`.runloop` supplies the macOS one; tests pass
+module), ``run_slice(seconds)``, ``make_delegate(on_guest_stop,
+on_error)`` and ``framework_version()``.  :mod:`.runloop` supplies the macOS one; tests pass
 ``tests/applevf/fake_vz.py``'s.
 """
 
@@ -55,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from microagent.errors import Conflict, MicroagentError, PolicyDenied, Transient
+from microagent.errors import Conflict, MicroagentError, Permanent, PolicyDenied, Transient, Unsupported
 from microagent.supervisors.applevf import control
 from microagent.supervisors.applevf.vzconfig import SPEC_FILE, build_configuration
 from microagent.unixsock import listen_unix
@@ -75,6 +84,10 @@ class Platform(Protocol):
     def run_slice(self, seconds: float) -> None: ...
 
     def make_delegate(self, on_guest_stop: Callable[[], None], on_error: Callable[[str], None]) -> Any: ...
+
+    def framework_version(self) -> str:
+        """The OS and Virtualization.framework version a saved state is bound to."""
+        ...
 
 
 def log(message: str) -> None:
@@ -114,12 +127,15 @@ class Bridge:
 class VMHost:
     """The VM, its sockets and its loop."""
 
-    def __init__(self, platform: Platform, spec: dict[str, Any]) -> None:
+    def __init__(self, platform: Platform, spec: dict[str, Any], restore: str | None = None) -> None:
         self.platform = platform
         self.vz = platform.vz
         self.spec = spec
+        #: a saved-state file to restore instead of booting
+        self.restore = restore
         self.sel = selectors.DefaultSelector()
         self.vm: Any = None
+        self.config: Any = None
         self.delegate: Any = None  # VZ holds its delegate weakly: keep it here
         self.state = "starting"
         self.severed: list[str] = []
@@ -168,16 +184,44 @@ class VMHost:
         """
         self.control = self._listen(control.CONTROL_SOCKET)
         self.sel.register(self.control, selectors.EVENT_READ, ("control",))
-        config = build_configuration(self.vz, self.spec)
+        self.config = config = build_configuration(self.vz, self.spec)
+        if self.restore is not None:
+            self._check_save_restore("restore")
         self.vm = self.vz.VZVirtualMachine.alloc().initWithConfiguration_(config)
         self.delegate = self.platform.make_delegate(self._guest_stopped, self._stopped_with_error)
         self.vm.setDelegate_(self.delegate)
+        if self.restore is not None:
+            restore = getattr(self.vm, "restoreMachineStateFromURL_completionHandler_", None)
+            if restore is None:
+                raise Unsupported("restoring a VM needs macOS 14 or later", "start the workspace without a snapshot")
+            restore(self.vz.NSURL.fileURLWithPath_(self.restore), self._restored)
+            log(f"restoring {self.spec.get('name', '?')} from {self.restore}")
+            return
         self.vm.startWithCompletionHandler_(self._started)
         log(f"starting {self.spec.get('name', '?')}: {self.spec['commandLine']}")
 
+    def _check_save_restore(self, what: str) -> None:
+        """:raises Permanent: the framework says this configuration cannot be saved or restored."""
+        validate = getattr(self.config, "validateSaveRestoreSupportWithError_", None)
+        if validate is None:
+            raise Unsupported(f"{what} of a VM's state needs macOS 14 or later", "use a cold start")
+        ok, err = validate(None)
+        if not ok:
+            raise Permanent(f"Virtualization.framework cannot {what} this VM's state: {_describe(err)}",
+                            "snapshots need a configuration the framework can save (see docs/backends/apple-vf.md)")
+
+    def _restored(self, err: Any) -> None:
+        if err is not None:
+            self._fatal(Permanent(f"Virtualization.framework could not restore the VM from {self.restore}: "
+                                  f"{_describe(err)}", "take a new snapshot after a cold start"))
+            return
+        log("restored; resuming")
+        self.vm.resumeWithCompletionHandler_(self._started)
+
     def _started(self, err: Any) -> None:
         if err is not None:
-            self._fatal(MicroagentError(f"Virtualization.framework could not start the VM: {_describe(err)}",
+            verb = "resume the restored" if self.restore is not None else "start the"
+            self._fatal(MicroagentError(f"Virtualization.framework could not {verb} VM: {_describe(err)}",
                                         "see serial.log and vmm.log in the runtime directory"))
             return
         self.vsock = self._listen(control.VSOCK_SOCKET)
@@ -245,7 +289,7 @@ class VMHost:
                                                                  "canRequestStop")}
         return {"ok": True, "state": self.state, "vzState": self.vz_state(), "pid": os.getpid(),
                 "severed": list(self.severed), "bridges": sum(1 for b in self.bridges if b.fd is not None),
-                **flags}
+                "framework": self.platform.framework_version(), **flags}
 
     def handle_request(self, sock: socket.socket, request: dict[str, Any]) -> None:
         op = request.get("op")
@@ -283,6 +327,8 @@ class VMHost:
                 vm.pauseWithCompletionHandler_(done)
             else:
                 vm.resumeWithCompletionHandler_(done)
+        elif op == "save":
+            self._save(sock, request.get("path"))
         elif op == "sever":
             self._reply(sock, {"ok": True, "severed": self.sever()})
         elif op == "connect-vsock":
@@ -296,6 +342,35 @@ class VMHost:
                 self._add_bridge(sock, port, one_shot=True)
         else:
             self._refuse(sock, MicroagentError(f"unknown op {op!r}; use one of {', '.join(control.OPS)}"))
+
+    def _save(self, sock: socket.socket, path: Any) -> None:
+        """``saveMachineStateToURL:``; the framework refuses a VM that is not paused."""
+        if not isinstance(path, str) or not os.path.isabs(path):
+            self._refuse(sock, MicroagentError("save needs an absolute path"))
+            return
+        try:
+            self._check_save_restore("save")
+        except MicroagentError as err:
+            self._refuse(sock, err)
+            return
+        save = getattr(self.vm, "saveMachineStateToURL_completionHandler_", None)
+        if save is None:
+            self._refuse(sock, Unsupported("saving a VM's state needs macOS 14 or later"))
+            return
+        was = self.vz_state()
+
+        def done(err: Any, sock: socket.socket = sock) -> None:
+            if err is None:
+                log(f"saved the VM's state to {path}")
+                self._reply(sock, {"ok": True, "path": path, "vzState": self.vz_state()})
+            elif was != "paused":
+                self._refuse(sock, Conflict(f"Virtualization.framework refused to save the {was} VM: "
+                                            f"{_describe(err)}", "pause it first"))
+            else:
+                self._refuse(sock, Permanent(f"Virtualization.framework could not save the VM: {_describe(err)}",
+                                             "check the free space of the state directory's disk; see vmm.log"))
+
+        save(self.vz.NSURL.fileURLWithPath_(path), done)
 
     def sever(self) -> list[str]:
         """Cut every host path into the guest; the VM itself keeps running."""
@@ -534,6 +609,7 @@ def probe(platform: Platform) -> dict[str, Any]:
     cls = vz.VZVirtualMachineConfiguration
     mib = 1024 * 1024
     return {"ok": True, "supported": bool(vz.VZVirtualMachine.isSupported()),
+            "framework": platform.framework_version(),
             "cpuCount": [int(cls.minimumAllowedCPUCount()), int(cls.maximumAllowedCPUCount())],
             "memoryMiB": [-(-int(cls.minimumAllowedMemorySize()) // mib), int(cls.maximumAllowedMemorySize()) // mib]}
 
@@ -543,6 +619,7 @@ def main(argv: list[str] | None = None, platform: Platform | None = None) -> int
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--spec", help="the VM spec (default: <state-dir>/<name>/applevf.json)")
+    parser.add_argument("--restore", metavar="FILE", help="restore this saved state instead of booting")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="build and validate the configuration; print JSON")
     mode.add_argument("--probe", action="store_true", help="print what this Mac allows as JSON")
@@ -576,7 +653,7 @@ def main(argv: list[str] | None = None, platform: Platform | None = None) -> int
         return 2
 
     os.chdir(runtime)
-    host = VMHost(platform, spec)
+    host = VMHost(platform, spec, restore=args.restore)
 
     def on_term(*_: Any) -> None:
         host.term_requested = True

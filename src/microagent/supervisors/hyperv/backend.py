@@ -19,6 +19,11 @@ plays the PID's role) and this module supplies how HCS maps onto it
 
 The channel helper (:mod:`.helper`) is the one host process per workspace;
 it is tracked through a :class:`~.helpers.HelperLauncher`.
+
+Snapshots (:mod:`.snapshot`): ``save_vm`` saves the paused compute system
+with ``HcsSaveComputeSystem``; a ``start`` with a snapshot creates the
+system with ``RestoreState`` in its document, and the shared lifecycle makes
+the guest whole over the channel as on every backend.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from microagent.runtime_state import RuntimeDir, RuntimeRecord, locate_runtime_d
 from microagent.supervisors import netattach
 from microagent.supervisors.handle import HelperHandle
 from microagent.supervisors.hyperv import documents as docs
+from microagent.supervisors.hyperv import snapshot
 from microagent.supervisors.hyperv.hcs import ComputeCore, HcsApi
 from microagent.supervisors.hyperv.helpers import HelperLauncher, default_launcher
 from microagent.supervisors.hyperv.system import HCS_TIMEOUT_S, ComputeSystemHandle, LaunchedHelper
@@ -81,6 +87,7 @@ class HyperVBackend(VMMBackend):
 
     name = "windows-hyperv"
     boot_files = (CONTROL_JSON,)
+    supports_snapshots = True  # :mod:`.snapshot`
 
     def __init__(self, hcs: HcsApi | None = None, helpers: HelperLauncher | None = None) -> None:
         self.hcs: HcsApi = hcs if hcs is not None else ComputeCore()
@@ -106,13 +113,15 @@ class HyperVBackend(VMMBackend):
         return LaunchedHelper(self.helpers, runtime.helper) if runtime is not None and runtime.helper else None
 
     def spawn_helper(self, rt: RuntimeDir, runtime: RuntimeRecord, hello_timeout: float,
-                     listeners: list[Any]) -> HelperHandle:
+                     listeners: list[Any], generation: int | None = None) -> HelperHandle:
         """The helper binds the published ports itself (``--publish``): ``listeners`` is empty."""
         assert runtime.systemId and runtime.vmId
         argv = [sys.executable, "-m", "microagent.supervisors.hyperv.helper", "--vm-id", runtime.vmId,
                 "--port", str(docs.CHANNEL_PORT), "--listen", str(rt.control_socket),
                 "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
                 "--serial-pipe", docs.com_pipe(runtime.systemId), "--serial-log", str(rt.serial_log)]
+        if generation is not None:  # a restored guest's, handed to guest init in the helper's HELLO
+            argv += ["--generation", str(generation)]
         for f in ((runtime.config or {}).get("network") or {}).get("portForwards") or ():
             argv += ["--publish", f"{f.get('host', '127.0.0.1')}:{f['hostPort']}:{f['guestPort']}"]
         from microagent.egress.runtime import helper_args
@@ -267,6 +276,8 @@ class HyperVBackend(VMMBackend):
                      attachment: netattach.Attachment) -> Request:
         """The rootfs VHD (from the seed) and the per-boot config VHD."""
         assert isinstance(ctx, HyperVBoot) and isinstance(attachment, HnsAttachment)
+        if request.snapshot is not None:  # before the seed becomes rootfs.vhd
+            self._prepare_restore(request, attachment.nic)
         ctx.rootfs = self._rootfs_vhd(request, rt)
         ctx.config_vhd = self._config_vhd(request, rt, attachment.ip, attachment.prefix)
         ctx.nic = attachment.nic
@@ -294,16 +305,43 @@ class HyperVBackend(VMMBackend):
         raw.write_bytes(body + b"\0" * (CONFIG_DISK_BYTES - len(body)))
         return raw_to_fixed_vhd(raw, rt.path / "config.vhd")
 
+    def _prepare_restore(self, request: Request, nic: docs.NetworkAttachment | None) -> None:
+        """Refuse another Windows build or device layout; an in-place restore takes the
+        snapshot's disk as the seed (a fork's was copied when it was created)."""
+        assert request.snapshot is not None and request.config is not None
+        source = Path(request.snapshot.path)
+        layout = docs.device_layout(docs.compute_system_document(self._spec(
+            request, docs.compute_system_id(request.config.stateDir, self._name(request)),
+            Path("rootfs.vhd"), Path("config.vhd"), nic)))
+        self.refuse_incompatible(request, self.hcs.host_version(), layout, snapshot.WHY_VERSION)
+        if not (source / snapshot.STATE_FILE).is_file():
+            raise NotFound(f"the snapshot {source} has no {snapshot.STATE_FILE} file",
+                           "take a new snapshot after a cold start")
+        if not request.snapshot.private:
+            from microagent.images.ext4 import copy_disk
+
+            copy_disk(source / snapshot.DISK_FILE, Path(request.config.rootfsPath))
+
+    def save_vm(self, rt: RuntimeDir, dest: Path, *, resume: bool) -> dict[str, Any]:
+        document = read_json(rt.path / "hcs-document.json")
+        if not document:
+            raise Permanent(f"workspace {rt.path.name} has no hcs-document.json to record its layout",
+                            "halt it and start it again, then take the snapshot")
+        vhd = Path(document["VirtualMachine"]["Devices"]["Scsi"]["0"]["Attachments"]["0"]["Path"])
+        snapshot.save(self.hcs, self.vm_handle(rt), dest, vhd, resume=resume)
+        return {"vmm": self.name, "vmmVersion": self.hcs.host_version(), "layout": docs.device_layout(document)}
+
     def _spec(self, request: Request, system_id: str, rootfs: Path, config_vhd: Path,
               network: docs.NetworkAttachment | None) -> docs.VmSpec:
         cfg = request.config
         assert cfg is not None
+        restore = str(Path(request.snapshot.path) / snapshot.STATE_FILE) if request.snapshot else ""
         return docs.VmSpec(
             system_id=system_id, kernel_path=cfg.kernelPath, initrd_path=cfg.initrdPath,
             rootfs_vhd=str(rootfs), config_vhd=str(config_vhd), hostname=cfg.hostname or self._name(request),
             memory_mib=cfg.memoryMiB, cpu_count=cfg.cpuCount, kernel_args=cfg.kernelArgs,
             extra_disks=tuple(docs.DiskAttachment(d.path, d.mode == "ro") for d in cfg.disks),
-            network=network)
+            network=network, restore_from=restore)
 
     def launch(self, request: Request, rt: RuntimeDir, ctx: BootContext) -> tuple[ComputeSystemHandle, dict[str, Any]]:
         """Create (not start) the compute system, its files granted to the VM."""
@@ -313,7 +351,9 @@ class HyperVBackend(VMMBackend):
         document = docs.compute_system_document(self._spec(request, vm.system_id, ctx.rootfs, ctx.config_vhd,
                                                            ctx.nic))
         write_json_atomic(rt.path / "hcs-document.json", document)
-        for path in (cfg.kernelPath, cfg.initrdPath, str(ctx.rootfs), str(ctx.config_vhd), *(d.path for d in cfg.disks)):
+        restore = document["VirtualMachine"].get("RestoreState", {}).get("SaveStateFilePath", "")
+        for path in (cfg.kernelPath, cfg.initrdPath, str(ctx.rootfs), str(ctx.config_vhd), *(d.path for d in cfg.disks),
+                     restore):
             if path:
                 self.hcs.grant_vm_access(vm.system_id, path)
         self.hcs.create_compute_system(vm.system_id, json.dumps(document), HCS_TIMEOUT_S)

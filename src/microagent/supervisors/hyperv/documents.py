@@ -15,6 +15,13 @@ Disk layout seen by the guest (one SCSI controller, LUN order = probe order):
 LUN 0 ``rootfs.vhd`` → ``/dev/sda`` (read-write), LUN 1 the per-boot config
 disk → ``/dev/sdb`` (read-only), LUN 2.. extra disks → ``/dev/sdc``...
 
+Snapshots: :func:`save_options` is the ``SaveOptions`` of
+``HcsSaveComputeSystem`` (``SaveType`` ``ToFile``, ``SaveStateFilePath``);
+a restore is the same ``ComputeSystem`` document with
+``VirtualMachine.RestoreState.SaveStateFilePath`` (hcsshim's schema2
+``SaveOptions``/``RestoreState``); :func:`device_layout` is what a saved state
+is bound to.
+
 Guest channel: guest init listens on vsock port 1024; the Linux ``hv_sock``
 transport exposes a vsock port ``N`` as the Hyper-V socket service
 ``{N:08x}-facb-11e6-bd58-64006a7986d3``.  The HvSocket config lets host
@@ -121,6 +128,8 @@ class VmSpec:
     network: NetworkAttachment | None = None
     channel_port: int = CHANNEL_PORT
     com_pipe: str = ""
+    #: a saved-state file to restore the system from instead of booting it
+    restore_from: str = ""
 
 
 def kernel_cmdline(spec: VmSpec) -> str:
@@ -161,7 +170,7 @@ def compute_system_document(spec: VmSpec) -> dict[str, Any]:
     if spec.network is not None:
         devices["NetworkAdapters"] = {GUEST_NIC: {"EndpointId": spec.network.endpoint_id,
                                                   "MacAddress": spec.network.mac_address}}
-    doc = {
+    doc: dict[str, Any] = {
         "Owner": OWNER,
         "SchemaVersion": dict(SCHEMA_VERSION),
         "ShouldTerminateOnLastHandleClosed": False,
@@ -173,8 +182,37 @@ def compute_system_document(spec: VmSpec) -> dict[str, Any]:
             "Devices": devices,
         },
     }
+    if spec.restore_from:
+        doc["VirtualMachine"]["RestoreState"] = {"SaveStateFilePath": spec.restore_from}
     check_shape(doc, COMPUTE_SYSTEM_SHAPE)
     return doc
+
+
+def save_options(path: str) -> dict[str, Any]:
+    """The ``SaveOptions`` of ``HcsSaveComputeSystem``: the state written to ``path``."""
+    doc = {"SaveType": "ToFile", "SaveStateFilePath": path}
+    check_shape(doc, SAVE_OPTIONS_SHAPE)
+    return doc
+
+
+def device_layout(doc: dict[str, Any]) -> str:
+    """What a saved state is bound to, from a ``ComputeSystem`` document: memory, processors,
+    the SCSI attachments (LUN, type, read-only), the Hyper-V socket services, the COM ports and
+    the NICs (names) — not the files behind the disks, nor the endpoint."""
+    import json
+
+    vm = doc.get("VirtualMachine", {})
+    topo, devices = vm.get("ComputeTopology", {}), vm.get("Devices", {})
+    layout = {
+        "memMiB": topo.get("Memory", {}).get("SizeInMB"), "cpus": topo.get("Processor", {}).get("Count"),
+        "scsi": {c: sorted([lun, a.get("Type"), bool(a.get("ReadOnly"))]
+                           for lun, a in ctl.get("Attachments", {}).items())
+                 for c, ctl in devices.get("Scsi", {}).items()},
+        "hvsock": sorted(devices.get("HvSocket", {}).get("HvSocketConfig", {}).get("ServiceTable", {})),
+        "com": sorted(devices.get("ComPorts", {})),
+        "nics": sorted(devices.get("NetworkAdapters", {})),
+    }
+    return json.dumps(layout, sort_keys=True, separators=(",", ":"))
 
 
 def nat_network_document() -> dict[str, Any]:
@@ -299,8 +337,11 @@ COMPUTE_SYSTEM_SHAPE = Obj({
             "NetworkAdapters": MapOf(Obj({"EndpointId": GUID, "MacAddress": Pattern(_MAC.pattern)},
                                          frozenset({"EndpointId"}))),
         }),
+        "RestoreState": Obj({"SaveStateFilePath": str, "RuntimeStateFilePath": str, "TemplateSystemId": str}),
     }, frozenset({"Chipset", "ComputeTopology", "Devices"})),
 }, frozenset({"SchemaVersion", "VirtualMachine"}))
+SAVE_OPTIONS_SHAPE = Obj({"SaveType": Enum(("ToFile", "AsTemplate")), "SaveStateFilePath": str,
+                          "RuntimeStateFilePath": str})
 ROUTE = Obj({"NextHop": str, "DestinationPrefix": str, "Metric": int}, frozenset({"NextHop", "DestinationPrefix"}))
 NETWORK_SHAPE = Obj({
     "SchemaVersion": VERSION, "Owner": str, "Name": str, "Id": GUID, "Flags": int,

@@ -7,8 +7,10 @@ Which DLL exports what (checked against Microsoft's HCS/HCN API reference):
   ``HcsCloseOperation``, ``HcsCreateComputeSystem``, ``HcsOpenComputeSystem``,
   ``HcsStartComputeSystem``, ``HcsShutdownComputeSystem``,
   ``HcsTerminateComputeSystem``, ``HcsPauseComputeSystem``,
-  ``HcsResumeComputeSystem``, ``HcsGetComputeSystemProperties``,
-  ``HcsCloseComputeSystem``, ``HcsGrantVmAccess``.  Result documents are
+  ``HcsResumeComputeSystem``, ``HcsSaveComputeSystem``, ``HcsGetComputeSystemProperties``,
+  ``HcsCloseComputeSystem``, ``HcsGrantVmAccess``.  A restore is no call of
+  its own: ``HcsCreateComputeSystem`` with ``VirtualMachine.RestoreState``
+  in the document.  Result documents are
   freed with ``LocalFree`` (kernel32).
 - ``vmcompute.dll`` exports the older, synchronous "v1" functions under the
   *same names* with *different signatures* (no ``HCS_OPERATION``; a
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import platform
 import sys
 import uuid
 from typing import Any, Callable, Protocol
@@ -72,6 +75,7 @@ ERROR_FILE_NOT_FOUND = 0x80070002
 ERROR_PATH_NOT_FOUND = 0x80070003
 ERROR_NOT_ENOUGH_MEMORY = 0x80070008
 ERROR_DISK_FULL = 0x80070070
+ERROR_FILE_CORRUPT = 0x80070570
 ERROR_NO_SYSTEM_RESOURCES = 0x800705AA
 ERROR_TIMEOUT = 0x800705B4
 
@@ -101,6 +105,7 @@ HRESULT_KINDS: dict[int, tuple[type[MicroagentError], str, str]] = {
     ERROR_NOT_ENOUGH_MEMORY: (ResourceExhausted, "ERROR_NOT_ENOUGH_MEMORY", "lower --memory or stop other VMs"),
     ERROR_NO_SYSTEM_RESOURCES: (ResourceExhausted, "ERROR_NO_SYSTEM_RESOURCES", "stop other VMs and retry"),
     ERROR_DISK_FULL: (ResourceExhausted, "ERROR_DISK_FULL", "free disk space"),
+    ERROR_FILE_CORRUPT: (Permanent, "ERROR_FILE_CORRUPT", "the saved state is damaged: take a new snapshot"),
     ERROR_FILE_NOT_FOUND: (NotFound, "ERROR_FILE_NOT_FOUND", "check the kernel, initrd and disk paths"),
     ERROR_PATH_NOT_FOUND: (NotFound, "ERROR_PATH_NOT_FOUND", "check the kernel, initrd and disk paths"),
     ERROR_TIMEOUT: (Transient, "ERROR_TIMEOUT", "retry"),
@@ -175,6 +180,13 @@ class HcsApi(Protocol):
 
     def resume_compute_system(self, system_id: str, timeout: float) -> None: ...
 
+    def save_compute_system(self, system_id: str, options: str, timeout: float) -> None:
+        """Save a *paused* system's state as a ``SaveOptions`` document says (``HcsSaveComputeSystem``;
+        ``HCS_E_INVALID_STATE`` while it runs).  The system stays paused."""
+
+    def host_version(self) -> str:
+        """The Windows build a saved state is bound to (what a snapshot records and a restore compares)."""
+
     def get_compute_system_properties(self, system_id: str, query: str, timeout: float) -> dict[str, Any]:
         """The properties document (``State``, ``RuntimeId``, ...)."""
 
@@ -216,6 +228,8 @@ def _win_loader(name: str) -> Any:
                           "enable Hyper-V and the Windows Hypervisor Platform, then reboot") from exc
 
 
+#: the compute system schema the documents are written in (documents.SCHEMA_VERSION)
+SCHEMA_MAJOR_MINOR = "2.1"
 HRESULT_T = ctypes.c_long
 HANDLE_T = ctypes.c_void_p
 PWSTR_OUT = ctypes.POINTER(ctypes.c_void_p)
@@ -234,6 +248,7 @@ _SIGNATURES: dict[str, dict[str, tuple[Any, list[Any]]]] = {
         "HcsTerminateComputeSystem": (HRESULT_T, [HANDLE_T, HANDLE_T, ctypes.c_wchar_p]),
         "HcsPauseComputeSystem": (HRESULT_T, [HANDLE_T, HANDLE_T, ctypes.c_wchar_p]),
         "HcsResumeComputeSystem": (HRESULT_T, [HANDLE_T, HANDLE_T, ctypes.c_wchar_p]),
+        "HcsSaveComputeSystem": (HRESULT_T, [HANDLE_T, HANDLE_T, ctypes.c_wchar_p]),
         "HcsGetComputeSystemProperties": (HRESULT_T, [HANDLE_T, HANDLE_T, ctypes.c_wchar_p]),
         "HcsGrantVmAccess": (HRESULT_T, [ctypes.c_wchar_p, ctypes.c_wchar_p]),
     },
@@ -357,6 +372,13 @@ class ComputeCore:
 
     def resume_compute_system(self, system_id: str, timeout: float) -> None:
         self._simple("HcsResumeComputeSystem", system_id, timeout)
+
+    def save_compute_system(self, system_id: str, options: str, timeout: float) -> None:
+        fn = self._fn("computecore.dll", "HcsSaveComputeSystem")
+        self._with_system(system_id, "HcsSaveComputeSystem", timeout, lambda h, op: fn(h, op, options))
+
+    def host_version(self) -> str:
+        return f"Windows {platform.version()} (HCS schema {SCHEMA_MAJOR_MINOR})"
 
     def get_compute_system_properties(self, system_id: str, query: str, timeout: float) -> dict[str, Any]:
         fn = self._fn("computecore.dll", "HcsGetComputeSystemProperties")

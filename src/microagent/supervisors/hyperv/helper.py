@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial-pipe", default="", help=r"\\.\pipe\... of COM1")
     parser.add_argument("--serial-log", default="serial.log")
     parser.add_argument("--publish", action="append", default=[], metavar="HOST:HOSTPORT:GUESTPORT")
+    parser.add_argument("--generation", type=int, default=None,
+                        help="the restore generation to hand guest init in HELLO (after a snapshot restore)")
     from microagent.egress.helper import add_arguments, prepare
 
     add_arguments(parser, required=False)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if egress is not None:
             egress(endpoint)
 
-    return serve_guest(guest, args.listen, deadline, transport=transport, after_ready=after_ready)
+    return serve_guest(guest, args.listen, deadline, transport=transport, after_ready=after_ready,
+                       generation=args.generation)
 
 if __name__ == "__main__":
     sys.exit(main())
