@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import _thread
 import os
-from collections.abc import Callable, Iterator
-from functools import wraps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and pathlib cost the CLI's start-up (every command sets the umask here)
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from pathlib import Path
     from typing import BinaryIO, TypeVar
@@ -26,12 +25,14 @@ def _contextmanager(func: Callable[..., Iterator[_T]]) -> Callable[..., Abstract
     """:func:`contextlib.contextmanager`, with contextlib imported on first use: every
     CLI command imports this module (the umask), few write a file."""
 
-    @wraps(func)
     def call(*args: object, **kwargs: object) -> AbstractContextManager[_T]:
         from contextlib import contextmanager
 
         return contextmanager(func)(*args, **kwargs)
 
+    # functools.wraps by hand: functools costs the channel helper memory
+    call.__name__, call.__qualname__, call.__doc__ = func.__name__, func.__qualname__, func.__doc__
+    call.__wrapped__ = func  # type: ignore[attr-defined]
     return call
 
 

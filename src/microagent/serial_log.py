@@ -22,17 +22,19 @@ says otherwise (at least :data:`MIN_CAP_BYTES`).
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
 
 from microagent.fsutil import atomic_writer, open_private_append, restrict_umask
 
 DEFAULT_CAP_BYTES = 8 * 1024 * 1024
 MIN_CAP_BYTES = 64 * 1024
 CAP_ENV = "MICROAGENT_SERIAL_LOG_MAX_BYTES"
-CHECK_INTERVAL_S = 1.0
+CHECK_INTERVAL_S = 1.0  # the channel helper's checks (channel/router.py), and the watcher's
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pathlib costs the channel helper (one per workspace) memory it need not pay
+    from collections.abc import Mapping
+    from pathlib import Path
 _CHUNK = 1024 * 1024
 
 
@@ -64,7 +66,7 @@ def start_new_boot(path: Path, banner: str) -> None:
         os.close(fd)
 
 
-def enforce_cap(path: Path, cap: int) -> bool:
+def enforce_cap(path: str | Path, cap: int) -> bool:
     """Past ``cap`` bytes: the newest ``cap`` bytes become ``serial.log.1`` and the log
     starts again (with a line saying so).  Returns whether it rotated."""
     try:
@@ -75,7 +77,7 @@ def enforce_cap(path: Path, cap: int) -> bool:
         size = os.fstat(src.fileno()).st_size
         if size <= cap:
             return False
-        old = previous(path)
+        old = os.fspath(path) + ".1"  # previous(), for a path given as text
         with atomic_writer(old) as dst:
             src.seek(max(0, size - cap))
             left = min(size, cap)  # not what the guest appends meanwhile: that stays for the truncate to drop
@@ -85,26 +87,11 @@ def enforce_cap(path: Path, cap: int) -> bool:
         os.truncate(path, 0)
     fd = open_private_append(path)
     try:
-        os.write(fd, f"[microagent] serial.log passed {cap} bytes; older output is in {old.name}\n".encode())
+        os.write(fd, f"[microagent] serial.log passed {cap} bytes; older output is in "
+                     f"{os.path.basename(old)}\n".encode())
     finally:
         os.close(fd)
     return True
-
-
-def start_guard(path: Path, cap: int, interval: float = CHECK_INTERVAL_S) -> threading.Thread:
-    """A daemon thread that keeps ``path`` under ``cap`` for as long as the process lives."""
-
-    def run() -> None:
-        while True:
-            try:
-                enforce_cap(path, cap)
-            except OSError:
-                pass  # the runtime directory is going away, or a transient error: try again
-            time.sleep(interval)
-
-    thread = threading.Thread(target=run, daemon=True, name="serial-log-cap")
-    thread.start()
-    return thread
 
 
 def read_tail(path: Path, max_bytes: int) -> tuple[bytes, int]:
@@ -136,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     restrict_umask()
     while _running(int(pid)):
         try:
-            enforce_cap(Path(path), int(cap))
+            enforce_cap(path, int(cap))
         except OSError:
             pass
         time.sleep(CHECK_INTERVAL_S)
@@ -145,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    if Path("/proc/self/stat").exists():
+    if os.path.exists("/proc/self/stat"):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
         except OSError:
             return False
         return stat[stat.rfind(")") + 2:][:1] != "Z"

@@ -18,7 +18,7 @@ import pytest
 
 from microagent.paths import host_arch, kernel_dir, state_root
 from microagent.serial_log import CHECK_INTERVAL_S as CHECK_S
-from microagent.serial_log import cap_bytes, enforce_cap, read_tail, start_guard, start_new_boot
+from microagent.serial_log import cap_bytes, enforce_cap, read_tail, start_new_boot
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
 CAP = 128 * 1024
@@ -62,11 +62,20 @@ def test_each_boot_starts_a_new_log_and_keeps_one(tmp_path: Path) -> None:
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
 
 
-def test_the_guard_bounds_a_log_an_o_append_writer_keeps_growing(tmp_path: Path) -> None:
-    """What the VMM does: one O_APPEND descriptor, written as fast as it can."""
+def test_the_channel_helper_bounds_a_log_an_o_append_writer_keeps_growing(tmp_path: Path) -> None:
+    """What the VMM does: one O_APPEND descriptor, written as fast as it can, while the
+    channel helper's loop (checking more often than its default second) keeps the cap."""
+    import socket
+
+    from microagent.channel.router import Router
+
     log = tmp_path / "serial.log"
     log.touch()
-    start_guard(log, CAP, interval=0.05)
+    guest, host_end = socket.socketpair()
+    router = Router(host_end, socket.socket(socket.AF_INET))
+    router.serial_cap, router.serial_check_s = (str(log), CAP), 0.05
+    loop = threading.Thread(target=router.serve, daemon=True)
+    loop.start()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND)
     biggest = 0
     chunk = b"x" * 1023 + b"\n"
@@ -79,6 +88,10 @@ def test_the_guard_bounds_a_log_an_o_append_writer_keeps_growing(tmp_path: Path)
     finally:
         os.close(fd)
     time.sleep(0.3)
+    router.running = False
+    loop.join(5)
+    guest.close()
+    router.close()
     assert log.stat().st_size <= CAP and biggest < 4 * CAP
     assert (tmp_path / "serial.log.1").stat().st_size == CAP
 

@@ -35,7 +35,6 @@ Run as ``python -m microagent.channel.router --guest unix:PATH --listen PATH``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import selectors
@@ -43,7 +42,10 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs each helper memory (one helper per workspace); so do argparse and pathlib
+    from typing import Any, Callable
 
 from microagent.channel.errors import ProtocolError
 from microagent.channel.frames import (
@@ -130,6 +132,8 @@ class Router:
     max_sessions_per_client = 256
     count_interval_s = 0.5
     """Seconds between writes of ``exec-count.json`` (so ``stats`` lags by at most about this)."""
+    serial_check_s = 1.0
+    """Seconds between checks of the console log's size (:data:`microagent.serial_log.CHECK_INTERVAL_S`)."""
 
     def __init__(self, guest: socket.socket, listener: socket.socket, token: str | None = None) -> None:
         self.token = token  # required in every client HELLO when set (the loopback-TCP endpoint)
@@ -147,6 +151,8 @@ class Router:
         self.count_path: str | None = None  # where the count is published (exec-count.json)
         self._count_written = 0
         self._count_written_at = 0.0
+        self.serial_cap: tuple[str, int] | None = None  # the console log kept under its cap, and the cap
+        self._serial_checked_at = 0.0
         guest.setblocking(False)
         listener.setblocking(False)
 
@@ -207,7 +213,7 @@ class Router:
             self.sel.register(self.vm_events, selectors.EVENT_READ, self.vm_events)
         self._set_events(self.guest, selectors.EVENT_READ)
         while self.running:
-            for key, events in self.sel.select(timeout=0.25):
+            for key, events in self.sel.select(timeout=min(0.25, self.serial_check_s)):
                 peer = key.data
                 if peer is None:
                     self._accept()
@@ -224,6 +230,21 @@ class Router:
             self._expire_clients()
             self._update_interest()
             self.publish_exec_count()
+            self._cap_serial_log()
+
+    def _cap_serial_log(self) -> None:
+        """Keep the guest's console log under its cap, checked every :attr:`serial_check_s`
+        (here, not in a thread of its own: helper memory)."""
+        now = time.monotonic()
+        if self.serial_cap is None or now - self._serial_checked_at < self.serial_check_s:
+            return
+        from microagent.serial_log import enforce_cap
+
+        self._serial_checked_at = now
+        try:
+            enforce_cap(*self.serial_cap)
+        except OSError:
+            pass  # the runtime directory is going away, or a transient error: next time
 
     def _read_vm_events(self) -> None:
         before = self.vm_events.reason
@@ -236,7 +257,7 @@ class Router:
         if reason != before:
             log(f"the VMM paused the VM: {reason}" if reason else "the VM runs again")
             if reason:
-                _note_paused(self.vm_events.path.parent, reason)
+                _note_paused(os.path.dirname(self.vm_events.path), reason)
 
     def _set_events(self, peer: Peer, events: int) -> None:
         if events == peer.events:
@@ -553,7 +574,7 @@ def _open_kind(payload: bytes) -> object:
     return doc.get("kind") if isinstance(doc, dict) else None
 
 
-def _note_paused(runtime_dir: Any, reason: str) -> None:
+def _note_paused(runtime_dir: str, reason: str) -> None:
     """Mark the workspace paused in its record (best effort: the disk may be full)."""
     from microagent.channel.vm_events import mark_paused
 
@@ -565,17 +586,15 @@ def _note_paused(runtime_dir: Any, reason: str) -> None:
 
 def watch_vm_events(path: str) -> Any:
     """A :class:`~microagent.channel.vm_events.PauseWatcher` on ``path``, or ``None``."""
-    from pathlib import Path
-
     from microagent.channel.vm_events import PauseWatcher
 
     try:
-        watcher = PauseWatcher(Path(os.path.abspath(path)))
+        watcher = PauseWatcher(os.path.abspath(path))
     except (OSError, ValueError, ConnectionError) as exc:
         log(f"not following VM pauses: cannot use the QMP monitor {path}: {exc}")
         return None
     if watcher.reason:
-        _note_paused(watcher.path.parent, watcher.reason)
+        _note_paused(os.path.dirname(watcher.path), watcher.reason)
     return watcher
 
 
@@ -676,7 +695,8 @@ def start_publishers(control: str, specs: list[str]) -> None:
 
 def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport: str,
                 after_ready: Callable[[str], None] | None = None, vm_events: str | None = None,
-                generation: int | None = None, reconnect: Callable[[], socket.socket] | None = None) -> int:
+                generation: int | None = None, reconnect: Callable[[], socket.socket] | None = None,
+                serial_cap: tuple[str, int] | None = None) -> int:
     """HELLO the guest, open the control endpoint, route until the guest goes away.
 
     Shared by this module's ``main`` and the Hyper-V helper.  The endpoint is
@@ -718,6 +738,7 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     if vm_events:
         router.vm_events = watch_vm_events(vm_events)
     router.load_exec_count(os.path.join(os.path.dirname(endpoint), EXEC_COUNT_FILE))
+    router.serial_cap = serial_cap
     log(f"ready: {endpoint}")
     if after_ready is not None:
         after_ready(endpoint)
@@ -732,34 +753,89 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     return 0
 
 
+class Options:
+    """The helper's command line (argparse would cost each helper about 1 MiB)."""
+
+    guest = listen = ""
+    hello_timeout = 60.0
+    transport = "unix" if hasattr(socket, "AF_UNIX") else "tcp"
+    vm_events: str | None = None
+    generation: int | None = None
+    reconnect_during_hello = False
+    serial_log: str | None = None
+    serial_log_max_bytes: int | None = None
+
+    def __init__(self) -> None:
+        self.publish: list[str] = []
+
+
+USAGE = """usage: microagent-router --guest SPEC --listen PATH [options]
+  --guest SPEC              unix:PATH (QEMU chardev) or fc-vsock:UDS:PORT (Firecracker)
+  --listen PATH             the control socket
+  --hello-timeout SECONDS   how long the guest has to answer HELLO (60)
+  --transport unix|tcp      the control endpoint: a Unix socket, or token-protected
+                            loopback TCP (control.json)
+  --publish FD:GUESTPORT    an inherited listening TCP socket bridged to a guest port (repeatable)
+  --vm-events QMP_SOCKET    a QMP monitor to follow the VM's pauses on (QEMU)
+  --generation N            the restore generation to hand guest init in HELLO
+  --reconnect-during-hello  connect again when the guest drops the channel during HELLO
+                            (Firecracker resets vsock connections around snapshots)
+  --serial-log PATH         the guest console log to keep under the cap
+  --serial-log-max-bytes N  that cap
+"""
+
+
+def parse_args(argv: list[str]) -> Options:
+    """:raises SystemExit: (2) for a bad command line, with the usage on stderr."""
+    def fail(message: str) -> SystemExit:
+        sys.stderr.write(f"{USAGE}microagent-router: error: {message}\n")
+        return SystemExit(2)
+
+    opts, todo = Options(), list(argv)
+    while todo:
+        flag = todo.pop(0)
+        if flag in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
+        if flag == "--reconnect-during-hello":
+            opts.reconnect_during_hello = True
+            continue
+        if flag not in ("--guest", "--listen", "--hello-timeout", "--transport", "--publish", "--vm-events",
+                        "--generation", "--serial-log", "--serial-log-max-bytes"):
+            raise fail(f"unrecognized argument: {flag}")
+        if not todo:
+            raise fail(f"{flag} needs a value")
+        value = todo.pop(0)
+        try:
+            if flag == "--publish":
+                opts.publish.append(value)
+            elif flag == "--hello-timeout":
+                opts.hello_timeout = float(value)
+            elif flag in ("--generation", "--serial-log-max-bytes"):
+                setattr(opts, flag[2:].replace("-", "_"), int(value))
+            elif flag == "--transport" and value not in ("unix", "tcp"):
+                raise fail(f"--transport must be unix or tcp, not {value!r}")
+            else:
+                setattr(opts, flag[2:].replace("-", "_"), value)
+        except ValueError:
+            raise fail(f"{flag}: not a number: {value!r}") from None
+    for required in ("guest", "listen"):
+        if not getattr(opts, required):
+            raise fail(f"--{required} is required")
+    return opts
+
+
 def main(argv: list[str] | None = None, on_ready: Callable[[str], None] | None = None) -> int:
     """The helper process; ``on_ready`` gets the control endpoint once clients can connect
     (the egress proxy's entry point, :mod:`microagent.egress.helper`, serves from there)."""
-    parser = argparse.ArgumentParser(prog="microagent-router")
-    parser.add_argument("--guest", required=True, help="unix:PATH or fc-vsock:UDS:PORT")
-    parser.add_argument("--listen", required=True, help="control socket path")
-    parser.add_argument("--hello-timeout", type=float, default=60.0)
-    parser.add_argument("--transport", choices=("unix", "tcp"), default="unix" if hasattr(socket, "AF_UNIX") else "tcp",
-                        help="control endpoint: a Unix socket, or token-protected loopback TCP (control.json)")
-    parser.add_argument("--publish", action="append", default=[], metavar="FD:GUESTPORT",
-                        help="an inherited listening TCP socket to bridge to a guest port")
-    parser.add_argument("--vm-events", default=None, metavar="QMP_SOCKET",
-                        help="a QMP monitor to follow the VM's pauses on (QEMU)")
-    parser.add_argument("--generation", type=int, default=None,
-                        help="the restore generation to hand guest init in HELLO (after a snapshot restore)")
-    parser.add_argument("--reconnect-during-hello", action="store_true",
-                        help="connect again when the guest drops the channel during HELLO (Firecracker resets "
-                             "vsock connections around snapshots); elsewhere a closed channel means the VM is gone")
-    parser.add_argument("--serial-log", default=None, help="the guest console log to keep under the cap")
-    parser.add_argument("--serial-log-max-bytes", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     restrict_umask()  # our sockets and logs are the user's alone
     if args.serial_log:
-        from pathlib import Path
+        from microagent.serial_log import cap_bytes
 
-        from microagent.serial_log import cap_bytes, start_guard
-
-        start_guard(Path(args.serial_log), args.serial_log_max_bytes or cap_bytes())
+        serial_cap = (os.path.abspath(args.serial_log), args.serial_log_max_bytes or cap_bytes())
+    else:
+        serial_cap = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     deadline = time.monotonic() + args.hello_timeout
@@ -776,7 +852,7 @@ def main(argv: list[str] | None = None, on_ready: Callable[[str], None] | None =
             on_ready(endpoint)
 
     return serve_guest(guest, args.listen, deadline, transport=args.transport, after_ready=after_ready,
-                       vm_events=args.vm_events, generation=args.generation,
+                       vm_events=args.vm_events, generation=args.generation, serial_cap=serial_cap,
                        reconnect=(lambda: connect_guest(args.guest, deadline)) if args.reconnect_during_hello
                        else None)
 

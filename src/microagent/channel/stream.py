@@ -15,8 +15,8 @@ established stream raise :class:`ChannelClosed` too.
 from __future__ import annotations
 
 import _socket  # socket.py's own start-up (its enum conversions) costs every CLI exec ~4 ms
+import _thread  # a lock without threading.py: the channel helper (one per workspace) never loads it
 import os
-import threading
 
 from microagent.channel.limits import WRITE_STALL_TIMEOUT_S
 from microagent.unixsock import connect_any_length
@@ -50,7 +50,7 @@ class SocketStream:
         self._sock = sock
         self._stall = write_stall_timeout
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     @property
     def socket(self) -> socket.socket:
@@ -130,7 +130,7 @@ class FdStream:
         self._rfd = read_fd
         self._wfd = write_fd
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def read(self, n: int) -> bytes:
         """Read up to ``n`` bytes; ``b""`` at end of stream or after close.

@@ -13,9 +13,12 @@ record (:func:`mark_paused`: best effort, the disk being full).
 from __future__ import annotations
 
 import json
+import os
 import socket
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and pathlib cost the channel helper memory (one per workspace)
+    from typing import Any
 
 from microagent.fsutil import atomic_write, overwrite_in_place
 from microagent.unixsock import connect_any_length
@@ -40,33 +43,37 @@ def paused_detail(name: str, reason: str) -> str:
     return f"paused: {reason}; see vmm.log, then 'microagent resume {name}' or kill it"
 
 
-def mark_paused(runtime_dir: Path, reason: str) -> None:
+def mark_paused(runtime_dir: str, reason: str) -> None:
     """Record in ``runtime.json`` and ``event.json`` that the VMM paused the VM on its own.
 
     Best effort: the disk may be full, so what fits in the files' blocks is
     written in place; the supervisor's next inspect asks QEMU anyway.
     """
-    runtime = _read(runtime_dir / "runtime.json")
+    runtime_path = os.path.join(runtime_dir, "runtime.json")
+    runtime = _read(runtime_path)
     if runtime.get("state") not in ("running", "starting"):
         return
     observed_at = now_rfc3339()
     runtime.update(state="paused", pausedFrom=runtime["state"], pausedReason=reason, updatedAt=observed_at)
-    _write(runtime_dir / "runtime.json", runtime)
-    event = _read(runtime_dir / "event.json")
+    _write(runtime_path, runtime)
+    event_path = os.path.join(runtime_dir, "event.json")
+    event = _read(event_path)
     if event:
-        event.update(state="paused", detail=paused_detail(runtime_dir.name, reason), observedAt=observed_at)
-        _write(runtime_dir / "event.json", event)
+        event.update(state="paused", detail=paused_detail(os.path.basename(runtime_dir), reason),
+                     observedAt=observed_at)
+        _write(event_path, event)
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as fh:
+            data = json.loads(fh.read())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
+def _write(path: str, data: dict[str, Any]) -> None:
     payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
     try:
         atomic_write(path, payload)
@@ -77,14 +84,14 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 class PauseWatcher:
     """One QMP monitor connection: ``reason`` is why the VM is paused, or ``None``."""
 
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self._buf = b""
         self.reason: str | None = None
         try:
-            connect_any_length(self.sock, str(path))
+            connect_any_length(self.sock, path)
             self._next()  # greeting
             self._call("qmp_capabilities")
             status = self._call("query-status")
