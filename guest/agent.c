@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "net.h"
 #include "service.h"
 
 static int g_sig_w = -1;
@@ -319,8 +320,9 @@ static int hexval(char c)
 }
 
 /* After a snapshot restore the clock is the snapshot's, the random pool is
- * every other restore's, and the hostname the original's: the host sends the
- * time, fresh entropy and the name, and the restore generation to report. */
+ * every other restore's, and the hostname and network the original's: the
+ * host sends the time, fresh entropy, the name, the network (the config
+ * disk's shape) and the restore generation to report. */
 static void on_restore(struct agent *a, uint32_t id, const struct jv *req)
 {
     int64_t time_ns = 0, generation = 0;
@@ -369,6 +371,19 @@ static void on_restore(struct agent *a, uint32_t id, const struct jv *req)
         snprintf(msg, sizeof msg, "%s: %s", failed, strerror(errno));
         agent_queue_error(a, id, "io_error", msg);
         return;
+    }
+    /* A fork's network is not the snapshot's: new MAC, address, gateway, DNS
+     * and hosts (net.c; PID 1 only: agent mode owns no interfaces). */
+    const struct jv *network = jget(req, "network");
+    if (a->pid1 && network && network->type != J_NULL) {
+        char name[65] = "";
+        if (!hostname)
+            gethostname(name, sizeof name - 1);
+        if (net_renew(network, hostname ? hostname : name) < 0) {
+            agent_queue_error(a, id, "io_error",
+                              "network: an interface could not be configured (see the serial log)");
+            return;
+        }
     }
     a->generation = generation;
     ma_log("restored (generation %lld)", (long long)generation);

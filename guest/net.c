@@ -1,7 +1,8 @@
 /* PID 1 only: the "network" object of the per-boot config disk.
  *
  *   {"interfaces": [{"name": "eth0", "address": "10.0.2.15", "prefix": 24,
- *                    "gateway": "10.0.2.2", "mtu": 1500}],     (or {"name": "eth0", "dhcp": true})
+ *                    "gateway": "10.0.2.2", "mtu": 1500,
+ *                    "mac": "02:..:..:..:..:.."}],             (or {"name": "eth0", "dhcp": true})
  *    "dns": ["10.0.2.3"],
  *    "hosts": [{"address": "10.0.2.2", "names": ["host.microagent.internal"]}]}
  *
@@ -9,7 +10,9 @@
  * (SIOCSIFMTU, SIOCSIFADDR, SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT). An
  * interface with "dhcp": true (and no address, prefix or gateway) gets its
  * address, netmask, default route and nameservers from a DHCP server
- * (dhcp.c); those nameservers are used when "dns" is empty.
+ * (dhcp.c); those nameservers are used when "dns" is empty. "mac" (a unicast
+ * address) is set before the interface comes up (SIOCSIFHWADDR): the host
+ * gives each workspace its own, and a restored fork a new one (net_renew).
  *
  * Validation is per entry: an interface, dns or hosts entry with a missing
  * or mistyped field, or a value out of range, is logged and skipped as a
@@ -51,6 +54,8 @@ struct iface_cfg {
     struct in_addr gw;
     int mtu; /* 0: leave alone */
     bool dhcp;
+    bool has_mac;
+    unsigned char mac[6];
 };
 
 /* Nameservers learnt by DHCP, for /etc/resolv.conf when the config has none. */
@@ -206,6 +211,58 @@ static void loopback_up(int s)
     set_up(s, "lo");
 }
 
+static int hexdigit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* "xx:xx:xx:xx:xx:xx" (hex, either case) of a unicast, non-zero address. */
+static bool parse_mac(const char *s, unsigned char out[6])
+{
+    if (strlen(s) != 17)
+        return false;
+    unsigned int any = 0;
+    for (int i = 0; i < 6; i++) {
+        int hi = hexdigit(s[3 * i]), lo = hexdigit(s[3 * i + 1]);
+        if (hi < 0 || lo < 0 || (i < 5 && s[3 * i + 2] != ':'))
+            return false;
+        out[i] = (unsigned char)(hi << 4 | lo);
+        any |= out[i];
+    }
+    return any != 0 && !(out[0] & 1);
+}
+
+static int set_mac(int s, const char *name, const unsigned char mac[6])
+{
+    struct ifreq ifr;
+    ifr_init(&ifr, name);
+    ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    if (ioctl(s, SIOCSIFHWADDR, &ifr) < 0) {
+        ma_log("net: %s: setting mac: %s", name, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int set_down(int s, const char *name)
+{
+    struct ifreq ifr;
+    ifr_init(&ifr, name);
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+        ma_log("net: %s: reading flags: %s", name, strerror(errno));
+        return -1;
+    }
+    ifr.ifr_flags &= ~IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) {
+        ma_log("net: %s: taking down: %s", name, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 /* Read interfaces[idx] into out; false (logged) when it must be skipped. */
 static bool parse_iface(const struct jv *v, size_t idx, struct iface_cfg *out)
 {
@@ -234,6 +291,15 @@ static bool parse_iface(const struct jv *v, size_t idx, struct iface_cfg *out)
         return false;
     }
     out->mtu = (int)mtu;
+
+    const char *mac = NULL;
+    int rm = jfield_str(v, "mac", &mac);
+    if (rm < 0 || (rm == 1 && !parse_mac(mac, out->mac))) {
+        ma_log("net: %s: \"mac\" must be a unicast MAC address \"xx:xx:xx:xx:xx:xx\"; "
+               "interface skipped", out->name);
+        return false;
+    }
+    out->has_mac = rm == 1;
 
     bool dhcp = false;
     if (jfield_bool(v, "dhcp", &dhcp) < 0) {
@@ -281,6 +347,13 @@ static bool parse_iface(const struct jv *v, size_t idx, struct iface_cfg *out)
     return true;
 }
 
+static bool access_iface(const char *name)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/sys/class/net/%s", name);
+    return access(path, F_OK) == 0;
+}
+
 static bool wait_iface(const char *name, int64_t deadline)
 {
     char path[64];
@@ -288,19 +361,20 @@ static bool wait_iface(const char *name, int64_t deadline)
     return wait_for_path(path, deadline);
 }
 
-/* Bring the interface up, ask DHCP, apply address, netmask and route. */
-static void configure_dhcp(int s, const struct iface_cfg *c, bool *have_gw)
+/* Bring the interface up, ask DHCP, apply address, netmask and route; false
+ * (logged) when it got no address. */
+static bool configure_dhcp(int s, const struct iface_cfg *c, bool *have_gw)
 {
     struct dhcp_lease lease;
     if (set_up(s, c->name) < 0 || dhcp_acquire(c->name, now_mono_ms() + DHCP_MS, &lease) < 0) {
         ma_log("net: %s up without an address (DHCP failed)", c->name);
-        return;
+        return false;
     }
     int prefix = __builtin_popcount(ntohl(lease.mask.s_addr));
     char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN] = "";
     inet_ntop(AF_INET, &lease.addr, a, sizeof a);
     if (set_ipv4(s, c->name, lease.addr, prefix) < 0)
-        return;
+        return false;
     if (lease.has_router && !*have_gw && add_default_route(s, c->name, lease.router) == 0) {
         *have_gw = true;
         inet_ntop(AF_INET, &lease.router, g, sizeof g);
@@ -308,24 +382,29 @@ static void configure_dhcp(int s, const struct iface_cfg *c, bool *have_gw)
     for (int i = 0; i < lease.ndns && dhcp_ndns < DHCP_MAX_DNS; i++)
         dhcp_dns[dhcp_ndns++] = lease.dns[i];
     ma_log("net: %s up %s/%d%s%s (dhcp)", c->name, a, prefix, g[0] ? " via " : "", g);
+    return true;
 }
 
-static void configure_iface(int s, const struct iface_cfg *c, int64_t deadline, bool *have_gw)
+/* false when the interface is missing or a step failed (each logged) */
+static bool configure_iface(int s, const struct iface_cfg *c, int64_t deadline, bool *have_gw)
 {
     if (!wait_iface(c->name, deadline)) {
         ma_log("net: %s: no such interface (waited for /sys/class/net/%s); skipped", c->name,
                c->name);
-        return;
+        return false;
     }
-    if (c->mtu)
-        set_mtu(s, c->name, c->mtu);
-    if (c->dhcp) {
-        configure_dhcp(s, c, have_gw);
-        return;
-    }
+    bool ok = true;
+    if (c->mtu && set_mtu(s, c->name, c->mtu) < 0)
+        ok = false;
+    if (c->has_mac && set_mac(s, c->name, c->mac) < 0)
+        ok = false;
+    if (c->dhcp)
+        return configure_dhcp(s, c, have_gw) && ok;
     bool addressed = c->has_addr && set_ipv4(s, c->name, c->addr, c->prefix) == 0;
+    if (c->has_addr && !addressed)
+        ok = false;
     if (set_up(s, c->name) < 0)
-        return;
+        return false;
     bool routed = false;
     if (c->has_gw) {
         if (*have_gw)
@@ -333,8 +412,10 @@ static void configure_iface(int s, const struct iface_cfg *c, int64_t deadline, 
                    inet_ntoa(c->gw));
         else if (add_default_route(s, c->name, c->gw) == 0)
             *have_gw = routed = true;
+        else
+            ok = false;
     }
-    char addr[INET_ADDRSTRLEN + 8] = "", gw[INET_ADDRSTRLEN + 8] = "";
+    char addr[INET_ADDRSTRLEN + 8] = "", gw[INET_ADDRSTRLEN + 8] = "", mac[24] = "";
     if (addressed) {
         char a[INET_ADDRSTRLEN];
         inet_ntop(AF_INET, &c->addr, a, sizeof a);
@@ -345,27 +426,34 @@ static void configure_iface(int s, const struct iface_cfg *c, int64_t deadline, 
         inet_ntop(AF_INET, &c->gw, g, sizeof g);
         snprintf(gw, sizeof gw, " via %s", g);
     }
-    ma_log("net: %s up%s%s", c->name, addr, gw);
+    if (c->has_mac)
+        snprintf(mac, sizeof mac, " mac %02x:%02x:%02x:%02x:%02x:%02x", c->mac[0], c->mac[1],
+                 c->mac[2], c->mac[3], c->mac[4], c->mac[5]);
+    ma_log("net: %s up%s%s%s", c->name, addr, gw, mac);
+    return ok;
 }
 
-static void setup_interfaces(int s, const struct jv *list)
+/* The number of interfaces skipped or not fully configured. */
+static int setup_interfaces(int s, const struct jv *list)
 {
     if (!list || list->type == J_NULL)
-        return;
+        return 0;
     if (list->type != J_ARR) {
         ma_log("net: \"interfaces\" is %s, not an array; ignored", jtype_name(list));
-        return;
+        return 1;
     }
     /* One 5 s budget for all interfaces, so a config naming several missing
      * interfaces cannot hold the boot for 5 s each. */
     int64_t deadline = now_mono_ms() + WAIT_IFACE_MS;
     bool have_gw = false;
+    int failed = 0;
     size_t idx = 0;
     for (const struct jv *v = list->child; v; v = v->next, idx++) {
         struct iface_cfg c;
-        if (parse_iface(v, idx, &c))
-            configure_iface(s, &c, deadline, &have_gw);
+        if (!parse_iface(v, idx, &c) || !configure_iface(s, &c, deadline, &have_gw))
+            failed++;
     }
+    return failed;
 }
 
 /* ---- files ------------------------------------------------------------- */
@@ -537,4 +625,36 @@ void net_setup(const struct jv *network, const char *hostname)
     if (network)
         write_resolv_conf(jget(network, "dns"));
     write_hosts(network ? jget(network, "hosts") : NULL, hostname);
+}
+
+/* After a snapshot restore: every interface named is taken down first, which
+ * drops the snapshot's routes and neighbour entries (the old gateway's MAC),
+ * then configured as at boot with the new MAC and address; /etc/resolv.conf
+ * and /etc/hosts are written again. */
+int net_renew(const struct jv *network, const char *hostname)
+{
+    if (!network || network->type != J_OBJ) {
+        ma_log("net: renew: \"network\" is %s, not an object", jtype_name(network));
+        return -1;
+    }
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        ma_log("net: socket: %s", strerror(errno));
+        return -1;
+    }
+    const struct jv *list = jget(network, "interfaces");
+    int failed = 0;
+    if (list && list->type == J_ARR) {
+        size_t idx = 0;
+        for (const struct jv *v = list->child; v; v = v->next, idx++) {
+            struct iface_cfg c;
+            if (parse_iface(v, idx, &c) && access_iface(c.name))
+                set_down(s, c.name);
+        }
+    }
+    failed += setup_interfaces(s, list);
+    close(s);
+    write_resolv_conf(jget(network, "dns"));
+    write_hosts(jget(network, "hosts"), hostname);
+    return failed ? -1 : 0;
 }

@@ -12,4 +12,10 @@ struct jv;
  * "microagent-init: net: ..." and never stops the boot. */
 void net_setup(const struct jv *network, const char *hostname);
 
+/* After a snapshot restore, apply network (same shape) again: each named
+ * interface is taken down (dropping the snapshot's routes and neighbours),
+ * then gets its new MAC, address and route; resolv.conf and hosts are
+ * rewritten. -1 when an interface could not be configured (logged). */
+int net_renew(const struct jv *network, const char *hostname);
+
 #endif

@@ -255,10 +255,13 @@ class Workspace:
         """Its snapshots, oldest first."""
         return self._store.snapshots(self.name)
 
-    def fork(self, name: str, tag: str) -> "Workspace":
-        """A new running workspace ``name`` from this one's snapshot ``tag``."""
-        return Workspace.create(name, from_snapshot=f"{self.name}:{tag}", state_dir=self._store.root,
-                                supervisor=self._store.supervisor)
+    def fork(self, name: str, tag: str, *, publish: Sequence[str] = ()) -> "Workspace":
+        """A new running workspace ``name`` from this one's snapshot ``tag``; a networked
+        one gets its own network and publishes only ``publish`` (as ``-p``), not this one's ports."""
+        ws = Workspace(name, state_dir=self._store.root, supervisor=self._store.supervisor)
+        ws._store.fork(name, f"{self.name}:{tag}", publish=publish)
+        ws._created = True
+        return ws
 
     def commit(self, ref: str, *, push: bool = False, allow_insecure: bool = False) -> dict[str, Any]:
         """Save its disk (prepared, stopped or halted) as image ``ref`` (docs/commit.md):

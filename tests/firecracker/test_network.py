@@ -90,7 +90,7 @@ def test_firecracker_runs_in_pastas_namespace_and_quarantine_cuts_it(fc, host_ne
     # the guest is told slirp's addressing, which pasta serves
     config = json.loads((rt / "config.disk").read_bytes().rstrip(b"\0"))
     assert config["network"]["interfaces"] == [{"name": "eth0", "address": "10.0.2.15", "prefix": 24,
-                                                "gateway": "10.0.2.2"}]
+                                                "gateway": "10.0.2.2", "mac": net["guestMac"]}]
 
     # pasta runs attached to it, recorded with its start time
     pasta = ProcessRef(net["pastaPid"], net["pastaStarttime"])

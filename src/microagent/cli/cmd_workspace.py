@@ -92,7 +92,11 @@ def create(name: str, image: str, profile: str | None, cpus: int | None, memory:
     if name is None:
         raise click.UsageError("missing argument NAME (or give a spec file with -f)")
     if from_snapshot is not None:
-        t = store.fork(name, from_snapshot)
+        from microagent.workspace.snapshots import fork_publish, parse_source
+
+        with usage_errors():  # its own -p, never the source's; none for an isolated one
+            fork_publish(store.manifest(parse_source(from_snapshot)[0]), publish)
+        t = store.fork(name, from_snapshot, publish=publish)
         emit({"ok": True, **t.to_json()}, as_json,
              lambda d: f"created {name} (running, pid {t.pid}): forked from {from_snapshot}")
         return 0

@@ -37,6 +37,14 @@ def tap_name(runtime_dir: Path) -> str:
     return "mat" + hashlib.sha256(str(runtime_dir.absolute()).encode()).hexdigest()[:10]
 
 
+def guest_mac(runtime_dir: Path) -> str:
+    """The guest NIC's MAC: locally administered unicast (``02:``) + 5 bytes of the hash of
+    the runtime directory, so every workspace, and every fork of one snapshot, has its own.
+    Guest init sets it (the VMM's device keeps its default, or a snapshot's, until then)."""
+    digest = hashlib.sha256(b"mac:" + str(runtime_dir.absolute()).encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 @dataclass(frozen=True)
 class NatLease:
     """One allocated /30: network, host (TAP) address, guest address."""
@@ -70,17 +78,20 @@ class NetworkPlan:
     firewall: str = ""
     #: the guest may reach the host through its gateway (network/egress.py)
     allow_host_loopback: bool = False
+    #: the guest NIC's MAC (:func:`guest_mac`); empty: the VMM's default
+    mac: str = ""
 
     def guest_config(self) -> dict[str, Any]:
         """The ``network`` object of the per-boot config."""
+        mac = {"mac": self.mac} if self.mac else {}
         if self.mode == "user":
             return {"interfaces": [{"name": GUEST_NIC, "address": USER_GUEST_ADDRESS, "prefix": 24,
-                                    "gateway": USER_GATEWAY}],
+                                    "gateway": USER_GATEWAY, **mac}],
                     "dns": [USER_DNS],
                     "hosts": [{"address": USER_GATEWAY, "names": [HOST_ALIAS]}]}
         if self.mode == "nat" and self.lease is not None:
             return {"interfaces": [{"name": GUEST_NIC, "address": self.lease.guest_address,
-                                    "prefix": NAT_PREFIX, "gateway": self.lease.host_address}],
+                                    "prefix": NAT_PREFIX, "gateway": self.lease.host_address, **mac}],
                     "dns": list(self.dns),
                     "hosts": [{"address": self.lease.host_address, "names": [HOST_ALIAS]}]}
         return {"interfaces": [], "dns": [], "hosts": []}
@@ -102,6 +113,8 @@ class NetworkPlan:
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode}
+        if self.mac:
+            out["guestMac"] = self.mac
         if self.mode != "isolated":
             # slirp cannot filter: its guest reaches the host's loopback and every network
             out.update(allowHostLoopback=self.allow_host_loopback or self.provider == "slirp",

@@ -3,7 +3,9 @@
 At boot (before the VMM is spawned, so failures cost nothing): check the
 mode's preconditions, bind every published host port (a port in use is a
 ``conflict`` before boot), set up NAT (lease, TAP, rules), and write the
-per-boot config disk carrying the guest's addressing.  The listening sockets
+per-boot config disk carrying the guest's addressing (and its MAC, which guest
+init sets: each workspace and each fork has its own; after a restore the same
+addressing goes to guest init over the channel).  The listening sockets
 are handed to the channel helper, which bridges them over the channel.
 ``user`` is slirp inside QEMU (nothing to set up here) or, for a backend
 whose ``user_provider`` is ``pasta``, a network namespace with pasta attached
@@ -17,6 +19,7 @@ later command (or ``gc``) can clean up after a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ from typing import Any
 
 from microagent.errors import Permanent
 from microagent.fsutil import atomic_write
-from microagent.network.plan import NetworkPlan, host_nameservers, tap_name
+from microagent.network.plan import NetworkPlan, guest_mac, host_nameservers, tap_name
 from microagent.runtime_state import RuntimeDir, read_json, write_json_atomic
 from microagent.vmkit.types import Config
 
@@ -70,9 +73,10 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
     from microagent.channel.forward import bind_listener
 
     check(cfg, user_provider)
+    mac = guest_mac(rt.path) if cfg.network.mode in ("user", "nat") else ""
     attachment = Attachment(NetworkPlan(mode=cfg.network.mode,
                                         provider=user_provider if cfg.network.mode == "user" else "",
-                                        allow_host_loopback=cfg.network.allowHostLoopback))
+                                        allow_host_loopback=cfg.network.allowHostLoopback, mac=mac))
     try:
         for fwd in cfg.network.portForwards:
             attachment.listeners.append((bind_listener(fwd.host, fwd.hostPort), fwd.guestPort))
@@ -84,9 +88,10 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
             dns = host_nameservers(_resolv_conf())
             lease, kind = nat.setup(Path(cfg.stateDir), workspace, tap, dns=dns, allow_host=allow_host)
             attachment.plan = NetworkPlan(mode="nat", tap=tap, lease=lease, dns=dns, firewall=kind,
-                                          allow_host_loopback=allow_host)
+                                          allow_host_loopback=allow_host, mac=mac)
         elif cfg.network.mode == "user" and user_provider == "pasta":
             attachment.plan, attachment.record = _attach_pasta(rt, workspace, allow_host)
+            attachment.plan = dataclasses.replace(attachment.plan, mac=mac)
     except BaseException:
         attachment.close_listeners()
         raise

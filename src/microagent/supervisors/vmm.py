@@ -457,7 +457,7 @@ class VMMBackend(Backend):
                 undo.callback(helper.kill)
                 self._wait_ready(rt, vm, helper, deadline)
                 if request.snapshot is not None:
-                    self._make_guest_whole(rt, request)
+                    self._make_guest_whole(rt, request, self.guest_network(attachment, name))
             undo.pop_all()
         attachment.close_listeners()  # the helper holds them now
         if cfg.readiness == "vmm":
@@ -468,17 +468,18 @@ class VMMBackend(Backend):
                     bootSeconds=round(time.monotonic() - started, 3))
         return rt, vm, True
 
-    def _make_guest_whole(self, rt: RuntimeDir, request: Request) -> None:
+    def _make_guest_whole(self, rt: RuntimeDir, request: Request, network: dict[str, Any]) -> None:
         """After a restore the guest's clock is the snapshot's and its random pool that of
         every other restore of it: guest init sets the clock, mixes in host entropy and
-        reseeds, takes the hostname, and reports the restore generation from now on."""
+        reseeds, takes the hostname and ``network`` (this boot's addressing and MAC: a
+        fork's are not the snapshot's), and reports the restore generation from now on."""
         from microagent.channel import open_channel
 
         assert request.config is not None and request.snapshot is not None
         with open_channel(rt.control_socket, hello_timeout=10.0) as conn:
             with conn.open_session("restore", timeNs=time.time_ns(), entropy=os.urandom(64).hex(),
                                    hostname=request.config.hostname or self._name(request),
-                                   generation=request.snapshot.generation) as session:
+                                   generation=request.snapshot.generation, network=network) as session:
                 session.wait_final(10.0)
 
     def _vmm_only_detail(self, vm: VMHandle, router_alive: bool = True) -> str:

@@ -537,12 +537,15 @@ class WorkspaceStore:
         return {"workspace": name, "tag": tag, "removed": True}
 
     def fork(self, name: str, source: str, *, boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S,
-             created_by: str = "") -> Transition:
+             created_by: str = "", publish: Sequence[str] = ()) -> Transition:
         """A new workspace ``name`` running from snapshot ``source`` (``WORKSPACE:TAG``): a copy
         of its disk, its memory mapped copy-on-write, a fresh clock, entropy and hostname.
+        A networked fork has a network of its own (TAP and lease, or pasta and namespace;
+        a new MAC and address in the guest) and only the ports ``publish`` names, not the source's.
 
         All or nothing: a fork that does not come up is deleted again.
-        :raises Unsupported: for a snapshot of a networked workspace (not yet).
+        :raises InvalidRequest: a bad ``publish`` (or any for an isolated snapshot).
+        :raises Unsupported: a networked snapshot on a backend that cannot re-address a fork.
         """
         from microagent.guestinit import find_guest_init
         from microagent.images.ext4 import copy_disk
@@ -556,10 +559,8 @@ class WorkspaceStore:
         src = self.manifest(src_name)
         _refuse_mounts(src, "fork")
         snap = snapshots.load(self.root, src_name, tag)
-        if src.network != "isolated":
-            raise Unsupported(f"snapshot {source} is of a workspace with network {src.network}; forks of "
-                              "networked workspaces are not supported yet",
-                              "fork a snapshot of an isolated workspace, or create and start a new one")
+        snapshots.check_fork_network(src, source)
+        published = snapshots.fork_publish(src, publish)
         kernel = Path(src.verification.kernel.path)
         initrd = ensure_initramfs(kernel.parent, find_guest_init(kernel_architecture(kernel)))
         snap.verify(src, FileDigest.of(kernel).sha256, initrd)
@@ -573,7 +574,7 @@ class WorkspaceStore:
                 try:
                     copy_disk(snap.path / "disk", stage / "rootfs.ext4")
                     manifest = dataclasses.replace(src, name=name, createdAt=now_rfc3339(),
-                                                   createdBy=created_by)
+                                                   createdBy=created_by, publish=published)
                     save_manifest(self.root, manifest, directory=stage)
                     if manifest.setup:  # a snapshot is of a running guest: its setup had run
                         from microagent.workspace.services import mark_setup_done

@@ -9,6 +9,11 @@ the creation time.  It is staged in a dot directory and published with one
 rename, so a crash leaves no half snapshot (the next create under the lock
 removes the stage).
 
+A fork of a networked workspace gets a network of its own at boot (a NAT
+TAP, lease and rules, or pasta and its namespace, as any start) and guest
+init takes the new MAC and addressing in the ``restore`` session
+(docs/network.md, "Forks and restores"); its published ports are its own.
+
 A restore refuses a snapshot whose kernel, initramfs or image differ from
 what the workspace would boot now, whose files changed since it was taken,
 or (in the supervisor) whose VMM version or device layout differ.
@@ -62,6 +67,33 @@ def parse_source(spec: str) -> tuple[str, str]:
     if not sep:
         raise InvalidRequest(f"snapshot {spec!r} must be WORKSPACE:TAG", "e.g. --from-snapshot base:ready")
     return check_name(name), check_tag(tag)
+
+
+#: backends whose forks of a networked workspace get a network of their own (tested with real guests)
+NETWORKED_FORK_BACKENDS = ("qemu",)
+
+
+def check_fork_network(source: Any, spec: str) -> None:
+    """:raises Unsupported: a fork of a networked workspace on a backend not in
+    :data:`NETWORKED_FORK_BACKENDS` (firecracker's saved device state names the source's TAP)."""
+    if source.network != "isolated" and source.backend not in NETWORKED_FORK_BACKENDS:
+        raise Unsupported(f"snapshot {spec} is of a {source.backend} workspace with network {source.network}; "
+                          f"forks of networked workspaces are supported on {', '.join(NETWORKED_FORK_BACKENDS)} only",
+                          "fork a snapshot of an isolated workspace, or create and start a new one")
+
+
+def fork_publish(source: Any, publish: Any) -> tuple[Any, ...]:
+    """A fork's published ports, parsed and checked against the source's network mode.
+
+    A fork publishes only what it is given: the source's host ports are the source's
+    (held by its channel helper), and a second listener on them could not bind.
+    :raises InvalidRequest: a bad spec, a duplicate, or any port for an isolated source.
+    """
+    from microagent.network.publish import check_network, parse_publish
+
+    published = tuple(parse_publish(p) for p in publish)
+    check_network(source.network, published)
+    return published
 
 
 def snapshots_root(root: Path, name: str) -> Path:

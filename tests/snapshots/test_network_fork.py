@@ -1,0 +1,240 @@
+"""Forks and restores of networked workspaces with real QEMU guests (docs/network.md, "Forks").
+
+Each fork of a ``nat`` or ``user`` (pasta) snapshot gets a network of its own on the host (TAP,
+lease and rules, or pasta and a namespace) and, in the guest, a new MAC and (nat) address set by
+guest init's ``restore`` session; its ``-p`` ports are its own.  As in tests/vm/test_network.py,
+microagent runs inside network namespaces the test creates (``host``, joined by a veth to
+``world``, where the test's servers live): no packet leaves them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+MICROAGENT = str(Path(sys.executable).parent / "microagent")
+
+SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from " + self.client_address[0]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())"
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+class Netns:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        sh("ip", "netns", "add", name)
+        self.run("ip", "link", "set", "lo", "up")
+
+    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def server(self, address: str, port: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", SERVER, address, str(port)],
+                                stdout=subprocess.DEVNULL, text=True)
+        probe = f"import socket; socket.create_connection(('{address}', {port}), 1)"
+        for _ in range(100):
+            if self.run(sys.executable, "-c", probe).returncode == 0:
+                return proc
+            time.sleep(0.05)
+        proc.kill()
+        raise RuntimeError("test server did not start")
+
+    def get(self, url: str) -> str:
+        proc = self.run(sys.executable, "-c", GET, url, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+@pytest.fixture
+def world(snap_root: Path) -> Iterator[tuple[Netns, Netns]]:
+    """``host`` (where microagent runs: ip_forward=1, a default route) and ``world``, joined by a veth."""
+    host, far = Netns(f"mfh-{uuid.uuid4().hex[:6]}"), Netns(f"mfw-{uuid.uuid4().hex[:6]}")
+    veth = f"vf{uuid.uuid4().hex[:6]}"
+    sh("ip", "link", "add", veth + "a", "netns", host.name, "type", "veth", "peer", veth + "b", "netns", far.name)
+    host.run("ip", "addr", "add", "198.51.100.1/24", "dev", veth + "a")
+    host.run("ip", "link", "set", veth + "a", "up")
+    host.run("ip", "route", "add", "default", "via", "198.51.100.2")  # pasta copies a routable interface
+    host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    far.run("ip", "addr", "add", "198.51.100.2/24", "dev", veth + "b")
+    far.run("ip", "link", "set", veth + "b", "up")
+    yield host, far
+    host.delete()
+    far.delete()
+
+
+class Cli:
+    """The microagent CLI inside ``host``'s namespace (``nsenter``: the workspaces' own
+    namespaces stay visible to the next command, unlike under ``ip netns exec``)."""
+
+    def __init__(self, host: Netns, root: Path, *env: str) -> None:
+        self.enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", "env", *env, MICROAGENT]
+        self.root = root
+        self.names: list[str] = []
+
+    def __call__(self, command: str, *args: str) -> dict:
+        words = [command, args[0]] if command == "snapshot" else [command]  # a group: after its subcommand
+        rest = args[len(words) - 1:]
+        proc = subprocess.run([*self.enter, *words, "--json", *rest], capture_output=True, text=True, timeout=180)
+        doc = json.loads(proc.stdout or "{}")
+        assert proc.returncode == 0, (command, args, doc, proc.stderr)
+        return doc
+
+    def create(self, name: str, *args: str) -> dict:
+        self.names.append(name)
+        return self("create", name, *args)
+
+    def sh(self, name: str, script: str) -> str:
+        return self("exec", name, "--", "sh", "-c", script)["result"]["stdout"]  # exit 0: checked by __call__
+
+    def network(self, name: str) -> dict:
+        return json.loads((self.root / "run" / name / "network.json").read_text())
+
+    def cleanup(self) -> None:
+        for name in reversed(self.names):
+            subprocess.run([*self.enter, "kill", name], capture_output=True)
+            subprocess.run([*self.enter, "delete", name, "--force"], capture_output=True)
+
+
+PROBE = "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0; ip route; hostname; cat /etc/hosts; "
+
+
+def serve_and_snapshot(cli: Cli, src: str) -> None:
+    """A guest web server on 8080 (its page says which workspace answers), then snapshot ``ready``."""
+    cli.sh(src, f"mkdir -p /www && echo {src} > /www/index.html && httpd -p 8080 -h /www")
+    cli("snapshot", "create", src, "ready")
+
+
+def fork(cli: Cli, src: str, name: str, host_port: int) -> dict:
+    doc = cli.create(name, "--from-snapshot", f"{src}:ready", "-p", f"127.0.0.1:{host_port}:8080")
+    cli.sh(name, f"echo {name} > /www/index.html")
+    return doc
+
+
+def test_nat_forks_get_their_own_tap_lease_mac_and_ports(snap_root: Path, world: tuple[Netns, Netns]) -> None:
+    host, far = world
+    server = far.server("198.51.100.2", 8721)
+    cli = Cli(host, snap_root)
+    src, ports = f"n{uuid.uuid4().hex[:5]}", {}
+    try:
+        cli.create(src, "--profile", "tiny", "--network", "nat", "-p", "127.0.0.1:18720:8080")
+        cli("start", src)
+        serve_and_snapshot(cli, src)
+        ports[src] = 18720
+        for i, name in enumerate((f"{src}-a", f"{src}-b")):
+            fork(cli, src, name, 18721 + i)
+            ports[name] = 18721 + i
+        seen: dict[str, dict] = {}
+        for name in ports:  # the source last forked from still works, next to its forks
+            net = cli.network(name)
+            out = cli.sh(name, PROBE + "timeout 20 wget -qO- http://198.51.100.2:8721/")
+            assert out.splitlines()[0] == net["guestMac"], out  # guest init took the workspace's MAC
+            assert f"inet {net['guestAddress']}/30" in out and f"default via {net['hostAddress']}" in out, out
+            assert f"{net['hostAddress']} host.microagent.internal" in out, out  # /etc/hosts rewritten
+            assert f"\n{name}\n" in out and f"127.0.1.1 {name}" in out, out
+            assert "hello from 198.51.100.1" in out, out  # masqueraded out through its own TAP
+            assert host.get(f"http://127.0.0.1:{ports[name]}/") == name  # its own -p, its own guest
+            seen[name] = net
+        for key in ("guestMac", "guestAddress", "tap", "subnet"):
+            assert len({net[key] for net in seen.values()}) == 3, (key, seen)
+        links = host.run("ip", "-br", "link").stdout
+        assert all(net["tap"] in links for net in seen.values())
+
+        # restore in place: the same lease and MAC again, a new TAP behind the same gateway address
+        cli("stop", src)
+        cli("start", src, "--from-snapshot", "ready")
+        out = cli.sh(src, PROBE + "cat /www/index.html; timeout 20 wget -qO- http://198.51.100.2:8721/")
+        assert out.splitlines()[0] == seen[src]["guestMac"] and "hello from 198.51.100.1" in out, out
+        assert host.get(f"http://127.0.0.1:{ports[src]}/") == src
+    finally:
+        cli.cleanup()
+        server.kill()
+    assert "mat" not in host.run("ip", "-br", "link").stdout
+    assert host.run("nft", "list", "ruleset").stdout.strip() == ""
+    leases = snap_root / "network" / "leases.json"
+    assert not leases.exists() or not set(json.loads(leases.read_text())) & set(ports)
+
+
+@pytest.mark.parametrize("provider", ["pasta", "slirp"])
+def test_user_forks_get_their_own_provider_mac_and_ports(snap_root: Path, world: tuple[Netns, Netns],
+                                                         provider: str) -> None:
+    host, far = world
+    near, outside = host.server("127.0.0.1", 8731), far.server("198.51.100.2", 8732)
+    cli = Cli(host, snap_root, f"MICROAGENT_QEMU_USER_NETWORK={provider}")
+    src, ports = f"u{uuid.uuid4().hex[:5]}", {}
+    try:
+        cli.create(src, "--profile", "tiny", "--network", "user", "--allow-host-loopback",
+                   "-p", "127.0.0.1:18730:8080")
+        cli("start", src)
+        serve_and_snapshot(cli, src)
+        ports[src] = 18730
+        for i, name in enumerate((f"{src}-a", f"{src}-b")):
+            fork(cli, src, name, 18731 + i)
+            ports[name] = 18731 + i
+        seen: dict[str, dict] = {}
+        for name in ports:  # each with its own slirp (inside its QEMU), or its own pasta and namespace
+            net = cli.network(name)
+            assert net["provider"] == provider
+            if provider == "pasta":
+                assert net["namespace"] in sh("ip", "netns", "list")
+            out = cli.sh(name, PROBE + "timeout 20 wget -qO- http://10.0.2.2:8731/; echo; "
+                                       "timeout 20 wget -qO- http://198.51.100.2:8732/")
+            assert out.splitlines()[0] == net["guestMac"], out
+            assert "inet 10.0.2.15/24" in out and "default via 10.0.2.2" in out, out  # user: one address for all
+            assert "hello from 127.0.0.1" in out, out  # the host's loopback through its own pasta
+            assert "hello from 198.51.100.1" in out, out
+            assert host.get(f"http://127.0.0.1:{ports[name]}/") == name
+            seen[name] = net
+        for key in ("guestMac", "namespace", "pastaPid") if provider == "pasta" else ("guestMac",):
+            assert len({net[key] for net in seen.values()}) == 3, (key, seen)
+    finally:
+        cli.cleanup()
+        near.kill()
+        outside.kill()
+    namespaces = sh("ip", "netns", "list")
+    assert not any(net.get("namespace") and net["namespace"] in namespaces for net in seen.values())
+
+
+def test_publish_of_a_fork_is_checked_against_the_source(snap_root: Path, world: tuple[Netns, Netns]) -> None:
+    """An isolated snapshot's fork cannot publish (no path in); a bad spec is refused before anything."""
+    host, _ = world
+    cli = Cli(host, snap_root)
+    src = f"i{uuid.uuid4().hex[:5]}"
+    try:
+        cli.create(src, "--profile", "tiny")
+        cli("start", src)
+        cli("snapshot", "create", src, "ready")
+        for spec, why in (("127.0.0.1:18740:8080", "isolated"), ("1:2:3:4", "expected")):
+            proc = subprocess.run([*cli.enter, "create", f"{src}-x", "--json", "--from-snapshot", f"{src}:ready",
+                                   "-p", spec], capture_output=True, text=True, timeout=60)
+            doc = json.loads(proc.stdout or "{}")
+            assert proc.returncode == 2 and doc["error"]["kind"] == "permanent", doc  # a usage error
+            assert why in doc["error"]["message"], doc
+            assert not (snap_root / "workspaces" / f"{src}-x").exists()
+    finally:
+        cli.cleanup()
