@@ -654,10 +654,25 @@ enum shutdown_action agent_run(struct agent *a)
     return r;
 }
 
+/* A command's output ends a moment before its exit is reaped (and one pipe's
+ * end before the other's): queued frames wait up to SETTLE_MS after a
+ * session's first EOF for the rest, so EOFs and EXIT leave in one write.
+ * Under emulation each write to the port costs the guest about a millisecond. */
+#define SETTLE_MS 2
+
+static bool sessions_settling(const struct agent *a, int64_t now)
+{
+    for (const struct session *s = a->host.sessions; s; s = s->next)
+        if (s->eof_at_ms && now - s->eof_at_ms < SETTLE_MS)
+            return true;
+    return false;
+}
+
 static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
 {
     struct pollset ps = *pset;
     struct channel *ch = &a->ch;
+    int64_t hold_until = 0; /* queued frames wait for a settling session until then */
     for (;;) {
         *pset = ps;
         if (a->shutdown)
@@ -673,10 +688,11 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         ps.n = 0;
         int sig_idx = ps_add(&ps, a->sig_r, POLLIN);
         int ch_r = -1, ch_w = -1, lis = -1;
+        int64_t hold_left = hold_until ? hold_until - now_mono_ms() : 0;
         if (ch->connected) {
             if (buf_used(&a->host.outq) < OUTQ_HARD)
                 ch_r = ps_add(&ps, ch->rfd, POLLIN);
-            if (buf_used(&a->host.outq) > 0)
+            if (buf_used(&a->host.outq) > 0 && hold_left <= 0)
                 ch_w = ps_add(&ps, ch->wfd, POLLOUT);
         } else if (ch->kind == CH_LISTEN) {
             lis = ps_add(&ps, ch->listen_fd, POLLIN);
@@ -703,6 +719,8 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         }
         if (ch->kind == CH_VPORT && !ch->connected && (timeout < 0 || timeout > 50))
             timeout = 50;
+        if (hold_left > 0 && (timeout < 0 || hold_left < timeout))
+            timeout = (int)hold_left;
         int svc_fd = service_fd(), svc_idx = svc_fd >= 0 ? ps_add(&ps, svc_fd, POLLIN) : -1;
         int svc_left = service_timeout_ms(now);
         if (svc_left >= 0 && (timeout < 0 || svc_left < timeout))
@@ -771,6 +789,14 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         (void)ch_w;
 
         finish_sessions(a);
+        int64_t t = now_mono_ms();
+        if (buf_used(&a->host.outq) > 0 && sessions_settling(a, t)) {
+            if (!hold_until)
+                hold_until = t + SETTLE_MS;
+            if (t < hold_until)
+                continue;
+        }
+        hold_until = 0;
         channel_flush(a);
     }
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "frame.h"
+#include "util.h"
 
 struct session *session_new(struct session_host *h, uint32_t id, const struct session_ops *ops)
 {
@@ -108,6 +109,8 @@ void session_send_eof(struct session *s, int st)
     if (s->out_eof_sent[st])
         return;
     s->out_eof_sent[st] = true;
+    if (!s->eof_at_ms)
+        s->eof_at_ms = now_mono_ms();
     frame_put_eof(&s->host->outq, s->id, (uint8_t)st);
 }
 

@@ -104,6 +104,7 @@ struct session {
     uint64_t limit[3];   /* 0 = unlimited */
     bool truncated[3];
     bool out_eof_sent[3];
+    int64_t eof_at_ms;   /* monotonic: when its first output EOF was queued; 0 = none yet */
     bool out_used[3];    /* this stream exists for the session */
     bool out_error;      /* a read failed (not EOF) */
     bool out_pty;        /* stream 1 is a pty master: EIO is its EOF */
