@@ -1,17 +1,24 @@
-"""Benchmark: host memory (PSS) per idle tiny workspace, the VMM and the channel helper apart.
+"""Benchmark: host memory per idle tiny workspace, the VMM and the channel helper apart.
 
 For each count N (default 1 and 5), N tiny builtin:busybox workspaces
 (isolated) are created and booted one after another in a private state root,
 each answers one ``exec true``, and after a short idle pause the proportional
 set size of every VMM (QEMU) and every channel helper is read from
-``/proc/PID/smaps_rollup``.  The VMM's PSS is split into its guest-RAM file
-on /dev/shm (``Pss_Shmem``: the pages the guest touched; the first start of
-an image saves its boot snapshot and later starts map that memory
-copy-on-write, so workspaces share the pages none of them changed) and the
-rest (QEMU itself, TCG's translation cache, and guest pages a workspace
-changed after a restore).  Printed per workspace (mean) and as the marginal
-cost of the workspaces after the first, against the goals: VMM + helper
-<= 64 MiB, helper <= 4 MiB.
+``/proc/PID/smaps_rollup``.  The VMM's cost is its guest RAM plus the
+rest of its PSS (QEMU itself, TCG's translation cache).  Its guest RAM is
+its own RAM file on /dev/shm when it has one (a cold boot, or a start that
+restored the image's boot snapshot in place: a copy of the snapshot's
+memory): every page of that file, as ``st_blocks`` counts them, because a
+tmpfs page costs host memory whether or not QEMU has touched it since the
+restore, and ``Pss_Shmem`` (printed as "mapped") counts only those it has.
+A VMM without a RAM file of its own (a fork) maps a snapshot's memory
+copy-on-write: its PSS counts it.  Printed per workspace (mean) and as the
+marginal cost of the workspaces after the first, against the goals: VMM +
+helper <= 64 MiB, helper <= 4 MiB.  Beside them, the floor of the guest's RAM: what
+the guest does not have on its free lists (its RAM size minus ``MemFree`` of
+its /proc/meminfo: kernel, page cache, slab, processes), i.e. the least host
+memory its RAM can take however well freed pages were returned to the host
+(docs/architecture.md, "Guest memory the host keeps").
 
 Usage: python bench/footprint.py [--counts 1 5] [--idle 3]
 """
@@ -26,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from microagent import ramfiles
 from microagent.paths import host_arch, kernel_dir, state_root
 from microagent.runtime_state import locate_runtime_dir, read_json
 from microagent.sdk import Workspace
@@ -46,6 +54,20 @@ def pss_mib(pid: int) -> dict[str, float]:
     return out
 
 
+def ram_file_mib(run_dir: Path) -> float | None:
+    """Host memory held by the workspace's own RAM file (its tmpfs pages), or ``None`` without one."""
+    path = ramfiles.find(run_dir)
+    return path.stat().st_blocks * 512 / 2**20 if path is not None else None
+
+
+def guest_in_use_mib(ws: Workspace, ram_mib: int) -> float:
+    """The guest's RAM minus what its kernel has free (``MemFree``), in MiB: the floor."""
+    result = ws.exec(["cat", "/proc/meminfo"])
+    assert result.exit_code == 0, result
+    fields = dict(line.split(":", 1) for line in result.stdout.decode().splitlines() if ":" in line)
+    return ram_mib - int(fields["MemFree"].split()[0]) / 1024
+
+
 def measure(store: WorkspaceStore, count: int, idle_s: float) -> list[dict[str, float]]:
     names = [f"fp{i}" for i in range(count)]
     for name in names:
@@ -59,10 +81,19 @@ def measure(store: WorkspaceStore, count: int, idle_s: float) -> list[dict[str, 
     time.sleep(idle_s)
     rows = []
     for name in names:
-        runtime = read_json(locate_runtime_dir(store.root, name) / "runtime.json")
+        run_dir = locate_runtime_dir(store.root, name)
+        runtime = read_json(run_dir / "runtime.json")
         vmm, helper = pss_mib(int(runtime["pid"])), pss_mib(int(runtime["routerPid"]))
-        rows.append({"vmm": vmm["Pss"], "guest_ram": vmm.get("Pss_Shmem", 0.0),
-                     "helper": helper["Pss"]})
+        mapped = vmm.get("Pss_Shmem", 0.0)
+        own_file = ram_file_mib(run_dir)
+        ws = Workspace(name, store=store)
+        try:  # read after the PSS, so this exec's own pages do not count
+            floor = guest_in_use_mib(ws, store.manifest(name).memoryMiB)
+        finally:
+            ws.close()
+        rows.append({"rest": vmm["Pss"] - mapped, "mapped": mapped,
+                     "guest_ram": mapped if own_file is None else own_file,
+                     "helper": helper["Pss"], "floor": floor})
     for name in names:
         store.delete(name, force=True)
     return rows
@@ -79,18 +110,23 @@ def main() -> None:
     os.environ["MICROAGENT_STATE_DIR"] = str(root)
     store = WorkspaceStore(root)
     totals: dict[int, float] = {}
-    print("host PSS per idle tiny workspace (builtin:busybox, QEMU), MiB")
-    print(f"{'N':>3} {'VMM':>8} {'RAM file':>10} {'VMM rest':>10} {'helper':>8} {'VMM+helper':>11}  "
-          f"goal: <= {GOAL_TOTAL_MIB:.0f} (helper <= {GOAL_HELPER_MIB:.0f})")
+    print("host memory per idle tiny workspace (builtin:busybox, QEMU), MiB")
+    print(f"{'N':>3} {'guest RAM':>10} {'(mapped)':>9} {'VMM rest':>9} {'helper':>7} {'total':>7}  "
+          f"goal: total <= {GOAL_TOTAL_MIB:.0f} (helper <= {GOAL_HELPER_MIB:.0f}); floor: guest in use")
     try:
         for count in args.counts:
             rows = measure(store, count, args.idle)
             mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
-            totals[count] = sum(r["vmm"] + r["helper"] for r in rows)
-            print(f"{count:>3} {mean['vmm']:>8.1f} {mean['guest_ram']:>10.1f} "
-                  f"{mean['vmm'] - mean['guest_ram']:>10.1f} {mean['helper']:>8.1f} "
-                  f"{mean['vmm'] + mean['helper']:>11.1f}  "
-                  f"{(mean['vmm'] + mean['helper']) / GOAL_TOTAL_MIB:.2f}x goal; total {totals[count]:.0f}")
+            each = mean["guest_ram"] + mean["rest"] + mean["helper"]
+            totals[count] = each * count
+            print(f"{count:>3} {mean['guest_ram']:>10.1f} {mean['mapped']:>9.1f} {mean['rest']:>9.1f} "
+                  f"{mean['helper']:>7.1f} {each:>7.1f}  {each / GOAL_TOTAL_MIB:.2f}x goal; "
+                  f"all {totals[count]:.0f}; guest in use {mean['floor']:.1f} (guest RAM / floor "
+                  f"{mean['guest_ram'] / mean['floor']:.2f}x)")
+        warm = [p.stat().st_blocks * 512 / 2**20 for p in (root / "images" / "warm").rglob("memory")]
+        if warm:
+            print(f"the image's boot snapshot memory: {sum(warm):.1f} MiB (on the state directory's disk, "
+                  "once per image; every warm start copies it to its RAM file)")
     finally:
         for m in store.list():
             store.delete(m["name"], force=True)
