@@ -11,9 +11,11 @@ gives the guest a fresh clock, entropy and hostname after the restore.
 
 The key hashes the image digest, the base disk, and the identity (size,
 mtime, ctime, inode) of the kernel and initramfs files, so replacing any
-of them misses and boots cold (which saves a new entry); the QEMU version
-and device layout are recorded and checked by the supervisor at restore,
-and a refused or broken entry is removed and the boot done cold.
+of them misses and boots cold (which saves a new entry); the VMM's version
+(QEMU's, Firecracker's) and device layout are recorded and checked by the
+supervisor at restore, and a refused or broken entry is removed and the
+boot done cold.  Firecracker maps an entry's memory file ``MAP_PRIVATE``
+at every restore, in place or not, so one file serves any number of them.
 
 Entries live with the base disk they were made from: ``image rm`` and
 ``image prune`` remove the entries of every base disk they delete
@@ -41,8 +43,8 @@ from microagent.vmkit.types import SnapshotSpec, now_rfc3339
 from microagent.workspace import snapshots
 
 SCHEMA_VERSION = 1
-#: backends whose supervisors save and restore snapshots
-WARM_BACKENDS = ("qemu",)
+#: backends whose supervisors save and restore snapshots (docs/snapshots.md)
+WARM_BACKENDS = ("qemu", "firecracker")
 
 
 def warm_root(state_root: Path) -> Path:
@@ -173,8 +175,9 @@ def discard(key: WarmKey) -> None:
 def start_fresh(client: Any, state_root: Path, manifest: Any, config: Any, initrd: Path, runtime_dir: Path,
                 timeout: float) -> Any:
     """The first ``start`` of a workspace that never booted: restore its boot snapshot
-    in place (disk copied over its fresh one, memory copied to its RAM file, so it can
-    be snapshotted later) or, when there is none, boot and save one.  Anything else
+    in place (disk copied over its fresh one; memory copied to its RAM file on QEMU,
+    mapped copy-on-write on Firecracker, so it can be snapshotted later) or, when
+    there is none, boot and save one.  Anything else
     (networked, egress-filtered, another backend, booted before) boots as usual.
 
     :returns: the supervisor's answer to ``start``; ``runtime["warm"]`` says which it was.
@@ -198,7 +201,7 @@ def start_fresh(client: Any, state_root: Path, manifest: Any, config: Any, initr
                                snapshot=snap.spec(private=False, generation=1))
             resp.runtime = {**(resp.runtime or {}), "warm": True}
             return resp
-        except Exception:  # noqa: BLE001 - refused (a QEMU update) or broken: drop it, boot cold
+        except Exception:  # noqa: BLE001 - refused (a VMM update) or broken: drop it, boot cold
             discard(key)
     resp = client.send("start", manifest.name, config, timeout=timeout)
     save_booted(client, manifest.name, key)
