@@ -23,7 +23,7 @@ def base(snap_root: Path) -> Iterator[Workspace]:
     ws.exec(["sh", "-c", "echo kept > /root/before && sync"])
     ws.snapshot("ready")
     yield ws
-    for name in ("fork-a", "fork-b", "base"):
+    for name in ("fork-a", "fork-b", "fork-c", "base"):
         WorkspaceStore(snap_root).delete(name, force=True)
 
 
@@ -113,6 +113,25 @@ def test_forks_are_private_and_differ(base: Workspace, snap_root: Path) -> None:
     assert _out(a, "ls /root").split() == ["before", "fork-file"]
 
 
+def test_a_restored_workspace_keeps_its_ram_in_the_snapshot_state(base: Workspace, snap_root: Path) -> None:
+    """A restore maps the snapshot's memory copy-on-write (no RAM file of its own); a
+    snapshot of it carries the RAM in ``state``, and restores and forks of that work."""
+    base.restore("ready")
+    assert not (snap_root / "run" / "base" / "ram").exists()
+    _out(base, "mkdir -p /dev/shm && mount -t tmpfs none /dev/shm 2>/dev/null; echo only-in-ram > /dev/shm/x")
+    base.snapshot("again")
+    path = snapshot_dir(snap_root, "base", "again")
+    assert sorted(p.name for p in path.iterdir()) == ["disk", "snapshot.json", "state"]
+    assert path.joinpath("state").stat().st_size > 16 << 20  # the guest's pages, not only device state
+    _out(base, "rm /dev/shm/x")
+    base.restore("again")
+    assert _out(base, "cat /dev/shm/x /root/before") == "only-in-ram\nkept"
+    c = base.fork("fork-c", "again")
+    assert _out(c, "cat /dev/shm/x; hostname") == "only-in-ram\nfork-c"
+    WorkspaceStore(snap_root).delete("fork-c", force=True)
+    assert WorkspaceStore(snap_root).remove_snapshot("base", "again")["removed"]
+
+
 def test_refusals_leave_the_workspace_as_it_was(base: Workspace, snap_root: Path) -> None:
     store = WorkspaceStore(snap_root)
     base.kill()
@@ -141,6 +160,9 @@ def test_refusals_leave_the_workspace_as_it_was(base: Workspace, snap_root: Path
     assert _out(base, "cat /root/before") == "kept"
     assert store.remove_snapshot("base", "ready")["removed"]
     assert base.snapshots() == []
+    base.kill()
+    base.start()  # a cold boot: its RAM in a file of its own again
     ram = (snap_root / "run" / "base" / "ram").resolve()
+    assert ram.exists()
     base.kill()
     assert not ram.exists()  # the RAM file goes with the VM

@@ -175,9 +175,8 @@ def discard(key: WarmKey) -> None:
 def start_fresh(client: Any, state_root: Path, manifest: Any, config: Any, initrd: Path, runtime_dir: Path,
                 timeout: float) -> Any:
     """The first ``start`` of a workspace that never booted: restore its boot snapshot
-    in place (disk copied over its fresh one; memory copied to its RAM file on QEMU,
-    mapped copy-on-write on Firecracker, so it can be snapshotted later) or, when
-    there is none, boot and save one.  Anything else
+    in place (disk copied over its fresh one, memory mapped copy-on-write from the
+    entry) or, when there is none, boot and save one.  Anything else
     (networked, egress-filtered, another backend, booted before) boots as usual.
 
     :returns: the supervisor's answer to ``start``; ``runtime["warm"]`` says which it was.

@@ -70,6 +70,23 @@ def memory_backend(cfg: Config, path: str, *, share: bool) -> list[str]:
     return ["-object", json.dumps(spec), "-machine", "memory-backend=ram0"]
 
 
+def anonymous_memory(cfg: Config) -> list[str]:
+    """Guest RAM in anonymous memory, for a restore whose state carries the RAM (a snapshot
+    of a VM that mapped its memory copy-on-write): like a private mapping, never a shared
+    block, which QEMU's ``x-ignore-shared`` would refuse to load pages into."""
+    spec = {"qom-type": "memory-backend-ram", "id": "ram0", "size": cfg.memoryMiB * 1024 * 1024}
+    return ["-object", json.dumps(spec), "-machine", "memory-backend=ram0"]
+
+
+def ram_is_shared_file(argv: list[str]) -> bool | None:
+    """Whether the VM's RAM is a file it writes through to (``True``), private memory
+    (``False``: a copy-on-write mapping or anonymous), or not in a memory backend at all."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-object" and '"id": "ram0"' in value:
+            return '"share": true' in value
+    return None
+
+
 def device_layout(argv: list[str]) -> str:
     """What must match between the QEMU that saved a snapshot and the one restoring it:
     machine, CPU model and count, memory size and every device (not the files behind them)."""

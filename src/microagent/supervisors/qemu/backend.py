@@ -32,9 +32,11 @@ from microagent.supervisors.linux_host import check_files, host_document, requir
 from microagent import ramfiles
 from microagent.supervisors.qemu import guest_arch, snapshot, virtiofs
 from microagent.supervisors.qemu.argv import (
+    anonymous_memory,
     device_layout,
     memory_backend,
     qemu_argv,
+    ram_is_shared_file,
 )
 from microagent.supervisors.qemu.qmp import QMPClient
 from microagent.supervisors.vmm import BootContext, VMMBackend
@@ -85,8 +87,13 @@ class QemuBackend(VMMBackend):
               ctx: BootContext) -> tuple[subprocess.Popen[bytes], list[str]]:
         assert request.config is not None and request.identity is not None
         cfg, plan, snap = request.config, ctx.network, request.snapshot
-        if snap is not None and snap.private:
+        # A snapshot's memory file is mapped copy-on-write by every restore of it, in place
+        # or a fork: the host keeps one copy of what the guest has not written since. A
+        # snapshot without one (taken from such a mapping) carries the RAM in its state.
+        if snap is not None and (Path(snap.path) / snapshot.MEMORY_FILE).is_file():
             memory = memory_backend(cfg, str(Path(snap.path) / snapshot.MEMORY_FILE), share=False)
+        elif snap is not None:
+            memory = anonymous_memory(cfg)
         else:
             ram = ramfiles.create(rt.path)
             memory = memory_backend(cfg, str(ram), share=True)
@@ -104,8 +111,7 @@ class QemuBackend(VMMBackend):
             source = Path(snap.path)
             running = snapshot.qemu_version(ctx.binary, Path(cfg.stateDir) / "cache")
             snapshot.check_compatible(snap.vmmVersion, snap.layout, running, device_layout(argv))
-            if not snap.private:  # in place: the snapshot's disk, and a copy of its memory to write to
-                snapshot.copy_memory(source / snapshot.MEMORY_FILE, ram)
+            if not snap.private:  # in place: the snapshot's disk (a fork's caller copied its own)
                 copy_disk(source / snapshot.DISK_FILE, Path(cfg.rootfsPath))
         if plan is not None:
             argv = plan.vmm_prefix() + argv  # inside pasta's namespace, when there is one
@@ -121,8 +127,9 @@ class QemuBackend(VMMBackend):
         runtime = rt.runtime()
         assert runtime is not None
         argv = list(runtime.argv or [])
-        ram = ramfiles.find(rt.path)
-        if ram is None or "-M" not in argv:
+        shared = ram_is_shared_file(argv)  # False: private memory (a restore), saved in the state
+        ram = ramfiles.find(rt.path) if shared else None
+        if shared is None or (shared and ram is None) or "-M" not in argv:
             raise Conflict(f"workspace {rt.path.name} was started without its RAM in a file, so it "
                            "cannot be snapshotted", "halt it and start it again, then take the snapshot")
         disk = Path(str((runtime.config or {}).get("rootfsPath", "")))

@@ -4,9 +4,12 @@ Guest RAM lives in a ``memory-backend-file`` (:func:`.argv.memory_backend`), so
 with the ``x-ignore-shared`` capability the migration stream carries only the
 device state (tens of KB, saved in milliseconds); the RAM is the file itself.
 QEMU 7.2 has no ``file:`` migration URI, hence ``exec:cat``.  A state file and
-its memory file are a matched pair: a restore with ``share=on`` writes the
-memory, so an in-place restore maps a copy, and a fork maps the snapshot's
-file ``share=off`` (private copy-on-write).
+its memory file are a matched pair, never written after the save: every
+restore, in place or a fork, maps the memory file ``share=off`` (private
+copy-on-write), so all restores of one snapshot share the pages their guests
+have not written.  Such a VM has no RAM file of its own: a snapshot of it
+carries its RAM in the state file (:func:`save`), and a restore of that one
+loads it into a new RAM file.
 """
 
 from __future__ import annotations
@@ -78,9 +81,14 @@ def _wait_migration(qmp: QMPClient, what: str) -> None:
     raise Transient(f"{what} did not finish within {MIGRATE_TIMEOUT_S:.0f}s")
 
 
-def save(qmp_socket: Path, dest: Path, ram: Path, disk: Path, *, resume: bool) -> None:
+def save(qmp_socket: Path, dest: Path, ram: Path | None, disk: Path, *, resume: bool) -> None:
     """Pause, write the device state, copy the RAM and disk files into ``dest``; resume
-    when ``resume`` (also after a failure: the VM stays as it was)."""
+    when ``resume`` (also after a failure: the VM stays as it was).
+
+    ``ram`` is ``None`` for a VM whose RAM maps a snapshot's memory copy-on-write
+    (a restore): that RAM is no shared block, so the migration stream carries it
+    (the pages the guest uses, in ``state``) and the snapshot has no memory file.
+    """
     from microagent.images.ext4 import copy_disk
 
     with QMPClient(qmp_socket, timeout=30.0) as qmp:
@@ -90,21 +98,12 @@ def save(qmp_socket: Path, dest: Path, ram: Path, disk: Path, *, resume: bool) -
             qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(dest / STATE_FILE))}")
             _wait_migration(qmp, "saving the device state")
             # the vcpus are stopped and the disks flushed: both files are at rest
-            copy_disk(ram, dest / MEMORY_FILE)
+            if ram is not None:
+                copy_disk(ram, dest / MEMORY_FILE)
             copy_disk(disk, dest / DISK_FILE)
         finally:
             if resume:
                 qmp.execute("cont")
-
-
-def copy_memory(src: Path, dst: Path) -> None:
-    """The snapshot's memory as this boot's RAM file: reflinked or sparse-copied, not fsynced
-    (the RAM file lives as long as the VM; a crash loses nothing worth keeping)."""
-    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(dst)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise Permanent(f"cannot copy the snapshot's memory {src}: {proc.stderr.strip()}",
-                        "check the free space of the state directory's disk")
 
 
 def check_compatible(recorded_version: str, recorded_layout: str, version: str, layout: str) -> None:
