@@ -8,13 +8,12 @@ once (TCG emulation makes boots the cost).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import vmm_processes
+from support import as_state_root
 
 from microagent.paths import kernel_dir, state_root
 
@@ -47,17 +46,5 @@ def a64_state(tmp_path_factory: pytest.TempPathFactory, aarch64_kernel_dir: Path
     root = tmp_path_factory.mktemp("a64state")
     shutil.copytree(aarch64_kernel_dir, kernel_dir(root, "qemu", ARCH),
                     ignore=shutil.ignore_patterns("initramfs-*"))
-    old = os.environ.get("MICROAGENT_STATE_DIR")
-    os.environ["MICROAGENT_STATE_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("MICROAGENT_STATE_DIR", None)
-    else:
-        os.environ["MICROAGENT_STATE_DIR"] = old
-    leaked = vmm_processes(str(root))
-    for line in leaked:
-        try:
-            os.kill(int(line.split()[0]), 9)
-        except (ProcessLookupError, ValueError):
-            pass
-    assert leaked == [], f"VMM processes left running: {leaked}"
+    with as_state_root(root):
+        yield root

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from microagent.paths import host_arch, kernel_dir, state_root
-from support import vmm_processes
+from support import no_vmm_left
 
 NODE_ARGS: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False,
                              "resources": {"microagent_host": 1}}
@@ -115,11 +115,5 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHarness]:
         while raylets() and time.monotonic() < deadline:
             time.sleep(0.2)
         left = raylets()
-        leaked = [p for root in roots for p in vmm_processes(str(root))]
-        for line in leaked:
-            try:
-                os.kill(int(line.split()[0]), 9)
-            except (ProcessLookupError, ValueError):
-                pass
-        assert leaked == [], f"VMM processes left running: {leaked}"
+        no_vmm_left(*roots)
         assert left == [], f"Ray processes left running: {left}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from microagent.kernels import build as kbuild
 from microagent.kernels.store import kernel_status
 from microagent.paths import host_arch, state_root
-from support import vmm_processes
+from support import as_state_root
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
 #: `make minimal-kernel`'s cache (read at collection, before a fixture points the state root elsewhere):
@@ -48,20 +47,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if not shutil.which("qemu-system-x86_64"):
         pytest.fail("qemu-system-x86_64 is not installed (run 'make install')")
     root = tmp_path_factory.mktemp("kbuildstate")
-    old = os.environ.get("MICROAGENT_STATE_DIR")
-    os.environ["MICROAGENT_STATE_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("MICROAGENT_STATE_DIR", None)
-    else:
-        os.environ["MICROAGENT_STATE_DIR"] = old
-    leaked = vmm_processes(str(root))
-    for line in leaked:
-        try:
-            os.kill(int(line.split()[0]), 9)
-        except (ProcessLookupError, ValueError):
-            pass
-    assert leaked == [], f"VMM processes left running: {leaked}"
+    with as_state_root(root):
+        yield root
 
 
 def test_kernel_build_installs_a_recorded_kernel_that_boots_a_workspace(root: Path, tmp_path: Path) -> None:
