@@ -8,7 +8,6 @@ explicitly rather than trusted to the caller's umask.
 
 from __future__ import annotations
 
-import _thread
 import os
 
 TYPE_CHECKING = False
@@ -54,35 +53,6 @@ def restrict_umask() -> None:
     previous = os.umask(0o077)
     if _user_umask is None:
         _user_umask = previous
-
-
-_umask_lock = _thread.allocate_lock()  # _thread: free to import, unlike threading
-_umask_depth = 0
-_umask_saved = 0
-
-
-@_contextmanager
-def private_umask() -> Iterator[None]:
-    """The umask 077 for the duration of the block: a backend served inside the
-    caller's process (``vmkit.dispatch``) spawns VMMs and binds sockets that must be
-    the user's alone, as under a supervisor executable's :func:`restrict_umask`.
-
-    The umask is process-wide: nested and concurrent blocks share one restriction
-    (counted under a lock), and the caller's umask comes back when the last ends.
-    Another thread creating files meanwhile gets 077 too: only ever stricter.
-    """
-    global _umask_depth, _umask_saved
-    with _umask_lock:
-        if _umask_depth == 0:
-            _umask_saved = os.umask(0o077)
-        _umask_depth += 1
-    try:
-        yield
-    finally:
-        with _umask_lock:
-            _umask_depth -= 1
-            if _umask_depth == 0:
-                os.umask(_umask_saved)
 
 
 def user_umask() -> int:

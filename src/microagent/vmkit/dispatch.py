@@ -2,11 +2,12 @@
 
 Every backend speaks one contract: a JSON request in, one JSON response out
 (docs/supervisor-api.md).  The Linux backends (``qemu``, ``firecracker``) are
-answered in the calling process by default (:func:`call_in_process`): a
-supervisor process would cost a Python start-up and the backend's imports,
-about 100 ms, on every ``start``, ``kill`` and ``delete``.  Apple VF and
-Hyper-V always run as their executables (their OS bindings load only there),
-and so does any backend whose executable is named explicitly.
+answered by a worker forked from a single-threaded caller such as the CLI
+(:func:`call_in_process`): an executable would cost a Python start-up and the
+backend's imports, about 100 ms, on every ``start``, ``kill`` and ``delete``.
+Apple VF and Hyper-V always run as their executables (their OS bindings load
+only there), and so does every backend for a threaded caller or when its
+executable is named explicitly.
 Lookup order of an executable: explicit override → ``MICROAGENT_<BACKEND>_SUPERVISOR`` →
 beside the running ``microagent`` → ``<prefix>/libexec`` → ``PATH``
 (why executables at all: docs/architecture.md, "Layers").
@@ -130,10 +131,15 @@ def call_supervisor(executable: Path, request: Request | dict[str, Any], *,
 
 def in_process(backend: str, override: str | None = None,
                env: os._Environ[str] | dict[str, str] | None = None) -> bool:
-    """Whether ``backend`` is answered in this process: a Linux backend whose
-    executable nobody named (``--supervisor``, ``MICROAGENT_<BACKEND>_SUPERVISOR``)."""
+    """Whether ``backend`` is answered by a worker forked from this process: a Linux
+    backend whose executable nobody named (``--supervisor``, ``MICROAGENT_<BACKEND>_SUPERVISOR``),
+    called from a process with one thread (the CLI, a script). A threaded process (the
+    MCP server, a Ray agent) cannot fork safely: a lock another thread held stays held
+    in the child. It runs the executable, whose VMMs are not its children either (Ray
+    kills an actor's child processes with it)."""
     env = os.environ if env is None else env
-    return backend in IN_PROCESS and not override and not env.get(ENV_NAMES[backend])
+    return (backend in IN_PROCESS and not override and not env.get(ENV_NAMES[backend])
+            and _single_threaded())
 
 
 def load_backend(backend: str) -> tuple[Any, Any]:
@@ -149,30 +155,23 @@ def load_backend(backend: str) -> tuple[Any, Any]:
 
 def call_in_process(backend: str, request: Request, *, timeout: float = 600.0,
                     lock_fd: int | None = None) -> Response:
-    """Answer ``request`` with ``backend``'s supervisor code, loaded into this process,
-    exactly as its executable would: the request and the answer cross the same wire
-    encoding, the umask is 077 meanwhile (what the VMM and its sockets inherit), and
-    every error becomes an answer before it is raised here.
+    """Answer ``request`` with ``backend``'s supervisor code, already loaded in this
+    process, in a forked worker: exactly as its executable would (the request and the
+    answer cross the same wire encoding, the umask is 077, every error becomes an
+    answer), without an interpreter's start-up and the backend's imports.
 
-    The work runs in a forked child when this process has one thread (the CLI): it
-    inherits the workspace lock, so a caller killed mid-``start`` leaves the lock
-    with the worker, which finishes and records the outcome, as an executable would.
-    A threaded caller (the SDK in a server, the MCP server) cannot fork safely (a lock
-    another thread held stays held in the child): it does the work in its own thread.
+    The worker inherits the workspace lock, so a caller killed mid-``start`` leaves
+    the lock with the worker, which finishes and records the outcome; the VMM it
+    spawns is reparented when it exits, as an executable's is. Only for a caller
+    with one thread (:func:`in_process`).
 
-    :raises Transient: when the forked worker does not answer within ``timeout``.
+    :raises Transient: when the worker does not answer within ``timeout``.
     :raises MicroagentError: the supervisor's own error when ``ok`` is false.
     """
-    factory, answer = load_backend(backend)  # before a fork: the worker imports nothing
+    factory, answer = load_backend(backend)  # before the fork: the worker imports nothing
     raw = json.loads(json.dumps(to_wire(request)))
-    if _single_threaded():
-        doc = _answer_in_child(lambda: answer(factory, backend, raw, lock_handed_down=lock_fd is not None),
-                               backend, timeout, lock_fd)
-    else:
-        from microagent.fsutil import private_umask
-
-        with private_umask():
-            doc = answer(factory, backend, raw).to_json()
+    doc = _answer_in_child(lambda: answer(factory, backend, raw, lock_handed_down=lock_fd is not None),
+                           backend, timeout, lock_fd)
     response = Response.from_json(json.loads(json.dumps(doc)))
     if not response.ok:
         raise MicroagentError.from_dict(response.error or {"message": "supervisor failed"})
