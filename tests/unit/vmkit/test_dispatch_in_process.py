@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +23,10 @@ from microagent.workspace.lock import WorkspaceLock, held_fd, lock_path
 def _request(root: Path, command: str = "inspect", name: str = "nope") -> Request:
     return Request(command=command, identity=Identity(requestID="r1", runtimeID=name, role="workload", backend="qemu"),
                    config=Config(stateDir=str(root)))
+
+
+# The forked-worker tests below fork this test process, whatever threads it has:
+# their backends only sleep, exit or read a file, with everything imported before.
 
 
 class SlowBackend(Backend):
@@ -58,12 +61,15 @@ def _umask() -> int:
         return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
 
 
-def test_linux_backends_are_answered_in_process_unless_an_executable_is_named() -> None:
-    """(pytest runs the tests in one thread)"""
+def test_linux_backends_are_answered_in_process_unless_an_executable_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "_single_threaded", lambda: True)
     assert dispatch.in_process("qemu", None, {}) and dispatch.in_process("firecracker", None, {})
     assert not dispatch.in_process("qemu", "/usr/local/bin/my-supervisor", {})
     assert not dispatch.in_process("qemu", None, {"MICROAGENT_QEMU_SUPERVISOR": "/x"})
     assert not dispatch.in_process("apple-vf", None, {}) and not dispatch.in_process("windows-hyperv", None, {})
+    monkeypatch.setattr(dispatch, "_single_threaded", lambda: False)
+    assert not dispatch.in_process("qemu", None, {})
 
 
 def test_the_answer_is_the_executables(tmp_path: Path) -> None:
@@ -92,17 +98,17 @@ def test_the_forked_worker_holds_the_callers_lock(tmp_path: Path, monkeypatch: p
 
 def test_a_threaded_caller_runs_the_executable() -> None:
     """Forking a threaded process is unsafe (a lock another thread holds stays held in
-    the child), and a VMM spawned in it would be its child (Ray kills those with an actor)."""
-    assert dispatch.in_process("qemu", None, {})
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait)
-    other.start()
-    try:
-        assert not dispatch.in_process("qemu", None, {})
-    finally:
-        stop.set()
-        other.join()
-    assert dispatch.in_process("qemu", None, {})
+    the child), and a VMM spawned in it would be its child (Ray kills those with an actor).
+    Checked in a fresh interpreter: this test process may have threads of its own."""
+    code = ("import threading\n"
+            "from microagent.vmkit import dispatch\n"
+            "alone = dispatch.in_process('qemu', None, {})\n"
+            "stop = threading.Event(); t = threading.Thread(target=stop.wait); t.start()\n"
+            "threaded = dispatch.in_process('qemu', None, {})\n"
+            "stop.set(); t.join()\n"
+            "print(alone, threaded)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
 
 
 def test_a_worker_that_does_not_answer_in_time_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
