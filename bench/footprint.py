@@ -6,13 +6,13 @@ each answers one ``exec true``, and after a short idle pause the proportional
 set size of every VMM (QEMU) and every channel helper is read from
 ``/proc/PID/smaps_rollup``.  The VMM's cost is its guest RAM plus the
 rest of its PSS (QEMU itself, TCG's translation cache).  Its guest RAM is
-its own RAM file on /dev/shm when it has one (a cold boot, or a start that
-restored the image's boot snapshot in place: a copy of the snapshot's
-memory): every page of that file, as ``st_blocks`` counts them, because a
-tmpfs page costs host memory whether or not QEMU has touched it since the
-restore, and ``Pss_Shmem`` (printed as "mapped") counts only those it has.
-A VMM without a RAM file of its own (a fork) maps a snapshot's memory
-copy-on-write: its PSS counts it.  Printed per workspace (mean) and as the
+its own RAM file on /dev/shm when it has one (a cold boot): every page of
+that file, as ``st_blocks`` counts them, because a tmpfs page costs host
+memory whether or not QEMU has touched it lately, and ``Pss_Shmem``
+(printed as "mapped") counts only those it has.  A VMM without a RAM file of
+its own (every restore: a warm start, a fork) maps a snapshot's memory
+copy-on-write: its PSS counts it (the pages it wrote, and its share of the
+snapshot's page cache), under "VMM rest".  Printed per workspace (mean) and as the
 marginal cost of the workspaces after the first, against the goals: VMM +
 helper <= 64 MiB, helper <= 4 MiB.  Beside them, the floor of the guest's RAM: what
 the guest does not have on its free lists (its RAM size minus ``MemFree`` of
@@ -121,12 +121,13 @@ def main() -> None:
             totals[count] = each * count
             print(f"{count:>3} {mean['guest_ram']:>10.1f} {mean['mapped']:>9.1f} {mean['rest']:>9.1f} "
                   f"{mean['helper']:>7.1f} {each:>7.1f}  {each / GOAL_TOTAL_MIB:.2f}x goal; "
-                  f"all {totals[count]:.0f}; guest in use {mean['floor']:.1f} (guest RAM / floor "
-                  f"{mean['guest_ram'] / mean['floor']:.2f}x)")
+                  f"all {totals[count]:.0f}; guest in use {mean['floor']:.1f} "
+                  + (f"(guest RAM / floor {mean['guest_ram'] / mean['floor']:.2f}x)" if mean["guest_ram"]
+                     else "(guest RAM mapped from the boot snapshot: in VMM rest)"))
         warm = [p.stat().st_blocks * 512 / 2**20 for p in (root / "images" / "warm").rglob("memory")]
         if warm:
             print(f"the image's boot snapshot memory: {sum(warm):.1f} MiB (on the state directory's disk, "
-                  "once per image; every warm start copies it to its RAM file)")
+                  "once per image; every warm start maps it copy-on-write)")
     finally:
         for m in store.list():
             store.delete(m["name"], force=True)
