@@ -54,12 +54,21 @@ def test_layout_and_version_checks() -> None:
     assert json.loads(layout) == {"vcpus": 2, "memMiB": 256, "drives": [["rootfs", False], ["config", True]],
                                   "vsockCid": 3, "net": []}
     assert snapshot.device_layout(firecracker_config(_cfg(hostname="other"), "x", linked=True)) == layout
-    snapshot.check_compatible(VERSION, layout, VERSION, layout)
-    with pytest.raises(Conflict, match="saved by Firecracker v1.11.0, this host runs Firecracker v1.12.1"):
-        snapshot.check_compatible("Firecracker v1.11.0", layout, VERSION, layout)
+    from microagent.supervisors.firecracker.backend import FirecrackerBackend
+    from microagent.vmkit.types import Identity, Request, SnapshotSpec
+
+    def refuse(recorded: str, recorded_layout: str, now: str) -> None:
+        request = Request(command="start", identity=Identity(requestID="r", runtimeID="ws", role="workload",
+                                                             backend="firecracker"),
+                          config=_cfg(), snapshot=SnapshotSpec(path="/s", vmmVersion=recorded, layout=recorded_layout))
+        FirecrackerBackend().refuse_incompatible(request, VERSION, now, snapshot.WHY_VERSION)
+
+    refuse(VERSION, layout, layout)
+    with pytest.raises(Conflict, match="saved by 'Firecracker v1.11.0', this host runs 'Firecracker v1.12.1'"):
+        refuse("Firecracker v1.11.0", layout, layout)
     bigger = snapshot.device_layout(firecracker_config(_cfg(memoryMiB=512), "h", linked=True))
     with pytest.raises(Conflict, match="device layout differs"):
-        snapshot.check_compatible(VERSION, layout, VERSION, bigger)
+        refuse(VERSION, layout, bigger)
 
 
 # --- the real binary ---------------------------------------------------------------
@@ -184,7 +193,7 @@ def test_restore_refuses_another_version_or_layout_before_launching(fc, tmp_path
     for name in ("state", "memory", "disk"):
         (dest / name).write_bytes(b"x")
     layout = snapshot.device_layout(firecracker_config(_cfg(memoryMiB=128, cpuCount=1), "h", linked=True))
-    for version, recorded_layout, expect in (("Firecracker v1.11.0", layout, "saved by Firecracker v1.11.0"),
+    for version, recorded_layout, expect in (("Firecracker v1.11.0", layout, "saved by 'Firecracker v1.11.0'"),
                                              (VERSION, layout.replace('"memMiB":128', '"memMiB":64'),
                                               "device layout differs")):
         request = {"command": "start", "identity": {"requestID": "t", "runtimeID": "ws", "role": "workload",

@@ -59,7 +59,7 @@ class Cli:
 def cli(tmp_path: Path) -> Iterator[Cli]:
     guest = find_guest_init()
     if guest is None:
-        pytest.skip("guest init is not built; run 'make guest'")
+        pytest.fail("guest init is not built; run 'make guest' (make test builds it)")
     kernel = kernel_dir(state_root(None), "qemu", "x86_64") / "Image"
     if not kernel.is_file():
         from microagent.kernels import install_kernel

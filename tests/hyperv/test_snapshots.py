@@ -31,7 +31,7 @@ class Env:
     def __init__(self, tmp: Path, seed: Path) -> None:
         guest = find_guest_init()
         if guest is None:
-            pytest.skip("guest init is not built; run 'make guest'")
+            pytest.fail("guest init is not built; run 'make guest' (make test builds it)")
         self.tmp, self.state = tmp, tmp / "state"
         self.seed = copy_disk(seed, tmp / "seed.ext4")
         (tmp / "Image").write_bytes(b"kernel")

@@ -9,7 +9,6 @@ import pytest
 
 from microagent.errors import Conflict, InvalidRequest
 from microagent.supervisors.qemu.argv import device_layout, memory_backend, qemu_argv
-from microagent.supervisors.qemu.snapshot import check_compatible
 from microagent.vmkit.types import Config, parse_request
 from microagent.workspace import snapshots
 
@@ -72,12 +71,23 @@ def test_incoming_only_when_restoring() -> None:
     assert qemu_argv("qemu", cfg, hostname="h", accel="tcg", incoming=True)[-2:] == ["-incoming", "defer"]
 
 
-def test_version_and_layout_mismatch_are_refused() -> None:
-    check_compatible("QEMU 7.2", "-m 256", "QEMU 7.2", "-m 256")
+def test_version_and_layout_mismatch_are_refused(tmp_path: Path) -> None:
+    from microagent.supervisors.qemu import snapshot as qemu_snapshot
+    from microagent.supervisors.qemu.backend import QemuBackend
+    from microagent.vmkit.types import Identity, Request, SnapshotSpec
+
+    def refuse(recorded: str, layout: str, version: str, now: str) -> None:
+        spec = SnapshotSpec(path=str(tmp_path), vmmVersion=recorded, layout=layout)
+        request = Request(command="start", identity=Identity(requestID="r", runtimeID="ws", role="workload",
+                                                             backend="qemu"),
+                          config=Config(stateDir=str(tmp_path)), snapshot=spec)
+        QemuBackend().refuse_incompatible(request, version, now, qemu_snapshot.WHY_VERSION)
+
+    refuse("QEMU 7.2", "-m 256", "QEMU 7.2", "-m 256")
     with pytest.raises(Conflict, match="another version"):
-        check_compatible("QEMU 7.1", "-m 256", "QEMU 7.2", "-m 256")
+        refuse("QEMU 7.1", "-m 256", "QEMU 7.2", "-m 256")
     with pytest.raises(Conflict, match="device layout differs"):
-        check_compatible("QEMU 7.2", "-m 256", "QEMU 7.2", "-m 512")
+        refuse("QEMU 7.2", "-m 256", "QEMU 7.2", "-m 512")
 
 
 def test_stage_publish_remove(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def call_in_process(backend: str, request: Request, *, timeout: float = 600.0,
     raw = json.loads(json.dumps(to_wire(request)))
     doc = _answer_in_child(lambda: answer(factory, backend, raw, lock_handed_down=lock_fd is not None),
                            backend, timeout, lock_fd)
-    response = Response.from_json(json.loads(json.dumps(doc)))
+    response = Response.from_json(doc)  # decoded from the worker's JSON, as an executable's
     if not response.ok:
         raise MicroagentError.from_dict(response.error or {"message": "supervisor failed"})
     return response

@@ -146,8 +146,7 @@ class FirecrackerBackend(VMMBackend):
             doc["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": plan.tap}]
         snap = request.snapshot
         if snap is not None:
-            self._prepare_restore(ctx, cfg.rootfsPath, doc, Path(snap.path), private=snap.private,
-                                  recorded=(snap.vmmVersion, snap.layout))
+            self._prepare_restore(request, ctx, doc)
         self._link_drives(rt, cfg)
         # written for a restore too: what the VM runs with, and its layout for the next snapshot
         (rt.path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -237,18 +236,18 @@ class FirecrackerBackend(VMMBackend):
             (rt.path / link).unlink(missing_ok=True)
             os.symlink(target, rt.path / link)
 
-    def _prepare_restore(self, ctx: BootContext, rootfs: str, doc: dict[str, Any], source: Path, *,
-                         private: bool, recorded: tuple[str, str]) -> None:
+    def _prepare_restore(self, request: Request, ctx: BootContext, doc: dict[str, Any]) -> None:
         """Refuse another firecracker or device layout; an in-place restore takes the
         snapshot's disk (a fork's was copied when it was created)."""
         from microagent.host.firecracker_binary import firecracker_version
 
-        snapshot.check_compatible(*recorded, snapshot.vmm_version(firecracker_version(Path(ctx.binary))),
-                                  snapshot.device_layout(doc))
-        if not private:
+        assert request.config is not None and request.snapshot is not None
+        self.refuse_incompatible(request, snapshot.vmm_version(firecracker_version(Path(ctx.binary))),
+                                 snapshot.device_layout(doc), snapshot.WHY_VERSION)
+        if not request.snapshot.private:
             from microagent.images.ext4 import copy_disk
 
-            copy_disk(source / snapshot.DISK_FILE, Path(rootfs))
+            copy_disk(Path(request.snapshot.path) / snapshot.DISK_FILE, Path(request.config.rootfsPath))
 
     def save_vm(self, rt: RuntimeDir, dest: Path, *, resume: bool) -> dict[str, Any]:
         runtime = rt.runtime()

@@ -57,16 +57,8 @@ def device_layout(doc: dict[str, Any]) -> str:
     return json.dumps(layout, sort_keys=True, separators=(",", ":"))
 
 
-def check_compatible(recorded_version: str, recorded_layout: str, version: str, layout: str) -> None:
-    """:raises Conflict: when this firecracker or this device layout is not the snapshot's."""
-    if recorded_version and recorded_version != version:
-        raise Conflict(f"the snapshot was saved by {recorded_version}, this host runs {version}; "
-                       "Firecracker loads only the snapshot format of its own version",
-                       "take a new snapshot with this firecracker (a cold start works)")
-    if recorded_layout and recorded_layout != layout:
-        raise Conflict(f"the snapshot's device layout differs from this workspace's: "
-                       f"saved {recorded_layout}, now {layout}",
-                       "restore it into a workspace with the same memory, CPUs, disks and network")
+#: why a snapshot of another firecracker is refused (:meth:`~microagent.supervisors.vmm.VMMBackend.refuse_incompatible`)
+WHY_VERSION = "Firecracker loads only the snapshot format of its own version"
 
 
 def save(api: "FirecrackerAPI", dest: Path, disk: Path, *, resume: bool) -> None:

@@ -110,7 +110,7 @@ class QemuBackend(VMMBackend):
 
             source = Path(snap.path)
             running = snapshot.qemu_version(ctx.binary, Path(cfg.stateDir) / "cache")
-            snapshot.check_compatible(snap.vmmVersion, snap.layout, running, device_layout(argv))
+            self.refuse_incompatible(request, running, device_layout(argv), snapshot.WHY_VERSION)
             if not snap.private:  # in place: the snapshot's disk (a fork's caller copied its own)
                 copy_disk(source / snapshot.DISK_FILE, Path(cfg.rootfsPath))
         if plan is not None:

@@ -20,13 +20,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from microagent.errors import Conflict, Permanent, Transient
+from microagent.errors import Permanent, Transient
 from microagent.supervisors.qemu.qmp import QMPClient
 
 STATE_FILE = "state"
 MEMORY_FILE = "memory"
 DISK_FILE = "disk"
 MIGRATE_TIMEOUT_S = 60.0
+#: why a snapshot of another QEMU is refused (:meth:`~microagent.supervisors.vmm.VMMBackend.refuse_incompatible`)
+WHY_VERSION = "QEMU does not promise to load another version's microvm state"
 
 _IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
 
@@ -104,18 +106,6 @@ def save(qmp_socket: Path, dest: Path, ram: Path | None, disk: Path, *, resume: 
         finally:
             if resume:
                 qmp.execute("cont")
-
-
-def check_compatible(recorded_version: str, recorded_layout: str, version: str, layout: str) -> None:
-    """:raises Conflict: when this QEMU or this device layout is not the snapshot's."""
-    if recorded_version and recorded_version != version:
-        raise Conflict(f"the snapshot was saved by {recorded_version!r}, this host runs {version!r}; "
-                       "QEMU does not promise to load another version's microvm state",
-                       "take a new snapshot with this QEMU (a cold start works)")
-    if recorded_layout and recorded_layout != layout:
-        raise Conflict(f"the snapshot's device layout differs from this workspace's: "
-                       f"saved {recorded_layout!r}, now {layout!r}",
-                       "restore it into a workspace with the same memory, CPUs, disks and network")
 
 
 def _connect(qmp_socket: Path, vmm_alive: Callable[[], bool], timeout: float = 10.0) -> QMPClient:
