@@ -103,9 +103,61 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
     """Replace ``path`` with ``data``: a temp file in the same directory, written,
     fsynced and renamed over it, then the directory fsynced.  Readers see the old
-    content or the new, never a mix; the file has ``mode`` from its first byte."""
-    with atomic_writer(path, mode) as fh:
-        fh.write(data)
+    content or the new, never a mix; the file has ``mode`` from its first byte.
+
+    Plain ``os`` calls, no context managers or pathlib: the channel helper (one
+    per workspace) writes its exec count with it and would pay their imports."""
+    path = os.fspath(path)
+    tmp = _temp_name(path)
+    fd = _create(tmp, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        _discard(tmp)
+        raise
+    _publish(tmp, fd, path)
+
+
+def _publish(tmp: str, fd: int, path: str) -> None:
+    """Fsync ``tmp`` through ``fd`` (closed here) and rename it over ``path``, then
+    fsync the directory; ``tmp`` is removed if any of it fails."""
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def _temp_name(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name[:200]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # within NAME_MAX
+
+
+def _create(tmp: str, mode: int) -> int:
+    """A new file with exactly ``mode`` (O_CREAT's is filtered by the umask)."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        _discard(tmp)
+        raise
+    return fd
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 @_contextmanager
@@ -125,28 +177,16 @@ def atomic_path(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> 
     directory fsynced; otherwise it is removed.  The writer may change its mode."""
     from pathlib import Path
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # within NAME_MAX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    path = os.fspath(path)
+    tmp = _temp_name(path)
+    os.close(_create(tmp, mode))
     try:
-        try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
-        finally:
-            os.close(fd)
-        yield tmp
+        yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
-    fsync_dir(path.parent)
+    _publish(tmp, fd, path)
 
 
 def overwrite_in_place(path: str | os.PathLike[str], data: bytes) -> bool:

@@ -12,6 +12,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # importing socket costs the CLI's exec start-up; connect needs only the socket given
+    import _socket
     import socket
 
 SUN_PATH_MAX = 100
@@ -34,20 +35,23 @@ def connect_any_length(sock: socket.socket, path: str | os.PathLike[str]) -> Non
         os.close(dirfd)
 
 
-def listen_unix(name: str, backlog: int = 64) -> socket.socket:
+def listen_unix(name: str, backlog: int = 64) -> _socket.socket:
     """Listen on ``name`` in the current directory, mode 0600.
 
     Binds a temporary name and renames it into place once it accepts, so a
     client that sees the path never finds a dead socket.  Callers ``chdir``
     into the runtime directory first: relative names keep ``sun_path`` short.
+    The socket is a ``_socket.socket`` (``socket.socket``'s C base, without
+    socket.py's imports: the channel helper runs once per workspace), so it
+    has ``_accept()`` rather than ``accept()``.
     """
     try:
         os.unlink(name)
     except FileNotFoundError:
         pass
-    import socket
+    import _socket
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     tmp = f".{name}.{os.getpid()}"
     sock.bind(tmp)
     os.chmod(tmp, 0o600)

@@ -13,11 +13,9 @@ the payload and stays in sync).
 
 from __future__ import annotations
 
-import enum
-import json
 import struct
-from collections import namedtuple
 
+from microagent import jsonlite
 from microagent.channel.errors import ProtocolError
 
 TYPE_CHECKING = False
@@ -36,6 +34,7 @@ __all__ = [
     "STDOUT",
     "Frame",
     "FrameDecoder",
+    "FRAME_TYPE_NAMES",
     "FrameType",
     "OversizedFrame",
     "ProtocolError",
@@ -46,6 +45,7 @@ __all__ = [
     "encode_frame",
     "encode_json",
     "encode_window",
+    "frame_type_name",
     "json_frame",
 ]
 
@@ -79,8 +79,10 @@ _U32 = struct.Struct(">I")
 _U32_MAX = 0xFFFFFFFF
 
 
-class FrameType(enum.IntEnum):
-    """Frame types (docs/protocol.md, "Frame types")."""
+# Plain ints, plain tuples: enum and collections.namedtuple would cost the
+# channel helper (one per workspace) about 1.5 MiB of memory each.
+class FrameType:
+    """Frame types (docs/protocol.md, "Frame types"): the type byte's values."""
 
     HELLO = 1
     OPEN = 2
@@ -92,43 +94,58 @@ class FrameType(enum.IntEnum):
     CLOSE = 8
 
 
-# Named tuples, not dataclasses: immutable and as cheap, without importing
-# dataclasses (and inspect) into the per-workspace helper and the CLI, nor
-# typing (collections.namedtuple rather than typing.NamedTuple).
-class Frame(namedtuple("Frame", "session type payload", defaults=(b"",))):
-    """One decoded frame.
+FRAME_TYPE_NAMES = {value: name for name, value in vars(FrameType).items() if name.isupper()}
+"""Each known type byte's name, for messages."""
 
-    :param session: session id (0 = the connection itself).
-    :param type: the raw type byte; compare with :class:`FrameType` members,
-        or use :attr:`known_type`, since unknown types are kept as plain ints.
-    :param payload: the payload bytes (at most :data:`MAX_PAYLOAD`).
-    """
+
+def frame_type_name(type: int) -> str:
+    """``"DATA"`` for 3; ``"type 99"`` for a byte no frame type has."""
+    return FRAME_TYPE_NAMES.get(type) or f"type {type}"
+
+
+def _field(index: int, doc: str) -> Any:
+    """A read-only attribute for one item of a tuple subclass (as namedtuple makes)."""
+    return property(lambda self: self[index], doc=doc)
+
+
+class Frame(tuple):  # type: ignore[type-arg]
+    """One decoded frame: the tuple ``(session, type, payload)``."""
 
     __slots__ = ()
-    session: int
-    type: int
-    payload: bytes
+    session: int = _field(0, "session id (0 = the connection itself)")
+    type: int = _field(1, "the raw type byte; compare with FrameType's values, or use known_type, "
+                          "since unknown types are kept as they came")
+    payload: bytes = _field(2, "the payload bytes (at most MAX_PAYLOAD)")
+
+    def __new__(cls, session: int, type: int, payload: bytes = b"") -> Frame:
+        return tuple.__new__(cls, (session, type, payload))
 
     @property
-    def known_type(self) -> FrameType | None:
-        """The :class:`FrameType` of this frame, or ``None`` if unknown."""
-        try:
-            return FrameType(self.type)
-        except ValueError:
-            return None
+    def known_type(self) -> int | None:
+        """The type byte when it is one of :class:`FrameType`'s, else ``None``."""
+        return self[1] if self[1] in FRAME_TYPE_NAMES else None
+
+    def __repr__(self) -> str:
+        return f"Frame(session={self[0]!r}, type={self[1]!r}, payload={self[2]!r})"
 
 
-class OversizedFrame(namedtuple("OversizedFrame", "session type length")):
-    """A header whose length exceeds :data:`MAX_PAYLOAD`.
+class OversizedFrame(tuple):  # type: ignore[type-arg]
+    """A header whose length exceeds :data:`MAX_PAYLOAD`: the tuple ``(session, type, length)``.
 
     The decoder skips exactly ``length`` payload bytes after reporting it;
     the receiver answers ``ERROR {code:"frame_too_large"}`` on ``session``.
     """
 
     __slots__ = ()
-    session: int
-    type: int
-    length: int
+    session: int = _field(0, "session id")
+    type: int = _field(1, "the raw type byte")
+    length: int = _field(2, "the payload length the header announced")
+
+    def __new__(cls, session: int, type: int, length: int) -> OversizedFrame:
+        return tuple.__new__(cls, (session, type, length))
+
+    def __repr__(self) -> str:
+        return f"OversizedFrame(session={self[0]!r}, type={self[1]!r}, length={self[2]!r})"
 
 
 def encode_frame(session: int, type: int, payload: bytes = b"") -> bytes:
@@ -257,7 +274,7 @@ def encode_json(obj: dict[str, Any]) -> bytes:
     :raises ProtocolError: if ``obj`` cannot be serialised or is too large.
     """
     try:
-        out = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        out = jsonlite.dumps(obj).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}") from exc
     if len(out) > MAX_PAYLOAD:
@@ -271,7 +288,7 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     :raises ProtocolError: if it is not UTF-8, not JSON, or not an object.
     """
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"))
+        obj = jsonlite.loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from exc
     if not isinstance(obj, dict):
@@ -279,7 +296,7 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return obj
 
 
-def json_frame(session: int, type: FrameType, obj: dict[str, Any]) -> bytes:
+def json_frame(session: int, type: int, obj: dict[str, Any]) -> bytes:
     """Encode a frame whose payload is ``obj`` as JSON.
 
     :raises ProtocolError: as :func:`encode_json` and :func:`encode_frame`.

@@ -48,6 +48,7 @@ from microagent.channel.frames import (
     encode_data,
     encode_frame,
     encode_window,
+    frame_type_name,
     json_frame,
 )
 from microagent.channel.limits import MAX_QUEUED_CONTROL_BYTES, MAX_QUEUED_CONTROLS
@@ -711,18 +712,18 @@ class ChannelConnection:
         ftype = frame.known_type
         try:
             problem: tuple[str, str] | None = None
-            if ftype is FrameType.DATA:
+            if ftype == FrameType.DATA:
                 problem = session._on_data(*decode_data(frame.payload))
-            elif ftype is FrameType.WINDOW:
+            elif ftype == FrameType.WINDOW:
                 stream, inc = decode_window(frame.payload)
                 session._on_window(stream, inc)
-            elif ftype is FrameType.CONTROL:
+            elif ftype == FrameType.CONTROL:
                 problem = session._on_control(ControlEvent(decode_json(frame.payload), len(frame.payload)))
-            elif ftype is FrameType.EXIT:
+            elif ftype == FrameType.EXIT:
                 body = decode_json(frame.payload)
                 self._forget(frame.session)
                 session._deliver(ExitEvent(body))
-            elif ftype is FrameType.ERROR:
+            elif ftype == FrameType.ERROR:
                 body = decode_json(frame.payload)
                 self._forget(frame.session)
                 session._deliver(ErrorEvent(str(body.get("code", "")), str(body.get("message", "")), body))
@@ -735,7 +736,7 @@ class ChannelConnection:
 
     def _dispatch_connection(self, frame: Frame) -> None:
         ftype = frame.known_type
-        if ftype is FrameType.ERROR and b"guest_closed" in frame.payload:
+        if ftype == FrameType.ERROR and b"guest_closed" in frame.payload:
             try:
                 body = decode_json(frame.payload)
             except ProtocolError:
@@ -750,14 +751,15 @@ class ChannelConnection:
             body = decode_json(frame.payload)
         except ProtocolError as exc:
             body = {}
-            err: Exception | None = ProtocolError(f"guest sent a malformed {ftype.name} on session 0: {exc.message}")
+            err: Exception | None = ProtocolError(
+                f"guest sent a malformed {frame_type_name(frame.type)} on session 0: {exc.message}")
         else:
             err = None
         with self._hello_cond:
             if not self._hello_pending:
-                self._log_oob("unexpected %s on session 0: %.200r", ftype.name, body)
+                self._log_oob("unexpected %s on session 0: %.200r", frame_type_name(frame.type), body)
                 return
-            if err is None and ftype is FrameType.ERROR:
+            if err is None and ftype == FrameType.ERROR:
                 code = str(body.get("code", ""))
                 msg = str(body.get("message", ""))
                 if code == "policy_denied":  # a helper refused our token

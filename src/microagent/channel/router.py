@@ -30,22 +30,30 @@ Routing rules (docs/protocol.md, "The helper"):
   not HELLO in time or get it wrong.
 
 Run as ``python -m microagent.channel.router --guest unix:PATH --listen PATH``
-(or ``--guest fc-vsock:UDS:PORT``).  Single-threaded: one ``selectors`` loop.
+(or ``--guest fc-vsock:UDS:PORT``).  Single-threaded: one ``poll`` loop.
+
+One helper runs per workspace, so what it imports is memory every workspace
+pays: it uses ``_socket``, ``_signal``, ``select.poll`` and
+:mod:`microagent.jsonlite` rather than ``socket``, ``signal``, ``selectors``
+and ``json``, which between them load ``enum``, ``re`` and ``collections``
+(``tests/agent/test_helper_imports.py`` keeps them out).
 """
 
 from __future__ import annotations
 
-import json
+import _signal
+import _socket
 import os
-import selectors
-import signal
-import socket
+import select
 import sys
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs each helper memory (one helper per workspace); so do argparse and pathlib
+    import socket
     from typing import Any, Callable
+
+from microagent import jsonlite
 
 from microagent.channel.errors import ProtocolError
 from microagent.channel.frames import (
@@ -80,11 +88,79 @@ RESTORE_FIRST_RESEND_S = 0.02
 _FINAL = (FrameType.EXIT, FrameType.ERROR)
 _GUEST_STREAMS = (STDOUT, STDERR)
 _MAX_WARNINGS = 200  # protocol-violation log lines per helper run (a peer can provoke endless ones)
+READ, WRITE = 1, 2  # interest in a descriptor, as selectors.EVENT_READ and EVENT_WRITE
 
 
 def log(message: str) -> None:
     sys.stderr.write(f"{time.strftime('%H:%M:%S')} microagent-router: {message}\n")
     sys.stderr.flush()
+
+
+class Poller:
+    """The part of :mod:`selectors` the helper uses, on ``select.poll`` (``select.select``
+    where there is no ``poll``: Windows' Hyper-V helper), without selectors' imports.
+
+    Registered objects are sockets (or anything with ``fileno()``) with a
+    ``data`` of the caller's; :meth:`select` yields ``(data, events)``.
+    """
+
+    def __init__(self) -> None:
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        self._keys: dict[int, tuple[Any, Any, int]] = {}  # fd -> (object, data, events)
+
+    def _fd(self, fileobj: Any) -> int:
+        fd: int = fileobj.fileno()
+        if fd < 0:  # closed since it was registered: find it by identity, as selectors does
+            fd = next((k for k, (obj, _, _) in self._keys.items() if obj is fileobj), -1)
+        if fd < 0:
+            raise KeyError(f"{fileobj!r} is closed and not registered")
+        return fd
+
+    @staticmethod
+    def _mask(events: int) -> int:
+        return (select.POLLIN if events & READ else 0) | (select.POLLOUT if events & WRITE else 0)
+
+    def register(self, fileobj: Any, events: int, data: Any) -> None:
+        fd = self._fd(fileobj)
+        if fd in self._keys:
+            raise KeyError(f"fd {fd} is already registered")
+        if self._poll is not None:
+            self._poll.register(fd, self._mask(events))
+        self._keys[fd] = (fileobj, data, events)
+
+    def modify(self, fileobj: Any, events: int, data: Any) -> None:
+        fd = self._fd(fileobj)
+        if fd not in self._keys:
+            raise KeyError(f"fd {fd} is not registered")
+        if self._poll is not None:
+            self._poll.modify(fd, self._mask(events))
+        self._keys[fd] = (fileobj, data, events)
+
+    def unregister(self, fileobj: Any) -> None:
+        fd = self._fd(fileobj)
+        del self._keys[fd]
+        if self._poll is not None:
+            self._poll.unregister(fd)
+
+    def select(self, timeout: float) -> list[tuple[Any, int]]:
+        """``(data, events)`` of each ready object, waiting at most ``timeout`` seconds."""
+        if self._poll is not None:
+            ready = [(fd, (READ if ev & ~select.POLLOUT else 0) | (WRITE if ev & ~select.POLLIN else 0))
+                     for fd, ev in self._poll.poll(max(0, int(timeout * 1000 + 0.999)))]
+        else:
+            readers = [fd for fd, (_, _, ev) in self._keys.items() if ev & READ]
+            writers = [fd for fd, (_, _, ev) in self._keys.items() if ev & WRITE]
+            if not readers and not writers:
+                time.sleep(timeout)
+                return []
+            r, w, _ = select.select(readers, writers, [], timeout)
+            ready = [(fd, READ) for fd in r] + [(fd, WRITE) for fd in w]
+        out = []
+        for fd, events in ready:
+            key = self._keys.get(fd)
+            if key is not None and events & key[2]:  # HUP and errors wake whatever is registered
+                out.append((key[1], events & key[2]))
+        return out
 
 
 # Plain classes with slots rather than dataclasses: one helper runs per
@@ -141,7 +217,7 @@ class Router:
 
     def __init__(self, guest: socket.socket, listener: socket.socket, token: str | None = None) -> None:
         self.token = token  # required in every client HELLO when set (the loopback-TCP endpoint)
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
         self.guest = Peer(guest)
         self.listener = listener
         self.clients: dict[int, Peer] = {}  # fileno -> peer
@@ -214,13 +290,12 @@ class Router:
     # --- event loop ----------------------------------------------------------
 
     def serve(self) -> None:
-        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.sel.register(self.listener, READ, None)
         if self.vm_events is not None:
-            self.sel.register(self.vm_events, selectors.EVENT_READ, self.vm_events)
-        self._set_events(self.guest, selectors.EVENT_READ)
+            self.sel.register(self.vm_events, READ, self.vm_events)
+        self._set_events(self.guest, READ)
         while self.running:
-            for key, events in self.sel.select(timeout=min(0.25, self.serial_check_s)):
-                peer = key.data
+            for peer, events in self.sel.select(min(0.25, self.serial_check_s)):
                 if peer is None:
                     self._accept()
                     continue
@@ -229,9 +304,9 @@ class Router:
                     continue
                 if peer is not self.guest and peer.sock.fileno() not in self.clients:
                     continue  # dropped earlier in this round
-                if events & selectors.EVENT_WRITE:
+                if events & WRITE:
                     self._flush(peer)
-                if events & selectors.EVENT_READ and self.running and peer.events & selectors.EVENT_READ:
+                if events & READ and self.running and peer.events & READ:
                     self._read(peer)
             self._expire_clients()
             self._update_interest()
@@ -289,12 +364,10 @@ class Router:
         """
         clients_ok = all(len(c.out) <= self.client_out_high for c in self.clients.values())
         guest_ok = len(self.guest.out) <= self.guest_out_high
-        self._set_events(self.guest, (selectors.EVENT_READ if clients_ok else 0)
-                         | (selectors.EVENT_WRITE if self.guest.out else 0))
+        self._set_events(self.guest, (READ if clients_ok else 0) | (WRITE if self.guest.out else 0))
         for c in list(self.clients.values()):
             readable = guest_ok and len(c.out) <= self.client_out_high
-            self._set_events(c, (selectors.EVENT_READ if readable else 0)
-                             | (selectors.EVENT_WRITE if c.out else 0))
+            self._set_events(c, (READ if readable else 0) | (WRITE if c.out else 0))
 
     def _expire_clients(self) -> None:
         now = time.monotonic()
@@ -313,8 +386,8 @@ class Router:
                 c.stalled_since = None
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
+        try:  # _accept: the listener may be a _socket.socket, which has no accept()
+            sock = _socket.socket(fileno=self.listener._accept()[0])
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # e.g. out of file descriptors: keep serving the others
@@ -327,7 +400,7 @@ class Router:
         sock.setblocking(False)
         peer = Peer(sock)
         self.clients[sock.fileno()] = peer
-        self._set_events(peer, selectors.EVENT_READ)
+        self._set_events(peer, READ)
 
     def _read(self, peer: Peer) -> None:
         try:
@@ -542,7 +615,7 @@ class Router:
         self.count_path = path
         try:
             with open(path, "rb") as fh:
-                doc = json.loads(fh.read(4096))
+                doc = jsonlite.loads(fh.read(4096).decode("utf-8"))
             count = doc.get("execs") if isinstance(doc, dict) else None
         except (OSError, ValueError):
             count = None
@@ -558,7 +631,7 @@ class Router:
         if not force and now - self._count_written_at < self.count_interval_s:
             return
         try:
-            atomic_write(self.count_path, json.dumps({"execs": self.exec_count}).encode())
+            atomic_write(self.count_path, jsonlite.dumps({"execs": self.exec_count}).encode())
         except OSError as exc:  # a full disk: the count is informational; routing goes on
             self._warn(f"cannot write {self.count_path}: {exc}")
         self._count_written, self._count_written_at = self.exec_count, now
@@ -661,14 +734,14 @@ def bind_tcp_control(listen_path: str) -> tuple[socket.socket, str]:
 
     :returns: the listening socket and the token.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     host, port = sock.getsockname()[:2]
     token = os.urandom(16).hex()  # as secrets.token_hex, without loading secrets into the helper
     directory = os.path.dirname(os.path.abspath(listen_path))
     atomic_write(os.path.join(directory, "control.json"),
-                 json.dumps({"transport": "tcp", "address": f"{host}:{port}", "token": token}).encode())
+                 jsonlite.dumps({"transport": "tcp", "address": f"{host}:{port}", "token": token}).encode())
     return sock, token
 
 
@@ -680,6 +753,7 @@ def start_publishers(control: str, specs: list[str]) -> None:
     control as exec or cp.  Listeners die with this process: quarantine and
     teardown need to kill only the helper.
     """
+    import socket
     import threading
 
     def run() -> None:
@@ -714,7 +788,7 @@ def serve_guest(guest: socket.socket, listen: str, deadline: float, *, transport
     :returns: the process exit status (4: the guest never answered HELLO).
     """
     while True:
-        router = Router(guest, socket.socket(socket.AF_INET))  # placeholder until the handshake succeeds
+        router = Router(guest, _socket.socket())  # placeholder until the handshake succeeds
         try:
             router.handshake(max(0.1, deadline - time.monotonic()), generation)
             break
@@ -764,7 +838,7 @@ class Options:
 
     guest = listen = ""
     hello_timeout = 60.0
-    transport = "unix" if hasattr(socket, "AF_UNIX") else "tcp"
+    transport = "unix" if hasattr(_socket, "AF_UNIX") else "tcp"
     vm_events: str | None = None
     generation: int | None = None
     reconnect_during_hello = False
@@ -842,8 +916,8 @@ def main(argv: list[str] | None = None, on_ready: Callable[[str], None] | None =
         serial_cap = (os.path.abspath(args.serial_log), args.serial_log_max_bytes or cap_bytes())
     else:
         serial_cap = None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, lambda *_: sys.exit(0))
+    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
     deadline = time.monotonic() + args.hello_timeout
     try:
         guest = connect_guest(args.guest, deadline)

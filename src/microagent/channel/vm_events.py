@@ -12,20 +12,21 @@ record (:func:`mark_paused`: best effort, the disk being full).
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing and pathlib cost the channel helper memory (one per workspace)
     from typing import Any
 
+from microagent import jsonlite  # json, socket: memory in every helper (microagent.channel.router)
 from microagent.fsutil import atomic_write, overwrite_in_place
 from microagent.unixsock import connect_any_length
-from microagent.vmkit.basics import now_rfc3339
 
 HOST_DISK_FULL = "host disk full"
 DISK_IO_ERROR = "disk I/O error"
+MAX_LINE = 1 << 20
+"""Longest QMP message kept (QEMU's are a few hundred bytes); a longer one is dropped unread."""
 
 
 def pause_reason(status: dict[str, Any], devices: list[dict[str, Any]]) -> str | None:
@@ -53,6 +54,8 @@ def mark_paused(runtime_dir: str, reason: str) -> None:
     runtime = _read(runtime_path)
     if runtime.get("state") not in ("running", "starting"):
         return
+    from microagent.vmkit.basics import now_rfc3339  # re: here, on a pause, not in every helper
+
     observed_at = now_rfc3339()
     runtime.update(state="paused", pausedFrom=runtime["state"], pausedReason=reason, updatedAt=observed_at)
     _write(runtime_path, runtime)
@@ -67,13 +70,15 @@ def mark_paused(runtime_dir: str, reason: str) -> None:
 def _read(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.loads(fh.read())
+            data = jsonlite.loads(fh.read())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _write(path: str, data: dict[str, Any]) -> None:
+    import json  # the records' own layout (indented, sorted), written only on a pause
+
     payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
     try:
         atomic_write(path, payload)
@@ -86,7 +91,7 @@ class PauseWatcher:
 
     def __init__(self, path: str, timeout: float = 5.0) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self._buf = b""
         self.reason: str | None = None
@@ -111,12 +116,16 @@ class PauseWatcher:
             if not chunk:
                 raise ConnectionError("QMP monitor closed")
             self._buf += chunk
+            if len(self._buf) > MAX_LINE and b"\n" not in self._buf:
+                raise ConnectionError(f"QMP message longer than {MAX_LINE} bytes")
         line, self._buf = self._buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
+        msg = jsonlite.loads(line.decode("utf-8"))
+        if not isinstance(msg, dict):
+            raise ConnectionError(f"QMP sent {type(msg).__name__}, not an object")
         return msg
 
     def _call(self, command: str) -> Any:
-        self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+        self.sock.sendall(jsonlite.dumps({"execute": command}).encode() + b"\n")
         while True:
             msg = self._next()
             if "event" in msg:
@@ -147,11 +156,13 @@ class PauseWatcher:
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
             try:
-                msg = json.loads(line)
-            except ValueError:
+                msg = jsonlite.loads(line.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError included
                 continue
             if isinstance(msg, dict) and "event" in msg:
                 self._on_event(msg)
+        if len(self._buf) > MAX_LINE:
+            self._buf = b""  # no end in sight: what follows the next newline is read again
         return True
 
     def close(self) -> None:

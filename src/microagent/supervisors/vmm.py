@@ -276,7 +276,10 @@ class VMMBackend(Backend):
         from microagent.egress.runtime import helper_args
 
         module, egress_args = helper_args(rt.path, runtime.config or {})  # the egress proxy rides in the helper
-        argv = [sys.executable, "-m", module, *egress_args, "--guest", self.guest_spec(rt),
+        # -c, not -m: runpy's imports would cost each workspace's helper about 0.7 MiB;
+        # -P: no run-directory entry on sys.path (nothing there may shadow a module)
+        argv = [sys.executable, "-P", "-c", f"import sys; from {module} import main; sys.exit(main())",
+                *egress_args, "--guest", self.guest_spec(rt),
                 "--listen", str(rt.control_socket), "--hello-timeout", f"{max(hello_timeout, 0.1):.3f}",
                 "--serial-log", str(rt.serial_log), "--serial-log-max-bytes", str(serial_log.cap_bytes()),
                 *self.router_args(rt)]

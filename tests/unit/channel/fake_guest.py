@@ -221,7 +221,7 @@ class FakeGuest:
     def _dispatch(self, f: Frame) -> None:
         t = f.known_type
         if f.session == 0:
-            if t is FrameType.HELLO:
+            if t == FrameType.HELLO:
                 body = decode_json(f.payload)
                 if not self.answer_hello:
                     return
@@ -249,7 +249,7 @@ class FakeGuest:
             return
         with self._lock:
             s = self.sessions.get(f.session)
-        if t is FrameType.OPEN:
+        if t == FrameType.OPEN:
             if s is not None:
                 self._error(f.session, "session_exists")
                 return
@@ -268,7 +268,7 @@ class FakeGuest:
             threading.Thread(target=self._run, args=(handler, s), daemon=True).start()
         elif s is None:
             return
-        elif t is FrameType.DATA:
+        elif t == FrameType.DATA:
             stream, data = decode_data(f.payload)
             with s.cond:
                 if not data:
@@ -283,14 +283,14 @@ class FakeGuest:
                 s.cond.notify_all()
             if data and overrun:
                 self._error(f.session, "flow_control")
-        elif t is FrameType.WINDOW:
+        elif t == FrameType.WINDOW:
             stream, inc = decode_window(f.payload)
             with s.cond:
                 s.credit[stream] += inc
                 s.cond.notify_all()
-        elif t is FrameType.CONTROL:
+        elif t == FrameType.CONTROL:
             s.controls.append(decode_json(f.payload))
-        elif t is FrameType.CLOSE:
+        elif t == FrameType.CLOSE:
             self.end(f.session)
         else:
             self._error(f.session, "unknown_frame")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from microagent.channel.errors import ProtocolError
 from microagent.channel.frames import (
+    FRAME_TYPE_NAMES,
     HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_DATA_CHUNK,
@@ -25,6 +26,7 @@ from microagent.channel.frames import (
     encode_frame,
     encode_json,
     encode_window,
+    frame_type_name,
 )
 from microagent.errors import Permanent
 
@@ -50,7 +52,8 @@ def test_constants_match_spec() -> None:
     assert MAX_DATA_CHUNK == 32 * 1024
     assert INITIAL_WINDOW == 262144
     assert HEADER_SIZE == 9
-    assert [t.value for t in FrameType] == list(range(1, 9))
+    assert [getattr(FrameType, name) for name in FRAME_TYPE_NAMES.values()] == list(FRAME_TYPE_NAMES) == list(range(1, 9))
+    assert (frame_type_name(3), frame_type_name(99)) == ("DATA", "type 99")
 
 
 def test_header_layout() -> None:

@@ -151,7 +151,7 @@ class VMHost:
     @staticmethod
     def _listen(name: str) -> socket.socket:
         """Listen on ``name`` in the cwd (bind a temp name, rename: it appears ready)."""
-        sock = listen_unix(name, backlog=16)
+        sock = socket.socket(fileno=listen_unix(name, backlog=16).detach())  # for accept()
         sock.setblocking(False)
         return sock
 
