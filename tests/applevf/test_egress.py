@@ -58,7 +58,7 @@ def test_apple_vf_passes_the_policy_to_the_guest_and_runs_the_proxy(applevf: App
             assert f"API_KEY={placeholder}" in config["env"]
             policy = json.loads((rt / "egress.json").read_text())
             assert policy["allowHosts"] == ["localhost"] and policy["secrets"][0]["name"] == "API_KEY"
-            assert "-m microagent.egress.helper --egress-policy" in _helper_cmdline(applevf)
+            assert "from microagent.egress.helper import main; sys.exit(main()) --egress-policy" in _helper_cmdline(applevf)
 
             port = up.server_address[1]
             ok = _request(proxy_port, f"GET http://localhost:{port}/vf HTTP/1.1\r\n\r\n".encode())

@@ -85,7 +85,7 @@ def serve_hcs(path: str, guest_init: str | None) -> int:
     hcs = FakeHcs(guest_init=guest_init)
     hcs.document = lambda key: hcs.documents.get(key)  # type: ignore[attr-defined]
     os.chdir(os.path.dirname(os.path.abspath(path)))  # listen_unix binds in the cwd
-    listener = listen_unix(os.path.basename(path), backlog=16)
+    listener = socket.socket(fileno=listen_unix(os.path.basename(path), backlog=16).detach())  # for accept()
     try:
         while True:
             conn, _ = listener.accept()
