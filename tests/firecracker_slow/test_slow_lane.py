@@ -19,14 +19,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from support_netns import WORLD_ADDRESS, Netns, host_and_world, sh
 
 from firecracker_slow.slow_state import SlowState, report
 
@@ -201,57 +200,16 @@ def _walk(state: SlowState, name: str, steps: Steps) -> None:
     steps.done("kill, delete")
 
 
-SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("hello from " + self.client_address[0]).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-"""
-
-
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
-def host_and_world() -> Iterator[tuple[str, str]]:
-    """Namespaces ``host`` (where microagent runs) and ``world`` (198.51.100.2), joined by a veth."""
-    host, world, veth = (f"fsh-{uuid.uuid4().hex[:6]}", f"fsw-{uuid.uuid4().hex[:6]}", f"fs{uuid.uuid4().hex[:6]}")
-    for ns in (host, world):
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-    try:
-        sh("ip", "link", "add", veth + "a", "netns", host, "type", "veth", "peer", veth + "b", "netns", world)
-        sh("ip", "-n", host, "addr", "add", "198.51.100.1/24", "dev", veth + "a")
-        sh("ip", "-n", host, "link", "set", veth + "a", "up")
-        sh("ip", "-n", world, "addr", "add", "198.51.100.2/24", "dev", veth + "b")
-        sh("ip", "-n", world, "link", "set", veth + "b", "up")
-        sh("ip", "-n", host, "route", "add", "default", "via", "198.51.100.2")  # pasta copies a routable interface
+def namespaces() -> Iterator[tuple[Netns, Netns]]:
+    """``host`` (where microagent runs, a default route to ``world``) and ``world``, joined by a veth."""
+    with host_and_world("fs", forward=False) as (host, world, _):
         yield host, world
-    finally:
-        for ns in (host, world):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
-
-
-def serve(ns: str, address: str, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, address, str(port)],
-                            stdout=subprocess.DEVNULL, text=True)
-    probe = f"import socket; socket.create_connection(('{address}', {port}), 1)"
-    for _ in range(100):
-        if subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe], capture_output=True).returncode == 0:
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("test server did not start")
 
 
 @pytest.mark.timeout(1200)
 def test_firecracker_user_network_and_publish_through_the_slow_lane(
-        fc_slow_state: SlowState, host_and_world: tuple[str, str]) -> None:
+        fc_slow_state: SlowState, namespaces: tuple[Netns, Netns]) -> None:
     """``--network user`` (pasta, firecracker inside the workspace's namespace) and ``-p``: one boot.
 
     The CLI runs under ``nsenter`` in a test namespace whose only route leads to
@@ -259,10 +217,10 @@ def test_firecracker_user_network_and_publish_through_the_slow_lane(
     own address, the host's loopback through 10.0.2.2 (opted in), and a guest
     server is published on the host namespace's loopback.
     """
-    host, world = host_and_world
-    state = dataclasses.replace(fc_slow_state, prefix=("nsenter", f"--net=/run/netns/{host}", "--"))
+    host, world = namespaces
+    state = dataclasses.replace(fc_slow_state, prefix=("nsenter", f"--net=/run/netns/{host.name}", "--"))
     name, steps = "fcnet", Steps()
-    near, far = serve(host, "127.0.0.1", 8704), serve(world, "198.51.100.2", 8705)
+    near, far = host.serve("127.0.0.1", 8704), world.serve(WORLD_ADDRESS, 8705)
     try:
         doc = cli_json(state, "create", name, "--backend", "firecracker", "--profile", "tiny", "--network", "user",
                        "--allow-host-loopback", "-p", "127.0.0.1:8088:8080")
@@ -287,8 +245,7 @@ def test_firecracker_user_network_and_publish_through_the_slow_lane(
                          "&& httpd -p 8080 -h /www", timeout=STEP_TIMEOUT_S).returncode == 0
         fetch = ("import urllib.request; "
                  "print(urllib.request.urlopen('http://127.0.0.1:8088/index.html', timeout=30).read().decode())")
-        fetched = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-c", fetch], capture_output=True,
-                                 text=True, timeout=120)
+        fetched = host.run(sys.executable, "-c", fetch, timeout=120)
         assert fetched.stdout.strip() == "published-ok", fetched
         steps.done("-p: the guest's httpd through 127.0.0.1:8088")
 

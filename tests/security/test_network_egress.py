@@ -15,19 +15,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support_netns import HOST_ADDRESS, WORLD_ADDRESS, Netns, host_and_world
 
 from microagent.paths import host_arch, kernel_dir, state_root
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
-PUBLIC = "198.51.100.2"
+PUBLIC = WORLD_ADDRESS
 #: world addresses a guest must never reach, by what they stand for
 PRIVATE = {"rfc1918-10": "10.99.0.2", "rfc1918-172": "172.16.9.2", "rfc1918-192": "192.168.77.2",
            "cgnat": "100.64.9.2", "metadata": "169.254.169.254"}
@@ -60,65 +58,22 @@ while True:
 """
 
 
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-class Netns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        self.run("ip", "link", "set", "lo", "up")
-
-    def run(self, *argv: str, timeout: float = 240, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, **(env or {})})
-
-    def spawn(self, code: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", code, *args],
-                                stdout=subprocess.PIPE, text=True)
-
-    def serve(self, address: str, port: int) -> subprocess.Popen[str]:
-        proc = self.spawn(SERVER, address, str(port))
-        target = "127.0.0.1" if address == "0.0.0.0" else address
-        probe = f"import socket; socket.create_connection(('{target}', {port}), 1)"
-        for _ in range(100):
-            if self.run(sys.executable, "-c", probe).returncode == 0:
-                return proc
-            time.sleep(0.05)
-        proc.kill()
-        raise RuntimeError("test server did not start")
-
-    def delete(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
-
-
 class World:
     """``host`` and ``world`` namespaces, the servers, and the host's resolver setting."""
 
-    def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.host, self.world = Netns(f"maeh-{tag}"), Netns(f"maew-{tag}")
-        sh("ip", "link", "add", f"ve{tag}a", "netns", self.host.name, "type", "veth", "peer", f"ve{tag}b",
-           "netns", self.world.name)
-        self.host.run("ip", "addr", "add", "198.51.100.1/24", "dev", f"ve{tag}a")
-        self.host.run("ip", "link", "set", f"ve{tag}a", "up")
-        self.host.run("ip", "route", "add", "default", "via", PUBLIC)
-        self.host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.world.run("ip", "addr", "add", f"{PUBLIC}/24", "dev", f"ve{tag}b")
+    def __init__(self, host: Netns, world: Netns, world_end: str) -> None:
+        self.host, self.world = host, world
         for address in (*PRIVATE.values(), RESOLVER):
-            self.world.run("ip", "addr", "add", f"{address}/32", "dev", f"ve{tag}b")
-        self.world.run("ip", "link", "set", f"ve{tag}b", "up")
-        self.world.run("ip", "route", "add", "default", "via", "198.51.100.1")
+            self.world.run("ip", "addr", "add", f"{address}/32", "dev", world_end)
+        self.world.run("ip", "route", "add", "default", "via", HOST_ADDRESS)
         # `ip netns exec` shows /etc/netns/<name>/resolv.conf as /etc/resolv.conf
         self.etc = Path("/etc/netns") / self.host.name
         self.etc.mkdir(parents=True)
         (self.etc / "resolv.conf").write_text(f"nameserver {RESOLVER}\n")
-        self.far = self.world.serve("0.0.0.0", PORT)
+        self.far = self.world.serve("0.0.0.0", PORT, SERVER)
         # the host's services: on its loopback, on its LAN address, on every address
-        self.near = [self.host.serve("127.0.0.1", PORT), self.host.serve("198.51.100.1", PORT + 1),
-                     self.host.serve("0.0.0.0", PORT + 2)]
+        self.near = [self.host.serve("127.0.0.1", PORT, SERVER), self.host.serve(HOST_ADDRESS, PORT + 1, SERVER),
+                     self.host.serve("0.0.0.0", PORT + 2, SERVER)]
         self.dns = self.world.spawn(DNS, RESOLVER, ANSWER)
 
     def reached(self) -> tuple[list[str], list[str]]:
@@ -136,15 +91,14 @@ class World:
                 proc.kill()
                 proc.communicate()
         shutil.rmtree(self.etc, ignore_errors=True)
-        self.host.delete()
-        self.world.delete()
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    w = World()
-    yield w
-    w.close()
+    with host_and_world("mae") as namespaces:
+        w = World(*namespaces)
+        yield w
+        w.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,80 +12,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support_netns import Netns, host_and_world, sh
 
 pytestmark = pytest.mark.vm
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
 
-SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("hello from " + self.client_address[0]).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()  # one stuck peer blocks no other
-"""
-
-GET = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())"
-
-
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-class Netns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        self.run("ip", "link", "set", "lo", "up")
-
-    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
-                              timeout=timeout)
-
-    def server(self, address: str, port: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", SERVER, address, str(port)],
-                                stdout=subprocess.DEVNULL, text=True)
-        probe = f"import socket; socket.create_connection(('{address}', {port}), 1)"
-        for _ in range(100):
-            if self.run(sys.executable, "-c", probe).returncode == 0:
-                return proc
-            time.sleep(0.05)
-        proc.kill()
-        raise RuntimeError("test server did not start")
-
-    def get(self, url: str) -> str:
-        proc = self.run(sys.executable, "-c", GET, url, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip()
-
-    def delete(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
-
 
 @pytest.fixture
 def world(snap_root: Path) -> Iterator[tuple[Netns, Netns]]:
     """``host`` (where microagent runs: ip_forward=1, a default route) and ``world``, joined by a veth."""
-    host, far = Netns(f"mfh-{uuid.uuid4().hex[:6]}"), Netns(f"mfw-{uuid.uuid4().hex[:6]}")
-    veth = f"vf{uuid.uuid4().hex[:6]}"
-    sh("ip", "link", "add", veth + "a", "netns", host.name, "type", "veth", "peer", veth + "b", "netns", far.name)
-    host.run("ip", "addr", "add", "198.51.100.1/24", "dev", veth + "a")
-    host.run("ip", "link", "set", veth + "a", "up")
-    host.run("ip", "route", "add", "default", "via", "198.51.100.2")  # pasta copies a routable interface
-    host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-    far.run("ip", "addr", "add", "198.51.100.2/24", "dev", veth + "b")
-    far.run("ip", "link", "set", veth + "b", "up")
-    yield host, far
-    host.delete()
-    far.delete()
+    with host_and_world("mf") as (host, far, _):
+        yield host, far
 
 
 class Cli:
@@ -138,7 +81,7 @@ def fork(cli: Cli, src: str, name: str, host_port: int) -> dict:
 
 def test_nat_forks_get_their_own_tap_lease_mac_and_ports(snap_root: Path, world: tuple[Netns, Netns]) -> None:
     host, far = world
-    server = far.server("198.51.100.2", 8721)
+    server = far.serve("198.51.100.2", 8721)
     cli = Cli(host, snap_root)
     src, ports = f"n{uuid.uuid4().hex[:5]}", {}
     try:
@@ -184,7 +127,7 @@ def test_nat_forks_get_their_own_tap_lease_mac_and_ports(snap_root: Path, world:
 def test_user_forks_get_their_own_provider_mac_and_ports(snap_root: Path, world: tuple[Netns, Netns],
                                                          provider: str) -> None:
     host, far = world
-    near, outside = host.server("127.0.0.1", 8731), far.server("198.51.100.2", 8732)
+    near, outside = host.serve("127.0.0.1", 8731), far.serve("198.51.100.2", 8732)
     cli = Cli(host, snap_root, f"MICROAGENT_QEMU_USER_NETWORK={provider}")
     src, ports = f"u{uuid.uuid4().hex[:5]}", {}
     try:

@@ -10,60 +10,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support_netns import Netns, host_and_world, sh
 
 MICROAGENT = str(Path(sys.executable).parent / "microagent")
 
-SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("hello from " + self.client_address[0]).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-        print(self.client_address[0], flush=True)
-    def log_message(self, *a): pass
-http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
-"""
-
-
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-class Netns:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
-
-    def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
-                              timeout=timeout)
-
-    def server(self, address: str, port: int) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", SERVER, address, str(port)],
-                                stdout=subprocess.PIPE, text=True)
-        probe = f"import socket; socket.create_connection(('{address}', {port}), 1)"
-        for _ in range(100):
-            if self.run(sys.executable, "-c", probe).returncode == 0:
-                return proc
-            time.sleep(0.05)
-        proc.kill()
-        raise RuntimeError("test server did not start")
-
-    def delete(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
-
-
 @pytest.fixture
 def netns() -> Iterator[Netns]:
-    ns = Netns(f"ma-{uuid.uuid4().hex[:8]}")
+    ns = Netns("ma")
     yield ns
     ns.delete()
 
@@ -74,7 +32,7 @@ def run_json(ns: Netns, *args: str) -> tuple[int, dict]:
 
 
 def test_isolated_guest_has_only_lo_and_cannot_connect(vm_state: Path, netns: Netns) -> None:
-    server = netns.server("127.0.0.1", 8701)
+    server = netns.serve("127.0.0.1", 8701)
     try:
         code, doc = run_json(netns, "--network", "isolated", "builtin:busybox", "--", "sh", "-c",
                              "ls /sys/class/net; timeout 5 wget -qO- http://10.0.2.2:8701/ && echo REACHED")
@@ -92,7 +50,7 @@ def test_user_mode_reaches_the_hosts_loopback_only_when_allowed(vm_state: Path, 
     host with a routable interface to reach even the loopback (measured), hence the world."""
     netns, _ = nat_world
     netns.run("ip", "route", "add", "default", "via", "198.51.100.2")
-    server = netns.server("127.0.0.1", 8702)
+    server = netns.serve("127.0.0.1", 8702)
     try:
         code, doc = run_json(netns, "--network", "user", *(["--allow-host-loopback"] if allow else []),
                              "builtin:busybox", "--", "sh", "-c",
@@ -110,17 +68,9 @@ def test_user_mode_reaches_the_hosts_loopback_only_when_allowed(vm_state: Path, 
 
 @pytest.fixture
 def nat_world() -> Iterator[tuple[Netns, Netns]]:
-    """``host`` (where microagent runs, ip_forward=1) and ``world`` joined by a veth."""
-    host, world = Netns(f"mah-{uuid.uuid4().hex[:6]}"), Netns(f"maw-{uuid.uuid4().hex[:6]}")
-    veth = f"vm{uuid.uuid4().hex[:6]}"
-    sh("ip", "link", "add", veth + "a", "netns", host.name, "type", "veth", "peer", veth + "b", "netns", world.name)
-    host.run("ip", "addr", "add", "198.51.100.1/24", "dev", veth + "a")
-    host.run("ip", "link", "set", veth + "a", "up")
-    world.run("ip", "addr", "add", "198.51.100.2/24", "dev", veth + "b")
-    world.run("ip", "link", "set", veth + "b", "up")
-    yield host, world
-    host.delete()
-    world.delete()
+    """``host`` (where microagent runs; no default route, ip_forward as the test sets it) and ``world``."""
+    with host_and_world("mv", route=False, forward=False) as (host, world, _):
+        yield host, world
 
 
 def test_nat_fails_closed_without_ip_forward(vm_state: Path, nat_world: tuple[Netns, Netns]) -> None:
@@ -137,7 +87,7 @@ def run_nat_against_world(host: Netns, world: Netns, port: int, script: str) -> 
     """``run --network nat`` of ``script`` (ip_forward on in ``host``) while ``world`` serves HTTP
     on ``port``; returns the answer and the addresses the server saw."""
     host.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-    server = world.server("198.51.100.2", port)
+    server = world.serve("198.51.100.2", port)
     try:
         code, doc = run_json(host, "--network", "nat", "builtin:busybox", "--", "sh", "-c", script)
     finally:
@@ -167,7 +117,7 @@ def test_user_mode_through_pasta_reaches_host_and_world_and_quarantine_cuts_it(
     namespace from the next command)."""
     host, world = nat_world
     host.run("ip", "route", "add", "default", "via", "198.51.100.2")  # pasta copies a routable interface
-    near, far = host.server("127.0.0.1", 8704), world.server("198.51.100.2", 8705)
+    near, far = host.serve("127.0.0.1", 8704), world.serve("198.51.100.2", 8705)
     name = f"up{uuid.uuid4().hex[:6]}"
     enter = ["nsenter", f"--net=/run/netns/{host.name}", "--", MICROAGENT]
 
