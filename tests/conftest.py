@@ -6,6 +6,20 @@ import pytest
 
 _vm_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 
+#: directories whose every test boots a real VM; elsewhere, files named test_vm_*.py or *_vm.py
+_VM_DIRS = ("tests/vm/", "tests/faults/", "tests/firecracker_slow/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that boot real VMs ``vm`` (the slow lane's also ``slow``), by where they live."""
+    for item in items:
+        path = str(item.fspath)
+        name = path.rsplit("/", 1)[-1]
+        if any(d in path for d in _VM_DIRS) or name.startswith("test_vm_") or name.endswith("_vm.py"):
+            item.add_marker(pytest.mark.vm)
+        if "tests/firecracker_slow/" in path:
+            item.add_marker(pytest.mark.slow)
+
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if "vm" not in report.keywords:

@@ -31,12 +31,6 @@ KVM = (1, 1, 0)
 MAX_WORKSPACES = 3
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/test_vm_" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
-
-
 def import_ray() -> Any:
     try:
         import ray

@@ -13,12 +13,6 @@ from support import private_state_root
 from support_registry import AUTH_USER, RegistryServer
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/commit/test_vm_" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     if shutil.which("docker-registry") is None:

@@ -22,12 +22,6 @@ from microagent.paths import host_arch, kernel_dir, state_root
 from support import vmm_processes
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/faults/" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
-
-
 @pytest.fixture
 def faults(tmp_path: Path) -> Iterator[Faults]:
     if not shutil.which("qemu-system-x86_64"):

@@ -40,13 +40,6 @@ def _find_lane() -> Path | None:
 _LANE = _find_lane()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/firecracker_slow/" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(scope="session")
 def slow_lane() -> Path:
     kvm = probe_kvm()

@@ -10,12 +10,6 @@ import pytest
 from support import private_state_root
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/snapshots/test_vm_" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
-
-
 @pytest.fixture(scope="module")
 def snap_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with private_state_root(tmp_path_factory.mktemp("snapstate")) as root:

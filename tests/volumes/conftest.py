@@ -14,12 +14,6 @@ import pytest
 from support import private_state_root
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/volumes/test_vm_" in str(item.fspath):
-            item.add_marker(pytest.mark.vm)
-
-
 @pytest.fixture(scope="module")
 def vol_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with private_state_root(tmp_path_factory.mktemp("volstate")) as root:
