@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,18 @@ def test_uname_runs_in_the_guest_kernel(vm_state: Path) -> None:
     assert out.startswith("Linux run-") and "cloud-amd64" in out
     host_release = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
     assert host_release not in out  # the guest's own kernel answered, not the host's
+
+
+def test_an_idle_guest_kernel_stops_its_tick(vm_state: Path) -> None:
+    """The TCG CPU model offers ARAT, so the guest's local APIC timer counts as always running:
+    its kernel switches to high-resolution one-shot timers and stops the tick when idle
+    (a periodic 250 Hz tick cost each idle VMM about 4% of a core, 1.4% without)."""
+    proc = cli("run", "builtin:busybox", "--", "sh", "-c", "grep -o arat /proc/cpuinfo; cat /proc/timer_list")
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert out.startswith("arat\n")
+    assert "hrtimer_interrupt" in out and "tick_handle_periodic" not in out
+    assert re.search(r"\.nohz_mode\s*:\s*2", out), out  # NOHZ_MODE_HIGHRES
 
 
 def test_streams_go_to_their_fds_and_exit_code_propagates(vm_state: Path) -> None:
