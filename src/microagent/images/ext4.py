@@ -10,7 +10,8 @@ what mke2fs copies from the host that is not part of the image (ctime,
 ownership of the staging user, stray xattrs).  So the same layers and key
 give a byte-identical image (``tests/unit/images/test_ext4.py`` asserts it).
 Output is written to a temp file, the ledger applied to it, and only then
-renamed into place.
+renamed into place.  The debugfs script is planned from the ledger and the
+tree in a thread while mke2fs runs; only the inode numbers wait for the image.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -94,22 +97,34 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
                     "-E", f"hash_seed={fs_uuid},root_owner=0:0,assume_storage_prezeroed=1,nodiscard",
                     *(["-N", str(inode_count(ledger))] if ledger is not None else []),
                     "-d", str(tree), str(tmp)]
-            t0 = time.monotonic()
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-            t1 = time.monotonic()
-            if proc.returncode != 0:
-                msg = (proc.stderr or proc.stdout).strip()
-                if "Could not allocate block" in msg or "No space left" in msg:
-                    raise ResourceExhausted(f"the tree does not fit an ext4 image of {size // 2**20} MiB: {msg}",
-                                            "pass a larger --disk-size")
-                raise Permanent(f"mke2fs failed for {out.name}: {msg}")
-            if ledger is not None:
-                from microagent.images.metadata import apply_ledger
+            with tempfile.TemporaryDirectory(prefix=".meta-", dir=out.parent) as work:
+                meta = None
+                planner = None
+                if ledger is not None:
+                    from microagent.images.metadata import MetadataPass
 
-                apply_ledger(ledger, tree, tmp)
-            if timings is not None:
-                timings["mke2fs"] = t1 - t0
-                timings["metadata"] = time.monotonic() - t1
+                    # plan the debugfs pass on the other core while mke2fs runs (both only read the tree)
+                    meta = MetadataPass(ledger, tree, Path(work))
+                    planner = threading.Thread(target=meta.plan, name="metadata-plan", daemon=True)
+                    planner.start()
+                t0 = time.monotonic()
+                try:
+                    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+                finally:
+                    t1 = time.monotonic()
+                    if planner is not None:
+                        planner.join()
+                if proc.returncode != 0:
+                    msg = (proc.stderr or proc.stdout).strip()
+                    if "Could not allocate block" in msg or "No space left" in msg:
+                        raise ResourceExhausted(f"the tree does not fit an ext4 image of {size // 2**20} MiB: {msg}",
+                                                "pass a larger --disk-size")
+                    raise Permanent(f"mke2fs failed for {out.name}: {msg}")
+                if meta is not None:
+                    meta.apply(tmp)
+                if timings is not None:
+                    timings["mke2fs"] = t1 - t0
+                    timings["metadata"] = time.monotonic() - t1
     except OSError as exc:
         if exc.errno == 28:
             raise ResourceExhausted(f"no space left writing {out}", "free disk space") from exc

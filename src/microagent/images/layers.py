@@ -30,9 +30,16 @@ Rules (decisions written down in docs/images.md, "Building root disks"):
   layers, are charged to :class:`~.limits.Limits` before each entry is
   written; tar headers are read through :mod:`.tarstream` (bounded headers,
   sparse files kept sparse, hostile values refused).
-* The staging tree holds regular files, directories and symlinks with safe
-  modes (owner read/write(/search) added, no setuid/setgid/sticky); device
-  nodes and FIFOs exist only in the ledger.
+* The staging tree (``0700``) holds regular files, directories and
+  symlinks with safe modes: files get the entry's permission bits plus owner
+  read/write, directories ``0700``, never setuid/setgid/sticky; the image's
+  modes come from the ledger (so mke2fs copies most of them right and the
+  metadata pass fixes the rest).  Device nodes and FIFOs exist only in the
+  ledger.
+* The ledger records every staged path, so a new path is created without
+  looking first (``O_EXCL``, ``mkdir`` and ``symlink`` fail closed if
+  something were there); only a path the ledger knows is checked and
+  replaced.
 
 A refused entry raises :class:`~microagent.errors.Permanent` naming the entry
 and the layer digest; so does a truncated or corrupt layer.
@@ -55,10 +62,11 @@ from typing import IO, Callable, Iterable, Iterator
 from urllib.parse import unquote
 
 from microagent.errors import Permanent, ResourceExhausted
-from microagent.images import tarstream
+from microagent.images import stagewriter, tarstream
 from microagent.images.limits import Limits, resolve
 from microagent.images.metadata import NS, Entry, Ledger
 from microagent.images.model import Layer
+from microagent.images.stagewriter import StageWriter, WriteFailed
 from microagent.images.tarstream import BadValue, Broken, Refused
 
 MAX_PATH_BYTES = 4000
@@ -69,6 +77,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _FD_CACHE = 256
+#: layers from this size (compressed) have their new files written by a
+#: :mod:`.stagewriter` child process, in parallel with parsing; smaller ones
+#: are not worth its start-up
+WRITER_MIN_LAYER_BYTES = 8 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -190,10 +202,15 @@ class Extractor:
     :param root: an existing, empty directory (made ``0700``).
     :param limits: entry count and extracted bytes allowed over all layers
         (default: :meth:`~.limits.Limits.from_env`).
+    :param writer_min_bytes: the layer size from which new files are written
+        by a :class:`~.stagewriter.StageWriter` process.
     """
 
-    def __init__(self, root: Path, ledger: Ledger | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, root: Path, ledger: Ledger | None = None, limits: Limits | None = None, *,
+                 writer_min_bytes: int = WRITER_MIN_LAYER_BYTES) -> None:
         self.root = Path(root)
+        self.writer_min_bytes = writer_min_bytes
+        self._writer: StageWriter | None = None
         self.ledger = ledger if ledger is not None else Ledger()
         self.limits = resolve(limits)
         self.entries = 0
@@ -228,10 +245,21 @@ class Extractor:
             try:
                 if not stream.peek(1):
                     return  # an empty blob is an empty layer
+                if layer.size >= self.writer_min_bytes and stagewriter.available():
+                    try:
+                        self._writer = StageWriter(self._root_fd)
+                    except OSError:
+                        pass  # no process to spare: write the files here
                 with tarstream.open_stream(stream) as tf:
                     while (member := tarstream.next_member(tf)) is not None:
                         self._count(ctx, member)
                         self._entry(tf, member, ctx)
+                self._settle()  # the tree is whole whenever apply returns
+            except WriteFailed as exc:
+                if exc.error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceExhausted(f"no space left staging layer {layer.digest}",
+                                            "free disk space under the state directory") from exc
+                raise self._refuse(ctx, exc.label, exc.error.strerror or str(exc.error)) from None
             except Refused as exc:
                 raise Permanent(f"layer {layer.digest} refused: it has {exc}",
                                 "the image is malformed or hostile; rebuild it", layer=layer.digest) from exc
@@ -239,6 +267,15 @@ class Extractor:
                 raise Permanent(f"layer {layer.digest} is truncated or corrupt: {exc}",
                                 "pull the image again; if it persists the image itself is broken",
                                 layer=layer.digest) from exc
+            finally:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+
+    def _settle(self) -> None:
+        """Wait for the files the writer has queued (before anything looks at or removes a path)."""
+        if self._writer is not None:
+            self._writer.sync()
 
     def _count(self, ctx: _Ctx, member: tarfile.TarInfo) -> None:
         """Charge one entry (and a file's apparent size) to the limits, before anything is written."""
@@ -294,7 +331,12 @@ class Extractor:
         return parts
 
     def _walk(self, ctx: _Ctx, name: str, parts: list[str], create: bool) -> int | None:
-        """An fd (caller closes) of the directory holding ``parts[-1]``; ``None`` if missing and not ``create``.
+        """An fd (caller closes) of the directory holding ``parts[-1]``; ``None`` if missing and not ``create``."""
+        fd = self._dir_fd(ctx, name, parts, create)
+        return None if fd is None else os.dup(fd)
+
+    def _dir_fd(self, ctx: _Ctx, name: str, parts: list[str], create: bool) -> int | None:
+        """Like :meth:`_walk`, but the fd is borrowed from the cache: valid until the next removal or walk.
 
         Directories already walked are kept open in a small cache (tar
         entries come grouped by directory); any removal of a directory
@@ -303,7 +345,7 @@ class Extractor:
         prefix = "/".join(parts[:-1])
         cached = self._fds.get(prefix)
         if cached is not None:
-            return os.dup(cached)
+            return cached
         fd = os.dup(self._root_fd)
         try:
             for i, comp in enumerate(parts[:-1]):
@@ -331,7 +373,7 @@ class Extractor:
                 fd = nfd
             if len(self._fds) >= _FD_CACHE:
                 self._drop_fds()
-            self._fds[prefix] = os.dup(fd)
+            self._fds[prefix] = fd
             return fd
         except BaseException:
             if fd >= 0:
@@ -365,7 +407,7 @@ class Extractor:
             self._entry_inner(tf, member, ctx)
         except BadValue as exc:
             raise self._refuse(ctx, name, str(exc)) from None
-        except (Permanent, Broken, Refused, tarfile.TarError):
+        except (Permanent, Broken, Refused, tarfile.TarError, WriteFailed):
             raise
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -392,45 +434,56 @@ class Extractor:
         kind = _kind(member)
         if kind is None:
             raise self._refuse(ctx, name, f"unsupported tar entry type {member.type!r}")
-        pfd = self._walk(ctx, name, parts, create=True)
-        assert pfd is not None
-        try:
-            existing: os.stat_result | None
-            try:
-                existing = os.lstat(base, dir_fd=pfd)
-            except FileNotFoundError:
-                existing = None
-            entry = _meta(member, kind)
-            if kind == "dir" and existing is not None and stat.S_ISDIR(existing.st_mode):
-                os.chmod(base, _staged_mode(entry), dir_fd=pfd, follow_symlinks=False)
+        entry = _meta(member, kind)
+        if kind == "symlink" and not member.linkname:
+            raise self._refuse(ctx, name, "symlink with an empty target")
+        if rel not in self.ledger:
+            # The common case, a new path: the ledger records every staged path, so
+            # nothing is there to replace (O_EXCL / mkdir / symlink fail closed if it were).
+            pfd = self._dir_fd(ctx, name, parts, create=True)
+            assert pfd is not None
+            if kind == "file" and self._writer is not None and member.sparse is None:
+                self._writer.file("/".join(parts[:-1]), base, _file_mode(entry), member.size,
+                                  lambda fd: tarstream.copy_member(tf, member, fd))
             else:
-                self._remove(pfd, base, rel)
-                if kind == "dir":
-                    os.mkdir(base, 0o700, dir_fd=pfd)
-                    os.chmod(base, _staged_mode(entry), dir_fd=pfd, follow_symlinks=False)
-                elif kind == "file":
-                    self._write_file(tf, member, pfd, base, _staged_mode(entry))
-                elif kind == "symlink":
-                    if not member.linkname:
-                        raise self._refuse(ctx, name, "symlink with an empty target")
-                    os.symlink(tarstream.check_text(member.linkname, "its link target"), base, dir_fd=pfd)
-                # char/block/fifo: the ledger alone holds them
-            self.ledger.put(rel, entry)
-            ctx.touched.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        finally:
-            os.close(pfd)
+                self._create(tf, member, entry, pfd, base)
+        else:
+            self._settle()
+            owned = self._walk(ctx, name, parts, create=True)
+            assert owned is not None
+            try:
+                existing: os.stat_result | None
+                try:
+                    existing = os.lstat(base, dir_fd=owned)
+                except FileNotFoundError:
+                    existing = None
+                if not (kind == "dir" and existing is not None and stat.S_ISDIR(existing.st_mode)):
+                    self._remove(owned, base, rel)
+                    self._create(tf, member, entry, owned, base)
+            finally:
+                os.close(owned)
+        self.ledger.put(rel, entry)
+        ctx.touched.update("/".join(parts[: i + 1]) for i in range(len(parts)))
 
-    def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, pfd: int, base: str, mode: int) -> None:
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=pfd)
-        try:
-            tarstream.copy_member(tf, member, fd)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
+    def _create(self, tf: tarfile.TarFile, member: tarfile.TarInfo, entry: Entry, pfd: int, base: str) -> None:
+        """Stage a new ``base`` in ``pfd``; char/block/fifo exist only in the ledger."""
+        kind = entry.kind
+        if kind == "dir":
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        elif kind == "file":
+            # the umask may take bits away: the metadata pass puts them back
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         _file_mode(entry), dir_fd=pfd)
+            try:
+                tarstream.copy_member(tf, member, fd)
+            finally:
+                os.close(fd)
+        elif kind == "symlink":
+            os.symlink(tarstream.check_text(member.linkname, "its link target"), base, dir_fd=pfd)
 
     def _hardlink(self, ctx: _Ctx, member: tarfile.TarInfo, parts: list[str], rel: str) -> None:
         name = member.name
+        self._settle()
         tparts = self._parts(ctx, name, member.linkname)
         if not tparts:
             raise self._refuse(ctx, name, "hard link to the root directory")
@@ -460,6 +513,7 @@ class Extractor:
             os.close(tfd)
 
     def _whiteout(self, ctx: _Ctx, name: str, parts: list[str]) -> None:
+        self._settle()
         base = parts[-1]
         dparts = parts[:-1]
         if base == OPAQUE:
@@ -530,9 +584,8 @@ def _kind(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _staged_mode(entry: Entry) -> int:
-    if entry.kind == "dir":
-        return (entry.mode & 0o777) | 0o700
+def _file_mode(entry: Entry) -> int:
+    """A staged file's mode: the entry's permission bits plus owner read/write, nothing special."""
     return (entry.mode & 0o777) | 0o600
 
 
@@ -567,16 +620,18 @@ def _meta(member: tarfile.TarInfo, kind: str) -> Entry:
 
 
 def extract_layers(layers: Iterable[Layer], root: Path, *,
-                   on_layer: Callable[[int, Layer], None] | None = None, limits: Limits | None = None) -> Ledger:
+                   on_layer: Callable[[int, Layer], None] | None = None, limits: Limits | None = None,
+                   writer_min_bytes: int = WRITER_MIN_LAYER_BYTES) -> Ledger:
     """Extract ``layers`` in order into the empty directory ``root``.
 
     :param on_layer: called with (index, layer) before each layer (progress).
+    :param writer_min_bytes: see :class:`Extractor`.
     :returns: the ledger of every path's exact metadata.
     :raises Permanent: a corrupt layer, an unsupported media type, a refused
         entry or a limit exceeded.
     :raises ResourceExhausted: the staging filesystem is full.
     """
-    with Extractor(root, limits=limits) as ex:
+    with Extractor(root, limits=limits, writer_min_bytes=writer_min_bytes) as ex:
         for i, layer in enumerate(layers):
             if on_layer is not None:
                 on_layer(i, layer)

@@ -212,6 +212,23 @@ class Script:
         return b"".join(line + b"\n" for line in self.lines)
 
 
+#: where an inode's address goes in a planned command (a NUL never occurs in a path or name)
+_HERE = b"\x00"
+
+
+@dataclass
+class Plan:
+    """The debugfs commands of a build before the image exists (:func:`plan_script`).
+
+    ``head`` creates the special files; ``inodes`` holds, per inode (first
+    path, special or not), command lines whose inode address is still a
+    placeholder: :func:`render` fills in ``<ino>`` or the quoted path.
+    """
+
+    head: Script = field(default_factory=Script)
+    inodes: list[tuple[str, bool, list[bytes]]] = field(default_factory=list)
+
+
 def build_script(ledger: Ledger, staging: Path, values_dir: Path,
                  inodes: dict[str, int] | None = None) -> Script:
     """The debugfs commands that make the image built from ``staging`` match ``ledger``.
@@ -222,8 +239,26 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path,
         paths found there are addressed as ``<ino>``, which spares debugfs a
         directory scan per command (libext2fs looks names up linearly).
     """
-    inodes = inodes or {}
-    script = Script()
+    return render(plan_script(ledger, staging, values_dir), inodes or {})
+
+
+def render(plan: Plan, inodes: dict[str, int]) -> Script:
+    """``plan`` with every inode addressed as ``<ino>`` where known, else by its path."""
+    script = Script(list(plan.head.lines), list(plan.head.paths))
+    for rel, special, cmds in plan.inodes:
+        p = b"<%d>" % inodes[rel] if rel in inodes and not special else image_path(rel)
+        script.add(rel, *(cmd.replace(_HERE, p) for cmd in cmds))
+    return script
+
+
+def plan_script(ledger: Ledger, staging: Path, values_dir: Path) -> Plan:
+    """:func:`build_script` without inode numbers: needs the staged tree, not the image.
+
+    So it can run while mke2fs builds the image (the tree is only read by both).
+    """
+    plan = Plan()
+    script = plan.head
+    root = os.fspath(staging)
     groups = ledger.inodes()
     # 1. special files (mke2fs saw nothing there), and their extra hard links
     for group in groups:
@@ -243,7 +278,7 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path,
         rel = group[0]
         entry = ledger.get(rel)
         assert entry is not None
-        p = b"<%d>" % inodes[rel] if rel in inodes and not entry.special else image_path(rel)
+        p = _HERE
         mtime = entry.mtime_ns
         atime = mtime if entry.atime_ns is None else entry.atime_ns
         cmds: list[bytes] = []
@@ -267,8 +302,9 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path,
             sgid: int | None
             smtime: int | None
             satime: int | None
+            spath = os.path.join(root, rel)
             try:
-                st = os.lstat(staging / rel)
+                st = os.lstat(spath)
                 smode, suid, sgid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
                 smtime, satime = st.st_mtime_ns // NS, st.st_atime_ns // NS
             except FileNotFoundError:
@@ -284,7 +320,7 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path,
                 cmds += _time_cmds(p, "mtime", mtime)
             if atime % NS or satime != atime // NS or not 0 <= atime < 2**31 * NS:
                 cmds += _time_cmds(p, "atime", atime)
-            stray = _staged_xattrs(staging / rel)
+            stray = _staged_xattrs(spath)
         cmds += _time_cmds(p, "ctime", mtime)
         for name in sorted(entry.xattrs):
             value = entry.xattrs[name]
@@ -294,11 +330,11 @@ def build_script(ledger: Ledger, staging: Path, values_dir: Path,
             cmds.append(b"ea_set -f %s %s %s" % (quote(str(vfile)), p, quote(name)))
         for name in sorted(set(stray) - set(entry.xattrs)):
             cmds.append(b"ea_rm %s %s" % (p, quote(name)))
-        script.add(rel, *cmds)
-    return script
+        plan.inodes.append((rel, entry.special, cmds))
+    return plan
 
 
-def _staged_xattrs(path: Path) -> list[str]:
+def _staged_xattrs(path: str) -> list[str]:
     try:
         return os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -356,41 +392,74 @@ def run_script(script: Script, image: Path, workdir: Path) -> None:
 
 
 def inode_map(ledger: Ledger, image: Path, workdir: Path) -> dict[str, int]:
-    """Inode numbers of the ledger's staged paths in ``image``, read level by level with ``ls -p <ino>``.
+    """Inode numbers of the ledger's staged paths in ``image``, from ``ls -p`` of every directory.
 
-    One debugfs run per directory depth; no path lookups.  Names are raw
-    bytes in ``ls -p`` output, which is unambiguous because names never hold
-    ``/`` and the ledger never holds a newline.
+    One debugfs run lists every directory the ledger has (by path, parents
+    first); a directory the image does not have lists nothing, and its
+    entries are then addressed by path.  Names are raw bytes in ``ls -p``
+    output, which is unambiguous because names never hold ``/`` and the
+    ledger never holds a newline.
     """
     debugfs = find_debugfs()
     found: dict[str, int] = {"": 2}
-    frontier = [""]
+    dirs = [rel for rel, entry in ledger.items() if entry.kind == "dir"]
     cmdfile = workdir / "ls.cmds"
-    while frontier:
-        cmdfile.write_bytes(b"".join(b"ls -p <%d>\n" % found[d] for d in frontier))
-        proc = subprocess.run([debugfs, "-f", str(cmdfile), str(image)], capture_output=True)
-        nxt: list[str] = []
-        idx = -1
-        for line in proc.stdout.split(b"\n"):
-            if line.startswith(_PROMPT):
-                idx += 1
-                continue
-            fields = line.split(b"/")
-            if idx < 0 or len(fields) < 7 or fields[0] != b"" or not fields[1].isdigit():
-                continue
-            name = os.fsdecode(fields[5])
-            if name in (".", ".."):
-                continue
-            parent = frontier[idx]
-            rel = f"{parent}/{name}" if parent else name
-            entry = ledger.get(rel)
-            if entry is None or entry.special:
-                continue
-            found[rel] = int(fields[1])
-            if entry.kind == "dir" and fields[2].startswith(b"04"):
-                nxt.append(rel)
-        frontier = nxt
+    cmdfile.write_bytes(b"".join(b"ls -p " + image_path(d) + b"\n" for d in dirs))
+    proc = subprocess.run([debugfs, "-f", str(cmdfile), str(image)], capture_output=True)
+    idx = -1
+    for line in proc.stdout.split(b"\n"):
+        if line.startswith(_PROMPT):
+            idx += 1
+            continue
+        fields = line.split(b"/")
+        if idx < 0 or len(fields) < 7 or fields[0] != b"" or not fields[1].isdigit():
+            continue
+        name = os.fsdecode(fields[5])
+        if name in (".", "..") or idx >= len(dirs):
+            continue
+        parent = dirs[idx]
+        rel = f"{parent}/{name}" if parent else name
+        entry = ledger.get(rel)
+        if entry is None or entry.special:
+            continue
+        found[rel] = int(fields[1])
     return found
+
+
+class MetadataPass:
+    """The debugfs pass of one build: :meth:`plan` (the tree only; may run while
+    mke2fs builds the image), then :meth:`apply` to the image.
+
+    :param workdir: an empty private directory for the script and xattr values.
+    """
+
+    def __init__(self, ledger: Ledger, staging: Path, workdir: Path) -> None:
+        self.ledger, self.staging, self.workdir = ledger, staging, workdir
+        self._plan: Plan | None = None
+        self._error: BaseException | None = None
+
+    def plan(self) -> None:
+        """Plan the commands; an error is kept for :meth:`apply` to raise (this may run in a thread)."""
+        try:
+            values = self.workdir / "xattr-values"
+            values.mkdir(exist_ok=True)
+            self._plan = plan_script(self.ledger, self.staging, values)
+        except BaseException as exc:  # re-raised by apply, in the caller's thread
+            self._error = exc
+
+    def apply(self, image: Path) -> None:
+        """Make ``image`` (built by ``mke2fs -d staging``) match the ledger exactly.
+
+        :raises NotFound: without debugfs.
+        :raises Permanent: when a debugfs command fails (names the path).
+        """
+        if self._plan is None and self._error is None:
+            self.plan()
+        if self._error is not None:
+            raise self._error
+        assert self._plan is not None
+        script = render(self._plan, inode_map(self.ledger, image, self.workdir))
+        run_script(script, image, self.workdir)
 
 
 def apply_ledger(ledger: Ledger, staging: Path, image: Path) -> None:
@@ -400,7 +469,4 @@ def apply_ledger(ledger: Ledger, staging: Path, image: Path) -> None:
     :raises Permanent: when a debugfs command fails (names the path).
     """
     with tempfile.TemporaryDirectory(prefix=".meta-", dir=image.parent) as tmp:
-        values = Path(tmp) / "xattr-values"
-        values.mkdir()
-        script = build_script(ledger, staging, values, inode_map(ledger, image, Path(tmp)))
-        run_script(script, image, Path(tmp))
+        MetadataPass(ledger, staging, Path(tmp)).apply(image)

@@ -44,10 +44,11 @@ def fidelity_layers(blobs: Path) -> list[Layer]:
     return [l1, l2, l3]
 
 
-def build(tmp: Path, layers: list[Layer], name: str = "out.ext4", key: str = "sha256:test") -> Path:
+def build(tmp: Path, layers: list[Layer], name: str = "out.ext4", key: str = "sha256:test",
+          writer_min_bytes: int = 1 << 62) -> Path:
     root = tmp / f"stage-{name}"
     root.mkdir()
-    ledger = extract_layers(layers, root)
+    ledger = extract_layers(layers, root, writer_min_bytes=writer_min_bytes)
     return build_ext4(root, tmp / name, key=key, ledger=ledger)
 
 
@@ -129,3 +130,41 @@ def test_too_small_is_resource_exhausted(tmp_path: Path) -> None:
         build_ext4(root, tmp_path / "small.ext4", key="k", size_bytes=2 << 20, ledger=ledger)
     assert not (tmp_path / "small.ext4").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_writer_process_and_in_process_staging_give_byte_identical_images(tmp_path: Path) -> None:
+    layers = fidelity_layers(tmp_path / "blobs")
+    a = build(tmp_path, layers, "in-process.ext4")
+    b = build(tmp_path, layers, "writer.ext4", writer_min_bytes=0)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_every_staged_path_is_addressed_by_its_inode_number(tmp_path: Path) -> None:
+    from microagent.images.metadata import inode_map
+
+    root = tmp_path / "stage"
+    root.mkdir()
+    ledger = extract_layers(fidelity_layers(tmp_path / "blobs"), root)
+    image = build_ext4(root, tmp_path / "img.ext4", key="k", ledger=ledger)
+    found = inode_map(ledger, image, tmp_path)
+    staged = [rel for rel, entry in ledger.items() if not entry.special]
+    assert sorted(found) == sorted(staged)
+    for rel in ("etc/dir with space/odd \"name\"", "usr/bin/passwd2", "home/alice/notes", "bin/sh"):
+        quoted = '"/' + rel.replace('"', '""') + '"'
+        out = subprocess.run(["debugfs", "-R", f"stat {quoted}", str(image)], capture_output=True, text=True).stdout
+        assert out.startswith(f"Inode: {found[rel]} "), (rel, out[:40])
+
+
+def test_a_failure_planning_the_metadata_pass_fails_the_build_cleanly(tmp_path: Path) -> None:
+    """The debugfs script is planned in a thread while mke2fs runs: its error is the build's error."""
+    from microagent.errors import Permanent
+    from microagent.images.metadata import Entry
+
+    root = tmp_path / "stage"
+    root.mkdir()
+    ledger = extract_layers([layer(tmp_path / "blobs", [E("etc/ok", data=b"1")])], root)
+    ledger.put("etc/bad\nname", Entry("char", 0o600, major=1, minor=3))  # no debugfs line can address it
+    out = tmp_path / "out" / "img.ext4"
+    with pytest.raises(Permanent, match="newline"):
+        build_ext4(root, out, key="k", ledger=ledger)
+    assert list(out.parent.iterdir()) == []
