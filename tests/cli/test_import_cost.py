@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from microagent.cli.exec_run import run_exec
-from microagent.cli.main import COMMANDS, SUMMARIES, main, plain_exec
+from microagent.cli.main import COMMANDS, SUMMARIES, main, plain_exec, plain_run
+from microagent.cli.oneshot_run import run_oneshot
 from microagent.errors import NotFound
 from microagent.guestinit import find_guest_init
 from microagent.host.process import ref_for
@@ -195,6 +196,37 @@ def test_plain_exec_splits_like_click(args: list[str]) -> None:
     assert {k: ctx.params[k] for k in defaults} == defaults
 
 
+@pytest.mark.parametrize("args", [
+    ["img", "--", "true"], ["img", "true"], ["img"], ["img", "--"], ["img", "ls", "-la"], ["img", "--", "--", "x"],
+    ["--cold", "img", "true"], ["--json", "--cold", "img", "--", "sh", "-c", "exit 3"], ["--cold", "--cold", "img"],
+    ["img", "--json", "true"], ["img", "--help"], ["--cold", "--", "img", "true"], ["-e", "A=1", "img", "true"],
+    ["--keep", "img", "true"], ["--cold"], ["--help"], ["-", "x"],
+])
+def test_plain_run_splits_like_click(args: list[str]) -> None:
+    """The click-free ``run`` takes only command lines click would split the same way, with
+    every option it does not set at the value click gives it."""
+    run_cmd = importlib.import_module("microagent.cli.cmd_run").run
+    plain = plain_run(args)
+    if plain is None:
+        return  # click parses it
+    image, command, flags = plain
+    ctx = run_cmd.make_context("run", list(args), resilient_parsing=True)
+    assert (ctx.params["image"], list(ctx.params["command"])) == (image, command)
+    params = inspect.signature(run_oneshot).parameters
+    assert set(params) - {"image", "command"} == set(ctx.params) - {"image", "command"}
+    for key, param in params.items():
+        if param.kind is param.KEYWORD_ONLY and key != "state_dir":
+            assert ctx.params[key] == flags.get(key, param.default), key
+
+
+def test_plain_run_skips_click(tmp_path: Path) -> None:
+    """A plain ``run`` reaches the library without click (its error here: a bad image reference)."""
+    code, loaded = probe(["run", "--cold", "--json", "Bad Ref!", "--", "true"], state_dir=tmp_path)
+    assert code == "125"
+    assert "microagent.cli.oneshot_run" in loaded and "microagent.workspace.oneshot" in loaded
+    assert offenders(loaded, ("click", "rich", "microagent.cli.cmd_image")) == []
+
+
 def test_help_overview_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
@@ -203,3 +235,24 @@ def test_help_overview_lists_every_command(capsys: pytest.CaptureFixture[str]) -
     assert out.startswith("Usage: microagent [OPTIONS] COMMAND [ARGS]...")
     listed = [line.split()[0] for line in out.split("Commands:\n")[1].splitlines()]
     assert listed == sorted(COMMANDS)
+
+
+SCRIPT = """
+import atexit, sys
+atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
+sys.argv = ["microagent", *{argv!r}]
+from microagent.cli.main import main
+main()
+"""
+
+
+def test_the_console_script_ends_with_nothing_lost(running_workspace: tuple[Path, str]) -> None:
+    """As the console script, the CLI ends without the interpreter's teardown: every byte of
+    the command's output still arrives, its exit code is the process's, atexit handlers run."""
+    root, name = running_workspace
+    argv = ["exec", name, "--", "sh", "-c", "yes x | head -c 300000; exit 7"]
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(argv=argv)], capture_output=True,
+                          env={**os.environ, "MICROAGENT_STATE_DIR": str(root)})
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert proc.stdout == b"x\n" * 150000
+    assert proc.stderr.endswith(b"atexit ran\n")

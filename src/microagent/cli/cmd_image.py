@@ -1,69 +1,17 @@
 """``microagent image pull|ls|rm|prune``: thin adapters over :mod:`microagent.images`.
 
-Also owns the terminal rendering of pull progress (:func:`pull_progress`),
-which ``run`` reuses: per-layer bars with rich on a TTY (stderr), nothing in
-``--json`` or non-TTY mode.
+Pull progress on a terminal is :func:`microagent.cli.progress.pull_progress`'s.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import click
 
 from microagent.cli.main import json_option, state_dir_option
 from microagent.cli.output import emit
-
-
-class TerminalProgress:
-    """Per-layer progress bars on stderr (rich, imported only when used)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            console=Console(file=sys.stderr), transient=False,
-        )
-        self._tasks: dict[str, Any] = {}
-        self._started = False
-
-    def on_layer_start(self, digest: str, size: int) -> None:
-        if not self._started:
-            self._progress.start()
-            self._started = True
-        label = digest.split(":", 1)[-1][:12]
-        self._tasks[digest] = self._progress.add_task(label, total=size if size >= 0 else None)
-
-    def on_bytes(self, digest: str, n: int) -> None:
-        task = self._tasks.get(digest)
-        if task is not None:
-            self._progress.advance(task, n)
-
-    def on_layer_done(self, digest: str) -> None:
-        task = self._tasks.get(digest)
-        if task is not None:
-            total = self._progress.tasks[task].total
-            if total is not None:
-                self._progress.update(task, completed=total)
-
-    def close(self) -> None:
-        if self._started:
-            self._progress.stop()
-            self._started = False
-
-
-def pull_progress(as_json: bool) -> TerminalProgress | None:
-    """A progress renderer when stderr is a terminal and output is not JSON, else ``None``."""
-    if as_json or os.environ.get("MICROAGENT_OUTPUT") == "json" or not sys.stderr.isatty():
-        return None
-    try:
-        return TerminalProgress()
-    except ImportError:  # rich missing: progress is a nicety
-        return None
+from microagent.cli.progress import pull_progress
 
 
 def _arch(arch: str | None) -> str:

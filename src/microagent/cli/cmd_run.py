@@ -1,24 +1,14 @@
-"""``microagent run IMAGE [--] CMD...``: a one-shot workspace."""
+"""``microagent run IMAGE [--] CMD...``: a one-shot workspace (the option table; the
+work is :func:`microagent.cli.oneshot_run.run_oneshot`'s)."""
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
 
-from microagent.cli.egress_options import egress_options, egress_policy
-from microagent.cli.service_options import check_services, check_volumes, setup_service_options, volume_option
-from microagent.cli.main import backend_option, json_option, state_dir_option, usage_errors
-from microagent.cli.output import emit_json
+from microagent.cli.egress_options import egress_options
+from microagent.cli.service_options import setup_service_options, volume_option
+from microagent.cli.main import backend_option, json_option, state_dir_option
 from microagent.cli.params import SECONDS
-
-
-def _writer(stream: Any) -> Any:
-    def write(data: bytes) -> None:
-        stream.write(data)
-        stream.flush()
-    return write
 
 
 @click.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
@@ -67,40 +57,12 @@ def run(image: str, command: tuple[str, ...], backend: str | None, supervisor: s
     An isolated run restores the image's boot snapshot when there is one (the
     first run saves it); --cold boots instead.
     """
-    from microagent.cli.cmd_image import pull_progress
-    from microagent.workspace.oneshot import check_run_input
-    from microagent.workspace.oneshot import run as run_oneshot
+    from microagent.cli.oneshot_run import run_oneshot
 
-    argv = list(command)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    with usage_errors():
-        check_run_input(argv, env=env, timeout=timeout, memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout,
-                        network=network, publish=publish, allow_host_loopback=allow_host_loopback)
-        egress = egress_policy(network, egress_allow, egress_allow_cidr, egress_deny_all, secret, secret_host)
-        check_services(setup, service, restart)
-        check_volumes(volume)
-        from microagent.workspace.outputs import parse_output_specs
-
-        parse_output_specs(output)
-    progress = pull_progress(as_json)  # layer progress on a TTY only
-    try:
-        outcome = run_oneshot(
-            image, argv, backend=backend, env=list(env), workdir=workdir, user=user, timeout=timeout,
-            memory_mib=memory, cpus=cpus, boot_timeout=boot_timeout, state_dir=state_dir,
-            supervisor=supervisor, keep=keep, network=network, publish=list(publish), progress=progress,
-            allow_host_loopback=allow_host_loopback, arch=arch, cold=cold, egress=egress,
-            setup=setup, service=service, restart=restart, volumes=volume, outputs=output,
-            stdout=None if as_json else _writer(sys.stdout.buffer),
-            stderr=None if as_json else _writer(sys.stderr.buffer),
-        )
-    finally:
-        if progress is not None:
-            progress.close()
-    if as_json:
-        emit_json({"ok": True, **outcome.to_json()})
-    elif outcome.result.status in ("timed_out", "failed_to_start"):
-        detail = outcome.result.error.get("message", "") if outcome.result.error else ""
-        sys.stderr.write(f"microagent: command {outcome.result.status.replace('_', ' ')}"
-                         f"{': ' + detail if detail else ''}\n")
-    return outcome.exit_code
+    return run_oneshot(
+        image, command, backend=backend, supervisor=supervisor, state_dir=state_dir, as_json=as_json,
+        timeout=timeout, boot_timeout=boot_timeout, env=env, workdir=workdir, user=user, memory=memory, cpus=cpus,
+        keep=keep, network=network, publish=publish, allow_host_loopback=allow_host_loopback,
+        egress_allow=egress_allow, egress_allow_cidr=egress_allow_cidr, egress_deny_all=egress_deny_all,
+        secret=secret, secret_host=secret_host, arch=arch, cold=cold, setup=setup, service=service,
+        restart=restart, volume=volume, output=output)

@@ -138,16 +138,13 @@ def run_exec(name: str, command: Sequence[str], *, env: Sequence[str] = (), work
              tty: bool = False, output_limit: int = DEFAULT_OUTPUT_LIMIT, supervisor: str | None = None,
              state_dir: str | None = None, as_json: bool = False) -> int:
     """``microagent exec``: run COMMAND in running workspace NAME; return its exit code."""
-    from microagent.workspace.sessions import GuestConnection, check_command_size
+    from microagent.workspace.sessions import GuestConnection, check_command_size, check_env
 
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     with usage_errors():
-        if env:  # the lifecycle module holds the one check of -e entries; a plain exec has none
-            from microagent.workspace.lifecycle import check_env
-
-            check_env(env)
+        check_env(env)
         check_command_size(argv, env)
     store = open_store(state_dir, supervisor)
     with GuestConnection(store, name, "exec") as gs:

@@ -115,15 +115,45 @@ def reap_if_child(pid: int) -> None:
 
 
 def wait_gone(ref: ProcessRef, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for the process to exit."""
-
-    from microagent.waiting import wait_until
+    """Wait up to ``timeout`` seconds for the process to exit: woken by its exit through
+    a pidfd where there is one (Linux), polled elsewhere. A process that is not our
+    child (a VMM left to init) has no wait(2) to block on, but it has a pidfd."""
+    import time
 
     def gone() -> bool:
         reap_if_child(ref.pid)
         return not is_alive(ref)
 
-    return bool(wait_until(gone, timeout, 0.02))
+    pidfd = _pidfd(ref.pid)
+    if pidfd is None:
+        from microagent.waiting import wait_until
+
+        return bool(wait_until(gone, timeout, 0.02))
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while not gone():  # checked after the open: the pidfd is of the recorded process
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if poller.poll(left * 1000) and not gone():
+                time.sleep(0.005)  # readable while /proc still shows it (its threads exiting): no spin
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid`` (Linux 5.3+); ``None`` without (the caller polls)."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # gone already (the caller sees it), or no pidfds here
+        return None
 
 
 def send_signal(ref: ProcessRef, sig: signal.Signals) -> bool:

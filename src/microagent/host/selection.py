@@ -7,10 +7,11 @@ is built or spawned; there is never a silent fallback to another backend.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from microagent.errors import InvalidRequest, Unsupported
-from microagent.host.detect import HostFacts, host_os
+from microagent.host.detect import HostFacts, KvmInfo, Tool, host_os
 
 #: backend -> host OS it runs on
 BACKEND_OS = {
@@ -57,16 +58,31 @@ def check_backend_runs_here(backend: str, os_name: str | None = None) -> None:
 
 def default_backend(facts: HostFacts) -> Selection:
     """The backend this host uses when none is asked for, with the reason."""
-    if facts.os == "darwin":
+    return _default_backend(facts.os, facts.kvm, lambda: facts.tools.get("firecracker"))
+
+
+def host_default_backend() -> Selection:
+    """:func:`default_backend` of this host, probing only what decides it: KVM, then the
+    firecracker binary under hardware KVM only (the boot path's choice; a full
+    :func:`~microagent.host.detect.detect` looks for every tool)."""
+    from microagent.host.detect import probe_firecracker, probe_kvm
+
+    os_name = host_os()
+    kvm = probe_kvm() if os_name == "linux" else None
+    return _default_backend(os_name, kvm, lambda: probe_firecracker(version=False))
+
+
+def _default_backend(os_name: str, kvm: KvmInfo | None, firecracker_tool: Callable[[], Tool | None]) -> Selection:
+    if os_name == "darwin":
         return Selection("apple-vf", "macOS host: Virtualization.framework", False)
-    if facts.os == "windows":
+    if os_name == "windows":
         return Selection("windows-hyperv", "Windows host: Hyper-V compute service (experimental)", False)
-    if facts.os != "linux":
-        raise Unsupported(f"no microagent backend runs on {facts.os}", "use Linux, macOS or Windows")
-    firecracker = facts.tools.get("firecracker")
-    if facts.kvm.kind != "hardware":
-        return Selection("qemu", f"{facts.kvm.detail}; firecracker needs hardware KVM, "
+    if os_name != "linux" or kvm is None:
+        raise Unsupported(f"no microagent backend runs on {os_name}", "use Linux, macOS or Windows")
+    if kvm.kind != "hardware":
+        return Selection("qemu", f"{kvm.detail}; firecracker needs hardware KVM, "
                                  "so qemu runs guests here", False)
+    firecracker = firecracker_tool()
     if firecracker is None or not firecracker.available:
         return Selection("qemu", "hardware KVM is present but no firecracker binary was found "
                                  "(run 'make install' or set MICROAGENT_FIRECRACKER)", False)

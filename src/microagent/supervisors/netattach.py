@@ -70,16 +70,17 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
     :raises Conflict: a published host port is in use.
     :raises PolicyDenied: nat or pasta preconditions.
     """
-    from microagent.channel.forward import bind_listener
-
     check(cfg, user_provider)
     mac = guest_mac(rt.path) if cfg.network.mode in ("user", "nat") else ""
     attachment = Attachment(NetworkPlan(mode=cfg.network.mode,
                                         provider=user_provider if cfg.network.mode == "user" else "",
                                         allow_host_loopback=cfg.network.allowHostLoopback, mac=mac))
     try:
-        for fwd in cfg.network.portForwards:
-            attachment.listeners.append((bind_listener(fwd.host, fwd.hostPort), fwd.guestPort))
+        if cfg.network.portForwards:  # the channel's forwarding code (and logging) only for a publication
+            from microagent.channel.forward import bind_listener
+
+            for fwd in cfg.network.portForwards:
+                attachment.listeners.append((bind_listener(fwd.host, fwd.hostPort), fwd.guestPort))
         allow_host = cfg.network.allowHostLoopback
         if cfg.network.mode == "nat":
             from microagent.network import nat
@@ -244,7 +245,7 @@ def _detach_pasta(recorded: dict[str, Any]) -> list[str]:
 
 def release(state_root: Path, workspace: str) -> None:
     """Free the NAT lease (on delete)."""
-    from microagent.network import nat
-
     if (state_root / "network" / "leases.json").exists():
+        from microagent.network import nat
+
         nat.release(state_root, workspace)

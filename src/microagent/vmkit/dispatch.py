@@ -168,25 +168,57 @@ def call_in_process(backend: str, request: Request, *, timeout: float = 600.0,
     :raises Transient: when the worker does not answer within ``timeout``.
     :raises MicroagentError: the supervisor's own error when ``ok`` is false.
     """
+    return call_each_in_process(backend, [request], timeout=timeout, lock_fd=lock_fd)[0]
+
+
+def call_each_in_process(backend: str, requests: list[Request], *, timeout: float = 600.0,
+                         lock_fd: int | None = None) -> list[Response]:
+    """:func:`call_in_process` for several requests, answered in order by one worker
+    (one fork: a one-shot run's ``kill`` and ``delete``); the first that fails ends
+    the sequence, its error raised. ``timeout`` is for the whole sequence."""
     factory, answer = load_backend(backend)  # before the fork: the worker imports nothing
-    raw = json.loads(json.dumps(to_wire(request)))
-    doc = _answer_in_child(lambda: answer(factory, backend, raw, lock_handed_down=lock_fd is not None),
-                           backend, timeout, lock_fd)
-    response = Response.from_json(doc)  # decoded from the worker's JSON, as an executable's
-    if not response.ok:
-        raise MicroagentError.from_dict(response.error or {"message": "supervisor failed"})
-    return response
+    raws = [json.loads(json.dumps(to_wire(request))) for request in requests]
+
+    def work() -> list[Response]:
+        answers = []
+        for raw in raws:
+            answers.append(answer(factory, backend, raw, lock_handed_down=lock_fd is not None))
+            if not answers[-1].ok:
+                break
+        return answers
+
+    responses = []
+    for doc in _answer_in_child(work, backend, timeout, lock_fd):
+        response = Response.from_json(doc)  # decoded from the worker's JSON, as an executable's
+        if not response.ok:
+            raise MicroagentError.from_dict(response.error or {"message": "supervisor failed"})
+        responses.append(response)
+    return responses
+
+
+#: how long a thread threading reports ended may still be listed as exiting (microseconds, usually)
+THREAD_EXIT_SETTLE_S = 0.05
 
 
 def _single_threaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1  # every thread, not only threading's
-    except OSError:
-        return False
+    """One thread in ``/proc/self/task`` (every thread, not only threading's). A thread
+    threading counts as ended (joined) may be listed a moment longer while its OS thread
+    exits: with no other of threading's threads alive, that is waited out, briefly."""
+    deadline = time.monotonic() + THREAD_EXIT_SETTLE_S
+    while True:
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return True
+        except OSError:
+            return False
+        threading = sys.modules.get("threading")  # never imported: no thread of threading's to wait out
+        if threading is None or threading.active_count() > 1 or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)
 
 
-def _answer_in_child(work: Any, backend: str, timeout: float, lock_fd: int | None) -> dict[str, Any]:
-    """Fork, run ``work`` in the child, and read its answer back over a pipe."""
+def _answer_in_child(work: Any, backend: str, timeout: float, lock_fd: int | None) -> list[dict[str, Any]]:
+    """Fork, run ``work`` in the child, and read its answers back over a pipe."""
     import select
     import signal
 
@@ -199,10 +231,10 @@ def _answer_in_child(work: Any, backend: str, timeout: float, lock_fd: int | Non
             os.umask(0o077)
             if lock_fd is not None:  # answer() adopts it: closed on exec, the record names us
                 os.environ["MICROAGENT_LOCK_FD"] = str(lock_fd)
-            response = work()
+            responses = work()
             with os.fdopen(write_end, "w", encoding="utf-8") as out:
-                json.dump(response.to_json(), out)
-            status = 0 if response.ok else 1
+                json.dump([response.to_json() for response in responses], out)
+            status = 0 if all(response.ok for response in responses) else 1
         except BaseException:  # noqa: BLE001 - a caller that went away (EPIPE) or a bug: just end
             pass
         finally:
@@ -226,8 +258,8 @@ def _answer_in_child(work: Any, backend: str, timeout: float, lock_fd: int | Non
         os.waitpid(pid, 0)
     try:
         doc = json.loads(b"".join(chunks))
-        if not isinstance(doc, dict):
-            raise ValueError("not an object")
+        if not isinstance(doc, list) or not doc or not all(isinstance(d, dict) for d in doc):
+            raise ValueError("not a list of objects")
     except ValueError as exc:
         raise Permanent(f"the {backend} supervisor's worker (pid {pid}) ended without an answer",
                         "see the traceback above; this is a bug in microagent") from exc

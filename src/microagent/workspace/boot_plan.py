@@ -71,15 +71,13 @@ def resolve_backend(requested: str | None) -> str:
     """
     import os
 
-    from microagent.host.selection import check_backend_runs_here, default_backend
+    from microagent.host.selection import check_backend_runs_here, host_default_backend
 
     explicit = requested or os.environ.get("MICROAGENT_BACKEND")
     if explicit:
         check_backend_runs_here(explicit)
         return explicit
-    from microagent.host.detect import detect
-
-    return default_backend(detect(versions=False)).backend
+    return host_default_backend().backend
 
 
 def find_kernel(root: Path, backend: str, arch: str | None = None) -> Path:

@@ -42,6 +42,7 @@ from microagent.workspace.manifest import (
     manifest_path,
     save_manifest,
 )
+from microagent.workspace.sessions import check_env  # noqa: F401 - the one check of -e entries, re-exported
 from microagent.workspace.state import ACTIVE_STATES, LIVE_STATES, WorkspaceState, require_state
 
 # Heavy modules (wire types, snapshots, networking) are imported by the methods
@@ -66,18 +67,6 @@ def check_name(name: str) -> str:
             "use 1-63 characters from A-Z a-z 0-9 . _ - starting with a letter or digit",
         )
     return name
-
-
-def check_env(env: Sequence[str]) -> tuple[str, ...]:
-    """The one check of ``-e`` entries (create, run, exec, SDK).
-
-    :raises InvalidRequest: for an entry that is not ``K=V``.
-    """
-    for item in env:
-        if "=" not in item or item.startswith("="):
-            raise InvalidRequest(f"environment entry {item!r} is not K=V",
-                                 "pass -e KEY=VALUE (an empty value is KEY=)")
-    return tuple(env)
 
 
 @dataclass

@@ -185,6 +185,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                               cwd=workdir or plan.image.config.working_dir or None,
                               user=user or plan.image.config.user or None,
                               timeout_s=timeout)
+        alone = _threads()
         with open_channel(guest_channel_path(plan.state_root, name), hello_timeout=10.0) as conn:
             if setup:
                 _run_setup(conn, setup, request)
@@ -194,9 +195,14 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
             if wanted_outputs:
                 copied = copy_outputs(conn, wanted_outputs)
                 watch.mark("outputs")
+        if alone:
+            _join_channel_threads(alone)
         # a throwaway disk needs no clean shutdown: killing saves the guest's poweroff;
         # volumes do (the guest's unwritten pages, a clean journal for the next user)
-        client.send("halt" if keep or mounts else "kill", name)
+        if keep or mounts:
+            client.send("halt", name)
+        else:  # one worker kills and deletes
+            client.send_each(["kill", "delete"], name)
         watch.mark("shutdown")
     except BaseException:
         if started:
@@ -206,7 +212,8 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
             vols.release(plan.state_root, name)
         raise
     if not keep:
-        client.send("delete", name)
+        if mounts:
+            client.send("delete", name)
         vols.release(plan.state_root, name)
         watch.mark("cleanup")
     return RunOutcome(workspace=name, backend=plan.backend, result=result, timings=watch.total(), warm=warm,
@@ -276,9 +283,8 @@ def check_run_input(argv: Sequence[str], *, env: Sequence[str] = (), timeout: fl
     """
     from microagent.durations import optional_seconds, seconds
     from microagent.network.publish import check_network, parse_publish
-    from microagent.workspace.lifecycle import check_env
     from microagent.workspace.profiles import check_host_fit
-    from microagent.workspace.sessions import check_command_size
+    from microagent.workspace.sessions import check_command_size, check_env
 
     checked_timeout = optional_seconds(timeout, "timeout")
     checked_boot = seconds(boot_timeout, "boot_timeout")
@@ -288,6 +294,25 @@ def check_run_input(argv: Sequence[str], *, env: Sequence[str] = (), timeout: fl
     published = tuple(parse_publish(p) for p in publish)
     check_network(network, published, allow_host_loopback)
     return checked_timeout, checked_boot, published
+
+
+def _threads() -> list[Any] | None:
+    """This process's one thread, when it has only one (else ``None``)."""
+    import threading
+
+    return threading.enumerate() if threading.active_count() == 1 else None
+
+
+def _join_channel_threads(before: list[Any], timeout: float = 1.0) -> None:
+    """Wait for the threads the exec's channel started: they end with it, an instant after
+    the result. Left running, the process is not single-threaded and the teardown runs
+    the supervisor's executable instead of a forked worker (:mod:`microagent.vmkit.dispatch`)."""
+    import threading
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread not in before:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _force_stop(client: SupervisorClient, name: str) -> None:

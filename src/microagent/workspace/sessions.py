@@ -46,6 +46,19 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
+def check_env(env: Sequence[str]) -> tuple[str, ...]:
+    """The one check of ``-e`` entries (create, run, exec, SDK); here, not in the
+    lifecycle module, so that run and exec check them without loading it.
+
+    :raises InvalidRequest: for an entry that is not ``K=V``.
+    """
+    for item in env:
+        if "=" not in item or item.startswith("="):
+            raise InvalidRequest(f"environment entry {item!r} is not K=V",
+                                 "pass -e KEY=VALUE (an empty value is KEY=)")
+    return tuple(env)
+
+
 def check_command_size(argv: Sequence[str], env: Mapping[str, str] | Sequence[str] = ()) -> None:
     """Refuse an argv + env too large to send, before anything is sent.
 

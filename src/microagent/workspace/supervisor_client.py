@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from microagent.vmkit.dispatch import call_in_process, call_supervisor, find_supervisor, in_process, load_backend
+from microagent.vmkit.dispatch import (
+    call_each_in_process,
+    call_in_process,
+    call_supervisor,
+    find_supervisor,
+    in_process,
+    load_backend,
+)
 from microagent.workspace.lock import held_fd
 from microagent.vmkit.types import (
     Config,
@@ -53,3 +60,14 @@ class SupervisorClient:
                                    lock_fd=held_fd(self.state_root, name))
         exe = find_supervisor(self.backend, self.override)
         return call_supervisor(exe, request, timeout=timeout, lock_fd=held_fd(self.state_root, name))
+
+    def send_each(self, commands: list[str], name: str, timeout: float = 600.0) -> list[Response]:
+        """Send ``commands`` for ``name`` in order (each with the workspace's stock config);
+        the first that fails raises. Answered in process, one worker answers them all
+        (one fork: a one-shot run's ``kill`` and ``delete``)."""
+        if not in_process(self.backend, self.override):
+            return [self.send(command, name, timeout=timeout) for command in commands]
+        cfg = Config(stateDir=str(self.state_root))
+        requests = [Request(command=command, identity=self._identity(name), config=cfg) for command in commands]
+        return call_each_in_process(self.backend, requests, timeout=timeout,
+                                    lock_fd=held_fd(self.state_root, name))

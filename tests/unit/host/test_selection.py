@@ -44,3 +44,11 @@ def test_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     sel = select_backend(None, facts("paravirtual", True))
     assert sel.backend == "firecracker" and sel.explicit
     assert select_backend("qemu", facts("hardware", True)).reason == "chosen with --backend"
+
+
+def test_the_boot_paths_choice_is_the_full_detections() -> None:
+    """host_default_backend probes only KVM (and firecracker under hardware KVM), for the same answer."""
+    from microagent.host.detect import detect
+    from microagent.host.selection import host_default_backend
+
+    assert host_default_backend() == default_backend(detect(versions=False))

@@ -96,6 +96,37 @@ def test_the_forked_worker_holds_the_callers_lock(tmp_path: Path, monkeypatch: p
     assert runtime["umask"] == 0o077
 
 
+class TwoStepBackend(Backend):
+    """``inspect`` answers with the worker's pid; ``kill`` fails; ``delete`` records that it ran."""
+
+    name = "qemu"
+
+    def inspect(self, request: Request) -> Response:
+        return Response(ok=True, backend="qemu", runtime={"worker": os.getpid(), "command": "inspect"})
+
+    def kill(self, request: Request) -> Response:
+        raise Permanent("kill refused here")
+
+    def delete(self, request: Request) -> Response:
+        (Path(request.config.stateDir) / "deleted").write_text(str(os.getpid()))
+        return Response(ok=True, backend="qemu", runtime={"worker": os.getpid(), "command": "delete"})
+
+
+def test_one_worker_answers_a_sequence_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.IN_PROCESS, "qemu", (__name__, "TwoStepBackend"))
+    answers = dispatch.call_each_in_process("qemu", [_request(tmp_path, "inspect"), _request(tmp_path, "delete")])
+    runtimes = [a.runtime or {} for a in answers]
+    assert [r["command"] for r in runtimes] == ["inspect", "delete"]
+    assert runtimes[0]["worker"] == runtimes[1]["worker"] != os.getpid()  # one fork for both
+
+
+def test_a_failed_step_ends_the_sequence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dispatch.IN_PROCESS, "qemu", (__name__, "TwoStepBackend"))
+    with pytest.raises(Permanent, match="kill refused here"):
+        dispatch.call_each_in_process("qemu", [_request(tmp_path, "kill"), _request(tmp_path, "delete")])
+    assert not (tmp_path / "deleted").exists(), "the step after a failure must not run"
+
+
 def test_a_threaded_caller_runs_the_executable() -> None:
     """Forking a threaded process is unsafe (a lock another thread holds stays held in
     the child), and a VMM spawned in it would be its child (Ray kills those with an actor).
@@ -109,6 +140,21 @@ def test_a_threaded_caller_runs_the_executable() -> None:
             "print(alone, threaded)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+def test_a_thread_that_has_ended_does_not_count() -> None:
+    """A joined thread may still be listed in /proc/self/task for a moment (its OS thread
+    is still exiting); that must not send the next call to the executable (~100 ms more).
+    Checked in a fresh interpreter: this test process may have threads of its own."""
+    code = ("import threading\n"
+            "from microagent.vmkit import dispatch\n"
+            "forked = 0\n"
+            "for _ in range(300):\n"
+            "    t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+            "    forked += dispatch.in_process('qemu', None, {})\n"
+            "print(forked)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["300"]
 
 
 def test_a_worker_that_does_not_answer_in_time_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
