@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any
 from microagent.durations import optional_seconds, seconds
 from microagent.workspace.lifecycle import DEFAULT_IMAGE, WorkspaceStore
 from microagent.workspace.sessions import DEFAULT_OUTPUT_LIMIT
-from microagent.workspace.state import WorkspaceState, require_state
+from microagent.workspace.state import ALLOWED_FROM, WorkspaceState, require_state
 
 if TYPE_CHECKING:
     from microagent.channel import ExecResult, FileStat
@@ -329,7 +329,10 @@ class Workspace:
 
         with self._lock:
             if self._session is not None and not self._session.closed:
-                require_state("exec", self.name, self._store.observe(self.name).state)
+                # a live connection: the record's state alone is read (a VM that died closes the
+                # connection itself); the full observation only explains a refusal
+                if self._store.recorded_state(self.name) not in ALLOWED_FROM["exec"]:
+                    require_state("exec", self.name, self._store.observe(self.name).state)
                 return self._session
             self._session = GuestConnection(self._store, self.name, "exec")
             return self._session

@@ -238,3 +238,30 @@ def test_stop_kill_and_delete_refusal(vm_state: Path) -> None:
                    "previousState": "running"}
     assert not pid_alive(pid)
     assert_gone(vm_state, name)
+
+
+def test_a_held_connection_sees_a_pause_made_elsewhere(vm_state: Path) -> None:
+    """The SDK keeps one channel connection per Workspace and checks only the recorded state
+    before each exec on it: a pause by another process still refuses the next exec at once
+    (its vcpus stopped, the exec would otherwise hang), and after resume the same object runs again."""
+    import microagent
+    from microagent.errors import Conflict
+
+    name = "held"
+    ws = microagent.Workspace.create(name, profile="tiny")
+    try:
+        assert ws.exec(["echo", "one"]).stdout == b"one\n"  # the connection is held from here
+        assert cli_json("pause", name)["state"] == "paused"
+        t0 = time.monotonic()
+        try:
+            ws.exec(["true"])
+            raise AssertionError("exec on a paused workspace was not refused")
+        except Conflict as exc:
+            assert "paused" in str(exc) and time.monotonic() - t0 < 5
+        assert cli_json("resume", name)["state"] == "running"
+        assert ws.exec(["echo", "two"]).stdout == b"two\n"
+    finally:
+        ws.close()
+        cli("kill", name)
+        cli("delete", name)
+    assert_gone(vm_state, name)

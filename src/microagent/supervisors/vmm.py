@@ -525,13 +525,14 @@ class VMMBackend(Backend):
 
     def _teardown(self, rt: RuntimeDir, *, kill_vm: bool) -> None:
         """End the helper (and the VM when asked); once the VM is gone, its network goes too."""
+        vm = self.live_vm(rt) if kill_vm else None
+        if vm is not None:
+            vm.kill()  # now, not after the helper is gone: QEMU takes ~20 ms to exit, meanwhile
         helper = self.live_helper(rt)
         if helper is not None:
             helper.kill()
-        if kill_vm:
-            vm = self.live_vm(rt)
-            if vm is not None:
-                self._kill(vm)
+        if vm is not None:
+            self._kill(vm)
         self._unlink_boot_files(rt)
         if self.live_vm(rt) is None:
             self.detach_network(rt, rt.path.name)

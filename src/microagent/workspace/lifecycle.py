@@ -177,6 +177,15 @@ class WorkspaceStore:
             runtime=runtime,
         )
 
+    def recorded_state(self, name: str) -> WorkspaceState:
+        """The state ``runtime.json`` records, nothing checked (:meth:`observe` reconciles it
+        with the VMM): for callers that hold a live connection and only need to know whether
+        the workspace was paused or stopped meanwhile."""
+        from microagent.runtime_state import read_json
+
+        runtime = read_json(self.runtime_path(name) / "runtime.json")
+        return WorkspaceState.parse(runtime.get("state")) if isinstance(runtime, dict) else WorkspaceState.UNKNOWN
+
     def observe(self, name: str, backend: str | None = None) -> Observed:
         """The cheap reconciliation: read the record, check the VMM process, and
         ask the supervisor only when they disagree (a live state, a dead VMM).
