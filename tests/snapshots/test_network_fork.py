@@ -79,19 +79,25 @@ def fork(cli: Cli, src: str, name: str, host_port: int) -> dict:
     return doc
 
 
+def source_and_forks(cli: Cli, src: str, port: int, ports: dict[str, int], *network: str) -> None:
+    """``src`` (``-p 127.0.0.1:PORT:8080``) serving and snapshotted, then two forks of it on the next
+    two ports; ``ports`` gets each workspace's host port as it comes up."""
+    cli.create(src, "--profile", "tiny", *network, "-p", f"127.0.0.1:{port}:8080")
+    cli("start", src)
+    serve_and_snapshot(cli, src)
+    ports[src] = port
+    for i, name in enumerate((f"{src}-a", f"{src}-b"), 1):
+        fork(cli, src, name, port + i)
+        ports[name] = port + i
+
+
 def test_nat_forks_get_their_own_tap_lease_mac_and_ports(snap_root: Path, world: tuple[Netns, Netns]) -> None:
     host, far = world
     server = far.serve("198.51.100.2", 8721)
     cli = Cli(host, snap_root)
     src, ports = f"n{uuid.uuid4().hex[:5]}", {}
     try:
-        cli.create(src, "--profile", "tiny", "--network", "nat", "-p", "127.0.0.1:18720:8080")
-        cli("start", src)
-        serve_and_snapshot(cli, src)
-        ports[src] = 18720
-        for i, name in enumerate((f"{src}-a", f"{src}-b")):
-            fork(cli, src, name, 18721 + i)
-            ports[name] = 18721 + i
+        source_and_forks(cli, src, 18720, ports, "--network", "nat")
         seen: dict[str, dict] = {}
         for name in ports:  # the source last forked from still works, next to its forks
             net = cli.network(name)
@@ -131,14 +137,7 @@ def test_user_forks_get_their_own_provider_mac_and_ports(snap_root: Path, world:
     cli = Cli(host, snap_root, f"MICROAGENT_QEMU_USER_NETWORK={provider}")
     src, ports = f"u{uuid.uuid4().hex[:5]}", {}
     try:
-        cli.create(src, "--profile", "tiny", "--network", "user", "--allow-host-loopback",
-                   "-p", "127.0.0.1:18730:8080")
-        cli("start", src)
-        serve_and_snapshot(cli, src)
-        ports[src] = 18730
-        for i, name in enumerate((f"{src}-a", f"{src}-b")):
-            fork(cli, src, name, 18731 + i)
-            ports[name] = 18731 + i
+        source_and_forks(cli, src, 18730, ports, "--network", "user", "--allow-host-loopback")
         seen: dict[str, dict] = {}
         for name in ports:  # each with its own slirp (inside its QEMU), or its own pasta and namespace
             net = cli.network(name)

@@ -14,6 +14,7 @@ the payload and stays in sync).
 from __future__ import annotations
 
 import struct
+from operator import itemgetter
 
 from microagent import jsonlite
 from microagent.channel.errors import ProtocolError
@@ -104,8 +105,8 @@ def frame_type_name(type: int) -> str:
 
 
 def _field(index: int, doc: str) -> Any:
-    """A read-only attribute for one item of a tuple subclass (as namedtuple makes)."""
-    return property(lambda self: self[index], doc=doc)
+    """A read-only attribute for one item of a tuple subclass, read in C (as namedtuple's are)."""
+    return property(itemgetter(index), doc=doc)
 
 
 class Frame(tuple):  # type: ignore[type-arg]

@@ -127,10 +127,14 @@ def test_a_failed_step_ends_the_sequence(tmp_path: Path, monkeypatch: pytest.Mon
     assert not (tmp_path / "deleted").exists(), "the step after a failure must not run"
 
 
+def _in_a_fresh_interpreter(code: str) -> list[str]:
+    """What ``code`` prints, run by a new Python: this test process may have threads of its own."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
 def test_a_threaded_caller_runs_the_executable() -> None:
     """Forking a threaded process is unsafe (a lock another thread holds stays held in
-    the child), and a VMM spawned in it would be its child (Ray kills those with an actor).
-    Checked in a fresh interpreter: this test process may have threads of its own."""
+    the child), and a VMM spawned in it would be its child (Ray kills those with an actor)."""
     code = ("import threading\n"
             "from microagent.vmkit import dispatch\n"
             "alone = dispatch.in_process('qemu', None, {})\n"
@@ -138,14 +142,12 @@ def test_a_threaded_caller_runs_the_executable() -> None:
             "threaded = dispatch.in_process('qemu', None, {})\n"
             "stop.set(); t.join()\n"
             "print(alone, threaded)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "False"]
+    assert _in_a_fresh_interpreter(code) == ["True", "False"]
 
 
 def test_a_thread_that_has_ended_does_not_count() -> None:
     """A joined thread may still be listed in /proc/self/task for a moment (its OS thread
-    is still exiting); that must not send the next call to the executable (~100 ms more).
-    Checked in a fresh interpreter: this test process may have threads of its own."""
+    is still exiting); that must not send the next call to the executable (~100 ms more)."""
     code = ("import threading\n"
             "from microagent.vmkit import dispatch\n"
             "forked = 0\n"
@@ -153,8 +155,7 @@ def test_a_thread_that_has_ended_does_not_count() -> None:
             "    t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
             "    forked += dispatch.in_process('qemu', None, {})\n"
             "print(forked)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["300"]
+    assert _in_a_fresh_interpreter(code) == ["300"]
 
 
 def test_a_worker_that_does_not_answer_in_time_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
