@@ -6,6 +6,9 @@ layout microagent boots with::
     /init                    guest init (microagent-init), 0755
     /microagent-initramfs    empty marker: guest init knows it runs from the initramfs
     /modules/NN-<name>.ko    kernel modules; sorted names = load order
+    /modules/conditions      "NN-<name>.ko ID..." per module needed only for some
+                             virtio devices (hex IDs); guest init loads the
+                             others first, then these when the VM has such a device
     /dev /proc /sys /newroot directories
     /dev/console             char device 5,1
 
@@ -30,6 +33,7 @@ from typing import BinaryIO
 
 from microagent.errors import NotFound, Permanent, ResourceExhausted
 from microagent.fsutil import atomic_writer
+from microagent.kernels.modules import load_conditions
 
 __all__ = [
     "CpioEntry",
@@ -188,8 +192,13 @@ def initramfs_entries(init_binary: bytes, modules: Sequence[tuple[str, bytes]]) 
         CpioEntry.directory("newroot"),
         CpioEntry.directory("modules"),
     ]
-    for i, (name, data) in enumerate(modules):
+    conditions = []
+    for i, ((name, data), needed_for) in enumerate(zip(modules, load_conditions(modules))):
         entries.append(CpioEntry.file(f"modules/{i:02d}-{name}.ko", data, 0o644))
+        if needed_for is not None:
+            conditions.append(f"{i:02d}-{name}.ko " + " ".join(f"{d:#06x}" for d in sorted(needed_for)) + "\n")
+    if conditions:
+        entries.append(CpioEntry.file("modules/conditions", "".join(conditions).encode(), 0o644))
     return entries
 
 

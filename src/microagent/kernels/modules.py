@@ -16,6 +16,7 @@ import errno
 import gzip
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -30,8 +31,10 @@ __all__ = [
     "GUEST_MODULES_BY_BACKEND",
     "KernelModule",
     "ModuleIndex",
+    "load_conditions",
     "load_module_index",
     "modinfo",
+    "modinfo_items",
     "module_bytes",
     "module_name",
     "parse_modules_builtin",
@@ -163,10 +166,8 @@ def module_bytes(path: Path) -> bytes:
     return data
 
 
-def modinfo(data: bytes) -> dict[str, str]:
-    """The ``.modinfo`` key/value pairs of a plain ELF64 little-endian module.
-
-    Repeated keys (``alias=``, ``parm=``) keep their first value.
+def modinfo_items(data: bytes) -> list[tuple[str, str]]:
+    """Every ``key=value`` of a plain ELF64 little-endian module's ``.modinfo``, in order.
 
     :raises Permanent: not an ELF64 little-endian relocatable module, or no
         ``.modinfo`` section.
@@ -181,15 +182,62 @@ def modinfo(data: bytes) -> dict[str, str]:
         for name_off, _type, _flags, _addr, off, size in sections:
             start = names_off + name_off
             if data[start : data.index(b"\x00", start)] == b".modinfo":
-                out: dict[str, str] = {}
+                out: list[tuple[str, str]] = []
                 for item in data[off : off + size].split(b"\x00"):
                     key, sep, value = item.partition(b"=")
                     if sep:
-                        out.setdefault(key.decode("ascii", "replace"), value.decode("utf-8", "replace"))
+                        out.append((key.decode("ascii", "replace"), value.decode("utf-8", "replace")))
                 return out
     except (struct.error, IndexError, ValueError) as exc:
         raise Permanent(f"kernel module has a corrupt ELF section table: {exc}", "reinstall the kernel") from exc
     raise Permanent("kernel module has no .modinfo section", "reinstall the kernel")
+
+
+def modinfo(data: bytes) -> dict[str, str]:
+    """The ``.modinfo`` key/value pairs of a module; a repeated key (``alias=``) keeps its first value.
+
+    :raises Permanent: as :func:`modinfo_items`.
+    """
+    out: dict[str, str] = {}
+    for key, value in modinfo_items(data):
+        out.setdefault(key, value)
+    return out
+
+
+_VIRTIO_ALIAS = re.compile(r"virtio:d([0-9A-Fa-f]{8})v")
+
+
+def load_conditions(modules: Sequence[tuple[str, bytes]]) -> list[frozenset[int] | None]:
+    """For each module (``(name, plain .ko bytes)`` in load order): the virtio device IDs
+    it is needed for, or ``None`` when guest init loads it whatever devices the VM has.
+
+    A virtio driver (an ``alias=virtio:dNNNNNNNNv*``) is needed for its devices, and a
+    dependency for the devices of the modules that use it; a module anything
+    unconditional uses, or that no driver needs (a bus driver such as virtio_mmio),
+    is unconditional.  A module whose ``.modinfo`` cannot be read is unconditional.
+    """
+    infos: list[list[tuple[str, str]] | None] = []
+    for _name, data in modules:
+        try:
+            infos.append(modinfo_items(data))
+        except Permanent:
+            infos.append(None)
+    users: dict[str, list[int]] = {}
+    for i, items in enumerate(infos):
+        for key, value in items or ():
+            if key == "depends":
+                for dep in filter(None, value.split(",")):
+                    users.setdefault(dep.replace("-", "_"), []).append(i)
+    out: list[frozenset[int] | None] = [None] * len(modules)
+    for i in reversed(range(len(modules))):  # users come after their dependencies
+        items = infos[i]
+        own = {int(m.group(1), 16) for key, value in items or () if key == "alias"
+               for m in [_VIRTIO_ALIAS.match(value)] if m}
+        needed_by = users.get(modules[i][0], [])
+        if items is None or (not own and not needed_by) or any(out[u] is None for u in needed_by):
+            continue
+        out[i] = frozenset(own).union(*(out[u] or () for u in needed_by))
+    return out
 
 
 @dataclass(frozen=True)

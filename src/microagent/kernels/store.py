@@ -64,7 +64,7 @@ __all__ = [
 KERNEL_BACKENDS = ("qemu", "firecracker", "apple-vf", "windows-hyperv")
 KERNEL_JSON = "kernel.json"
 SCHEMA_VERSION = 1
-INITRAMFS_FORMAT = "microagent-initramfs-v1"
+INITRAMFS_FORMAT = "microagent-initramfs-v2"  # v2: modules/conditions
 _ARCH_NAMES = {"x86_64": "x86_64", "aarch64": "aarch64"}
 _FORMAT_WORDS = {
     KernelFormat.BZIMAGE: "an x86_64 bzImage",

@@ -234,3 +234,20 @@ def test_gnu_cpio_reads_arbitrary_archives(tmp_path_factory, files):
     subprocess.run([CPIO, "-i", "-d", "--quiet"], input=blob, cwd=dest, check=True)
     for p, d in files:
         assert (dest / p).read_bytes() == d
+
+
+def test_modules_for_some_virtio_devices_are_listed_in_conditions(module_factory):
+    net = module_factory("virtio_net", ["failover"], extra=b"alias=virtio:d00000001v*\x00")
+    fs = module_factory("virtiofs", [], extra=b"alias=virtio:d0000001Av*\x00alias=fs-virtiofs\x00")
+    modules = [("virtio_mmio", module_factory("virtio_mmio", [])), ("failover", module_factory("failover", [])),
+               ("virtio_net", net), ("virtiofs", fs)]
+    entries = {e.name: e for e in read_newc(_write(initramfs_entries(b"init", modules)))}
+    # guest init (boot.c) reads "FILE ID..." lines; FILE without a line loads always
+    assert entries["modules/conditions"].data == (b"01-failover.ko 0x0001\n02-virtio_net.ko 0x0001\n"
+                                                  b"03-virtiofs.ko 0x001a\n")
+
+
+def test_no_conditions_file_when_every_module_loads_always(init_and_modules):
+    _init, mods = init_and_modules  # not ELF: no .modinfo to read
+    entries = initramfs_entries(b"init", [(m.stem, m.read_bytes()) for m in mods])
+    assert "modules/conditions" not in {e.path for e in entries}

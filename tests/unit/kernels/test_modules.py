@@ -13,6 +13,7 @@ import pytest
 from microagent.errors import NotFound, Permanent
 from microagent.kernels.modules import (
     DEFAULT_GUEST_MODULES,
+    load_conditions,
     load_module_index,
     modinfo,
     module_bytes,
@@ -176,3 +177,58 @@ def test_default_set_is_what_guest_init_loads():
     assert set(DEFAULT_GUEST_MODULES) >= {
         "virtio_mmio", "virtio_blk", "virtio_console", "virtio_net", "vsock", "vmw_vsock_virtio_transport",
     }  # fmt: skip
+
+
+# Each module of Debian's cloud kernel that drives a virtio device, with its alias.
+VIRTIO_ALIASES = {"virtio_blk": 0x2, "virtio_console": 0x3, "virtio_net": 0x1,
+                  "vmw_vsock_virtio_transport": 0x13, "virtio_rng": 0x4, "virtiofs": 0x1A}
+
+
+def _debian_like_modules(module_factory, names):
+    deps = {module_name(p): d for p, d in DEBIAN_LIKE.items()} | {"virtiofs": ["fuse", "virtio", "virtio_ring"]}
+    out = []
+    for name in names:
+        extra = b""
+        if name in VIRTIO_ALIASES:
+            extra = f"alias=virtio:d{VIRTIO_ALIASES[name]:08X}v*\x00".encode()
+        if name == "virtiofs":
+            extra += b"alias=fs-virtiofs\x00"
+        out.append((name, module_factory(name, deps[name], extra=b"alias=other:x\x00" + extra)))
+    return out
+
+
+def test_load_conditions_follow_the_virtio_devices_each_module_serves(module_factory):
+    names = [*EXPECTED_ORDER, "fuse", "virtiofs"]
+    got = dict(zip(names, load_conditions(_debian_like_modules(module_factory, names))))
+    assert got == {
+        # the bus driver and what it uses: always
+        "virtio_ring": None, "virtio": None, "virtio_mmio": None,
+        "virtio_blk": {0x2}, "virtio_console": {0x3},
+        # a driver's dependencies go with it
+        "failover": {0x1}, "net_failover": {0x1}, "virtio_net": {0x1},
+        "vsock": {0x13}, "vmw_vsock_virtio_transport_common": {0x13}, "vmw_vsock_virtio_transport": {0x13},
+        "fuse": {0x1A}, "virtiofs": {0x1A},
+    }  # fmt: skip
+
+
+def test_a_module_something_unconditional_uses_is_unconditional(module_factory):
+    mods = [("virtio_ring", module_factory("virtio_ring", [])),
+            ("virtio_net", module_factory("virtio_net", ["virtio_ring"], extra=b"alias=virtio:d00000001v*\x00")),
+            ("virtio_blk", module_factory("virtio_blk", ["virtio_ring"], extra=b"alias=virtio:d00000002v*\x00")),
+            ("shared", module_factory("shared", [])),
+            ("uses_net", module_factory("uses_net", ["virtio_net", "shared"]))]
+    # uses_net drives nothing: always loaded, so virtio_net and shared are too
+    assert load_conditions(mods) == [None, None, {0x2}, None, None]
+
+
+def test_a_dependency_of_two_drivers_is_needed_for_both_devices(module_factory):
+    mods = [("common", module_factory("common", [])),
+            ("a", module_factory("a", ["common"], extra=b"alias=virtio:d00000001v*\x00")),
+            ("b", module_factory("b", ["common"], extra=b"alias=virtio:d0000001Av*\x00"))]
+    assert load_conditions(mods) == [{0x1, 0x1A}, {0x1}, {0x1A}]
+
+
+def test_a_module_without_readable_modinfo_is_always_loaded(module_factory):
+    mods = [("blob", b"not an ELF"), ("virtio_net", module_factory("virtio_net", ["blob"],
+                                                                     extra=b"alias=virtio:d00000001v*\x00"))]
+    assert load_conditions(mods) == [None, {0x1}]
