@@ -313,13 +313,17 @@ static void load_modules(const char *dir)
             n++;
     }
     closedir(d);
+    if (n == 0) { /* a kernel with its drivers built in */
+        free(names);
+        return;
+    }
     qsort(names, n, sizeof *names, cmp_str);
     char path[512];
     snprintf(path, sizeof path, "%s/conditions", dir);
     size_t clen = 0;
     char *conditions = read_small_file(path, 1 << 16, &clen);
     static bool present[MAX_VIRTIO_ID];
-    bool *always = calloc(n ? n : 1, sizeof *always), *later = calloc(n ? n : 1, sizeof *later);
+    bool *always = calloc(n, sizeof *always), *later = calloc(n, sizeof *later);
     if (always && later) {
         bool none_present[MAX_VIRTIO_ID] = { false };
         for (size_t i = 0; i < n; i++)

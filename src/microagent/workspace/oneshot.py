@@ -8,7 +8,7 @@ stopped and its state removed (unless ``keep``), so nothing is left behind.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -118,7 +118,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     wanted_outputs = parse_output_specs(outputs)
     copied: list[dict[str, Any]] = []
     watch = _Stopwatch()
-    name = f"run-{secrets.token_hex(4)}"
+    name = f"run-{os.urandom(4).hex()}"
     timeout, boot_timeout, published = check_run_input(
         argv, env=env or (), timeout=timeout, memory_mib=memory_mib, cpus=cpus, boot_timeout=boot_timeout,
         network=network, publish=publish or (), allow_host_loopback=allow_host_loopback)

@@ -19,7 +19,6 @@ Directories are created 0700 and files 0600, whatever the umask.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -145,7 +144,7 @@ def _fetch(conn: "ChannelConnection", guest_path: str, dir_fd: int, name: str, h
     from microagent.channel.files import get_to
 
     budget.file(guest_path)
-    tmp = f".{name[:200]}.microagent-{secrets.token_hex(4)}"
+    tmp = f".{name[:200]}.microagent-{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         try:

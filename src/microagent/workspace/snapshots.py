@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +217,7 @@ def stage(root: Path, name: str, tag: str) -> Path:
     if (base / tag).exists():
         raise Conflict(f"workspace {name} already has a snapshot {tag}",
                        f"pick another tag, or remove it with 'microagent snapshot rm {name} {tag}'")
-    path = base / f"{STAGE_PREFIX}{tag}-{secrets.token_hex(4)}"
+    path = base / f"{STAGE_PREFIX}{tag}-{os.urandom(4).hex()}"
     path.mkdir(mode=0o700)
     return path
 
@@ -257,7 +256,7 @@ def remove(root: Path, name: str, tag: str) -> bool:
     path = snapshot_dir(root, name, tag)
     if not path.exists():
         return False
-    aside = path.with_name(f"{STAGE_PREFIX}rm-{tag}-{secrets.token_hex(4)}")
+    aside = path.with_name(f"{STAGE_PREFIX}rm-{tag}-{os.urandom(4).hex()}")
     os.rename(path, aside)
     shutil.rmtree(aside, ignore_errors=True)
     return True

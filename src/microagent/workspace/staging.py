@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def make(root: Path, name: str) -> Path:
     from microagent.host.process import ref_for
 
     parent = private_dir(root / "workspaces")
-    stage = parent / f"{PREFIX}{name}-{secrets.token_hex(4)}"
+    stage = parent / f"{PREFIX}{name}-{os.urandom(4).hex()}"
     stage.mkdir(mode=0o700)
     me = ref_for(os.getpid())
     (stage / CREATOR).write_text(json.dumps({"pid": me.pid, "starttime": me.starttime}))

@@ -31,7 +31,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,7 +133,7 @@ def saving(key: WarmKey) -> Iterator[Path | None]:
             return
         for old in group.glob(f"{snapshots.STAGE_PREFIX}{key.key}-*"):
             shutil.rmtree(old, ignore_errors=True)  # a saver that crashed: we hold the lock
-        stage = group / f"{snapshots.STAGE_PREFIX}{key.key}-{secrets.token_hex(4)}"
+        stage = group / f"{snapshots.STAGE_PREFIX}{key.key}-{os.urandom(4).hex()}"
         stage.mkdir(mode=0o700)
         try:
             yield stage
@@ -164,7 +163,7 @@ def discard(key: WarmKey) -> None:
     """Remove ``key``'s entry (renamed aside first: a reader never sees half of it)."""
     if not key.path.exists():
         return
-    aside = key.path.with_name(f"{snapshots.STAGE_PREFIX}rm-{key.key}-{secrets.token_hex(4)}")
+    aside = key.path.with_name(f"{snapshots.STAGE_PREFIX}rm-{key.key}-{os.urandom(4).hex()}")
     try:
         os.rename(key.path, aside)
     except FileNotFoundError:

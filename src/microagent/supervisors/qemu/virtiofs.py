@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -77,7 +76,7 @@ def start(rt: RuntimeDir, shares: tuple[Share, ...]) -> list[str]:
     try:
         for i, share in enumerate(shares):
             # random: virtiofsd keeps a host-wide pid file named after the socket path
-            name = f"vfs-{secrets.token_hex(6)}.sock"
+            name = f"vfs-{os.urandom(6).hex()}.sock"
             log = rt.path / f"virtiofsd-{i}.log"
             argv = [sys.executable, "-m", "microagent.supervisors.qemu.virtiofs", binary, share.path, name,
                     share.mode]
