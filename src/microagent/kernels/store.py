@@ -38,14 +38,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from microagent.digests import sha256_file
 from microagent.errors import Conflict, NotFound, Permanent, ResourceExhausted, Unsupported
-from microagent.kernels import debian, modules as kmodules
-from microagent.kernels.initramfs import build_initramfs
+from microagent.kernels import modules as kmodules
 from microagent.kernels.vmlinux import KernelFormat, detect_kernel_format, kernel_release, vmlinux_from_bzimage
 from microagent.paths import ARCH_ALIASES, host_arch, kernel_dir
+
+if TYPE_CHECKING:
+    from microagent.kernels import debian
 
 __all__ = [
     "KERNEL_BACKENDS",
@@ -398,6 +400,7 @@ def _stage(
     recorded_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fill ``staging`` with the kernel files and kernel.json; returns the JSON document."""
+    from microagent.kernels import debian  # installs only: not on a boot's path
     source: dict[str, Any]
     if from_file is not None:
         from_file = Path(from_file).absolute()
@@ -448,6 +451,8 @@ def _stage(
 
 
 def _check_deb_arch(pkg: debian.DebianPackage, arch: str, deb: Path | None) -> None:
+    from microagent.kernels import debian
+
     want = debian.DEB_ARCH[arch]
     if pkg.architecture and pkg.architecture not in (want, "all"):
         what = str(deb) if deb else pkg.name
@@ -641,4 +646,6 @@ def ensure_initramfs(kernel_dir: Path, init_binary: Path) -> Path:
     out = kernel_dir / f"initramfs-{_initramfs_key(init_sha, hashed)[:12]}.cpio"
     if out.is_file() and out.stat().st_size > 0:
         return out
+    from microagent.kernels.initramfs import build_initramfs  # once per kernel and init
+
     return build_initramfs(init_binary, module_files, out)

@@ -10,7 +10,6 @@ tracebacks: user errors carry their kind, anything unexpected becomes a
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
@@ -90,6 +89,8 @@ class Backend:
 
 
 def read_request(argv: list[str]) -> Any:
+    import argparse  # a supervisor's own command line only: not on the library's path
+
     parser = argparse.ArgumentParser(add_help=True)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--request", metavar="FILE", help="read the JSON request from FILE")
