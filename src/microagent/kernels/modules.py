@@ -13,7 +13,6 @@ the load order.  Building the initramfs is :mod:`microagent.kernels.initramfs`.
 from __future__ import annotations
 
 import errno
-import gzip
 import lzma
 import os
 import re
@@ -158,6 +157,8 @@ def module_bytes(path: Path) -> bytes:
         if name.endswith(".xz"):
             return lzma.decompress(data)
         if name.endswith(".gz"):
+            import gzip  # rare: Debian ships .ko or .ko.xz
+
             return gzip.decompress(data)
     except (lzma.LZMAError, OSError, EOFError) as exc:
         raise Permanent(f"kernel module {path} is corrupt: {exc}", "reinstall the kernel") from exc

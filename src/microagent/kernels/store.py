@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -373,6 +372,8 @@ def install_kernel(
     parent = target.parent
     with _install_lock(parent, arch):
         _recover_interrupted_swap(parent, arch)
+        import tempfile  # installs only
+
         work = Path(tempfile.mkdtemp(dir=parent, prefix=f".{arch}.install-"))
         try:
             staging = work / "kernel"
