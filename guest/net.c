@@ -204,10 +204,9 @@ static int add_default_route(int s, const char *name, struct in_addr gw)
     return 0;
 }
 
+/* Up is enough: the kernel gives lo 127.0.0.1/8 (and ::1) as it comes up. */
 static void loopback_up(int s)
 {
-    struct in_addr lo = { htonl(INADDR_LOOPBACK) };
-    set_ipv4(s, "lo", lo, 8);
     set_up(s, "lo");
 }
 
