@@ -121,19 +121,21 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = PRIVATE_
     _publish(tmp, fd, path)
 
 
-def _publish(tmp: str, fd: int, path: str) -> None:
+def _publish(tmp: str, fd: int, path: str, durable: bool = True) -> None:
     """Fsync ``tmp`` through ``fd`` (closed here) and rename it over ``path``, then
-    fsync the directory; ``tmp`` is removed if any of it fails."""
+    fsync the directory (neither when not ``durable``); ``tmp`` is removed if any of it fails."""
     try:
         try:
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         _discard(tmp)
         raise
-    fsync_dir(os.path.dirname(path) or ".")
+    if durable:
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def _temp_name(path: str) -> str:
@@ -170,11 +172,13 @@ def atomic_writer(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -
 
 
 @_contextmanager
-def atomic_path(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE, *,
+                durable: bool = True) -> Iterator[Path]:
     """:func:`atomic_write` for a writer that needs a file name (another program):
     the empty temp file's path, created with ``mode``.  When the block ends
     without an exception the file is fsynced and renamed over ``path``, then the
-    directory fsynced; otherwise it is removed.  The writer may change its mode."""
+    directory fsynced; otherwise it is removed.  The writer may change its mode.
+    ``durable=False`` skips the fsyncs, for a file that does not outlive this run."""
     from pathlib import Path
 
     path = os.fspath(path)
@@ -186,7 +190,7 @@ def atomic_path(path: str | os.PathLike[str], mode: int = PRIVATE_FILE_MODE) -> 
     except BaseException:
         _discard(tmp)
         raise
-    _publish(tmp, fd, path)
+    _publish(tmp, fd, path, durable)
 
 
 def overwrite_in_place(path: str | os.PathLike[str], data: bytes) -> bool:

@@ -132,13 +132,14 @@ def build_ext4(tree: Path, out: Path, *, key: str, size_bytes: int | None = None
     return out
 
 
-def copy_disk(src: Path, dst: Path) -> Path:
+def copy_disk(src: Path, dst: Path, *, durable: bool = True) -> Path:
     """A per-workspace copy of a base disk: reflink where possible, else sparse.
+    ``durable=False`` (a one-shot run's disk, deleted with the run) skips the fsyncs.
 
     :raises ResourceExhausted: when the disk is full.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst, durable=durable) as tmp:
         proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)],
                               capture_output=True, text=True)
         if proc.returncode != 0:

@@ -214,8 +214,18 @@ def record(state_root: Path, rec: ImageRecord) -> None:
         _save(state_root, records)
 
 
+#: ``last_used_at`` is rewritten at most this often: each write of the index (two fsyncs)
+#: cost every run of a cached image a few ms, for a time only ``image ls`` shows.
+TOUCH_INTERVAL_S = 60
+
+
 def touch(state_root: Path, reference: str, platform: Platform) -> None:
-    """Set ``last_used_at`` of a record to now (no-op when absent)."""
+    """Set ``last_used_at`` of a record to now (no-op when absent, or when it was set
+    less than :data:`TOUCH_INTERVAL_S` ago)."""
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - TOUCH_INTERVAL_S))
+    if any(r.reference == reference and _same_platform(r.platform, platform) and r.last_used_at > recent
+           for r in _load(state_root)):  # the index is replaced atomically: readable without the lock
+        return
     with _index_lock(state_root):
         records = _load(state_root)
         for r in records:

@@ -170,7 +170,7 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
         watch.mark("restore" if warm else "prepare_disk")
         if not warm:
             private_dir(plan.disk_path.parent)
-            copy_disk(plan.image.disk, plan.disk_path)
+            copy_disk(plan.image.disk, plan.disk_path, durable=False)  # gone with the run
             client.send("start", name, plan.config, timeout=boot_timeout + 30)
             started = True
             if secret_values:  # to the egress proxy's memory, never a file (docs/egress.md)

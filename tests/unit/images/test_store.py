@@ -91,3 +91,20 @@ def test_concurrent_records_are_not_lost(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(index.list_images(tmp_path)) == 12
+
+
+def test_touch_rewrites_the_index_at_most_once_a_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _record(tmp_path, "docker.io/library/a:1", b"a")
+    path = tmp_path / "images" / "index.json"
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(index.time, "time", lambda: now[0])
+    monkeypatch.setattr(index, "_now", lambda: index.time.strftime("%Y-%m-%dT%H:%M:%SZ", index.time.gmtime(now[0])))
+    index.touch(tmp_path, "docker.io/library/a:1", AMD64)
+    first = path.stat().st_ino, index.lookup(tmp_path, "docker.io/library/a:1", AMD64).last_used_at
+    assert first[1] == "2027-01-15T08:00:00Z"
+    now[0] += index.TOUCH_INTERVAL_S - 1  # within the interval: the index is not written again
+    index.touch(tmp_path, "docker.io/library/a:1", AMD64)
+    assert (path.stat().st_ino, index.lookup(tmp_path, "docker.io/library/a:1", AMD64).last_used_at) == first
+    now[0] += 2
+    index.touch(tmp_path, "docker.io/library/a:1", AMD64)
+    assert index.lookup(tmp_path, "docker.io/library/a:1", AMD64).last_used_at == "2027-01-15T08:01:01Z"
