@@ -1,8 +1,21 @@
-"""Suite-wide fixtures: VM test accounting and the leak check."""
+"""Suite-wide fixtures: VM test accounting, the leak check, and the VM tests' state root."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Iterator
+
 import pytest
+
+
+@pytest.fixture(scope="session")
+def vm_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's state root for real QEMU boots (tests/vm/, tests/egress/): defined once
+    here, so every directory shares one instance and one ``MICROAGENT_STATE_DIR``."""
+    from support import private_state_root
+
+    with private_state_root(tmp_path_factory.mktemp("vmstate")) as root:
+        yield root
 
 _vm_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 

@@ -8,15 +8,4 @@ state root: the suite asserts it leaks nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
-import pytest
-
-from support import private_state_root
-
-
-@pytest.fixture(scope="session")
-def vm_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with private_state_root(tmp_path_factory.mktemp("vmstate")) as root:
-        yield root
+# vm_state, the session's state root, is in tests/conftest.py: tests/egress/ shares it.
