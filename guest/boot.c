@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include "boot.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -211,11 +212,13 @@ static bool module_wanted(const char *conditions, const char *name, const bool p
         const char *eol = strchr(line, '\n');
         const char *next = eol ? eol + 1 : line + strlen(line);
         if (strncmp(line, name, nlen) == 0 && line[nlen] == ' ') {
-            for (const char *p = line + nlen; p < next;) {
+            for (const char *p = line + nlen;;) {
+                while (*p == ' ')
+                    p++;
+                if (!isxdigit((unsigned char)*p)) /* the line's end: strtoul would read on */
+                    break;
                 char *end;
                 unsigned long id = strtoul(p, &end, 16);
-                if (end == p)
-                    break;
                 if (id < MAX_VIRTIO_ID && present[id])
                     return true;
                 p = end;
