@@ -494,21 +494,59 @@ static int write_file_atomic(const char *path, const char *text, size_t len)
     return 0;
 }
 
+/* At boot, before any other process exists, nothing can read a half-written
+ * file, so path is rewritten in place: left alone when it already holds text,
+ * else overwritten and cut to length. Under TCG that cost a cold boot 12 ms
+ * where write_file_atomic's new inode, rename and freed blocks cost 40 ms.
+ * Only an ordinary file is written through (O_NOFOLLOW, one link, regular,
+ * its blocks already holding text's length, so a full disk cannot stop the
+ * write halfway), and it ends as write_file_atomic's would: root's, 0644.
+ * A symlink, a hard link, anything else or a failure goes to
+ * write_file_atomic, which replaces the directory entry. A crash before
+ * writeback leaves a file the next boot rewrites before anything reads it. */
+static int write_file_at_boot(const char *path, const char *text, size_t len)
+{
+    int fd = open(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+        (off_t)len > (off_t)st.st_blocks * 512) {
+        if (fd >= 0)
+            close(fd);
+        return write_file_atomic(path, text, len);
+    }
+    char old[4096];
+    bool same = (size_t)st.st_size == len && len <= sizeof old && pread(fd, old, len, 0) == (ssize_t)len &&
+                memcmp(old, text, len) == 0;
+    bool ok = same || (pwrite(fd, text, len, 0) == (ssize_t)len && ftruncate(fd, (off_t)len) == 0);
+    /* what write_file_atomic's new file would be: root's, 0644 */
+    if (ok && (st.st_uid != 0 || st.st_gid != 0))
+        ok = fchown(fd, 0, 0) == 0;
+    if (ok && (st.st_mode & 07777) != 0644)
+        ok = fchmod(fd, 0644) == 0;
+    if (close(fd) < 0)
+        ok = false;
+    return ok ? 0 : write_file_atomic(path, text, len);
+}
+
+/* Where these files go: write_file_at_boot from net_setup, write_file_atomic
+ * after a restore, when processes may be reading them. */
+typedef int (*file_writer)(const char *path, const char *text, size_t len);
+
 /* The nameservers DHCP gave, when the config names none. */
-static void write_dhcp_resolv_conf(void)
+static void write_dhcp_resolv_conf(file_writer write_file)
 {
     struct buf b = { 0 };
     for (int i = 0; i < dhcp_ndns; i++)
         sb_printf(&b, "nameserver %s\n", inet_ntoa(dhcp_dns[i]));
     if (sb_cstr(&b))
-        write_file_atomic(RESOLV_PATH, sb_cstr(&b), buf_used(&b));
+        write_file(RESOLV_PATH, sb_cstr(&b), buf_used(&b));
     buf_free(&b);
 }
 
-static void write_resolv_conf(const struct jv *dns)
+static void write_resolv_conf(const struct jv *dns, file_writer write_file)
 {
     if ((!dns || dns->type == J_NULL || (dns->type == J_ARR && dns->len == 0)) && dhcp_ndns > 0) {
-        write_dhcp_resolv_conf();
+        write_dhcp_resolv_conf(write_file);
         return;
     }
     if (!dns || dns->type == J_NULL)
@@ -536,7 +574,7 @@ static void write_resolv_conf(const struct jv *dns)
     } else if (!sb_cstr(&b)) {
         ma_log("net: /etc/resolv.conf: out of memory");
     } else {
-        write_file_atomic(RESOLV_PATH, sb_cstr(&b), buf_used(&b));
+        write_file(RESOLV_PATH, sb_cstr(&b), buf_used(&b));
     }
     buf_free(&b);
 }
@@ -578,7 +616,7 @@ static bool hosts_line(struct buf *b, const struct jv *v, size_t idx)
     return true;
 }
 
-static void write_hosts(const struct jv *hosts, const char *hostname)
+static void write_hosts(const struct jv *hosts, const char *hostname, file_writer write_file)
 {
     struct buf b = { 0 };
     sb_puts(&b, "127.0.0.1 localhost\n"
@@ -600,7 +638,7 @@ static void write_hosts(const struct jv *hosts, const char *hostname)
     if (!sb_cstr(&b))
         ma_log("net: /etc/hosts: out of memory");
     else
-        write_file_atomic(HOSTS_PATH, sb_cstr(&b), buf_used(&b));
+        write_file(HOSTS_PATH, sb_cstr(&b), buf_used(&b));
     buf_free(&b);
 }
 
@@ -625,8 +663,8 @@ void net_setup(const struct jv *network, const char *hostname)
         close(s);
     }
     if (network)
-        write_resolv_conf(jget(network, "dns"));
-    write_hosts(network ? jget(network, "hosts") : NULL, hostname);
+        write_resolv_conf(jget(network, "dns"), write_file_at_boot);
+    write_hosts(network ? jget(network, "hosts") : NULL, hostname, write_file_at_boot);
 }
 
 /* After a snapshot restore: every interface named is taken down first, which
@@ -656,7 +694,7 @@ int net_renew(const struct jv *network, const char *hostname)
     }
     failed += setup_interfaces(s, list);
     close(s);
-    write_resolv_conf(jget(network, "dns"));
-    write_hosts(jget(network, "hosts"), hostname);
+    write_resolv_conf(jget(network, "dns"), write_file_atomic);
+    write_hosts(jget(network, "hosts"), hostname, write_file_atomic);
     return failed ? -1 : 0;
 }

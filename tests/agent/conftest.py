@@ -72,3 +72,17 @@ def agent(agent_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture
 def conn(agent: Agent) -> ChannelConnection:
     return agent.conn
+
+
+def build_guest_driver(work: Path, driver: str, includes: str) -> Path:
+    """A test program built from ``driver`` (C that ``#include``s ``includes``, a guest source
+    file, so its static functions are in reach) linked with the other guest sources."""
+    cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if cc is None:
+        pytest.fail("no C compiler (cc/gcc/clang): run 'make install'")
+    (work / "driver.c").write_text(driver)
+    guest = REPO / "guest"
+    others = [str(p) for p in sorted(guest.glob("*.c")) if p.name not in (includes, "main.c")]
+    subprocess.run([cc, "-std=c11", "-O1", "-I", str(guest), "-o", str(work / "driver"), str(work / "driver.c"),
+                    *others], check=True, capture_output=True)
+    return work / "driver"

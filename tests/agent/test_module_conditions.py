@@ -3,13 +3,11 @@ with a small C driver that includes boot.c, so its static functions are in reach
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-GUEST = Path(__file__).resolve().parents[2] / "guest"
+from agent.conftest import build_guest_driver
 
 DRIVER = r'''
 #include "boot.c"
@@ -29,17 +27,10 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def wanted(tmp_path_factory: pytest.TempPathFactory):
-    cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        pytest.fail("no C compiler (cc/gcc/clang): run 'make install'")
-    work = tmp_path_factory.mktemp("conditions")
-    (work / "driver.c").write_text(DRIVER)
-    others = [str(p) for p in sorted(GUEST.glob("*.c")) if p.name not in ("boot.c", "main.c")]
-    subprocess.run([cc, "-std=c11", "-O1", "-I", str(GUEST), "-o", str(work / "driver"), str(work / "driver.c"),
-                    *others], check=True, capture_output=True)
+    driver = build_guest_driver(tmp_path_factory.mktemp("conditions"), DRIVER, "boot.c")
 
     def run(conditions: str, module: str, *present: str) -> str:
-        return subprocess.run([str(work / "driver"), conditions, module, *present], capture_output=True,
+        return subprocess.run([str(driver), conditions, module, *present], capture_output=True,
                               text=True, check=True).stdout.strip()
     return run
 

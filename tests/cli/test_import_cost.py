@@ -225,6 +225,8 @@ def test_plain_run_skips_click(tmp_path: Path) -> None:
     assert code == "125"
     assert "microagent.cli.oneshot_run" in loaded and "microagent.workspace.oneshot" in loaded
     assert offenders(loaded, ("click", "rich", "microagent.cli.cmd_image")) == []
+    # nor what only egress options or a warm start use
+    assert offenders(loaded, ("microagent.egress.policy", "microagent.workspace.warm")) == []
 
 
 def test_help_overview_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from microagent.egress.policy import EgressPolicy
 from microagent.errors import InvalidRequest
+
+if TYPE_CHECKING:  # a run without egress options imports no policy code
+    from microagent.egress.policy import EgressPolicy
 
 
 def policy_from_options(network: str, hosts: Sequence[str] = (), cidrs: Sequence[str] = (),
@@ -31,6 +33,7 @@ def policy_from_options(network: str, hosts: Sequence[str] = (), cidrs: Sequence
         raise InvalidRequest(f"egress options and secrets cannot be used with --network {network}",
                              "use --network isolated (the default): with a NIC the guest could go around "
                              "the proxy, and there is no transparent egress mode yet")
+    from microagent.egress.policy import EgressPolicy
     from microagent.egress.secrets import parse_options, read_values
 
     bindings = parse_options(secrets, secret_hosts)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from microagent.egress.policy import EgressPolicy, proxy_env
 from microagent.fsutil import atomic_write
+
+if TYPE_CHECKING:  # a boot without egress (the helper's arguments) loads no policy code
+    from microagent.egress.policy import EgressPolicy
 
 POLICY_NAME = "egress.json"
 
@@ -28,6 +30,7 @@ def prepare(runtime_dir: Path, egress: Any, env: tuple[str, ...]) -> tuple[tuple
     :returns: the guest's env with the proxy variables added, and the config disk's ``proxy`` object.
     :raises InvalidRequest: a malformed host or CIDR.
     """
+    from microagent.egress.policy import EgressPolicy, proxy_env
     from microagent.egress.secrets import SecretBinding
 
     allowed = EgressPolicy.parse(egress.allowHosts, egress.allowCidrs)

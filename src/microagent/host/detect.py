@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,13 @@ def probe_user_namespaces() -> bool:
         return False
 
 
-def detect(*, versions: bool = True) -> HostFacts:
+def detect(*, versions: bool = True, tools: Collection[str] | None = None) -> HostFacts:
     """Probe the host once.
 
     :param versions: also run each tool for its version (``host``/``doctor``);
         the boot path leaves this off and spawns no processes.
+    :param tools: probe only these of ``qemu``, ``firecracker``, ``pasta``, ``mke2fs``,
+        ``debugfs`` and ``nft`` (default: all); a backend's boot asks for its VMM only.
     """
     facts = HostFacts(
         os=host_os(),
@@ -153,10 +156,15 @@ def detect(*, versions: bool = True) -> HostFacts:
         user_namespaces=probe_user_namespaces(),
     )
     if facts.os == "linux":
-        facts.tools["qemu"] = probe_tool(qemu_binary_name(facts.architecture), version=versions)
-        facts.tools["firecracker"] = probe_firecracker(version=versions)
-        facts.tools["pasta"] = probe_tool("pasta", version=versions)
-        facts.tools["mke2fs"] = probe_tool("mke2fs", ("-V",), version=versions)
-        facts.tools["debugfs"] = probe_tool("debugfs", ("-V",), version=versions)
-        facts.tools["nft"] = probe_tool("nft", ("--version",), version=versions)
+        probes: dict[str, Callable[[], Tool]] = {
+            "qemu": lambda: probe_tool(qemu_binary_name(facts.architecture), version=versions),
+            "firecracker": lambda: probe_firecracker(version=versions),
+            "pasta": lambda: probe_tool("pasta", version=versions),
+            "mke2fs": lambda: probe_tool("mke2fs", ("-V",), version=versions),
+            "debugfs": lambda: probe_tool("debugfs", ("-V",), version=versions),
+            "nft": lambda: probe_tool("nft", ("--version",), version=versions),
+        }
+        for name, probe in probes.items():
+            if tools is None or name in tools:
+                facts.tools[name] = probe()
     return facts

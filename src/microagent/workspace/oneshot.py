@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 from microagent.errors import InvalidRequest, MicroagentError
 from microagent.vmkit.types import Network, PortForward
 from microagent.images.resolve import resolve_image
-from microagent.workspace import warm as warm_boot
 from microagent.workspace.boot_plan import BootPlan, plan_boot
 from microagent.workspace.channel_path import guest_channel_path
 from microagent.workspace.supervisor_client import SupervisorClient
@@ -26,6 +25,7 @@ from microagent.workspace.supervisor_client import SupervisorClient
 if TYPE_CHECKING:
     from microagent.egress.policy import EgressPolicy
     from microagent.images.blobs import PullProgress
+    from microagent.workspace.warm import WarmKey
 
 OutputSink = Callable[[bytes], None] | BinaryIO | None
 
@@ -132,15 +132,17 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
 
         shutil.rmtree(plan.disk_path.parent, ignore_errors=True)
         raise
-    from microagent.egress.options import to_config
-
     # egress: the allowlist proxy (docs/egress.md); a run with one always boots (the warm
     # snapshot's guest was booted without the proxy's port and variables).
-    plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback,
-                           egress=to_config(egress.to_wire()) if egress is not None else None)
-    from microagent.egress.secrets import read_values
+    egress_config, secret_values = None, {}
+    if egress is not None:
+        from microagent.egress.options import to_config
+        from microagent.egress.secrets import read_values
 
-    secret_values = read_values(egress.secrets) if egress is not None else {}  # before anything boots
+        egress_config = to_config(egress.to_wire())
+        secret_values = read_values(egress.secrets)  # before anything boots
+    plan.network = Network(mode=network, portForwards=published, allowHostLoopback=allow_host_loopback,
+                           egress=egress_config)
     watch.mark("prepare")
     client = SupervisorClient(plan.backend, plan.state_root, supervisor)
     started = warm = False
@@ -158,15 +160,18 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
 
             plan.service = Service(command=service_cmd, restart=restart,  # type: ignore[arg-type]
                                    user=user or plan.image.config.user, workdir=workdir or plan.image.config.working_dir)
-        if (not cold and network == "isolated" and not published and egress is None and not service_cmd
-                and not mounts and plan.backend in warm_boot.WARM_BACKENDS):
-            key = warm_boot.key_for(
-                plan.state_root, backend=plan.backend, arch=plan.arch, image_ref=plan.image_ref,
-                image_digest=plan.image.digest, base_disk=plan.image.disk, kernel=plan.kernel_path,
-                initrd=plan.initrd_path, memory_mib=memory_mib, cpus=cpus,
-                disk_bytes=plan.image.disk.stat().st_size)
-            warm = _restore(client, plan, key, boot_timeout)
-            started = warm
+        if not cold and network == "isolated" and not published and egress is None and not service_cmd \
+                and not mounts:
+            from microagent.workspace import warm as warm_boot
+
+            if plan.backend in warm_boot.WARM_BACKENDS:
+                key = warm_boot.key_for(
+                    plan.state_root, backend=plan.backend, arch=plan.arch, image_ref=plan.image_ref,
+                    image_digest=plan.image.digest, base_disk=plan.image.disk, kernel=plan.kernel_path,
+                    initrd=plan.initrd_path, memory_mib=memory_mib, cpus=cpus,
+                    disk_bytes=plan.image.disk.stat().st_size)
+                warm = _restore(client, plan, key, boot_timeout)
+                started = warm
         watch.mark("restore" if warm else "prepare_disk")
         if not warm:
             private_dir(plan.disk_path.parent)
@@ -220,12 +225,13 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
                       outputs=copied)
 
 
-def _restore(client: SupervisorClient, plan: BootPlan, key: warm_boot.WarmKey, boot_timeout: float) -> bool:
+def _restore(client: SupervisorClient, plan: BootPlan, key: "WarmKey", boot_timeout: float) -> bool:
     """Start ``plan``'s workspace from ``key``'s boot snapshot: its disk copied, its memory
     mapped copy-on-write.  ``False`` (nothing left running) when there is none or it
     cannot be restored (a QEMU update, damage): then the entry is gone and the caller boots."""
     from microagent.fsutil import private_dir
     from microagent.images.ext4 import copy_disk
+    from microagent.workspace import warm as warm_boot
 
     snap = warm_boot.lookup(key)
     if snap is None:

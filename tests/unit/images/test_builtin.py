@@ -49,6 +49,46 @@ def test_reuses_the_layout(tmp_path: Path) -> None:
     assert index.stat().st_mtime_ns == before
 
 
+def test_an_unchanged_busybox_is_not_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run checks the layout against busybox: by its size, mtime and inode, and only
+    when one of those changed by its SHA-256 (2 MB read and hashed on every run before)."""
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(builtin.find_static_busybox().read_bytes())
+    busybox.chmod(0o755)
+    monkeypatch.setattr(builtin, "find_static_busybox", lambda: busybox)
+    first = builtin.busybox_pulled(tmp_path / "state")
+    hashed: list[int] = []
+    real = builtin.hashlib.sha256
+    monkeypatch.setattr(builtin.hashlib, "sha256", lambda data=b"": hashed.append(len(data)) or real(data))
+    assert builtin.busybox_pulled(tmp_path / "state").digest == first.digest
+    assert 2 * 1024 * 1024 > busybox.stat().st_size not in hashed
+
+    copy = tmp_path / "busybox.new"  # the same bytes in a new file (a reinstall): hashed, layout kept
+    copy.write_bytes(busybox.read_bytes())
+    copy.chmod(0o755)
+    copy.replace(busybox)
+    index = builtin.layout_dir(tmp_path / "state") / "index.json"
+    before = index.stat().st_mtime_ns
+    assert builtin.busybox_pulled(tmp_path / "state").digest == first.digest
+    assert busybox.stat().st_size in hashed
+    assert index.stat().st_mtime_ns == before
+
+
+def test_a_new_busybox_makes_a_new_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: after busybox-static changed (an upgrade), the layout was rewritten but
+    the image store still answered the first layout's image, so runs kept the old busybox."""
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(builtin.find_static_busybox().read_bytes())
+    busybox.chmod(0o755)
+    monkeypatch.setattr(builtin, "find_static_busybox", lambda: busybox)
+    first = builtin.busybox_pulled(tmp_path / "state")
+    with busybox.open("ab") as fh:
+        fh.write(b"\0" * 16)
+    second = builtin.busybox_pulled(tmp_path / "state")
+    assert second.digest != first.digest
+    assert second.digest == builtin.busybox_pulled(tmp_path / "state").digest
+
+
 def test_the_fetch_half_reads_the_same_image(tmp_path: Path) -> None:
     pull = pytest.importorskip("microagent.images.pull").pull
     mine = builtin.busybox_pulled(tmp_path)

@@ -72,7 +72,7 @@ class QemuBackend(VMMBackend):
         return provider
 
     def preflight(self, request: Request) -> BootContext:
-        facts = require_linux(self.name)
+        facts = require_linux(self.name, tools=("qemu",))
         qemu = facts.tools["qemu"]
         if not qemu.available:
             raise PolicyDenied(f"qemu is not installed: {qemu.error}",
