@@ -34,6 +34,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "dhcp.h"
@@ -494,18 +495,31 @@ static int write_file_atomic(const char *path, const char *text, size_t len)
     return 0;
 }
 
-/* At boot, before any other process exists, nothing can read a half-written
- * file, so path is rewritten in place: left alone when it already holds text,
- * else overwritten and cut to length. Under TCG that cost a cold boot 12 ms
- * where write_file_atomic's new inode, rename and freed blocks cost 40 ms.
- * Only an ordinary file is written through (O_NOFOLLOW, one link, regular,
- * its blocks already holding text's length, so a full disk cannot stop the
- * write halfway), and it ends as write_file_atomic's would: root's, 0644.
- * A symlink, a hard link, anything else or a failure goes to
- * write_file_atomic, which replaces the directory entry. A crash before
- * writeback leaves a file the next boot rewrites before anything reads it. */
-static int write_file_at_boot(const char *path, const char *text, size_t len)
+/* Whether another process could be reading a file now. net.c runs in PID 1,
+ * and every user process descends from PID 1 (orphans are re-parented to
+ * it), so when PID 1 has no child at all, not even a zombie, none exists:
+ * at boot, and after restoring a snapshot taken before any command ran. */
+static bool others_may_read(void)
 {
+    siginfo_t si;
+    return !(waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD);
+}
+
+/* Replace path's content with text. With no other process to see a
+ * half-written file, an ordinary file is rewritten in place: left alone when
+ * it already holds text, else overwritten and cut to length. Under TCG that
+ * cost a cold boot 12 ms where write_file_atomic's new inode, rename and
+ * freed blocks cost 40 ms (55 ms after a restore). Only an ordinary file is
+ * written through (O_NOFOLLOW, one link, regular, its blocks already holding
+ * text's length, so a full disk cannot stop the write halfway), and it ends
+ * as write_file_atomic's would: root's, 0644. Anything else, a failure, or
+ * another process that may be reading goes to write_file_atomic, which
+ * replaces the directory entry. A crash before writeback leaves a file the
+ * next boot rewrites before anything reads it. */
+static int write_file(const char *path, const char *text, size_t len)
+{
+    if (others_may_read())
+        return write_file_atomic(path, text, len);
     int fd = open(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
@@ -528,12 +542,8 @@ static int write_file_at_boot(const char *path, const char *text, size_t len)
     return ok ? 0 : write_file_atomic(path, text, len);
 }
 
-/* Where these files go: write_file_at_boot from net_setup, write_file_atomic
- * after a restore, when processes may be reading them. */
-typedef int (*file_writer)(const char *path, const char *text, size_t len);
-
 /* The nameservers DHCP gave, when the config names none. */
-static void write_dhcp_resolv_conf(file_writer write_file)
+static void write_dhcp_resolv_conf(void)
 {
     struct buf b = { 0 };
     for (int i = 0; i < dhcp_ndns; i++)
@@ -543,10 +553,10 @@ static void write_dhcp_resolv_conf(file_writer write_file)
     buf_free(&b);
 }
 
-static void write_resolv_conf(const struct jv *dns, file_writer write_file)
+static void write_resolv_conf(const struct jv *dns)
 {
     if ((!dns || dns->type == J_NULL || (dns->type == J_ARR && dns->len == 0)) && dhcp_ndns > 0) {
-        write_dhcp_resolv_conf(write_file);
+        write_dhcp_resolv_conf();
         return;
     }
     if (!dns || dns->type == J_NULL)
@@ -616,7 +626,7 @@ static bool hosts_line(struct buf *b, const struct jv *v, size_t idx)
     return true;
 }
 
-static void write_hosts(const struct jv *hosts, const char *hostname, file_writer write_file)
+static void write_hosts(const struct jv *hosts, const char *hostname)
 {
     struct buf b = { 0 };
     sb_puts(&b, "127.0.0.1 localhost\n"
@@ -663,8 +673,8 @@ void net_setup(const struct jv *network, const char *hostname)
         close(s);
     }
     if (network)
-        write_resolv_conf(jget(network, "dns"), write_file_at_boot);
-    write_hosts(network ? jget(network, "hosts") : NULL, hostname, write_file_at_boot);
+        write_resolv_conf(jget(network, "dns"));
+    write_hosts(network ? jget(network, "hosts") : NULL, hostname);
 }
 
 /* After a snapshot restore: every interface named is taken down first, which
@@ -694,7 +704,7 @@ int net_renew(const struct jv *network, const char *hostname)
     }
     failed += setup_interfaces(s, list);
     close(s);
-    write_resolv_conf(jget(network, "dns"), write_file_atomic);
-    write_hosts(jget(network, "hosts"), hostname, write_file_atomic);
+    write_resolv_conf(jget(network, "dns"));
+    write_hosts(jget(network, "hosts"), hostname);
     return failed ? -1 : 0;
 }
