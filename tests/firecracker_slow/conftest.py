@@ -12,7 +12,7 @@
   than ``LANE_BUDGET_S``, the rest skip and print its time: on a host whose
   KVM emulator is several times slower than the ~30 s boots the suite is
   sized for, the whole lane would take about an hour. The one-shot run itself
-  skips when its boot does not finish within ``PROBE_BOOT_TIMEOUT_S``.
+  skips when its kernel does not reach guest init within ``PROBE_BOOT_TIMEOUT_S``.
 
 Run by hand under the VM lock (one core is busy for minutes)::
 
