@@ -459,6 +459,14 @@ static void on_open(struct agent *a, const struct frame *f)
     json_free(&doc);
 }
 
+static void finish_boot(struct agent *a)
+{
+    void (*rest)(struct agent *) = a->boot_rest;
+    a->boot_rest = NULL;
+    if (rest)
+        rest(a);
+}
+
 static void on_frame(void *ctx, const struct frame *f)
 {
     struct agent *a = ctx;
@@ -472,6 +480,7 @@ static void on_frame(void *ctx, const struct frame *f)
         on_hello(a, f);
         return;
     }
+    finish_boot(a); /* a request never sees the boot unfinished */
     if (f->session == 0) {
         if (!a->hello_done)
             return;
@@ -798,5 +807,7 @@ static enum shutdown_action agent_loop(struct agent *a, struct pollset *pset)
         }
         hold_until = 0;
         channel_flush(a);
+        if (a->boot_rest && a->hello_done && buf_used(&a->host.outq) == 0)
+            finish_boot(a); /* the HELLO answer is out: the host is busy with it for a while */
     }
 }

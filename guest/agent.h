@@ -32,6 +32,9 @@ struct agent {
     int64_t grace_ms;
     int stop_signal; /* sent to every process on shutdown before grace_ms (image StopSignal) */
     int64_t generation; /* restores of a snapshot this guest went through (in HELLO) */
+    /* PID 1's last boot steps (boot.c): run once, after the first HELLO answer has
+     * left and before any other frame is read, while the host reacts to the HELLO */
+    void (*boot_rest)(struct agent *a);
 };
 
 /* Set up signals and the self-pipe. */

@@ -383,7 +383,12 @@ static void delete_tree(int dirfd, dev_t dev, int depth)
     closedir(d);
 }
 
-static void free_initramfs(void)
+/* The initramfs, once the root disk replaced it: its files are freed late
+ * (boot_rest), through a descriptor kept from before the switch. */
+static int g_initramfs_fd = -1;
+static dev_t g_initramfs_dev;
+
+static void keep_initramfs(void)
 {
     struct statfs sfs;
     struct stat st;
@@ -393,9 +398,15 @@ static void free_initramfs(void)
         ma_log("not deleting the initramfs: / is not ramfs/tmpfs");
         return;
     }
-    int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0)
-        delete_tree(fd, st.st_dev, 0);
+    g_initramfs_fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    g_initramfs_dev = st.st_dev;
+}
+
+static void free_initramfs(void)
+{
+    if (g_initramfs_fd >= 0)
+        delete_tree(g_initramfs_fd, g_initramfs_dev, 0); /* closes it */
+    g_initramfs_fd = -1;
 }
 
 static void move_mount_to(const char *from, const char *to)
@@ -426,7 +437,7 @@ static void initramfs_stage(void)
     if (mount(g_cfg.root, "/newroot", g_cfg.rootfstype, 0, NULL) < 0)
         fatal("mounting the root device %s: %s", g_cfg.root);
 
-    free_initramfs();
+    keep_initramfs();
     move_mount_to("/dev", "/newroot/dev");
     move_mount_to("/proc", "/newroot/proc");
     move_mount_to("/sys", "/newroot/sys");
@@ -546,6 +557,28 @@ static int open_channel(struct agent *a)
     return -1;
 }
 
+/* The config disk's document, until boot_rest is done with it. */
+static struct jdoc g_boot_doc;
+static char *g_boot_text;
+
+/* The boot's steps no request may overtake but the host need not wait for
+ * when they are quick (no interface to set up: lo, /etc/hosts, the proxy's
+ * listener, the service, the initramfs freed): the agent runs them right
+ * after its first HELLO answer has left, while the host reacts to it (some
+ * 25 ms under emulation), and before it reads any other frame, so every
+ * request still finds the boot finished. */
+static void boot_rest(struct agent *a)
+{
+    const struct jv *root = g_boot_doc.root;
+    net_setup(root ? jget(root, "network") : NULL, g_cfg.hostname);
+    listen_proxy(root ? jget(root, "proxy") : NULL);
+    service_configure(root ? jget(root, "service") : NULL, &a->host);
+    json_free(&g_boot_doc);
+    free(g_boot_text);
+    g_boot_text = NULL;
+    free_initramfs();
+}
+
 void pid1_main(void)
 {
     static struct agent agent;
@@ -572,11 +605,12 @@ void pid1_main(void)
         errno = EIO; /* no silent fallback: writes would land on the root disk instead */
         fatal("mounting the volumes and host folders failed (%s): %s", "see the lines above");
     }
-    net_setup(cfg_doc.root ? jget(cfg_doc.root, "network") : NULL, g_cfg.hostname);
-    listen_proxy(cfg_doc.root ? jget(cfg_doc.root, "proxy") : NULL);
-    service_configure(cfg_doc.root ? jget(cfg_doc.root, "service") : NULL, &agent.host);
-    json_free(&cfg_doc);
-    free(cfg_text);
+    g_boot_doc = cfg_doc;
+    g_boot_text = cfg_text;
+    if (net_has_interfaces(cfg_doc.root ? jget(cfg_doc.root, "network") : NULL))
+        boot_rest(&agent); /* it may wait seconds: the host's start waits for it as before */
+    else
+        agent.boot_rest = boot_rest; /* after the HELLO answer (agent.c) */
     if (open_channel(&agent) < 0) {
         errno = ENODEV;
         fatal("cannot open the channel %s: %s", g_cfg.channel);

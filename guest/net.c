@@ -654,6 +654,12 @@ static void write_hosts(const struct jv *hosts, const char *hostname)
 
 /* ---- entry point ------------------------------------------------------- */
 
+bool net_has_interfaces(const struct jv *network)
+{
+    const struct jv *list = network && network->type == J_OBJ ? jget(network, "interfaces") : NULL;
+    return list && list->type == J_ARR && list->child;
+}
+
 void net_setup(const struct jv *network, const char *hostname)
 {
     if (network && network->type == J_NULL)

@@ -4,6 +4,8 @@
 #ifndef MA_NET_H
 #define MA_NET_H
 
+#include <stdbool.h>
+
 struct jv;
 
 /* network: the config's "network" value, or NULL when there is none (no
@@ -11,6 +13,11 @@ struct jv;
  * 127.0.1.1 line of /etc/hosts. Every failure is logged as
  * "microagent-init: net: ..." and never stops the boot. */
 void net_setup(const struct jv *network, const char *hostname);
+
+/* Whether network names an interface: setting one up may wait seconds for
+ * its device or a DHCP server, where lo and the files alone take
+ * milliseconds. */
+bool net_has_interfaces(const struct jv *network);
 
 /* After a snapshot restore, apply network (same shape) again: each named
  * interface is taken down (dropping the snapshot's routes and neighbours),

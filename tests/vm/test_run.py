@@ -59,6 +59,18 @@ def test_guest_init_loads_the_drivers_of_the_devices_the_vm_has(vm_state: Path, 
     assert not full & {"vsock", "vmw_vsock_virtio_transport"}  # QEMU attaches no vsock device
 
 
+
+def test_the_first_command_finds_the_boot_finished(vm_state: Path) -> None:
+    """Guest init answers the host's HELLO before its last boot steps (loopback, /etc/hosts,
+    the initramfs freed) and does them while the host reacts; a request is read only after
+    them, so even a cold run's first command sees them done."""
+    proc = cli("run", "--cold", "builtin:busybox", "--", "sh", "-c",
+               "cat /sys/class/net/lo/flags; hostname; cat /etc/hosts")
+    assert proc.returncode == 0, proc.stderr.decode()
+    flags, name, *hosts = proc.stdout.decode().splitlines()
+    assert int(flags, 16) & 0x1, flags  # IFF_UP
+    assert f"127.0.1.1 {name}" in hosts and name.startswith("run-"), hosts
+
 def test_streams_go_to_their_fds_and_exit_code_propagates(vm_state: Path) -> None:
     proc = cli("run", "builtin:busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert proc.returncode == 3
