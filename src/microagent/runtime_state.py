@@ -20,9 +20,10 @@ import errno
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from msgspec import Struct, field, structs
 
 from microagent.fsutil import (
     atomic_write,
@@ -45,8 +46,7 @@ if TYPE_CHECKING:  # the wire types (msgspec) load only to record: readers (exec
 _VMM_MAY_RUN = LIVE_STATES | {WorkspaceState.FAILED}
 
 
-@dataclass(frozen=True)
-class RuntimeRecord:
+class RuntimeRecord(Struct, frozen=True):
     """``runtime.json``: what the supervisor knows of the workspace's current boot.
 
     Unset (``None``) fields are left out of the file; keys this version does not
@@ -84,7 +84,7 @@ class RuntimeRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RuntimeRecord":
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = set(cls.__struct_fields__) - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         values["state"] = WorkspaceState.parse(values.get("state"))
         if values.get("pausedFrom") is not None:
@@ -93,14 +93,14 @@ class RuntimeRecord:
 
     def to_json(self) -> dict[str, Any]:
         doc = dict(self.extra)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "extra" and value is not None:
-                doc[f.name] = value.value if isinstance(value, WorkspaceState) else value
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name != "extra" and value is not None:
+                doc[name] = value.value if isinstance(value, WorkspaceState) else value
         return doc
 
     def updated(self, **changes: Any) -> "RuntimeRecord":
-        return replace(self, **changes)
+        return structs.replace(self, **changes)
 
 
 def no_space(exc: BaseException) -> bool:
@@ -166,8 +166,7 @@ def read_json(path: Path) -> Any:
         return None
 
 
-@dataclass(frozen=True)
-class RuntimeDir:
+class RuntimeDir(Struct, frozen=True):
     path: Path
 
     @property

@@ -137,6 +137,8 @@ def test_config_disk_lists_the_mounts() -> None:
 
 
 def test_a_kernel_installed_without_virtiofs_is_outdated(tmp_path: Path) -> None:
+    from msgspec import structs
+
     from microagent.kernels.store import KernelRecord, RecordedFile, missing_guest_modules
 
     old = [{"name": n, "path": f"modules/{n}.ko", "sha256": "0"} for n in ("virtio_mmio", "virtio_blk")]
@@ -144,7 +146,7 @@ def test_a_kernel_installed_without_virtiofs_is_outdated(tmp_path: Path) -> None
                        source={"type": "deb"}, files={"Image": RecordedFile("Image", "0")}, modules=old,
                        installed_at="", directory=tmp_path)
     assert "virtiofs" in missing_guest_modules(rec)  # so 'kernel install --if-missing' installs it again
-    assert missing_guest_modules(KernelRecord(**{**rec.__dict__, "source": {"type": "file"}})) == []
+    assert missing_guest_modules(structs.replace(rec, source={"type": "file"})) == []
 
 
 def test_the_state_directory_is_never_shared(tmp_path: Path) -> None:

@@ -12,15 +12,15 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field, to_builtins
 
 from microagent.paths import host_arch
 
 
-@dataclass
-class Tool:
+class Tool(Struct):
     """An executable found (or not) on this host."""
 
     name: str
@@ -33,15 +33,13 @@ class Tool:
         return bool(self.path)
 
 
-@dataclass
-class KvmInfo:
+class KvmInfo(Struct):
     present: bool
     kind: str  # hardware | paravirtual | absent | unusable
     detail: str
 
 
-@dataclass
-class HostFacts:
+class HostFacts(Struct):
     os: str
     architecture: str
     kvm: KvmInfo
@@ -51,9 +49,7 @@ class HostFacts:
     tools: dict[str, Tool] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["tools"] = {k: asdict(v) for k, v in self.tools.items()}
-        return out
+        return to_builtins(self)
 
 
 def host_os() -> str:

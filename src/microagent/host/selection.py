@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from microagent.errors import InvalidRequest, Unsupported
 from microagent.host.detect import HostFacts, KvmInfo, Tool, host_os
@@ -24,8 +25,7 @@ BACKEND_OS = {
 OS_NAMES = {"linux": "Linux", "darwin": "macOS", "windows": "Windows"}
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(Struct, frozen=True):
     backend: str
     reason: str
     explicit: bool

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import dataclasses
 import subprocess
 from pathlib import Path
+
+from msgspec import structs
 
 from microagent.errors import NotFound
 from microagent.fsutil import atomic_write, private_dir
@@ -249,7 +250,7 @@ def busybox_pulled(state_root: Path, architecture: str = "x86_64") -> PulledImag
         pulled = None
     if pulled is None or pulled.digest != _layout_digest(layout):  # new, or rewritten for a new busybox
         pulled = pull(ref, state_root, architecture=architecture, policy="always")  # the one pipeline
-    return dataclasses.replace(pulled, reference="builtin:busybox", source="builtin")
+    return structs.replace(pulled, reference="builtin:busybox", source="builtin")
 
 
 def busybox_image(state_root: Path, guest_init: Path, architecture: str = "x86_64") -> BaseImage:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields, replace
 from typing import IO, Mapping
+
+from msgspec import Struct, structs
 
 from microagent.errors import Permanent
 
@@ -56,8 +57,7 @@ def parse_size(text: str, what: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Struct, frozen=True):
     document_bytes: int = 4 * MiB
     blob_bytes: int = 32 * GiB
     extracted_bytes: int = 64 * GiB
@@ -71,15 +71,15 @@ class Limits:
         """
         env = os.environ if environ is None else environ
         values = {}
-        for f in fields(cls):
-            text = env.get(ENV[f.name], "").strip()
+        for name in cls.__struct_fields__:
+            text = env.get(ENV[name], "").strip()
             if text:
-                values[f.name] = parse_size(text, ENV[f.name])
+                values[name] = parse_size(text, ENV[name])
         return cls(**values)
 
     def with_overrides(self, **values: int | None) -> "Limits":
         """A copy with the given (non-``None``) limits replaced."""
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
+        return structs.replace(self, **{k: v for k, v in values.items() if v is not None})
 
     def check(self, name: str, size: int, what: str) -> None:
         """Refuse ``size`` over limit ``name``, before anything of it is read or written.

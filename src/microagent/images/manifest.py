@@ -10,8 +10,9 @@ fetch the bytes; :mod:`.pull` strings them together.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 from microagent.errors import NotFound, Permanent
 from microagent.images.model import ImageConfig, Platform
@@ -70,16 +71,24 @@ def platform_for(architecture: str, variant: str = "") -> Platform:
     return Platform(architecture=arch, os="linux", variant=variant)
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(Struct, frozen=True):
     """An OCI content descriptor."""
 
     media_type: str
     digest: str
     size: int
     platform: Platform | None = None
-    annotations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    annotations: dict[str, str] = field(default_factory=dict)  # equality and hash leave it out
     urls: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Descriptor) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return self.media_type, self.digest, self.size, self.platform, self.urls
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -88,14 +97,12 @@ class Descriptor:
         return out
 
 
-@dataclass(frozen=True)
-class Index:
+class Index(Struct, frozen=True):
     media_type: str
     manifests: tuple[Descriptor, ...]
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Struct, frozen=True):
     media_type: str
     config: Descriptor
     layers: tuple[Descriptor, ...]

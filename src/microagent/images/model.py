@@ -6,12 +6,12 @@ reference → (pull: registry / OCI layout / docker archive) → :class:`PulledI
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from msgspec import Struct, field
 
-@dataclass(frozen=True)
-class Platform:
+
+class Platform(Struct, frozen=True):
     """An OCI platform; ``architecture`` uses OCI spelling (``amd64``, ``arm64``)."""
 
     architecture: str
@@ -22,8 +22,7 @@ class Platform:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(Struct, frozen=True):
     """What the image's config says about running it (OCI image config subset)."""
 
     entrypoint: tuple[str, ...] = ()
@@ -51,8 +50,7 @@ class ImageConfig:
         return [*self.entrypoint, *self.cmd]
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(Struct, frozen=True):
     """One filesystem layer blob, already verified against its digest."""
 
     digest: str
@@ -61,8 +59,7 @@ class Layer:
     path: Path
 
 
-@dataclass(frozen=True)
-class PulledImage:
+class PulledImage(Struct, frozen=True):
     """An image whose manifest, config and layers are all in the local blob store."""
 
     reference: str  # normalised, e.g. docker.io/library/busybox:latest
@@ -82,8 +79,7 @@ class PulledImage:
         return f"{name}@{self.digest}"
 
 
-@dataclass(frozen=True)
-class BaseImage:
+class BaseImage(Struct, frozen=True):
     """A bootable base disk built from an image, plus how to run it."""
 
     reference: str

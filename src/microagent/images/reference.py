@@ -16,9 +16,10 @@ Fetching lives in :mod:`~microagent.images.pull` and the modules it calls.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
+
+from msgspec import Struct
 
 from microagent.errors import Permanent
 
@@ -40,8 +41,7 @@ _NAME_MAX = 255
 SOURCE_PREFIXES = ("oci:", "docker-archive:", "builtin:")
 
 
-@dataclass(frozen=True)
-class ImageReference:
+class ImageReference(Struct, frozen=True):
     """A registry image reference, normalised.
 
     ``tag`` is ``None`` only when a digest is given without a tag.
@@ -87,8 +87,7 @@ class ImageReference:
         return out
 
 
-@dataclass(frozen=True)
-class LayoutReference:
+class LayoutReference(Struct, frozen=True):
     """``oci:PATH[:TAG]``: an OCI image layout directory."""
 
     path: Path
@@ -98,8 +97,7 @@ class LayoutReference:
         return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")
 
 
-@dataclass(frozen=True)
-class ArchiveReference:
+class ArchiveReference(Struct, frozen=True):
     """``docker-archive:PATH[:REF]``: a ``docker save`` tarball."""
 
     path: Path
@@ -109,8 +107,7 @@ class ArchiveReference:
         return f"docker-archive:{self.path}" + (f":{self.ref}" if self.ref else "")
 
 
-@dataclass(frozen=True)
-class BuiltinReference:
+class BuiltinReference(Struct, frozen=True):
     """``builtin:NAME``: an image the project builds itself."""
 
     name: str

@@ -28,9 +28,10 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+from msgspec import structs
 
 from microagent.digests import sha256_file
 from microagent.errors import Permanent, ResourceExhausted
@@ -90,13 +91,13 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _config_to_json(config: ImageConfig) -> dict[str, object]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in structs.asdict(config).items()}
 
 
 def _config_from_json(doc: dict[str, Any]) -> ImageConfig:
     fields: dict[str, Any] = {}
     for k, v in doc.items():
-        if k in ImageConfig.__dataclass_fields__:
+        if k in ImageConfig.__struct_fields__:
             fields[k] = tuple(v) if isinstance(v, list) else v
     return ImageConfig(**fields)
 
@@ -175,7 +176,7 @@ def build_base_disk(image: PulledImage, state_root: Path, guest_init: Path, *,
                 inject_guest_init(tree, ex.ledger, guest_init)
                 ledger = ex.finish()
             user = resolve_user(image.config.user, tree, image.reference)
-            config = replace(image.config, user=user)
+            config = structs.replace(image.config, user=user)
             build_ext4(tree, disk, key=f"{image.digest}/{image.platform}", size_bytes=size_bytes,
                        ledger=ledger)
             _write_json(disk.with_suffix(".json"), {

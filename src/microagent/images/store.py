@@ -25,9 +25,10 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from msgspec import Struct, field
 
 from microagent.errors import NotFound, Permanent
 from microagent.fsutil import atomic_write
@@ -69,8 +70,7 @@ def _prune_warm(state_root: Path) -> int:
     return freed
 
 
-@dataclass
-class ImageRecord:
+class ImageRecord(Struct):
     """One pulled image as the index records it."""
 
     reference: str

@@ -20,8 +20,9 @@ import shutil
 import struct
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from microagent.errors import NotFound, Permanent, ResourceExhausted
 
@@ -241,8 +242,7 @@ def load_conditions(modules: Sequence[tuple[str, bytes]]) -> list[frozenset[int]
     return out
 
 
-@dataclass(frozen=True)
-class KernelModule:
+class KernelModule(Struct, frozen=True):
     """One module of a kernel tree: its name, file and direct dependencies."""
 
     name: str
@@ -250,15 +250,14 @@ class KernelModule:
     depends: tuple[str, ...]
 
 
-@dataclass
-class ModuleIndex:
+class ModuleIndex(Struct):
     """The modules of one kernel release, with dependencies read on demand."""
 
     modules_dir: Path
     paths: dict[str, Path]
     builtin: frozenset[str] = frozenset()
     dep_table: dict[str, tuple[str, ...]] | None = None  # from modules.dep when it exists
-    _modinfo_cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _modinfo_cache: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def release(self) -> str:

@@ -35,9 +35,10 @@ import shutil
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from msgspec import Struct
 
 from microagent.digests import sha256_file
 from microagent.errors import Conflict, NotFound, Permanent, ResourceExhausted, Unsupported
@@ -75,16 +76,14 @@ _FORMAT_WORDS = {
 }
 
 
-@dataclass(frozen=True)
-class RecordedFile:
+class RecordedFile(Struct, frozen=True):
     """A file of an installed kernel, relative to its directory, with its sha256."""
 
     path: str
     sha256: str
 
 
-@dataclass(frozen=True)
-class KernelRecord:
+class KernelRecord(Struct, frozen=True):
     """The contents of ``kernel.json`` plus the directory it was read from.
 
     :ivar image_format: ``bzImage``, ``vmlinux`` or ``arm64-Image``: what ``Image`` is.
@@ -103,7 +102,10 @@ class KernelRecord:
     files: dict[str, RecordedFile]
     modules: list[dict[str, str]]
     installed_at: str
-    directory: Path = field(compare=False)
+    directory: Path  # where it was read from: equality leaves it out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KernelRecord) and self.to_json() == other.to_json()
 
     @property
     def image(self) -> Path:
@@ -163,8 +165,7 @@ class KernelRecord:
             ) from exc
 
 
-@dataclass(frozen=True)
-class FileCheck:
+class FileCheck(Struct, frozen=True):
     """One file's verification: ``status`` is ``ok``, ``missing`` or ``mismatch``."""
 
     name: str
@@ -174,8 +175,7 @@ class FileCheck:
     status: str
 
 
-@dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(Struct, frozen=True):
     """The outcome of :func:`verify_kernel`."""
 
     backend: str

@@ -22,8 +22,9 @@ import shutil
 import struct
 import subprocess
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from microagent.errors import NotFound, Permanent
 from microagent.fsutil import atomic_write
@@ -99,8 +100,7 @@ class KernelFormat(enum.Enum):
             return elf_machine(fh.read(64))
 
 
-@dataclass(frozen=True)
-class BzImageHeader:
+class BzImageHeader(Struct, frozen=True):
     """The parts of the x86 setup header that locate the compressed kernel."""
 
     setup_sects: int

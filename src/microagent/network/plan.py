@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from pathlib import Path
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 USER_GUEST_ADDRESS = "10.0.2.15"
 USER_GATEWAY = "10.0.2.2"
@@ -45,8 +46,7 @@ def guest_mac(runtime_dir: Path) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
-@dataclass(frozen=True)
-class NatLease:
+class NatLease(Struct, frozen=True):
     """One allocated /30: network, host (TAP) address, guest address."""
 
     subnet: str
@@ -64,8 +64,7 @@ class NatLease:
         return str(self.network.network_address + 2)
 
 
-@dataclass(frozen=True)
-class NetworkPlan:
+class NetworkPlan(Struct, frozen=True):
     mode: str
     tap: str = ""
     lease: NatLease | None = None

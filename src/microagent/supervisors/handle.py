@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
+
+from msgspec import Struct
 
 from microagent.host import process
 
@@ -54,8 +55,7 @@ class VMHandle(Protocol):
         """How answers name it (``{"pid": N}``, ``{"systemId": X}``)."""
 
 
-@dataclass
-class ProcessHandle:
+class ProcessHandle(Struct):
     """A VM that is a host process of ours (the VMM, or the vmhost that owns the VM)."""
 
     name: str
@@ -118,8 +118,7 @@ class HelperHandle(Protocol):
         """End it and wait until it is gone."""
 
 
-@dataclass(frozen=True)
-class ProcessHelper:
+class ProcessHelper(Struct, frozen=True):
     ref: process.ProcessRef
 
     @property

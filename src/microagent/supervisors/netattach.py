@@ -19,12 +19,12 @@ later command (or ``gc``) can clean up after a crash.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field, structs
 
 from microagent.errors import Permanent
 from microagent.fsutil import atomic_write
@@ -35,8 +35,7 @@ from microagent.vmkit.types import Config
 CONFIG_DISK_BYTES = 64 * 1024
 
 
-@dataclass
-class Attachment:
+class Attachment(Struct):
     plan: NetworkPlan
     listeners: list[tuple[socket.socket, int]] = field(default_factory=list)  # (socket, guest port)
     #: extra facts for network.json (pasta's PID and start time)
@@ -92,7 +91,7 @@ def attach(cfg: Config, rt: RuntimeDir, workspace: str, user_provider: str = "sl
                                           allow_host_loopback=allow_host, mac=mac)
         elif cfg.network.mode == "user" and user_provider == "pasta":
             attachment.plan, attachment.record = _attach_pasta(rt, workspace, allow_host)
-            attachment.plan = dataclasses.replace(attachment.plan, mac=mac)
+            attachment.plan = structs.replace(attachment.plan, mac=mac)
     except BaseException:
         attachment.close_listeners()
         raise

@@ -40,7 +40,6 @@ commands must work exactly when the disk is full.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import socket
@@ -51,7 +50,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from msgspec import structs
+from msgspec import Struct, structs
 
 import microagent.serial_log as serial_log
 from microagent.channel.vm_events import paused_detail
@@ -75,8 +74,7 @@ KILL_WAIT_S = 10.0
 S = WorkspaceState
 
 
-@dataclasses.dataclass
-class BootContext:
+class BootContext(Struct):
     """What ``preflight`` found and the boot adds, handed from hook to hook."""
 
     #: the VMM executable and the accelerator it runs with (process VMMs)

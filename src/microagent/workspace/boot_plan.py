@@ -9,8 +9,9 @@ copies it for the workspace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from microagent.errors import NotFound
 from microagent.images.resolve import BaseImage, check_reference
@@ -18,8 +19,7 @@ from microagent.paths import host_arch, kernel_dir, runtime_dir, state_root, wor
 from microagent.vmkit.types import Config, Disk, Network, Service, Share
 
 
-@dataclass
-class BootPlan:
+class BootPlan(Struct):
     backend: str
     name: str
     state_root: Path
@@ -35,7 +35,7 @@ class BootPlan:
     disks: tuple[Disk, ...] = ()  # volumes (docs/volumes.md)
     shares: tuple[Share, ...] = ()  # host folders
     arch: str = field(default_factory=host_arch)  # the guest's: its kernel, init and image
-    image: BaseImage = field(init=False)
+    image: BaseImage | None = None  # resolved after the plan (the image may need a pull)
 
     @property
     def disk_path(self) -> Path:
@@ -57,7 +57,7 @@ class BootPlan:
             hostname=self.name,
             timeoutSeconds=self.boot_timeout,
             network=self.network,
-            stopSignal=self.image.config.stop_signal_number() if hasattr(self, "image") else 15,
+            stopSignal=self.image.config.stop_signal_number() if self.image is not None else 15,
             service=self.service,
             disks=self.disks, shares=self.shares,
         )

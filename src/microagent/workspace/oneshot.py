@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+
+from msgspec import Struct, field
 
 from microagent.errors import InvalidRequest, MicroagentError
 from microagent.vmkit.types import Network, PortForward
@@ -30,8 +31,7 @@ if TYPE_CHECKING:
 OutputSink = Callable[[bytes], None] | BinaryIO | None
 
 
-@dataclass
-class RunOutcome:
+class RunOutcome(Struct):
     """What a one-shot run produced: the guest result plus host-side timings."""
 
     workspace: str

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from msgspec import Struct
 
 from microagent.errors import Conflict, InvalidRequest, NotFound, Permanent, ResourceExhausted
 
@@ -37,8 +38,7 @@ _FORM = "use --output HOST_DIR=/guest/path, e.g. --output ./out=/work/out"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class OutputSpec:
+class OutputSpec(Struct, frozen=True):
     """Copy guest path ``guest`` into host directory ``host`` (absolute)."""
 
     host: str

@@ -23,16 +23,16 @@ that could never boot is refused at create, not at start.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from microagent.errors import InvalidRequest, ResourceExhausted
 
 DEFAULT_PROFILE = "small"
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(Struct, frozen=True):
     """One named resource profile.
 
     :param disk_size_mib: fixed disk size, or ``None`` for base disk + headroom.
@@ -54,8 +54,7 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(Struct, frozen=True):
     """What a workspace gets (``workspace.json`` ``resources``)."""
 
     memoryMiB: int

@@ -6,8 +6,9 @@ and config, finds the supervisor executable and decodes the answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from microagent.vmkit.dispatch import (
     call_each_in_process,
@@ -29,8 +30,7 @@ from microagent.vmkit.types import (
 )
 
 
-@dataclass
-class SupervisorClient:
+class SupervisorClient(Struct):
     backend: str
     state_root: Path
     override: str | None = None

@@ -26,9 +26,10 @@ import shutil
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct
 
 from microagent.errors import Conflict, InvalidRequest, NotFound, Permanent, ResourceExhausted
 from microagent.fsutil import atomic_write, private_dir
@@ -57,15 +58,24 @@ _SPEC_FORM = "use NAME:/guest/path[:ro] for a volume or /host/dir:/guest/path[:r
 
 # ------------------------------------------------------------------ -v specs
 
-@dataclass(frozen=True)
-class MountSpec:
+class MountSpec(Struct, frozen=True):
     """One ``-v``: a volume name or an absolute host folder, where it goes, and how."""
 
     source: str
     target: str
     read_only: bool = False
-    #: ``:rw`` was written out (a folder snapshot is read-only unless asked)
-    rw_given: bool = field(default=False, compare=False)
+    #: ``:rw`` was written out (a folder snapshot is read-only unless asked); how it was
+    #: spelled, not what it is: equality and hash leave it out
+    rw_given: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MountSpec) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, str, bool]:
+        return self.source, self.target, self.read_only
 
     @property
     def is_folder(self) -> bool:

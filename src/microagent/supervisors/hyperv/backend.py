@@ -32,7 +32,6 @@ import json
 import platform
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +54,12 @@ VHD_SUFFIXES = (".vhd", ".vhdx")
 CONTROL_JSON = "control.json"
 
 
-@dataclass(frozen=True)
-class HyperVRuntimeDir(RuntimeDir):
+class HyperVRuntimeDir(RuntimeDir, frozen=True):
     """The runtime directory, knowing the compute system ID the workspace's name gives."""
 
     system_id: str = ""
 
 
-@dataclass
 class HnsAttachment(netattach.Attachment):
     """The HNS endpoint of user/nat (both are HNS NAT here), or nothing for isolated."""
 
@@ -71,7 +68,6 @@ class HnsAttachment(netattach.Attachment):
     prefix: int = docs.NAT_PREFIX
 
 
-@dataclass
 class HyperVBoot(BootContext):
     rootfs: Path | None = None
     config_vhd: Path | None = None
