@@ -103,8 +103,6 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
     :raises NotFound: kernel, guest init, image or host tool missing.
     :raises MicroagentError: any boot or channel failure (the VM is torn down).
     """
-    from microagent.channel import ExecRequest, open_channel
-    from microagent.channel import exec as guest_exec
     from microagent.fsutil import private_dir
     from microagent.images.ext4 import copy_disk
     from microagent.workspace.services import check_services
@@ -186,6 +184,11 @@ def run(image: str, argv: list[str], *, backend: str | None = None, env: list[st
             if key is not None:
                 warm_boot.save_booted(client, name, key)
                 watch.mark("save_warm")
+        # the channel client loads while guest init finishes its boot (it answered the
+        # HELLO first: docs/protocol.md), not before the VMM starts
+        from microagent.channel import ExecRequest, open_channel
+        from microagent.channel import exec as guest_exec
+
         request = ExecRequest(argv=list(argv), env=[*plan.image.config.env, *(env or [])],
                               cwd=workdir or plan.image.config.working_dir or None,
                               user=user or plan.image.config.user or None,
