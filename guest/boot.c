@@ -564,8 +564,8 @@ static char *g_boot_text;
 /* The boot's steps no request may overtake but the host need not wait for
  * when they are quick (no interface to set up: lo, /etc/hosts, the proxy's
  * listener, the service, the initramfs freed): the agent runs them right
- * after its first HELLO answer has left, while the host reacts to it (some
- * 25 ms under emulation), and before it reads any other frame, so every
+ * after its first HELLO answer has left, while the host reacts to it (about
+ * 20 ms under emulation), and before it reads any other frame, so every
  * request still finds the boot finished. */
 static void boot_rest(struct agent *a)
 {
